@@ -1,0 +1,47 @@
+"""Accounts: sign-up rules and guest users.
+
+Guest names start with a reserved prefix that sign-up refuses, so a guest
+name never belongs to a registered user and vice versa.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+
+GUEST_PREFIX = "guest-"
+
+
+def is_guest_name(username: str) -> bool:
+    return username.lower().startswith(GUEST_PREFIX)
+
+
+class SignupForm(UserCreationForm):
+    def clean_username(self) -> str:
+        username = super().clean_username()
+        if is_guest_name(username):
+            raise forms.ValidationError(
+                f"Names starting with “{GUEST_PREFIX}” are kept for guests."
+            )
+        return username
+
+
+def guest_create(*, suffix: str | None = None) -> User | None:
+    """A new guest user; with `suffix`, exactly `guest-<suffix>` or None if taken."""
+    user_model = get_user_model()
+    for _ in range(5):
+        name = GUEST_PREFIX + (suffix if suffix is not None else secrets.token_hex(4))
+        try:
+            with transaction.atomic():
+                user = user_model._default_manager.create_user(username=name)
+        except IntegrityError:
+            if suffix is not None:
+                return None
+            continue
+        return user
+    raise RuntimeError("could not find a free guest name")

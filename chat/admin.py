@@ -1,0 +1,97 @@
+"""Admin: inspect groups, memberships, messages and who is online.
+
+Messages and connections are read-only: editing a stored message would change
+history that clients have already synced, and connections mirror live sockets.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+
+from chat.models import ChatGroup, Connection, Membership, Message
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    readonly_fields = ("user", "joined_at")
+    can_delete = True
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ChatGroup)
+class ChatGroupAdmin(admin.ModelAdmin):
+    list_display = ("name", "member_count", "online_count", "created_at")
+    search_fields = ("name",)
+    readonly_fields = ("created_at",)
+    inlines = (MembershipInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ChatGroup]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                members_total=Count("memberships", distinct=True),
+                members_online=Count(
+                    "memberships__user",
+                    filter=Q(memberships__user__chat_connections__isnull=False),
+                    distinct=True,
+                ),
+            )
+        )
+
+    @admin.display(description="members", ordering="members_total")
+    def member_count(self, group: ChatGroup) -> int:
+        return group.members_total  # type: ignore[attr-defined]
+
+    @admin.display(description="online", ordering="members_online")
+    def online_count(self, group: ChatGroup) -> int:
+        return group.members_online  # type: ignore[attr-defined]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("group", "user", "joined_at")
+    list_filter = ("group",)
+    search_fields = ("group__name", "user__username")
+    list_select_related = ("group", "user")
+    readonly_fields = ("joined_at",)
+    autocomplete_fields = ("group",)
+    raw_id_fields = ("user",)
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("id", "sender", "kind", "audience_label", "short_body", "created_at")
+    list_filter = ("kind", "created_at")
+    date_hierarchy = "created_at"
+    search_fields = ("body", "sender__username", "recipient__username", "group__name")
+    list_select_related = ("sender", "recipient", "group")
+
+    @admin.display(description="body")
+    def short_body(self, message: Message) -> str:
+        return message.body if len(message.body) <= 80 else message.body[:79] + "…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Connection)
+class ConnectionAdmin(admin.ModelAdmin):
+    list_display = ("user", "worker", "endpoint", "opened_at")
+    list_filter = ("worker", "endpoint")
+    search_fields = ("user__username", "worker")
+    list_select_related = ("user",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -1,0 +1,265 @@
+"""The `/ws/chat/` socket: parse a frame, call the domain, send what it returns.
+
+Consumers hold no chat rules. `chat.protocol` validates frames, `chat.messaging`
+and `chat.groups` decide and store, `chat.delivery` carries events to other
+sockets. A consumer does not get a channel layer channel of its own: the
+worker's hub is the only layer subscriber and writes to sockets directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import protocol
+from chat.delivery import Hub, get_hub, session_digest
+from chat.groups import group_join, group_leave, group_member_names, user_groups
+from chat.messaging import last_visible_id, message_history, message_send, message_sync
+from chat.protocol import ChatError, Command, encode, error_event
+from chat.ratelimit import get_rate_limiter
+
+logger = logging.getLogger(__name__)
+
+# Seconds over which errors are counted against CHAT_MAX_ERRORS_PER_MINUTE.
+_ERROR_WINDOW = 60.0
+
+
+class ChatSocket(AsyncWebsocketConsumer):
+    """A logged-in user's socket, registered with the worker's hub.
+
+    Subclasses speak a wire format: they turn frames into commands and the
+    hub's JSON events into frames.
+    """
+
+    # No such layer alias exists, so Channels creates no per-socket channel.
+    channel_layer_alias = "__chat_hub_only__"
+    endpoint = "json"
+
+    hub: Hub
+    user: Any
+    user_id: int
+    username: str
+    connection_id: str
+    session_digest: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            # Closing before accept makes the server answer the handshake 403.
+            await self.close()
+            return
+        await self.open_as(user)
+
+    async def open_as(self, user: Any) -> None:
+        """Accept the socket for `user`, register it, and send the greeting."""
+        self.user = user
+        self.user_id = user.pk
+        self.username = user.get_username()
+        self.connection_id = uuid.uuid4().hex
+        session = self.scope.get("session")
+        self.session_digest = session_digest(getattr(session, "session_key", None) or "")
+        self._pending: list[str] | None = []
+        self._errors: deque[float] = deque()
+        self._closed = False
+        self._attached = False
+        await self.accept()
+        try:
+            self.hub = await get_hub()
+            groups = await database_sync_to_async(user_groups)(user=user)
+            await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
+            self._attached = True
+            await self.greet(groups)
+        except Exception:
+            logger.exception("could not open a socket for %s", self.username)
+            await self.close_with(1011)
+            return
+        pending, self._pending = self._pending or [], None
+        for text in pending:
+            await self.write(text)
+
+    async def greet(self, groups: list[tuple[int, str]]) -> None:
+        """Send the first frame (pending events wait until it is out)."""
+
+    async def disconnect(self, code: int) -> None:
+        self._closed = True
+        if getattr(self, "_attached", False):
+            try:
+                await self.hub.detach(self)
+            except Exception:
+                logger.exception("failed to clean up after %s's socket", self.username)
+
+    # -- the hub's side (chat.delivery.Connection) --------------------------
+
+    async def write(self, text: str) -> None:
+        if self._closed:
+            return
+        if self._pending is not None:
+            self._pending.append(text)
+            return
+        await self.send(text_data=text)
+
+    async def close_with(self, code: int) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.close(code)
+
+    # -- misbehaviour --------------------------------------------------------
+
+    async def count_error(self, code: str) -> None:
+        """Close the socket with 1008 once it causes too many errors a minute."""
+        if code == protocol.UNAVAILABLE:
+            return  # the server's fault, not the client's
+        now = time.monotonic()
+        self._errors.append(now)
+        while self._errors and self._errors[0] < now - _ERROR_WINDOW:
+            self._errors.popleft()
+        if len(self._errors) > settings.CHAT_MAX_ERRORS_PER_MINUTE:
+            logger.info("closing %s's socket: too many errors", self.username)
+            await self.close_with(protocol.CLOSE_POLICY_VIOLATION)
+
+    # -- commands shared by every wire format -------------------------------
+
+    async def send_message(self, command: Command) -> dict[str, Any]:
+        """Store and deliver a message; the `ack` event for the sender."""
+        assert command.to is not None
+        if not await self._allowed_to_send():
+            raise ChatError(protocol.RATE_LIMITED, "you are sending too fast; nothing was stored")
+        stored = await database_sync_to_async(message_send)(
+            sender=self.user, to=command.to, body=command.body
+        )
+        ack = _reply("ack", command.ref, id=stored.id, ts=stored.ts)
+        await self.write(encode(ack))
+        await self.hub.deliver_message(stored)
+        return ack
+
+    async def _allowed_to_send(self) -> bool:
+        try:
+            return await get_rate_limiter().allow(f"user:{self.user_id}")
+        except Exception:
+            # The limiter lives in Redis; an outage must not stop messages
+            # from being stored (docs/protocol.md, guarantees).
+            logger.warning("rate limiter unavailable; letting a message through")
+            return True
+
+    async def join_group(self, command: Command) -> dict[str, Any]:
+        change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
+        await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=True)
+        event = {"type": "joined", "group": change.group, "user": self.username}
+        if change.changed:
+            await self.hub.announce_membership(
+                event=event,
+                user_id=self.user_id,
+                group_id=change.group_id,
+                joined=True,
+                exclude_connection=self.connection_id,
+            )
+        return _reply("joined", command.ref, group=change.group, user=self.username)
+
+    async def leave_group(self, command: Command) -> dict[str, Any]:
+        change = await database_sync_to_async(group_leave)(user=self.user, name=command.group)
+        await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=False)
+        event = {"type": "left", "group": change.group, "user": self.username}
+        await self.hub.announce_membership(
+            event=event,
+            user_id=self.user_id,
+            group_id=change.group_id,
+            joined=False,
+            exclude_connection=self.connection_id,
+        )
+        return _reply("left", command.ref, group=change.group, user=self.username)
+
+    async def online_now(self) -> list[str]:
+        try:
+            return sorted(await self.hub.presence.online())
+        except Exception:
+            logger.warning("presence store unavailable", exc_info=True)
+            raise ChatError(protocol.UNAVAILABLE, "presence is unavailable; try again") from None
+
+
+class ChatConsumer(ChatSocket):
+    """The JSON protocol of docs/protocol.md."""
+
+    async def greet(self, groups: list[tuple[int, str]]) -> None:
+        try:
+            online = await self.online_now()
+        except ChatError:
+            online = []
+        last_id = await database_sync_to_async(last_visible_id)(user=self.user)
+        hello = {
+            "type": "hello",
+            "user": self.username,
+            "online": online,
+            "groups": [name for _, name in groups],
+            "last_id": last_id,
+        }
+        await self.send(text_data=encode(hello))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        ref = None
+        try:
+            if text_data is None:
+                raise ChatError(protocol.BINARY_NOT_SUPPORTED, "send JSON in text frames")
+            data = protocol.decode_frame(text_data, max_bytes=settings.CHAT_MAX_FRAME_BYTES)
+            ref = protocol.read_ref(data)
+            command = protocol.parse_command(data, max_body_chars=settings.CHAT_MAX_BODY_CHARS)
+            reply = await getattr(self, f"command_{command.type}")(command)
+        except ChatError as error:
+            await self.write(encode(error_event(error.code, error.message, ref)))
+            await self.count_error(error.code)
+            return
+        except Exception:
+            logger.exception("command failed for %s", self.username)
+            await self.write(
+                encode(error_event(protocol.UNAVAILABLE, "the server failed; try again", ref))
+            )
+            return
+        if reply is not None:
+            await self.write(encode(reply))
+
+    async def command_send(self, command: Command) -> None:
+        await self.send_message(command)
+
+    async def command_join(self, command: Command) -> dict[str, Any]:
+        return await self.join_group(command)
+
+    async def command_leave(self, command: Command) -> dict[str, Any]:
+        return await self.leave_group(command)
+
+    async def command_history(self, command: Command) -> dict[str, Any]:
+        assert command.to is not None
+        messages = await database_sync_to_async(message_history)(
+            user=self.user, of=command.to, before=command.before, limit=command.limit
+        )
+        return _reply("history", command.ref, of=command.to.as_json(), messages=messages)
+
+    async def command_sync(self, command: Command) -> dict[str, Any]:
+        messages, more = await database_sync_to_async(message_sync)(
+            user=self.user, since=command.since
+        )
+        return _reply("sync", command.ref, messages=messages, more=more)
+
+    async def command_who(self, command: Command) -> dict[str, Any]:
+        return _reply("who", command.ref, online=await self.online_now())
+
+    async def command_members(self, command: Command) -> dict[str, Any]:
+        names = await database_sync_to_async(group_member_names)(user=self.user, name=command.group)
+        online = set(await self.online_now())
+        members = [{"user": name, "online": name in online} for name in names]
+        return _reply("members", command.ref, group=command.group, members=members)
+
+    async def command_ping(self, command: Command) -> dict[str, Any]:
+        return _reply("pong", command.ref)
+
+
+def _reply(kind: str, ref: str | None, **fields: Any) -> dict[str, Any]:
+    event = {"type": kind, **fields}
+    if ref is not None:
+        event["ref"] = ref
+    return event

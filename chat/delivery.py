@@ -1,0 +1,487 @@
+"""Live delivery: one hub per worker process fans events out to its sockets.
+
+The Channels tutorial design gives every socket its own layer channel and
+adds it to layer groups, so a message to 200 people costs 200 Redis writes,
+200 reads and 200 consumer dispatches. Here the *process* is the unit:
+
+- Each worker process owns one layer channel (`chatworker.…`) and adds it to
+  the layer groups its sockets need: `chat.all` (broadcasts, presence),
+  `chat.user.<id>` for each locally connected user, `chat.group.<id>` for each
+  chat group with a locally connected member.
+- A message is serialised to JSON once, then `group_send` puts it once on
+  each worker channel that has an interested socket.
+- The worker's receive loop takes it off the layer once and writes the same
+  text to every local socket of the audience, found in in-memory indexes.
+
+The same path runs on the in-memory layer (one process) and on Redis (many).
+Presence and joined/left notices are held up to `CHAT_NOTICE_DELAY` and sent
+to each socket as one `batch`, so a burst of logins does not cost one frame
+per pair of users.
+
+The hub also keeps the worker's presence honest: it heartbeats, refreshes its
+layer group memberships (so a killed worker's channel expires from them), and
+reaps workers that stopped heartbeating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+
+from chat import presence as presence_module
+from chat.messaging import StoredMessage
+from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
+
+logger = logging.getLogger(__name__)
+
+LAYER_ALL = "chat.all"
+
+
+def user_layer_group(user_id: int) -> str:
+    return f"chat.user.{user_id}"
+
+
+def group_layer_group(group_id: int) -> str:
+    return f"chat.group.{group_id}"
+
+
+def session_digest(session_key: str) -> str:
+    """A session key as it travels between workers (never the key itself)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+class Connection(Protocol):
+    """What the hub needs of a socket; the consumers implement it."""
+
+    connection_id: str
+    user_id: int
+    username: str
+    session_digest: str
+
+    async def write(self, text: str) -> None:
+        """Send one frame of text; must not block on the network."""
+
+    async def close_with(self, code: int) -> None:
+        """Close the socket with this code."""
+
+
+class Hub:
+    """The worker's single subscriber to the channel layer."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.presence = presence_module.get_presence_store()
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.channel = ""
+        self.by_user: dict[int, set[Connection]] = {}
+        # Local view of memberships, for the users connected here only.
+        self.groups_of: dict[int, set[int]] = {}
+        self.members_here: dict[int, set[int]] = {}
+        self._subscribed: set[str] = set()
+        self._notices: list[dict[str, Any]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._layer_failed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = asyncio.get_running_loop().create_future()
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.channel = await self.layer.new_channel("chatworker")
+            await self._heartbeat()
+            self._tasks = [
+                asyncio.create_task(self._receive_loop(), name="chat-hub-receive"),
+                asyncio.create_task(self._maintenance_loop(), name="chat-hub-maintenance"),
+            ]
+        except BaseException as exc:
+            self._started.set_exception(exc)
+            raise
+        self._started.set_result(None)
+
+    async def stop(self, *, close_code: int = CLOSE_SERVICE_RESTART) -> None:
+        """Close every local socket and drop this worker's presence at once."""
+        for task in self._tasks:
+            task.cancel()
+        for connections in list(self.by_user.values()):
+            for conn in list(connections):
+                with contextlib.suppress(Exception):
+                    await conn.close_with(close_code)
+        offline = await self.presence.drop_worker(worker=self.worker_id)
+        for username in offline:
+            await self.publish(LAYER_ALL, _presence_notice(username, online=False))
+        await database_sync_to_async(presence_module.connections_forget_workers)([self.worker_id])
+
+    def connections(self) -> Iterator[Connection]:
+        for connections in self.by_user.values():
+            yield from connections
+
+    # -- sockets coming and going ------------------------------------------
+
+    async def attach(self, conn: Connection, *, group_ids: Iterable[int], endpoint: str) -> None:
+        """Register an open socket: indexes, layer groups, presence, admin mirror."""
+        first_here = conn.user_id not in self.by_user
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
+        if first_here:
+            self.groups_of[conn.user_id] = set(group_ids)
+        for group_id in self.groups_of[conn.user_id]:
+            self.members_here.setdefault(group_id, set()).add(conn.user_id)
+            wanted.append(group_layer_group(group_id))
+        await self._subscribe(wanted)
+        await database_sync_to_async(presence_module.connection_record)(
+            user_id=conn.user_id,
+            worker=self.worker_id,
+            connection_id=conn.connection_id,
+            endpoint=endpoint,
+        )
+        if await self.presence.connect(
+            worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
+        ):
+            await self.publish(LAYER_ALL, _presence_notice(conn.username, online=True))
+
+    async def detach(self, conn: Connection) -> None:
+        """Forget a closed socket; announce the user offline if it was the last."""
+        connections = self.by_user.get(conn.user_id)
+        if connections is None or conn not in connections:
+            return
+        connections.discard(conn)
+        if not connections:
+            del self.by_user[conn.user_id]
+            for group_id in self.groups_of.pop(conn.user_id, set()):
+                self._forget_member(group_id, conn.user_id)
+            await self._unsubscribe_unused()
+        try:
+            if await self.presence.disconnect(
+                worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
+            ):
+                await self.publish(LAYER_ALL, _presence_notice(conn.username, online=False))
+        finally:
+            await database_sync_to_async(presence_module.connection_forget)(
+                connection_id=conn.connection_id
+            )
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, layer_group: str, message: dict[str, Any]) -> bool:
+        """`group_send` that never raises; during a layer outage, deliver locally."""
+        try:
+            await self.layer.group_send(layer_group, message)
+        except Exception:
+            if not self._layer_failed:
+                logger.exception("channel layer failed; delivering locally until it is back")
+            self._layer_failed = True
+            await self._dispatch(message)
+            return False
+        return True
+
+    async def deliver_message(self, stored: StoredMessage) -> None:
+        """Send a stored message to every socket of its audience, on every worker."""
+        text = encode(stored.event)
+        if stored.everyone:
+            await self.publish(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})
+        elif stored.group_id is not None:
+            await self.publish(
+                group_layer_group(stored.group_id),
+                {"type": "chat.deliver", "text": text, "group": stored.group_id},
+            )
+        else:
+            for user_id in stored.user_ids:
+                await self.publish(
+                    user_layer_group(user_id),
+                    {"type": "chat.deliver", "text": text, "users": [user_id]},
+                )
+
+    async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
+        """Update this worker's membership index at once (before the reply)."""
+        await self._apply_member_change(
+            {"user_id": user_id, "group_id": group_id, "joined": joined}
+        )
+
+    async def announce_membership(
+        self,
+        *,
+        event: dict[str, Any],
+        user_id: int,
+        group_id: int,
+        joined: bool,
+        exclude_connection: str,
+    ) -> None:
+        """Tell the group's online members and the user's other sockets."""
+        await self.publish(
+            group_layer_group(group_id),
+            {"type": "chat.notice", "event": event, "group": group_id, "exclude_user": user_id},
+        )
+        await self.publish(
+            user_layer_group(user_id),
+            {
+                "type": "chat.notice",
+                "event": event,
+                "users": [user_id],
+                "exclude_connection": exclude_connection,
+                "member_change": {"user_id": user_id, "group_id": group_id, "joined": joined},
+            },
+        )
+
+    # -- receiving ------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not self._layer_failed:
+                    logger.exception("channel layer receive failed; retrying")
+                self._layer_failed = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            try:
+                await self._dispatch(message)
+            except Exception:
+                logger.exception("failed to dispatch %s", message.get("type"))
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "chat.deliver":
+            text = message["text"]
+            for conn in self._targets(message):
+                await _write(conn, text)
+        elif kind == "chat.notice":
+            change = message.get("member_change")
+            if change is not None:
+                await self._apply_member_change(change)
+            self._queue_notice(message)
+        elif kind == "chat.session_end":
+            for conn in list(self.by_user.get(message["user_id"], ())):
+                if conn.session_digest == message["session"]:
+                    await conn.close_with(CLOSE_POLICY_VIOLATION)
+
+    def _targets(self, message: dict[str, Any]) -> Iterator[Connection]:
+        if message.get("all"):
+            candidates: Iterable[Connection] = list(self.connections())
+        elif "users" in message:
+            candidates = [c for u in message["users"] for c in self.by_user.get(u, ())]
+        elif "group" in message:
+            members = self.members_here.get(message["group"], ())
+            candidates = [c for u in list(members) for c in self.by_user.get(u, ())]
+        else:
+            candidates = []
+        exclude_user = message.get("exclude_user")
+        exclude_username = message.get("exclude_username")
+        exclude_connection = message.get("exclude_connection")
+        for conn in candidates:
+            if (
+                conn.user_id != exclude_user
+                and conn.username != exclude_username
+                and conn.connection_id != exclude_connection
+            ):
+                yield conn
+
+    # -- notices (presence, joined, left), batched ---------------------------
+
+    def _queue_notice(self, message: dict[str, Any]) -> None:
+        self._notices.append(message)
+        if self._flush_handle is None:
+            delay = settings.CHAT_NOTICE_DELAY
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(
+                delay, lambda: asyncio.ensure_future(self._flush_notices())
+            )
+
+    async def _flush_notices(self) -> None:
+        self._flush_handle = None
+        notices, self._notices = _coalesce_presence(self._notices), []
+        if not notices:
+            return
+        per_connection: dict[Connection, list[int]] = {}
+        for index, notice in enumerate(notices):
+            for conn in self._targets(notice):
+                per_connection.setdefault(conn, []).append(index)
+        # Most sockets receive the same set of notices: encode each set once.
+        encoded: dict[tuple[int, ...], str] = {}
+        for conn, indexes in per_connection.items():
+            key = tuple(indexes)
+            text = encoded.get(key)
+            if text is None:
+                events = [notices[i]["event"] for i in indexes]
+                if len(events) == 1:
+                    text = encode(events[0])
+                else:
+                    text = encode({"type": "batch", "events": events})
+                encoded[key] = text
+            await _write(conn, text)
+
+    # -- memberships and layer groups --------------------------------------
+
+    async def _apply_member_change(self, change: dict[str, Any]) -> None:
+        user_id, group_id = change["user_id"], change["group_id"]
+        groups = self.groups_of.get(user_id)
+        if groups is None:
+            return
+        if change["joined"]:
+            groups.add(group_id)
+            self.members_here.setdefault(group_id, set()).add(user_id)
+            await self._subscribe([group_layer_group(group_id)])
+        else:
+            groups.discard(group_id)
+            self._forget_member(group_id, user_id)
+            await self._unsubscribe_unused()
+
+    def _forget_member(self, group_id: int, user_id: int) -> None:
+        members = self.members_here.get(group_id)
+        if members is not None:
+            members.discard(user_id)
+            if not members:
+                del self.members_here[group_id]
+
+    def _wanted_groups(self) -> set[str]:
+        wanted = {user_layer_group(u) for u in self.by_user}
+        wanted.update(group_layer_group(g) for g in self.members_here)
+        if self.by_user:
+            wanted.add(LAYER_ALL)
+        return wanted
+
+    async def _subscribe(self, layer_groups: Iterable[str]) -> None:
+        for layer_group in layer_groups:
+            if layer_group not in self._subscribed:
+                self._subscribed.add(layer_group)
+                await self._group_add(layer_group)
+
+    async def _unsubscribe_unused(self) -> None:
+        unused = self._subscribed - self._wanted_groups()
+        for layer_group in unused:
+            self._subscribed.discard(layer_group)
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(layer_group, self.channel)
+            # A socket may have needed it again while the discard was in flight.
+            if layer_group in self._wanted_groups() and layer_group not in self._subscribed:
+                await self._subscribe([layer_group])
+
+    async def _group_add(self, layer_group: str) -> None:
+        try:
+            await self.layer.group_add(layer_group, self.channel)
+        except Exception:
+            # The maintenance loop adds it again once the layer is back.
+            self._layer_failed = True
+            logger.warning("could not join layer group %s", layer_group)
+
+    # -- heartbeat, refresh, reaping --------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        interval = min(settings.CHAT_PRESENCE_TIMEOUT / 3, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._layer_failed = True
+                logger.warning("presence maintenance failed; retrying", exc_info=True)
+
+    async def _heartbeat(self) -> None:
+        known = await self.presence.heartbeat(worker=self.worker_id)
+        if not known and self.by_user:
+            # The store lost this worker's state (Redis restarted empty):
+            # register the sockets again. Nobody saw them leave, so no notices.
+            for conn in list(self.connections()):
+                await self.presence.connect(
+                    worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
+                )
+
+    async def _maintain(self) -> None:
+        await self._heartbeat()
+        for layer_group in list(self._subscribed):
+            await self.layer.group_add(layer_group, self.channel)
+        reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
+        if reaped.workers:
+            logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
+            await database_sync_to_async(presence_module.connections_forget_workers)(reaped.workers)
+        for username in reaped.offline:
+            await self.publish(LAYER_ALL, _presence_notice(username, online=False))
+        if self._layer_failed:
+            # Live messages may have been dropped while the layer was down:
+            # close sockets so that clients reconnect and `sync` what they missed.
+            self._layer_failed = False
+            logger.warning("channel layer is back; asking clients to reconnect and sync")
+            for conn in list(self.connections()):
+                with contextlib.suppress(Exception):
+                    await conn.close_with(CLOSE_SERVICE_RESTART)
+
+
+async def _write(conn: Connection, text: str) -> None:
+    try:
+        await conn.write(text)
+    except Exception:
+        logger.debug("dropping a frame for closed connection %s", conn.connection_id)
+
+
+def _presence_notice(username: str, *, online: bool) -> dict[str, Any]:
+    return {
+        "type": "chat.notice",
+        "event": {"type": "presence", "user": username, "online": online},
+        "all": True,
+        "exclude_username": username,
+        "presence": username,
+    }
+
+
+def _coalesce_presence(notices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop presence flaps: an even number of transitions in a window cancels out."""
+    counts: dict[str, int] = {}
+    for notice in notices:
+        if "presence" in notice:
+            counts[notice["presence"]] = counts.get(notice["presence"], 0) + 1
+    last_index: dict[str, int] = {}
+    for index, notice in enumerate(notices):
+        if "presence" in notice:
+            last_index[notice["presence"]] = index
+    kept = []
+    for index, notice in enumerate(notices):
+        user = notice.get("presence")
+        if user is None or (counts[user] % 2 == 1 and last_index[user] == index):
+            kept.append(notice)
+    return kept
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+async def get_hub() -> Hub:
+    """The running loop's hub, started on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or (hub._started.done() and hub._started.exception() is not None):
+        layer = get_channel_layer()
+        if layer is None:
+            raise RuntimeError("CHANNEL_LAYERS must configure a default layer")
+        hub = _hubs[loop] = Hub(layer)
+        for other in [other for other in _hubs if other.is_closed()]:
+            del _hubs[other]
+        await hub.start()
+    else:
+        await asyncio.shield(hub._started)
+    return hub
+
+
+def running_hub() -> Hub | None:
+    """The running loop's hub if one was started (for shutdown)."""
+    with contextlib.suppress(RuntimeError):
+        return _hubs.get(asyncio.get_running_loop())
+    return None

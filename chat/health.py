@@ -1,0 +1,49 @@
+"""Checks behind /healthz: does the database answer, does the channel layer?"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+
+from chat import redis_client
+
+logger = logging.getLogger(__name__)
+
+_TIMEOUT = 2.0
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        logger.warning("health check: database failed", exc_info=True)
+        return False
+
+
+async def _layer_ok() -> bool:
+    if not settings.REDIS_URL:
+        return True  # the in-memory layer cannot be down while this process is up
+    try:
+        return bool(await asyncio.wait_for(redis_client.get_redis().ping(), _TIMEOUT))
+    except Exception:
+        logger.warning("health check: channel layer (Redis) failed", exc_info=True)
+        return False
+
+
+async def health_check() -> dict[str, str]:
+    """{"database": "ok"|"error", "channel_layer": "ok"|"error"}."""
+    try:
+        database = await asyncio.wait_for(sync_to_async(_database_ok)(), _TIMEOUT)
+    except TimeoutError:
+        database = False
+    layer = await _layer_ok()
+    return {
+        "database": "ok" if database else "error",
+        "channel_layer": "ok" if layer else "error",
+    }

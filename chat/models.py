@@ -1,0 +1,150 @@
+"""Stored state of the chat: groups, memberships, messages, live connections."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ChatGroup(models.Model):
+    """A named group; it comes into being when someone first joins it."""
+
+    name = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="chat_groups"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "group"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    group = models.ForeignKey(ChatGroup, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_memberships"
+    )
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "user"], name="unique_membership"),
+        ]
+        ordering = ["group__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.group}"
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def visible_to(self, user_id: int) -> MessageQuerySet:
+        """Messages this user may read: broadcasts, own direct ones, own groups'."""
+        return self.filter(
+            Q(kind=Message.Kind.ALL)
+            | Q(kind=Message.Kind.DIRECT, sender_id=user_id)
+            | Q(kind=Message.Kind.DIRECT, recipient_id=user_id)
+            | Q(
+                kind=Message.Kind.GROUP,
+                group_id__in=Membership.objects.filter(user_id=user_id).values("group_id"),
+            )
+        )
+
+    def between(self, user_id: int, other_id: int) -> MessageQuerySet:
+        """The direct conversation of two users (or of a user with themself)."""
+        return self.filter(kind=Message.Kind.DIRECT).filter(
+            Q(sender_id=user_id, recipient_id=other_id)
+            | Q(sender_id=other_id, recipient_id=user_id)
+        )
+
+    def in_group(self, group_id: int) -> MessageQuerySet:
+        return self.filter(kind=Message.Kind.GROUP, group_id=group_id)
+
+    def broadcasts(self) -> MessageQuerySet:
+        return self.filter(kind=Message.Kind.ALL)
+
+
+class Message(models.Model):
+    """One stored message. Ids only grow, and commit in id order (see messaging)."""
+
+    class Kind(models.TextChoices):
+        DIRECT = "direct"
+        GROUP = "group"
+        ALL = "all"
+
+    kind = models.CharField(max_length=6, choices=Kind.choices)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sent_messages"
+    )
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="received_messages",
+    )
+    group = models.ForeignKey(
+        ChatGroup, on_delete=models.CASCADE, null=True, blank=True, related_name="messages"
+    )
+    body = models.TextField()
+    created_at = models.DateTimeField(db_index=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["kind", "id"], name="message_kind_id"),
+            models.Index(fields=["group", "id"], name="message_group_id"),
+            models.Index(fields=["recipient", "id"], name="message_recipient_id"),
+            models.Index(fields=["sender", "id"], name="message_sender_id"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(kind="direct", recipient__isnull=False, group__isnull=True)
+                    | Q(kind="group", recipient__isnull=True, group__isnull=False)
+                    | Q(kind="all", recipient__isnull=True, group__isnull=True)
+                ),
+                name="message_has_one_audience",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.sender} → {self.audience_label}"
+
+    @property
+    def audience_label(self) -> str:
+        if self.kind == self.Kind.DIRECT:
+            return f"@{self.recipient}"
+        if self.kind == self.Kind.GROUP:
+            return f"#{self.group}"
+        return "everyone"
+
+
+class Connection(models.Model):
+    """An open socket, recorded for the admin's "who is online" page.
+
+    The presence backend is the source of truth for transitions; this table is
+    its mirror in the database, cleaned when a socket closes or its worker is
+    found dead.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_connections"
+    )
+    worker = models.CharField(max_length=100, db_index=True)
+    connection_id = models.CharField(max_length=150, unique=True)
+    endpoint = models.CharField(max_length=20, default="json")
+    opened_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["user__username", "opened_at"]
+        verbose_name = "online connection"
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.worker}"

@@ -1,0 +1,250 @@
+"""Who is online: one small interface, stored in memory or in Redis.
+
+A user is online while at least one of their sockets is open on a live
+worker. The store answers each change with whether it was a *transition*
+(first socket opened, last socket closed), atomically, so that exactly one
+worker announces it even when tabs on different workers open or close at the
+same moment.
+
+Workers heartbeat; a worker that stops heartbeating (killed, frozen, cut off)
+is reaped by any other worker after `CHAT_PRESENCE_TIMEOUT`, and its users who
+have no other socket go offline. The in-memory store serves a single process
+(development, tests); `RedisPresenceStore` is picked when `REDIS_URL` is set.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from chat import redis_client
+from chat.models import Connection
+
+
+@dataclass
+class Reaped:
+    """What reaping dead workers found: the workers, and users now offline."""
+
+    workers: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+
+
+class PresenceStore(ABC):
+    @abstractmethod
+    async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        """Record an open socket; True when it is the user's first one."""
+
+    @abstractmethod
+    async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        """Forget a socket; True when it was the user's last one."""
+
+    @abstractmethod
+    async def online(self) -> set[str]:
+        """Usernames with at least one open socket."""
+
+    @abstractmethod
+    async def heartbeat(self, *, worker: str) -> bool:
+        """Mark the worker alive; False when the store did not know it (new, or state lost)."""
+
+    @abstractmethod
+    async def reap(self, *, max_silence: float) -> Reaped:
+        """Remove workers silent for longer than `max_silence` seconds, with their sockets."""
+
+    @abstractmethod
+    async def drop_worker(self, *, worker: str) -> list[str]:
+        """Remove a worker that is shutting down; the users who went offline."""
+
+
+class MemoryPresenceStore(PresenceStore):
+    """Presence for one process. Not shared: use Redis for several workers."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, set[tuple[str, str]]] = {}
+        self._workers: dict[str, float] = {}
+
+    async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        sockets = self._sockets.setdefault(username, set())
+        first = not sockets
+        sockets.add((worker, connection_id))
+        return first
+
+    async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        sockets = self._sockets.get(username)
+        if not sockets or (worker, connection_id) not in sockets:
+            return False
+        sockets.discard((worker, connection_id))
+        if sockets:
+            return False
+        del self._sockets[username]
+        return True
+
+    async def online(self) -> set[str]:
+        return set(self._sockets)
+
+    async def heartbeat(self, *, worker: str) -> bool:
+        known = worker in self._workers
+        self._workers[worker] = time.time()
+        return known
+
+    async def reap(self, *, max_silence: float) -> Reaped:
+        deadline = time.time() - max_silence
+        dead = [w for w, seen in self._workers.items() if seen < deadline]
+        reaped = Reaped(workers=dead)
+        for worker in dead:
+            reaped.offline.extend(await self.drop_worker(worker=worker))
+        return reaped
+
+    async def drop_worker(self, *, worker: str) -> list[str]:
+        self._workers.pop(worker, None)
+        offline = []
+        for username, sockets in list(self._sockets.items()):
+            remaining = {s for s in sockets if s[0] != worker}
+            if remaining == sockets:
+                continue
+            if remaining:
+                self._sockets[username] = remaining
+            else:
+                del self._sockets[username]
+                offline.append(username)
+        return offline
+
+
+# Keys (below the deployment prefix):
+#   presence:workers            ZSET worker -> last heartbeat (unix seconds)
+#   presence:worker:<w>         SET of "<username>\n<connection id>" on that worker
+#   presence:user:<username>    SET of connection ids
+#   presence:online             SET of usernames with at least one socket
+# Each change is one Lua script, so transitions are decided atomically.
+_CONNECT = """
+local added = redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2])
+if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_DISCONNECT = """
+redis.call('SREM', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2])
+local removed = redis.call('SREM', KEYS[1], ARGV[2])
+if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: workers zset, online set. ARGV: key prefix, worker.
+_DROP_WORKER = """
+local prefix = ARGV[1]
+local worker_key = prefix .. 'presence:worker:' .. ARGV[2]
+local offline = {}
+for _, entry in ipairs(redis.call('SMEMBERS', worker_key)) do
+  local sep = string.find(entry, '\\n', 1, true)
+  local username = string.sub(entry, 1, sep - 1)
+  local conn = string.sub(entry, sep + 1)
+  local user_key = prefix .. 'presence:user:' .. username
+  if redis.call('SREM', user_key, conn) == 1 and redis.call('SCARD', user_key) == 0 then
+    if redis.call('SREM', KEYS[2], username) == 1 then
+      table.insert(offline, username)
+    end
+  end
+end
+redis.call('DEL', worker_key)
+redis.call('ZREM', KEYS[1], ARGV[2])
+return offline
+"""
+
+
+class RedisPresenceStore(PresenceStore):
+    """Presence shared by every worker through Redis."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._workers_key = f"{prefix}presence:workers"
+        self._online_key = f"{prefix}presence:online"
+
+    def _user_key(self, username: str) -> str:
+        return f"{self.prefix}presence:user:{username}"
+
+    def _worker_key(self, worker: str) -> str:
+        return f"{self.prefix}presence:worker:{worker}"
+
+    async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        redis = redis_client.get_redis()
+        keys = [self._user_key(username), self._worker_key(worker), self._online_key]
+        return bool(await redis.eval(_CONNECT, 3, *keys, username, connection_id))
+
+    async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        redis = redis_client.get_redis()
+        keys = [self._user_key(username), self._worker_key(worker), self._online_key]
+        return bool(await redis.eval(_DISCONNECT, 3, *keys, username, connection_id))
+
+    async def online(self) -> set[str]:
+        redis = redis_client.get_redis()
+        return {str(m) for m in await redis.smembers(self._online_key)}
+
+    async def heartbeat(self, *, worker: str) -> bool:
+        redis = redis_client.get_redis()
+        added = await redis.zadd(self._workers_key, {worker: time.time()})
+        return added == 0
+
+    async def reap(self, *, max_silence: float) -> Reaped:
+        redis = redis_client.get_redis()
+        dead = await redis.zrangebyscore(self._workers_key, "-inf", time.time() - max_silence)
+        reaped = Reaped()
+        for raw in dead:
+            worker = str(raw)
+            # The script removes the worker; of two reapers racing, the
+            # second finds its set empty and reports nobody twice.
+            reaped.workers.append(worker)
+            reaped.offline.extend(await self.drop_worker(worker=worker))
+        return reaped
+
+    async def drop_worker(self, *, worker: str) -> list[str]:
+        redis = redis_client.get_redis()
+        result = await redis.eval(
+            _DROP_WORKER, 2, self._workers_key, self._online_key, self.prefix, worker
+        )
+        return [str(u) for u in result]
+
+
+_memory_store: MemoryPresenceStore | None = None
+
+
+def get_presence_store() -> PresenceStore:
+    """The store chosen by settings: Redis when `REDIS_URL` is set, else memory."""
+    global _memory_store
+    if settings.REDIS_URL:
+        return RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:")
+    if _memory_store is None:
+        _memory_store = MemoryPresenceStore()
+    return _memory_store
+
+
+def reset_memory_store() -> None:
+    """Forget in-memory presence (tests start each case from nobody online)."""
+    global _memory_store
+    _memory_store = None
+
+
+# The admin's mirror of open sockets (chat.models.Connection). Synchronous:
+# the hub calls these through database_sync_to_async.
+
+
+def connection_record(*, user_id: int, worker: str, connection_id: str, endpoint: str) -> None:
+    Connection.objects.create(
+        user_id=user_id, worker=worker, connection_id=connection_id, endpoint=endpoint
+    )
+
+
+def connection_forget(*, connection_id: str) -> None:
+    Connection.objects.filter(connection_id=connection_id).delete()
+
+
+def connections_forget_workers(workers: list[str]) -> None:
+    Connection.objects.filter(worker__in=workers).delete()

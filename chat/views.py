@@ -1,0 +1,43 @@
+"""HTTP pages: the chat page, sign-up, guest login, health."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from chat.accounts import SignupForm, guest_create
+from chat.health import health_check
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/index.html")
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("index")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@require_POST
+def guest_login(request: HttpRequest) -> HttpResponse:
+    if not settings.CHAT_GUEST_LOGIN:
+        return HttpResponseNotFound("Guest login is turned off.")
+    user = guest_create()
+    assert user is not None  # only a fixed suffix can be taken already
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return redirect("index")
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    checks = await health_check()
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse(checks, status=200 if healthy else 503)

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from chat import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/guest/", views.guest_login, name="guest"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]

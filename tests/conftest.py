@@ -1,0 +1,143 @@
+"""Shared fixtures: people (alice, bob, carol), channel layers, socket clients.
+
+Consumer tests run once on the in-memory layer and once on a real Redis
+(`layer` fixture). Redis is never skipped: if it does not answer, the test
+fails and says how to start one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+from django.conf import LazySettings
+
+from chat import delivery, presence, ratelimit
+from tests.chatclient import ChatTestClient, open_socket
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def require_redis() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"These tests need Redis at REDIS_URL={REDIS_URL} and it does not answer ({exc}). "
+            "Start one with `redis-server --daemonize yes --save ''` "
+            "(Debian: `apt-get install redis-server`), or point REDIS_URL at one.",
+            pytrace=False,
+        )
+    return client
+
+
+def _reset_process_state() -> None:
+    channel_layers.backends.clear()
+    presence.reset_memory_store()
+    ratelimit._memory_limiter = None
+    delivery._hubs.clear()
+
+
+def use_memory_layer(settings: LazySettings) -> None:
+    settings.REDIS_URL = ""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    _reset_process_state()
+
+
+def use_redis_layer(settings: LazySettings, prefix: str) -> None:
+    settings.REDIS_URL = REDIS_URL
+    settings.REDIS_PREFIX = prefix
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"{prefix}:layer:",
+                "group_expiry": 60,
+                "channel_capacity": {"chatworker.*": 100_000},
+            },
+        }
+    }
+    _reset_process_state()
+
+
+def flush_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own in the shared Redis, deleted afterwards."""
+    client = require_redis()
+    prefix = f"chat-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    flush_prefix(client, prefix)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def layer(request: pytest.FixtureRequest, settings: LazySettings) -> Iterator[str]:
+    """Runs the test on the in-memory layer and on a real Redis."""
+    settings.CHAT_NOTICE_DELAY = 0.02
+    if request.param == "memory":
+        use_memory_layer(settings)
+        yield "memory"
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        use_redis_layer(settings, prefix)
+        yield "redis"
+    _reset_process_state()
+
+
+@pytest.fixture
+def memory_layer(settings: LazySettings) -> Iterator[None]:
+    settings.CHAT_NOTICE_DELAY = 0.02
+    use_memory_layer(settings)
+    yield
+    _reset_process_state()
+
+
+def _make_user(username: str):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username=username, password="pw-" + username)
+
+
+@pytest.fixture
+def alice(transactional_db):
+    return _make_user("alice")
+
+
+@pytest.fixture
+def bob(transactional_db):
+    return _make_user("bob")
+
+
+@pytest.fixture
+def carol(transactional_db):
+    return _make_user("carol")
+
+
+@pytest.fixture
+async def connect(transactional_db) -> AsyncIterator:
+    """`await connect(user)` opens a logged-in socket; all are closed at the end."""
+    opened: list[ChatTestClient] = []
+
+    async def _connect(user, **kwargs) -> ChatTestClient:
+        client = await open_socket(user, **kwargs)
+        opened.append(client)
+        return client
+
+    yield _connect
+    for client in opened:
+        await client.close()
+
+
+make_user = sync_to_async(_make_user)
