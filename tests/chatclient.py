@@ -1,6 +1,8 @@
-"""A protocol client over Channels' WebsocketCommunicator, for consumer tests.
+"""Protocol clients for tests: one over Channels' WebsocketCommunicator (in
+process, through the real ASGI application: origin check, session auth,
+routing), one over a real socket to a running server (the `websockets`
+library).
 
-Goes through the real ASGI application: origin check, session auth, routing.
 Every wait has a timeout; events that arrive while waiting for another one
 are kept, in order, for the next `expect`.
 """
@@ -16,8 +18,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
-
-from chatsite.asgi import application
 
 TIMEOUT = 5.0
 _refs = itertools.count(1)
@@ -38,28 +38,38 @@ def socket_headers(cookie: str | None, origin: str | None = "http://localhost") 
     return headers
 
 
-class ChatTestClient:
-    def __init__(self, communicator: WebsocketCommunicator, username: str) -> None:
-        self.communicator = communicator
+class BaseChatClient:
+    """Waiting on events by type and fields, or on replies by `ref`."""
+
+    def __init__(self, username: str) -> None:
         self.username = username
         self.inbox: deque[dict[str, Any]] = deque()
         self.hello: dict[str, Any] = {}
         self.closed = False
+        self.close_code: int | None = None
         self.frames: list[str] = []
 
+    async def _receive(self, timeout: float) -> str | None:
+        """The next text frame, or None once the socket is closed."""
+        raise NotImplementedError
+
     async def send_text(self, text: str) -> None:
-        await self.communicator.send_to(text_data=text)
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
 
     async def send(self, **command: Any) -> None:
         await self.send_text(json.dumps(command))
 
     async def _read_frame(self, timeout: float) -> None:
-        output = await self.communicator.receive_output(timeout)
-        if output["type"] == "websocket.close":
+        if self.closed:
+            raise TimeoutError
+        text = await self._receive(timeout)
+        if text is None:
             self.closed = True
-            self.inbox.append({"type": "__close__", "code": output.get("code")})
+            self.inbox.append({"type": "__close__", "code": self.close_code})
             return
-        text = output["text"]
         self.frames.append(text)
         event = json.loads(text)
         if event["type"] == "batch":
@@ -68,18 +78,12 @@ class ChatTestClient:
         else:
             self.inbox.append(event)
 
-    async def next_event(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        if not self.inbox:
-            await self._read_frame(timeout)
-        return self.inbox.popleft()
-
-    async def expect(self, kind: str, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
-        """The first event of `kind` whose fields match; others stay queued."""
+    async def _wait_for(self, matches, timeout: float, what: str) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             for event in list(self.inbox):
-                if event["type"] == kind and all(event.get(k) == v for k, v in fields.items()):
+                if matches(event):
                     self.inbox.remove(event)
                     return event
             remaining = deadline - loop.time()
@@ -89,29 +93,22 @@ class ChatTestClient:
                 await self._read_frame(remaining)
             except TimeoutError:
                 raise AssertionError(
-                    f"{self.username}: no {kind} {fields} within {timeout}s; got {list(self.inbox)}"
+                    f"{self.username}: no {what} within {timeout}s; got {list(self.inbox)}"
                 ) from None
+
+    async def expect(self, kind: str, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
+        """The first event of `kind` whose fields match; others stay queued."""
+        return await self._wait_for(
+            lambda e: e["type"] == kind and all(e.get(k) == v for k, v in fields.items()),
+            timeout,
+            f"{kind} {fields}",
+        )
 
     async def request(self, timeout: float = TIMEOUT, **command: Any) -> dict[str, Any]:
         """Send a command with a fresh ref and return the reply carrying it."""
         ref = f"r{next(_refs)}"
         await self.send(ref=ref, **command)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for event in list(self.inbox):
-                if event.get("ref") == ref:
-                    self.inbox.remove(event)
-                    return event
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"{self.username}: no reply to {command} within {timeout}s")
-            try:
-                await self._read_frame(remaining)
-            except TimeoutError:
-                raise AssertionError(
-                    f"{self.username}: no reply to {command}; got {list(self.inbox)}"
-                ) from None
+        return await self._wait_for(lambda e: e.get("ref") == ref, timeout, f"reply to {command}")
 
     async def expect_close(self, timeout: float = TIMEOUT) -> int | None:
         event = await self.expect("__close__", timeout)
@@ -129,19 +126,88 @@ class ChatTestClient:
         unexpected = [e for e in self.inbox if kind is None or e["type"] == kind]
         assert not unexpected, f"{self.username} got unexpected {unexpected}"
 
+
+class ChatTestClient(BaseChatClient):
+    """In-process client through Channels' WebsocketCommunicator."""
+
+    def __init__(self, communicator: WebsocketCommunicator, username: str) -> None:
+        super().__init__(username)
+        self.communicator = communicator
+
+    async def _receive(self, timeout: float) -> str | None:
+        output = await self.communicator.receive_output(timeout)
+        if output["type"] == "websocket.close":
+            self.close_code = output.get("code")
+            return None
+        return output["text"]
+
+    async def send_text(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.communicator.send_to(bytes_data=data)
+
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
             await self.communicator.disconnect()
 
 
+class WsClient(BaseChatClient):
+    """A real socket to a running server, with the `websockets` library."""
+
+    def __init__(self, websocket: Any, username: str) -> None:
+        super().__init__(username)
+        self.websocket = websocket
+
+    async def _receive(self, timeout: float) -> str | None:
+        import websockets
+
+        try:
+            frame = await asyncio.wait_for(self.websocket.recv(), timeout)
+        except websockets.ConnectionClosed as closed:
+            self.close_code = closed.rcvd.code if closed.rcvd else None
+            return None
+        return frame if isinstance(frame, str) else frame.decode()
+
+    async def send_text(self, text: str) -> None:
+        await self.websocket.send(text)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.websocket.close()
+
+
 async def open_socket(
     user, *, origin: str | None = "http://localhost", path: str = "/ws/chat/"
 ) -> ChatTestClient:
+    """A logged-in in-process socket whose `hello` has been received."""
+    from chatsite.asgi import application
+
     cookie = await sync_to_async(session_cookie_for)(user)
     communicator = WebsocketCommunicator(application, path, headers=socket_headers(cookie, origin))
     connected, code = await communicator.connect(timeout=TIMEOUT)
     assert connected, f"handshake refused for {user} ({code})"
     client = ChatTestClient(communicator, user.get_username())
+    client.hello = await client.expect("hello")
+    return client
+
+
+async def open_real_socket(
+    base_url: str, session_cookie: str, username: str, *, path: str = "/ws/chat/"
+) -> WsClient:
+    """A socket to a running server (`base_url` is http://host:port), after `hello`."""
+    import websockets
+
+    ws_url = base_url.replace("http://", "ws://", 1) + path
+    websocket = await websockets.connect(
+        ws_url,
+        origin=base_url,
+        additional_headers={"Cookie": f"sessionid={session_cookie}"},
+        open_timeout=TIMEOUT,
+        max_size=2**22,
+    )
+    client = WsClient(websocket, username)
     client.hello = await client.expect("hello")
     return client

@@ -1,0 +1,219 @@
+"""Real server processes for tests: daphne workers on free ports.
+
+Workers share the test database (the file or PostgreSQL database that
+pytest-django created) and, when given one, a Redis key prefix. Each start
+waits for `/healthz` with a timeout; each worker is stopped by its PID at the
+end, and its log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """A DATABASE_URL for the database this test session uses."""
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings_dict['NAME']}"
+    if connection.vendor == "postgresql":
+        user = settings_dict.get("USER") or "postgres"
+        password = settings_dict.get("PASSWORD") or ""
+        auth = f"{user}:{urllib.parse.quote(password)}" if password else user
+        host = settings_dict.get("HOST") or "127.0.0.1"
+        port = settings_dict.get("PORT") or 5432
+        return f"postgres://{auth}@{host}:{port}/{settings_dict['NAME']}"
+    raise RuntimeError(f"no DATABASE_URL form for {connection.vendor}")
+
+
+class Worker:
+    """One daphne process serving chatsite.asgi:application."""
+
+    def __init__(self, env: dict[str, str], *, name: str = "worker", port: int | None = None):
+        self.name = name
+        self.port = port or free_port()
+        self.env = env
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
+            prefix=f"chat-{name}-", suffix=".log", delete=False
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Worker:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "chatsite.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log()}"
+                )
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers; 503 only means a dependency is down
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies without closing anything."""
+        self.signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def worker_env(*, redis_url: str = "", redis_prefix: str = "", **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DATABASE_URL=test_database_url(),
+        DEBUG="true",
+        PYTHONUNBUFFERED="1",
+        CHAT_NOTICE_DELAY="0.05",
+    )
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+        env["REDIS_PREFIX"] = redis_prefix
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running_workers(count: int, env: dict[str, str]) -> Iterator[list[Worker]]:
+    """Start `count` workers; stop them all afterwards, printing their logs."""
+    workers = [Worker(env, name=f"worker{i}") for i in range(count)]
+    try:
+        for worker in workers:
+            worker.start()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            print(f"----- log of {worker.name} (port {worker.port}) -----\n{worker.log()}")
+
+
+class HttpSession:
+    """A browser-like HTTP session (cookies, CSRF) against a running server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def cookie(self, name: str) -> str | None:
+        for cookie in self.cookies:
+            if cookie.name == name:
+                return cookie.value
+        return None
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with self.opener.open(self.base_url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def post(self, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+        if self.cookie("csrftoken") is None:
+            self.get("/accounts/login/")
+        token = self.cookie("csrftoken") or ""
+        body = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **(data or {})}).encode()
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=body,
+            headers={"Referer": self.base_url + "/", "X-CSRFToken": token},
+        )
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def signup(self, username: str, password: str = "a-Long-passw0rd!") -> str:
+        """Create an account and return the session cookie."""
+        self.post(
+            "/accounts/signup/",
+            {"username": username, "password1": password, "password2": password},
+        )
+        session = self.cookie("sessionid")
+        assert session, f"signup of {username} did not log in"
+        return session
+
+    def login(self, username: str, password: str = "a-Long-passw0rd!") -> str:
+        self.post("/accounts/login/", {"username": username, "password": password})
+        session = self.cookie("sessionid")
+        assert session, f"login of {username} failed"
+        return session
+
+    def guest(self) -> str:
+        self.post("/accounts/guest/")
+        session = self.cookie("sessionid")
+        assert session, "guest login failed"
+        return session
