@@ -38,8 +38,9 @@ MAX_ID = 2**63 - 1
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_SERVICE_RESTART = 1012
 
-# Letters of any script, digits, space, "_", "-", "." (ends checked apart).
-_GROUP_CHAR_RE = re.compile(r"[\w .\-]+")
+# Group names: letters and digits of any script with their combining marks,
+# and these (no space at either end).
+_GROUP_PUNCTUATION = frozenset(" _-.")
 # Django's own username rule (UnicodeUsernameValidator), so a lookup with any
 # other string is answered without touching the database.
 USERNAME_RE = re.compile(r"^[\w.@+-]{1,150}\Z")
@@ -86,8 +87,15 @@ def is_valid_group_name(name: str) -> bool:
         0 < len(name) <= MAX_GROUP_CHARS
         and not name.startswith(" ")
         and not name.endswith(" ")
-        and _GROUP_CHAR_RE.fullmatch(name) is not None
+        and not _is_mark(name[0])
+        and all(char.isalnum() or char in _GROUP_PUNCTUATION or _is_mark(char) for char in name)
     )
+
+
+def _is_mark(char: str) -> bool:
+    # Many scripts cannot write their letters without combining marks
+    # (Devanagari vowel signs, Thai tone marks) that NFC leaves uncomposed.
+    return unicodedata.category(char).startswith("M")
 
 
 def clean_group_name(value: Any) -> str:
