@@ -1,0 +1,341 @@
+"""chat.messaging called directly: audiences, history, sync, and the ordering guarantee."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connections
+from django.db.models.signals import post_save
+
+from chat.groups import group_join, group_leave
+from chat.messaging import last_visible_id, message_history, message_send, message_sync
+from chat.models import Message
+from chat.protocol import NO_SUCH_USER, NOT_MEMBER, SYNC_MAX_MESSAGES, Address, ChatError
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TO_ALL = Address("all")
+
+
+def to_user(name: str) -> Address:
+    return Address("user", name)
+
+
+def to_group(name: str) -> Address:
+    return Address("group", name)
+
+
+def synced_ids(user, since: int = 0) -> list[int]:
+    messages, _ = message_sync(user=user, since=since)
+    return [m["id"] for m in messages]
+
+
+# -- sending and audiences ---------------------------------------------------
+
+
+def test_direct_message_is_visible_only_to_sender_and_recipient(alice, bob, carol):
+    stored = message_send(sender=alice, to=to_user("bob"), body="psst")
+
+    assert set(stored.user_ids) == {alice.pk, bob.pk}
+    assert stored.group_id is None and not stored.everyone
+    assert synced_ids(alice) == [stored.id]
+    assert synced_ids(bob) == [stored.id]
+    assert synced_ids(carol) == []
+    assert last_visible_id(user=carol) == 0
+
+
+def test_direct_message_to_oneself_has_one_recipient(alice):
+    stored = message_send(sender=alice, to=to_user("alice"), body="note to self")
+
+    assert stored.user_ids == (alice.pk,)
+    assert message_history(user=alice, of=to_user("alice"), before=None, limit=50)[0]["id"] == (
+        stored.id
+    )
+
+
+def test_direct_message_to_unknown_user_is_refused_and_not_stored(alice):
+    with pytest.raises(ChatError) as refused:
+        message_send(sender=alice, to=to_user("nobody"), body="hello?")
+
+    assert refused.value.code == NO_SUCH_USER
+    assert not Message.objects.exists()
+
+
+def test_group_message_is_visible_to_current_members_only(alice, bob, carol):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+
+    stored = message_send(sender=alice, to=to_group("A"), body="hi group")
+
+    assert stored.group_id is not None and stored.user_ids == () and not stored.everyone
+    assert synced_ids(alice) == [stored.id]
+    assert synced_ids(bob) == [stored.id]
+    assert synced_ids(carol) == []
+
+
+def test_group_messages_are_no_longer_visible_after_leaving(alice, bob):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+    message_send(sender=alice, to=to_group("A"), body="before bob left")
+
+    group_leave(user=bob, name="A")
+
+    assert synced_ids(bob) == []
+    assert last_visible_id(user=bob) == 0
+    with pytest.raises(ChatError) as refused:
+        message_history(user=bob, of=to_group("A"), before=None, limit=50)
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_sending_to_a_group_requires_membership(alice, bob):
+    group_join(user=bob, name="A")
+
+    with pytest.raises(ChatError) as refused:
+        message_send(sender=alice, to=to_group("A"), body="let me in")
+
+    assert refused.value.code == NOT_MEMBER
+    assert not Message.objects.exists()
+
+
+def test_sending_to_a_group_that_does_not_exist_is_not_member(alice):
+    with pytest.raises(ChatError) as refused:
+        message_send(sender=alice, to=to_group("nowhere"), body="anyone?")
+
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_broadcast_is_visible_to_everyone(alice, bob, carol):
+    stored = message_send(sender=alice, to=TO_ALL, body="hello all")
+
+    assert stored.everyone
+    for user in (alice, bob, carol):
+        assert synced_ids(user) == [stored.id]
+        assert last_visible_id(user=user) == stored.id
+
+
+def test_stored_event_is_the_protocol_message(alice, bob):
+    stored = message_send(sender=alice, to=to_user("bob"), body="héllo 👋")
+
+    assert stored.event == {
+        "type": "message",
+        "id": stored.id,
+        "from": "alice",
+        "to": {"user": "bob"},
+        "body": "héllo 👋",
+        "ts": stored.ts,
+    }
+
+
+def test_timestamp_is_iso8601_utc_with_milliseconds(alice):
+    before = datetime.now(UTC).replace(microsecond=0)
+    stored = message_send(sender=alice, to=TO_ALL, body="when?")
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stored.ts), stored.ts
+    moment = datetime.fromisoformat(stored.ts.replace("Z", "+00:00"))
+    assert before <= moment <= datetime.now(UTC)
+    [synced], _ = message_sync(user=alice, since=0)
+    assert synced["ts"] == stored.ts
+
+
+def test_message_ids_increase(alice):
+    ids = [message_send(sender=alice, to=TO_ALL, body=str(n)).id for n in range(5)]
+
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+
+
+# -- history -------------------------------------------------------------------
+
+
+def test_history_lists_the_newest_messages_oldest_first(alice, bob):
+    ids = [message_send(sender=alice, to=to_user("bob"), body=f"m{n}").id for n in range(5)]
+
+    history = message_history(user=bob, of=to_user("alice"), before=None, limit=3)
+
+    assert [m["id"] for m in history] == ids[2:]
+    assert [m["body"] for m in history] == ["m2", "m3", "m4"]
+
+
+def test_history_before_returns_older_messages_only(alice, bob):
+    ids = [message_send(sender=alice, to=to_user("bob"), body=f"m{n}").id for n in range(5)]
+
+    history = message_history(user=alice, of=to_user("bob"), before=ids[3], limit=2)
+
+    assert [m["id"] for m in history] == ids[1:3]
+
+
+def test_history_of_a_direct_conversation_holds_both_directions_only(alice, bob, carol):
+    first = message_send(sender=alice, to=to_user("bob"), body="hi bob").id
+    message_send(sender=alice, to=to_user("carol"), body="hi carol")
+    message_send(sender=alice, to=TO_ALL, body="hi all")
+    second = message_send(sender=bob, to=to_user("alice"), body="hi alice").id
+
+    history = message_history(user=alice, of=to_user("bob"), before=None, limit=50)
+
+    assert [m["id"] for m in history] == [first, second]
+
+
+def test_history_of_a_group_and_of_all_keep_to_their_conversation(alice, bob):
+    group_join(user=alice, name="A")
+    in_group = message_send(sender=alice, to=to_group("A"), body="group").id
+    broadcast = message_send(sender=alice, to=TO_ALL, body="all").id
+    message_send(sender=alice, to=to_user("bob"), body="direct")
+
+    group_history = message_history(user=alice, of=to_group("A"), before=None, limit=50)
+    all_history = message_history(user=bob, of=TO_ALL, before=None, limit=50)
+
+    assert [m["id"] for m in group_history] == [in_group]
+    assert group_history[0]["to"] == {"group": "A"}
+    assert [m["id"] for m in all_history] == [broadcast]
+    assert all_history[0]["to"] == {"all": True}
+
+
+def test_history_with_an_unknown_user_is_no_such_user(alice):
+    with pytest.raises(ChatError) as refused:
+        message_history(user=alice, of=to_user("nobody"), before=None, limit=50)
+
+    assert refused.value.code == NO_SUCH_USER
+
+
+# -- sync --------------------------------------------------------------------
+
+
+def test_sync_returns_only_messages_after_since_oldest_first(alice, bob):
+    ids = [message_send(sender=alice, to=TO_ALL, body=f"m{n}").id for n in range(4)]
+
+    messages, more = message_sync(user=bob, since=ids[1])
+
+    assert [m["id"] for m in messages] == ids[2:]
+    assert more is False
+
+
+def test_sync_mixes_every_audience_the_user_may_see(alice, bob, carol):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+    visible = [
+        message_send(sender=alice, to=to_user("bob"), body="direct").id,
+        message_send(sender=alice, to=to_group("A"), body="group").id,
+        message_send(sender=carol, to=TO_ALL, body="all").id,
+    ]
+    message_send(sender=alice, to=to_user("carol"), body="not for bob")
+
+    assert synced_ids(bob) == visible
+    assert last_visible_id(user=bob) == visible[-1]
+
+
+def test_sync_stops_at_500_and_says_more(alice, bob):
+    now = datetime.now(UTC)
+    Message.objects.bulk_create(
+        Message(kind=Message.Kind.ALL, sender=alice, body=f"m{n}", created_at=now)
+        for n in range(SYNC_MAX_MESSAGES + 1)
+    )
+    all_ids = list(Message.objects.order_by("id").values_list("id", flat=True))
+
+    first, more = message_sync(user=bob, since=0)
+    assert [m["id"] for m in first] == all_ids[:SYNC_MAX_MESSAGES]
+    assert more is True
+
+    rest, more = message_sync(user=bob, since=first[-1]["id"])
+    assert [m["id"] for m in rest] == all_ids[SYNC_MAX_MESSAGES:]
+    assert more is False
+
+
+def test_sync_of_exactly_500_messages_says_no_more(alice, bob):
+    now = datetime.now(UTC)
+    Message.objects.bulk_create(
+        Message(kind=Message.Kind.ALL, sender=alice, body=f"m{n}", created_at=now)
+        for n in range(SYNC_MAX_MESSAGES)
+    )
+
+    messages, more = message_sync(user=bob, since=0)
+
+    assert len(messages) == SYNC_MAX_MESSAGES
+    assert more is False
+
+
+# -- the ordering guarantee under concurrent writers -------------------------
+
+WRITERS = 4
+MESSAGES_PER_WRITER = 25
+
+
+@pytest.fixture
+def slow_commits():
+    """Hold each writer's transaction open a moment after its insert.
+
+    Without this the window between allocating an id and committing it is a
+    few microseconds and an ordering bug would rarely show; a slow transaction
+    is exactly the case that `sync` must survive.
+    """
+
+    def linger(sender, instance, created, **kwargs):
+        if created and threading.current_thread().name.startswith("writer-"):
+            threading.Event().wait(random.uniform(0, 0.003))
+
+    post_save.connect(linger, sender=Message, dispatch_uid="test-slow-commits")
+    yield
+    post_save.disconnect(sender=Message, dispatch_uid="test-slow-commits")
+
+
+def test_sync_from_highest_seen_id_skips_nothing_under_concurrent_writers(
+    alice, bob, carol, slow_commits
+):
+    stored: list[int] = []
+    stored_lock = threading.Lock()
+    errors: list[BaseException] = []
+    writers_done = threading.Event()
+
+    def write(sender) -> None:
+        try:
+            for n in range(MESSAGES_PER_WRITER):
+                message = message_send(sender=sender, to=TO_ALL, body=f"{sender} {n}")
+                with stored_lock:
+                    stored.append(message.id)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    seen: set[int] = set()
+    reader_rounds = 0
+
+    def read() -> None:
+        nonlocal reader_rounds
+        highest = 0
+        try:
+            while True:
+                finished = writers_done.is_set()
+                messages, more = message_sync(user=carol, since=highest)
+                seen.update(m["id"] for m in messages)
+                highest = max([highest, *(m["id"] for m in messages)])
+                reader_rounds += 1
+                if finished and not more:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=write, args=(user,), name=f"writer-{n}")
+        for n, user in enumerate([alice, bob, alice, bob][:WRITERS])
+    ]
+    reader = threading.Thread(target=read, name="reader")
+    reader.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    writers_done.set()
+    reader.join(timeout=60)
+
+    assert not reader.is_alive() and not any(t.is_alive() for t in threads), "threads hung"
+    assert not errors, errors
+    assert len(stored) == WRITERS * MESSAGES_PER_WRITER
+    assert reader_rounds > 1, "the reader never synced while writers were writing"
+    missed = sorted(set(stored) - seen)
+    assert not missed, f"sync from the highest seen id skipped {missed}"
