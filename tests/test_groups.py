@@ -1,0 +1,128 @@
+"""chat.groups called directly: join, leave, members, a user's groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat.groups import group_join, group_leave, group_member_names, user_groups
+from chat.models import ChatGroup, Membership
+from chat.protocol import NOT_MEMBER, ChatError
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_first_join_creates_the_group_and_the_membership(alice):
+    change = group_join(user=alice, name="A")
+
+    group = ChatGroup.objects.get(name="A")
+    assert change.group_id == group.pk
+    assert change.group == "A"
+    assert (change.user_id, change.username) == (alice.pk, "alice")
+    assert change.changed is True
+    assert list(group.members.all()) == [alice]
+
+
+def test_joining_again_changes_nothing(alice):
+    first = group_join(user=alice, name="A")
+
+    again = group_join(user=alice, name="A")
+
+    assert again.changed is False
+    assert again.group_id == first.group_id
+    assert Membership.objects.filter(user=alice).count() == 1
+    assert ChatGroup.objects.count() == 1
+
+
+def test_second_member_joins_the_existing_group(alice, bob):
+    first = group_join(user=alice, name="A")
+
+    second = group_join(user=bob, name="A")
+
+    assert second.changed is True
+    assert second.group_id == first.group_id
+    assert ChatGroup.objects.count() == 1
+
+
+def test_group_names_are_distinct_by_case(alice):
+    upper = group_join(user=alice, name="A")
+    lower = group_join(user=alice, name="a")
+
+    assert upper.group_id != lower.group_id
+
+
+def test_leave_ends_the_membership_and_keeps_the_group(alice, bob):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+
+    change = group_leave(user=alice, name="A")
+
+    assert change.changed is True
+    assert (change.group, change.username) == ("A", "alice")
+    assert not Membership.objects.filter(user=alice).exists()
+    assert group_member_names(user=bob, name="A") == ["bob"]
+
+
+def test_leaving_a_group_one_is_not_in_is_not_member(alice, bob):
+    group_join(user=bob, name="A")
+
+    with pytest.raises(ChatError) as refused:
+        group_leave(user=alice, name="A")
+
+    assert refused.value.code == NOT_MEMBER
+    assert group_member_names(user=bob, name="A") == ["bob"]
+
+
+def test_leaving_a_group_that_does_not_exist_is_not_member(alice):
+    with pytest.raises(ChatError) as refused:
+        group_leave(user=alice, name="nowhere")
+
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_leaving_twice_is_not_member_the_second_time(alice):
+    group_join(user=alice, name="A")
+    group_leave(user=alice, name="A")
+
+    with pytest.raises(ChatError) as refused:
+        group_leave(user=alice, name="A")
+
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_member_names_are_sorted_usernames(alice, bob, carol):
+    for user in (carol, alice, bob):
+        group_join(user=user, name="A")
+
+    assert group_member_names(user=bob, name="A") == ["alice", "bob", "carol"]
+
+
+def test_only_members_may_list_members(alice, bob):
+    group_join(user=alice, name="A")
+
+    with pytest.raises(ChatError) as refused:
+        group_member_names(user=bob, name="A")
+
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_listing_members_of_a_missing_group_is_not_member(alice):
+    with pytest.raises(ChatError) as refused:
+        group_member_names(user=alice, name="nowhere")
+
+    assert refused.value.code == NOT_MEMBER
+
+
+def test_user_groups_lists_own_groups_by_name(alice, bob):
+    b = group_join(user=alice, name="B")
+    a = group_join(user=alice, name="A")
+    group_join(user=bob, name="C")
+
+    assert user_groups(user=alice) == [(a.group_id, "A"), (b.group_id, "B")]
+    assert user_groups(user=bob) != user_groups(user=alice)
+
+
+def test_user_groups_forgets_a_group_after_leaving(alice):
+    group_join(user=alice, name="A")
+    group_leave(user=alice, name="A")
+
+    assert user_groups(user=alice) == []
