@@ -1,0 +1,305 @@
+"""chat.presence: one suite run against the in-memory and the Redis store.
+
+Like Django's `BaseCacheTests`, every behaviour is written once and the
+`store` fixture supplies each backend. Redis is real and never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from chat import presence
+from chat.models import Connection
+from chat.presence import MemoryPresenceStore, RedisPresenceStore, get_presence_store
+from tests.conftest import REDIS_URL, require_redis
+
+SILENCE = 30.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request, settings) -> presence.PresenceStore:
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+        return MemoryPresenceStore()
+    require_redis()
+    settings.REDIS_URL = REDIS_URL
+    prefix = request.getfixturevalue("redis_prefix")
+    return RedisPresenceStore(prefix=f"{prefix}:")
+
+
+@pytest.fixture
+def long_ago(monkeypatch):
+    """`with long_ago():` makes the store's clock read an hour earlier."""
+
+    class _Clock:
+        def __init__(self) -> None:
+            self._context = monkeypatch.context()
+
+        def __enter__(self) -> None:
+            patch = self._context.__enter__()
+            patch.setattr(presence, "time", SimpleNamespace(time=lambda: time.time() - 3600))
+
+        def __exit__(self, *exc) -> None:
+            self._context.__exit__(*exc)
+
+    return _Clock
+
+
+async def connect(store, worker: str, conn: str, user: str) -> bool:
+    return await store.connect(worker=worker, connection_id=conn, username=user)
+
+
+async def disconnect(store, worker: str, conn: str, user: str) -> bool:
+    return await store.disconnect(worker=worker, connection_id=conn, username=user)
+
+
+# -- transitions ---------------------------------------------------------------
+
+
+async def test_first_socket_is_a_transition_and_user_is_online(store):
+    assert await store.online() == set()
+
+    assert await connect(store, "w1", "c1", "alice") is True
+
+    assert await store.online() == {"alice"}
+
+
+async def test_last_socket_closing_is_a_transition_and_user_is_offline(store):
+    await connect(store, "w1", "c1", "alice")
+
+    assert await disconnect(store, "w1", "c1", "alice") is True
+
+    assert await store.online() == set()
+
+
+async def test_second_socket_of_a_user_is_no_transition_either_way(store):
+    assert await connect(store, "w1", "c1", "alice") is True
+    assert await connect(store, "w2", "c2", "alice") is False
+
+    assert await disconnect(store, "w1", "c1", "alice") is False
+    assert await store.online() == {"alice"}
+    assert await disconnect(store, "w2", "c2", "alice") is True
+    assert await store.online() == set()
+
+
+async def test_users_are_independent(store):
+    assert await connect(store, "w1", "c1", "alice") is True
+    assert await connect(store, "w1", "c2", "bob") is True
+
+    assert await disconnect(store, "w1", "c1", "alice") is True
+    assert await store.online() == {"bob"}
+
+
+async def test_disconnecting_an_unknown_socket_is_no_transition(store):
+    await connect(store, "w1", "c1", "alice")
+
+    assert await disconnect(store, "w1", "c-unknown", "alice") is False
+    assert await disconnect(store, "w1", "c1", "bob") is False
+    assert await store.online() == {"alice"}
+
+
+async def test_disconnecting_the_same_socket_twice_is_one_transition(store):
+    await connect(store, "w1", "c1", "alice")
+
+    assert await disconnect(store, "w1", "c1", "alice") is True
+    assert await disconnect(store, "w1", "c1", "alice") is False
+
+
+async def test_concurrent_first_sockets_on_different_workers_make_one_transition(store):
+    results = await asyncio.gather(*(connect(store, f"w{n}", f"c{n}", "alice") for n in range(8)))
+
+    assert results.count(True) == 1
+    assert await store.online() == {"alice"}
+
+
+async def test_concurrent_last_sockets_closing_make_one_transition(store):
+    for n in range(8):
+        await connect(store, f"w{n}", f"c{n}", "alice")
+
+    results = await asyncio.gather(
+        *(disconnect(store, f"w{n}", f"c{n}", "alice") for n in range(8))
+    )
+
+    assert results.count(True) == 1
+    assert await store.online() == set()
+
+
+# -- heartbeats, reaping, dropping a worker --------------------------------------
+
+
+async def test_heartbeat_is_false_for_an_unknown_worker_then_true(store):
+    assert await store.heartbeat(worker="w1") is False
+    assert await store.heartbeat(worker="w1") is True
+
+
+async def test_heartbeat_is_false_again_after_the_worker_was_dropped(store):
+    await store.heartbeat(worker="w1")
+    await store.drop_worker(worker="w1")
+
+    assert await store.heartbeat(worker="w1") is False
+
+
+async def test_reap_removes_a_silent_worker_and_reports_its_users_offline(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="dead")
+    await store.heartbeat(worker="alive")
+    await connect(store, "dead", "c1", "alice")
+    await connect(store, "dead", "c2", "alice")
+    await connect(store, "dead", "c3", "bob")
+    await connect(store, "alive", "c4", "carol")
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.workers == ["dead"]
+    assert sorted(reaped.offline) == ["alice", "bob"]
+    assert await store.online() == {"carol"}
+    assert await store.heartbeat(worker="dead") is False
+    assert await store.heartbeat(worker="alive") is True
+
+
+async def test_reap_keeps_online_a_user_with_a_socket_on_a_live_worker(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="dead")
+    await store.heartbeat(worker="alive")
+    await connect(store, "dead", "c1", "alice")
+    await connect(store, "alive", "c2", "alice")
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.offline == []
+    assert await store.online() == {"alice"}
+    # The surviving socket is still the user's last one.
+    assert await disconnect(store, "alive", "c2", "alice") is True
+
+
+async def test_reap_leaves_workers_that_heartbeat_recently(store):
+    await store.heartbeat(worker="w1")
+    await connect(store, "w1", "c1", "alice")
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.workers == [] and reaped.offline == []
+    assert await store.online() == {"alice"}
+
+
+async def test_racing_reapers_report_each_user_offline_once(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="dead")
+    for n, user in enumerate(["alice", "bob", "carol"]):
+        await connect(store, "dead", f"c{n}", user)
+
+    first, second = await asyncio.gather(
+        store.reap(max_silence=SILENCE), store.reap(max_silence=SILENCE)
+    )
+
+    assert sorted(first.offline + second.offline) == ["alice", "bob", "carol"]
+    assert await store.online() == set()
+
+
+async def test_a_socket_closing_after_its_worker_was_reaped_is_no_transition(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="dead")
+    await connect(store, "dead", "c1", "alice")
+    assert (await store.reap(max_silence=SILENCE)).offline == ["alice"]
+
+    assert await disconnect(store, "dead", "c1", "alice") is False
+
+
+async def test_drop_worker_reports_only_users_left_without_a_socket(store):
+    await connect(store, "w1", "c1", "alice")
+    await connect(store, "w1", "c2", "bob")
+    await connect(store, "w2", "c3", "bob")
+
+    offline = await store.drop_worker(worker="w1")
+
+    assert offline == ["alice"]
+    assert await store.online() == {"bob"}
+    assert await store.drop_worker(worker="w1") == []
+
+
+async def test_drop_worker_of_an_unknown_worker_reports_nobody(store):
+    await connect(store, "w1", "c1", "alice")
+
+    assert await store.drop_worker(worker="nobody-knows") == []
+    assert await store.online() == {"alice"}
+
+
+async def test_usernames_with_unusual_characters_round_trip(store):
+    name = "émile:x\u00a0y"
+    assert await connect(store, "w1", "c1", name) is True
+    assert await store.online() == {name}
+    assert await store.drop_worker(worker="w1") == [name]
+
+
+# -- choosing the store --------------------------------------------------------
+
+
+def test_settings_without_redis_share_one_memory_store(settings):
+    settings.REDIS_URL = ""
+    presence.reset_memory_store()
+
+    first = get_presence_store()
+
+    assert isinstance(first, MemoryPresenceStore)
+    assert get_presence_store() is first
+    presence.reset_memory_store()
+
+
+def test_settings_with_redis_pick_the_redis_store_under_the_prefix(settings):
+    settings.REDIS_URL = REDIS_URL
+    settings.REDIS_PREFIX = "deployment"
+
+    store = get_presence_store()
+
+    assert isinstance(store, RedisPresenceStore)
+    assert store.prefix == "deployment:"
+
+
+async def test_two_redis_store_objects_with_one_prefix_share_presence(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    here = RedisPresenceStore(prefix=f"{redis_prefix}:")
+    there = RedisPresenceStore(prefix=f"{redis_prefix}:")
+
+    assert await connect(here, "w1", "c1", "alice") is True
+    assert await connect(there, "w2", "c2", "alice") is False
+    assert await there.online() == {"alice"}
+
+
+# -- the database mirror (admin's "who is online") -------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_connection_record_and_forget_mirror_sockets(alice):
+    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
+    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c2", endpoint="plain")
+
+    assert set(Connection.objects.values_list("connection_id", "endpoint")) == {
+        ("c1", "json"),
+        ("c2", "plain"),
+    }
+    presence.connection_forget(connection_id="c1")
+    assert list(Connection.objects.values_list("connection_id", flat=True)) == ["c2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forgetting_an_unknown_connection_is_harmless(alice):
+    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
+
+    presence.connection_forget(connection_id="nope")
+
+    assert Connection.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_connections_forget_workers_removes_only_those_workers(alice, bob):
+    presence.connection_record(user_id=alice.pk, worker="dead", connection_id="c1", endpoint="json")
+    presence.connection_record(user_id=bob.pk, worker="dead2", connection_id="c2", endpoint="json")
+    presence.connection_record(user_id=bob.pk, worker="alive", connection_id="c3", endpoint="json")
+
+    presence.connections_forget_workers(["dead", "dead2"])
+
+    assert list(Connection.objects.values_list("worker", flat=True)) == ["alive"]
