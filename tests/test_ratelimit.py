@@ -1,0 +1,192 @@
+"""chat.ratelimit: the token bucket, in memory and in Redis, written once for both."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from chat import ratelimit
+from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter, get_rate_limiter
+from tests.conftest import REDIS_URL, require_redis
+
+# Slow enough that no token comes back while a test runs.
+NO_REFILL = 0.001
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_limiter(request, settings):
+    """`make_limiter(burst=, per_second=)` builds a limiter of the backend under test."""
+    if request.param == "memory":
+        return MemoryRateLimiter
+    require_redis()
+    settings.REDIS_URL = REDIS_URL
+    prefix = request.getfixturevalue("redis_prefix")
+
+    def build(*, burst: int, per_second: float) -> RedisRateLimiter:
+        return RedisRateLimiter(burst=burst, per_second=per_second, prefix=f"{prefix}:")
+
+    return build
+
+
+async def take(limiter, key: str, times: int) -> list[bool]:
+    return [await limiter.allow(key) for _ in range(times)]
+
+
+async def test_a_burst_is_allowed_then_refused(make_limiter):
+    limiter = make_limiter(burst=3, per_second=NO_REFILL)
+
+    assert await take(limiter, "user:1", 5) == [True, True, True, False, False]
+
+
+async def test_keys_have_independent_buckets(make_limiter):
+    limiter = make_limiter(burst=2, per_second=NO_REFILL)
+    await take(limiter, "user:1", 2)
+
+    assert await limiter.allow("user:1") is False
+    assert await take(limiter, "user:2", 3) == [True, True, False]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
+async def test_memory_bucket_refills_at_the_rate(clock):
+    limiter = MemoryRateLimiter(burst=2, per_second=4.0)
+    assert await take(limiter, "user:1", 3) == [True, True, False]
+
+    clock.now += 0.2  # 0.8 tokens: not yet
+    assert await limiter.allow("user:1") is False
+    clock.now += 0.05  # 1.0 token
+    assert await take(limiter, "user:1", 2) == [True, False]
+
+
+async def test_refused_attempts_do_not_delay_the_refill(clock):
+    limiter = MemoryRateLimiter(burst=1, per_second=1.0)
+    assert await limiter.allow("user:1") is True
+
+    clock.now += 0.5
+    assert await limiter.allow("user:1") is False
+    clock.now += 0.5
+    assert await limiter.allow("user:1") is True
+
+
+async def test_memory_bucket_never_holds_more_than_the_burst(clock):
+    limiter = MemoryRateLimiter(burst=2, per_second=4.0)
+    await take(limiter, "user:1", 2)
+
+    clock.now += 3600
+    assert await take(limiter, "user:1", 3) == [True, True, False]
+
+
+async def test_redis_bucket_refills_over_time(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    # One token a second: empty right after the first take, full again
+    # within a second (Redis's own clock decides, so the test polls for it).
+    limiter = RedisRateLimiter(burst=1, per_second=1.0, prefix=f"{redis_prefix}:")
+    assert await limiter.allow("user:1") is True
+    assert await limiter.allow("user:1") is False
+
+    emptied = time.monotonic()
+    deadline = emptied + 5.0
+    while not await limiter.allow("user:1"):
+        assert time.monotonic() < deadline, "the bucket never refilled"
+        await asyncio.sleep(0.05)
+    # Refilled by the rate, not at once.
+    assert time.monotonic() - emptied > 0.5
+
+
+async def test_redis_bucket_never_holds_more_than_the_burst(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    # At this rate any gap between two takes refills far more than the burst.
+    limiter = RedisRateLimiter(burst=3, per_second=1e9, prefix=f"{redis_prefix}:")
+    redis = ratelimit.redis_client.get_redis()
+
+    for _ in range(5):
+        assert await limiter.allow("user:1") is True
+        tokens = float(await redis.hget(f"{redis_prefix}:rate:user:1", "tokens"))
+        assert tokens <= 2  # capped at 3, minus the one just taken
+
+
+async def test_two_redis_limiters_share_one_bucket(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    here = RedisRateLimiter(burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+    there = RedisRateLimiter(burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+
+    assert await here.allow("user:1") is True
+    assert await there.allow("user:1") is True
+    assert await here.allow("user:1") is False
+    assert await there.allow("user:1") is False
+
+
+async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    limiter = RedisRateLimiter(burst=5, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+
+    results = await asyncio.gather(*(limiter.allow("user:1") for _ in range(20)))
+
+    assert results.count(True) == 5
+
+
+async def test_redis_bucket_key_expires_once_it_would_be_full_again(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    limiter = RedisRateLimiter(burst=10, per_second=2.0, prefix=f"{redis_prefix}:")
+    await limiter.allow("user:1")
+
+    ttl = await ratelimit.redis_client.get_redis().ttl(f"{redis_prefix}:rate:user:1")
+
+    assert 0 < ttl <= 6  # 10 tokens at 2/s refill in 5 s
+
+
+def test_settings_without_redis_give_one_shared_memory_limiter(settings):
+    settings.REDIS_URL = ""
+    settings.CHAT_RATE_BURST = 7
+    settings.CHAT_RATE_PER_SECOND = 2.0
+    ratelimit._memory_limiter = None
+
+    limiter = get_rate_limiter()
+
+    assert isinstance(limiter, MemoryRateLimiter)
+    assert (limiter.burst, limiter.per_second) == (7, 2.0)
+    assert get_rate_limiter() is limiter
+    ratelimit._memory_limiter = None
+
+
+def test_changed_settings_give_a_new_memory_limiter(settings):
+    settings.REDIS_URL = ""
+    ratelimit._memory_limiter = None
+    settings.CHAT_RATE_BURST = 7
+    first = get_rate_limiter()
+
+    settings.CHAT_RATE_BURST = 8
+    second = get_rate_limiter()
+
+    assert second is not first and second.burst == 8
+    ratelimit._memory_limiter = None
+
+
+def test_settings_with_redis_give_a_redis_limiter_under_the_prefix(settings):
+    settings.REDIS_URL = REDIS_URL
+    settings.REDIS_PREFIX = "deployment"
+
+    limiter = get_rate_limiter()
+
+    assert isinstance(limiter, RedisRateLimiter)
+    assert limiter.prefix == "deployment:"
+    assert (limiter.burst, limiter.per_second) == (
+        settings.CHAT_RATE_BURST,
+        settings.CHAT_RATE_PER_SECOND,
+    )
