@@ -15,7 +15,12 @@ from chat.health import health_check
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/index.html")
+    config = {
+        "user": request.user.get_username(),
+        "maxBodyChars": settings.CHAT_MAX_BODY_CHARS,
+        "loginUrl": settings.LOGIN_URL,
+    }
+    return render(request, "chat/index.html", {"chat_config": config})
 
 
 def signup(request: HttpRequest) -> HttpResponse:

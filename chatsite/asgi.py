@@ -13,6 +13,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # touches models.
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+if settings.DEBUG:
+    # Development serves /static/ straight from the apps (no collectstatic),
+    # under daphne as under runserver. In production a proxy such as nginx
+    # serves the collected STATIC_ROOT; see README, "Running it for real".
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -18,6 +18,9 @@ from channels.layers import channel_layers
 from django.conf import LazySettings
 
 from chat import delivery, presence, ratelimit
+
+# Browser fixtures (Chromium + a daphne server): see tests/browser.py.
+from tests.browser import browser, chat_server, chat_user  # noqa: F401
 from tests.chatclient import ChatTestClient, open_socket
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

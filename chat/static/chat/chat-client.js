@@ -1,57 +1,121 @@
-/* ChatClient: a small client for the protocol in docs/protocol.md.
+/* ChatClient: a small, UI-free client for the chat protocol (docs/protocol.md).
  *
- *   const client = new ChatClient({url: "/ws/chat/"});
- *   client.on("message", (m) => ...);      // any server event type
+ * Load it with a plain <script> tag; it defines `window.ChatClient` and
+ * nothing else. The page must be logged in (the session cookie is the only
+ * identity), and be served by the chat site (same origin as the socket).
+ *
+ *   const client = new ChatClient();                 // ws(s)://<this host>/ws/chat/
+ *   client.on("hello", (h) => ...);                  // after every (re)connect
+ *   client.on("message", (m) => ...);                // each message once, live or synced
+ *   client.on("presence", (p) => ...);               // any server event type, batches unwrapped
+ *   client.on("status", (s) => ...);                 // {state: "connecting" | "online" |
+ *                                                    //  "reconnecting" | "logged-out", ...}
  *   client.connect();
  *   const ack = await client.request({type: "send", to: {all: true}, body: "hi"});
+ *   // request() resolves with the reply carrying its `ref`, or rejects with an
+ *   // Error whose `code` is the protocol's error code ("rate_limited", ...),
+ *   // "disconnected", "not_connected" or "timeout".
  *
- * It reconnects with exponential backoff and jitter, and after every
- * reconnect sends `sync` from the highest message id it has seen, dropping
- * duplicates by id, so listeners see every message once.
+ * Reconnecting: after an unexpected close (including 1012, a server restart)
+ * it reconnects with exponential backoff and full jitter (0.5 s doubling up
+ * to 30 s). After every reconnect it sends `sync` from the highest message id
+ * it has seen and emits each missed message as a "message" event; ids already
+ * seen are dropped, so listeners never get one twice.
+ *
+ * Logging out closes the socket with 1008; a refused handshake (session gone)
+ * looks like a failed connection. In both cases the client asks the server
+ * whether the session is still logged in (`sessionUrl`, default "/") and, if
+ * not, stops and emits status "logged-out" instead of retrying forever.
  */
 (function (root) {
   "use strict";
+
+  const CLOSE_POLICY = 1008;
+  const MAX_DELAY = 30000;
+  const BASE_DELAY = 500;
 
   class ChatClient {
     constructor(options = {}) {
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
       this.url = options.url || `${scheme}//${location.host}/ws/chat/`;
-      this.timeout = options.timeout || 10000;
+      this.sessionUrl = options.sessionUrl || "/";
+      this.timeout = options.timeout || 15000;
       this.listeners = {};
       this.pending = new Map();
       this.seen = new Set();
       this.lastId = 0;
       this.nextRef = 1;
       this.attempt = 0;
+      this.greeted = false;   // a hello has been received on some connection
+      this.syncs = 0;         // sync rounds completed (tests and debugging)
       this.socket = null;
       this.stopped = false;
+      this.timer = null;
     }
 
+    /** Listen to a server event type, or "status". */
     on(type, fn) { (this.listeners[type] = this.listeners[type] || []).push(fn); return this; }
-    emit(type, event) { for (const fn of this.listeners[type] || []) fn(event); }
+
+    emit(type, event) {
+      for (const fn of this.listeners[type] || []) {
+        try { fn(event); } catch (e) { console.error(e); }
+      }
+    }
+
+    get connected() { return !!this.socket && this.socket.readyState === WebSocket.OPEN; }
 
     connect() {
       this.stopped = false;
-      this.emit("status", {state: "connecting"});
+      clearTimeout(this.timer);
+      this.emit("status", {state: this.greeted ? "reconnecting" : "connecting", attempt: this.attempt});
+      let opened = false;
       const socket = new WebSocket(this.url);
       this.socket = socket;
+      socket.onopen = () => { opened = true; };
       socket.onmessage = (frame) => this.handleFrame(frame.data);
       socket.onclose = (close) => {
-        for (const [, p] of this.pending) p.reject(new Error("disconnected"));
+        if (this.socket !== socket) return;
+        this.socket = null;
+        for (const [, p] of this.pending) p.reject(codedError("disconnected", "the connection closed"));
         this.pending.clear();
-        this.emit("status", {state: "offline", code: close.code});
-        if (!this.stopped) this.scheduleReconnect();
+        if (this.stopped) return;
+        // 1008 is a logout (or misbehaviour); a handshake refused before it
+        // opened may be a lost session: ask the server before retrying.
+        if (close.code === CLOSE_POLICY || !opened) this.checkSession().then((ok) => {
+          if (ok) this.scheduleReconnect(close.code);
+          else { this.stopped = true; this.emit("status", {state: "logged-out"}); }
+        });
+        else this.scheduleReconnect(close.code);
       };
     }
 
-    close() { this.stopped = true; if (this.socket) this.socket.close(); }
-
-    scheduleReconnect() {
-      const base = Math.min(30000, 500 * 2 ** this.attempt);
-      const delay = base / 2 + Math.random() * base / 2;
-      this.attempt += 1;
-      setTimeout(() => this.connect(), delay);
+    /** Close for good (no reconnect). */
+    close() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      if (this.socket) this.socket.close(1000);
     }
+
+    /** Resolves false only when the server says the session is logged out. */
+    async checkSession() {
+      try {
+        const response = await fetch(this.sessionUrl, {method: "HEAD", redirect: "manual", cache: "no-store"});
+        return !(response.type === "opaqueredirect" || response.status === 401 || response.status === 403);
+      } catch (e) {
+        return true; // the server is unreachable: keep trying
+      }
+    }
+
+    scheduleReconnect(code) {
+      const ceiling = Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
+      const delay = ceiling / 2 + Math.random() * ceiling / 2;
+      this.attempt += 1;
+      this.emit("status", {state: "offline", code, retryIn: delay, attempt: this.attempt});
+      this.timer = setTimeout(() => this.connect(), delay);
+    }
+
+    /** Reconnect now instead of waiting for the backoff timer. */
+    retryNow() { if (!this.socket && !this.stopped) this.connect(); }
 
     handleFrame(text) {
       let event;
@@ -62,19 +126,22 @@
 
     handleEvent(event) {
       if (event.type === "hello") {
-        const resumed = this.lastId > 0;
+        const resumed = this.greeted;
+        this.greeted = true;
         this.attempt = 0;
+        if (!resumed) this.lastId = Math.max(this.lastId, event.last_id || 0);
         this.emit("status", {state: "online"});
-        this.emit("hello", event);
-        if (resumed) this.catchUp(); else this.lastId = Math.max(this.lastId, event.last_id);
+        this.emit("hello", Object.assign({resumed}, event));
+        if (resumed) this.catchUp();
         return;
       }
       if (event.type === "message" && !this.accept(event)) return;
       if (event.ref !== undefined && this.pending.has(event.ref)) {
         const p = this.pending.get(event.ref);
         this.pending.delete(event.ref);
-        if (event.type === "error") p.reject(Object.assign(new Error(event.message), {code: event.code}));
+        if (event.type === "error") p.reject(codedError(event.code, event.message));
         else p.resolve(event);
+        if (event.type === "error") return; // answered to its caller, not broadcast
       }
       this.emit(event.type, event);
     }
@@ -86,20 +153,34 @@
       return true;
     }
 
+    /** After a reconnect: every message with an id above the highest seen. */
     async catchUp() {
-      let more = true;
-      while (more) {
-        const reply = await this.request({type: "sync", since: this.lastId});
-        for (const m of reply.messages) if (this.accept(m)) this.emit("message", Object.assign({type: "message"}, m));
-        more = reply.more;
+      let since = this.lastId;
+      try {
+        for (;;) {
+          const reply = await this.request({type: "sync", since});
+          for (const m of reply.messages) {
+            since = Math.max(since, m.id);
+            if (this.accept(m)) this.emit("message", Object.assign({type: "message"}, m));
+          }
+          if (!reply.more || !reply.messages.length) break;
+        }
+        this.syncs += 1;
+        this.emit("synced", {since});
+      } catch (e) {
+        // The socket closed mid-sync: the next hello syncs again.
       }
     }
 
+    /** Send a command with a fresh `ref`; resolves with the reply that carries it. */
     request(command) {
       const ref = String(this.nextRef++);
       return new Promise((resolve, reject) => {
-        if (!this.socket || this.socket.readyState !== WebSocket.OPEN) { reject(new Error("not connected")); return; }
-        const timer = setTimeout(() => { this.pending.delete(ref); reject(new Error("timed out")); }, this.timeout);
+        if (!this.connected) { reject(codedError("not_connected", "not connected")); return; }
+        const timer = setTimeout(() => {
+          this.pending.delete(ref);
+          reject(codedError("timeout", "no answer from the server"));
+        }, this.timeout);
         this.pending.set(ref, {
           resolve: (v) => { clearTimeout(timer); resolve(v); },
           reject: (e) => { clearTimeout(timer); reject(e); },
@@ -108,6 +189,8 @@
       });
     }
   }
+
+  function codedError(code, message) { return Object.assign(new Error(message), {code}); }
 
   root.ChatClient = ChatClient;
 })(window);

@@ -1,0 +1,467 @@
+/* The chat page: sidebar, conversation pane and composer on top of ChatClient.
+ *
+ * All state lives in `state`; the DOM is drawn from it. Every piece of user
+ * content (names, bodies, group names, server messages) goes in through
+ * textContent or attributes, never innerHTML.
+ */
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("chat-config").textContent);
+  const me = config.user;
+  const PAGE_SIZE = 50;
+  const client = new ChatClient();
+  const $ = (id) => document.getElementById(id);
+
+  const ERROR_TEXT = {
+    rate_limited: "You are sending messages too fast. Wait a moment, then try again.",
+    too_large: "That message is too long to send. Shorten it or split it in parts.",
+    empty_body: "Type something before sending.",
+    not_member: "You are not a member of this group. Join it to read and send messages.",
+    no_such_user: "There is no user with that name.",
+    bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
+    unavailable: "The server could not store that right now. Try again in a moment.",
+    not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
+    disconnected: "The connection dropped before the server answered. Check the conversation, then try again.",
+    timeout: "The server did not answer in time. Try again.",
+  };
+  const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
+
+  // -- state -----------------------------------------------------------------
+
+  const state = {
+    online: new Set(),
+    groups: [],
+    conversations: new Map(), // key -> conversation
+    openKey: null,
+    membersOpen: window.matchMedia("(min-width: 1100px)").matches,
+  };
+
+  function keyOf(address) {
+    if (address.all) return "all";
+    if (address.group !== undefined) return "group:" + address.group;
+    return "user:" + address.user;
+  }
+
+  /** The conversation a message belongs to, seen from this user. */
+  function addressOfMessage(m) {
+    if (m.to.all || m.to.group !== undefined) return m.to;
+    return {user: m.from === me ? m.to.user : m.from};
+  }
+
+  function conversation(address) {
+    const key = keyOf(address);
+    let conv = state.conversations.get(key);
+    if (!conv) {
+      conv = {key, address, messages: new Map(), unread: 0, loaded: false, complete: false,
+        loading: false, members: null, error: "", draft: ""};
+      state.conversations.set(key, conv);
+    }
+    return conv;
+  }
+
+  function titleOf(conv) {
+    if (conv.address.all) return "Everyone";
+    if (conv.address.group !== undefined) return "# " + conv.address.group;
+    return conv.address.user === me ? conv.address.user + " (you)" : conv.address.user;
+  }
+
+  // -- small DOM helpers -------------------------------------------------------
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "className") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  function hue(name) {
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.codePointAt(0)) % 360;
+    return h;
+  }
+
+  function avatar(name, className) {
+    const initial = (name.replace(/^guest-/, "")[0] || "?").toUpperCase();
+    const node = el("span", {className: "avatar " + (className || ""), "aria-hidden": "true", text: initial});
+    node.style.setProperty("--hue", hue(name));
+    return node;
+  }
+
+  function badge(count) {
+    return count ? el("span", {className: "badge", text: count > 99 ? "99+" : String(count),
+      "aria-label": count + " unread"}) : null;
+  }
+
+  function showError(node, text) {
+    node.textContent = text;
+    node.hidden = !text;
+  }
+
+  // -- sidebar ---------------------------------------------------------------
+
+  function conversationItem(address, label, extra) {
+    const conv = conversation(address);
+    const isOpen = state.openKey === conv.key;
+    const button = el("button", {
+      type: "button", className: "conv-link" + (conv.unread ? " has-unread" : ""),
+      dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
+      onclick: () => openConversation(address),
+    }, extra.icon, el("span", {className: "conv-name", text: label}), extra.status || null, badge(conv.unread));
+    return el("li", {className: isOpen ? "active" : ""}, button);
+  }
+
+  function renderSidebar() {
+    const hashIcon = () => el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"});
+    $("everyone-list").replaceChildren(conversationItem({all: true}, "Everyone",
+      {icon: el("span", {className: "conv-icon everyone", "aria-hidden": "true", text: "✱"})}));
+
+    $("group-list").replaceChildren(...[...state.groups].sort((a, b) => a.localeCompare(b))
+      .map((g) => conversationItem({group: g}, g, {icon: hashIcon()})));
+
+    // People: everyone online, plus anyone with a direct conversation here.
+    const people = new Set([...state.online].filter((u) => u !== me));
+    for (const conv of state.conversations.values()) {
+      if (conv.address.user !== undefined && conv.address.user !== me) people.add(conv.address.user);
+    }
+    const sorted = [...people].sort((a, b) =>
+      (state.online.has(b) - state.online.has(a)) || a.localeCompare(b));
+    $("people-list").replaceChildren(...sorted.map((u) => {
+      const online = state.online.has(u);
+      const icon = el("span", {className: "avatar-wrap"}, avatar(u, "small"),
+        el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"}));
+      const status = el("span", {className: "visually-hidden", text: online ? " (online)" : " (offline)"});
+      const item = conversationItem({user: u}, u, {icon, status});
+      item.classList.add(online ? "online" : "offline");
+      item.dataset.user = u;
+      return item;
+    }));
+    const othersOnline = [...state.online].filter((u) => u !== me).length;
+    $("online-count").textContent = othersOnline ? othersOnline + " online" : "";
+    $("people-empty").hidden = sorted.length > 0;
+
+    const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
+    document.title = (unread ? `(${unread}) ` : "") + "Chat";
+  }
+
+  // -- conversation pane -------------------------------------------------------
+
+  const dayFormat = new Intl.DateTimeFormat(undefined, {weekday: "long", day: "numeric", month: "long"});
+  const timeFormat = new Intl.DateTimeFormat(undefined, {hour: "2-digit", minute: "2-digit"});
+  const fullFormat = new Intl.DateTimeFormat(undefined, {dateStyle: "full", timeStyle: "short"});
+
+  function dayLabel(date) {
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (date.toDateString() === today.toDateString()) return "Today";
+    if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return dayFormat.format(date);
+  }
+
+  function messageItem(m, previous) {
+    const date = new Date(m.ts);
+    const own = m.from === me;
+    const continued = previous && previous.from === m.from &&
+      date - new Date(previous.ts) < 5 * 60 * 1000 &&
+      new Date(previous.ts).toDateString() === date.toDateString();
+    const item = el("li", {className: "message" + (own ? " own" : "") + (continued ? " continued" : ""),
+      dataset: {id: String(m.id), from: m.from}});
+    if (!continued) {
+      item.append(avatar(m.from, "message-avatar"));
+      item.append(el("div", {className: "meta"},
+        el("span", {className: "from", text: own ? "You" : m.from}),
+        el("time", {datetime: m.ts, title: fullFormat.format(date), text: timeFormat.format(date)})));
+    } else {
+      item.append(el("time", {className: "side-time", datetime: m.ts, title: fullFormat.format(date),
+        text: timeFormat.format(date)}));
+    }
+    item.append(el("div", {className: "body", text: m.body}));
+    return item;
+  }
+
+  function renderMessages() {
+    const conv = state.conversations.get(state.openKey);
+    const box = $("messages");
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    const atBottom = fromBottom - box.clientHeight < 60;
+    const messages = [...conv.messages.values()].sort((a, b) => a.id - b.id);
+    const items = [];
+    let previous = null;
+    for (const m of messages) {
+      const day = new Date(m.ts).toDateString();
+      if (!previous || new Date(previous.ts).toDateString() !== day) {
+        items.push(el("li", {className: "day", role: "separator"}, el("span", {text: dayLabel(new Date(m.ts))})));
+        previous = null;
+      }
+      items.push(messageItem(m, previous));
+      previous = m;
+    }
+    $("message-list").replaceChildren(...items);
+    $("empty-conversation").hidden = !(conv.loaded && messages.length === 0 && !conv.error);
+    let status = "";
+    if (conv.error) status = conv.error;
+    else if (conv.loading) status = "Loading earlier messages…";
+    else if (conv.complete && messages.length) status = "This is the beginning of the conversation.";
+    $("history-status").textContent = status;
+    $("history-status").className = "history-status" + (conv.error ? " error" : "");
+    box.scrollTop = atBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
+  }
+
+  function renderMembers() {
+    const conv = state.conversations.get(state.openKey);
+    const isGroup = conv && conv.address.group !== undefined;
+    $("members-toggle").hidden = !isGroup;
+    $("leave-button").hidden = !isGroup;
+    $("members-panel").hidden = !(isGroup && state.membersOpen);
+    $("members-toggle").setAttribute("aria-expanded", String(isGroup && state.membersOpen));
+    if (!isGroup) return;
+    const members = conv.members || [];
+    const sorted = [...members].sort((a, b) => (b.online - a.online) || a.user.localeCompare(b.user));
+    $("member-list").replaceChildren(...sorted.map((m) => {
+      const online = m.user === me || state.online.has(m.user);
+      return el("li", {className: online ? "online" : "offline", dataset: {user: m.user}},
+        el("span", {className: "avatar-wrap"}, avatar(m.user, "small"),
+          el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"})),
+        el("span", {className: "member-name", text: m.user === me ? m.user + " (you)" : m.user}),
+        el("span", {className: "visually-hidden", text: online ? " online" : " offline"}));
+    }));
+    const onlineCount = sorted.filter((m) => m.user === me || state.online.has(m.user)).length;
+    $("member-count").textContent = members.length ? `${onlineCount}/${members.length} online` : "";
+    $("conv-subtitle").textContent = members.length
+      ? `${members.length} member${members.length === 1 ? "" : "s"}, ${onlineCount} online` : "";
+  }
+
+  function renderHeader() {
+    const conv = state.conversations.get(state.openKey);
+    $("conv-title").textContent = titleOf(conv);
+    let subtitle = "";
+    let placeholder = "Message everyone";
+    if (conv.address.all) subtitle = "A broadcast to everyone";
+    else if (conv.address.user !== undefined) {
+      subtitle = state.online.has(conv.address.user) || conv.address.user === me ? "Online" : "Offline";
+      placeholder = "Message " + conv.address.user;
+    } else placeholder = "Message # " + conv.address.group;
+    $("conv-subtitle").textContent = subtitle;
+    $("body").placeholder = placeholder;
+  }
+
+  function renderConversation() {
+    renderHeader();
+    renderMembers();
+    renderMessages();
+  }
+
+  async function loadHistory(conv) {
+    if (conv.loading || conv.complete || !client.connected) return;
+    conv.loading = true;
+    if (state.openKey === conv.key) renderMessages();
+    const command = {type: "history", of: conv.address, limit: PAGE_SIZE};
+    const ids = [...conv.messages.keys()];
+    if (conv.loaded && ids.length) command.before = Math.min(...ids);
+    try {
+      const reply = await client.request(command);
+      for (const m of reply.messages) conv.messages.set(m.id, m);
+      if (reply.messages.length < PAGE_SIZE) conv.complete = true;
+      conv.loaded = true;
+      conv.error = "";
+    } catch (error) {
+      conv.error = describeError(error);
+    } finally {
+      conv.loading = false;
+    }
+    if (state.openKey === conv.key) {
+      renderMessages();
+      fillViewport(conv);
+    }
+  }
+
+  /** Load older pages until the list can scroll (so scrolling up can ask for more). */
+  function fillViewport(conv) {
+    const box = $("messages");
+    if (!conv.complete && !conv.error && box.scrollHeight <= box.clientHeight) loadHistory(conv);
+  }
+
+  async function loadMembers(conv) {
+    if (conv.address.group === undefined || !client.connected) return;
+    try {
+      const reply = await client.request({type: "members", group: conv.address.group});
+      conv.members = reply.members;
+    } catch (error) {
+      conv.error = describeError(error);
+    }
+    if (state.openKey === conv.key) { renderMembers(); renderMessages(); }
+  }
+
+  function openConversation(address) {
+    const conv = conversation(address);
+    const previous = state.conversations.get(state.openKey);
+    if (previous) previous.draft = $("body").value;
+    state.openKey = conv.key;
+    conv.unread = 0;
+    $("body").value = conv.draft;
+    autosize();
+    showError($("send-error"), "");
+    $("app").dataset.view = "conversation";
+    $("app").dataset.kind = conv.address.all ? "all" : conv.address.group !== undefined ? "group" : "user";
+    $("message-list").replaceChildren();
+    renderSidebar();
+    renderConversation();
+    $("messages").scrollTop = $("messages").scrollHeight;
+    if (!conv.loaded) loadHistory(conv);
+    loadMembers(conv);
+    if (window.matchMedia("(min-width: 721px)").matches) $("body").focus();
+  }
+
+  // -- events from the server ------------------------------------------------
+
+  client.on("status", (s) => {
+    const box = $("connection");
+    box.dataset.state = s.state;
+    const labels = {connecting: "Connecting…", reconnecting: "Reconnecting…", online: "Connected",
+      "logged-out": "Logged out"};
+    let label = labels[s.state] || "Offline";
+    if (s.state === "offline") label = `Offline · retrying in ${Math.max(1, Math.round(s.retryIn / 1000))} s`;
+    box.querySelector(".label").textContent = label;
+    $("retry").hidden = s.state !== "offline";
+    if (s.state === "logged-out") location.assign(config.loginUrl + "?next=/");
+  });
+
+  client.on("hello", (hello) => {
+    state.online = new Set(hello.online);
+    state.groups = [...hello.groups];
+    if (!hello.resumed) {
+      openConversation({all: true});
+      if (window.matchMedia("(max-width: 720px)").matches) $("app").dataset.view = "list";
+    } else {
+      // Reconnected: whatever failed while offline is worth another try.
+      const conv = state.conversations.get(state.openKey);
+      if (conv && conv.address.group !== undefined && !state.groups.includes(conv.address.group)) {
+        openConversation({all: true});
+      } else if (conv) {
+        conv.error = "";
+        if (!conv.loaded) loadHistory(conv);
+        loadMembers(conv);
+      }
+    }
+    renderSidebar();
+    renderHeader();
+  });
+
+  client.on("message", (m) => {
+    const conv = conversation(addressOfMessage(m));
+    conv.messages.set(m.id, m);
+    if (state.openKey === conv.key) renderMessages();
+    else if (m.from !== me) conv.unread += 1;
+    renderSidebar();
+  });
+
+  client.on("presence", (p) => {
+    if (p.online) state.online.add(p.user); else state.online.delete(p.user);
+    renderSidebar();
+    if (state.openKey) { renderHeader(); renderMembers(); }
+  });
+
+  function membershipChanged(event, joined) {
+    if (event.user === me) {
+      if (joined && !state.groups.includes(event.group)) state.groups.push(event.group);
+      if (!joined) {
+        state.groups = state.groups.filter((g) => g !== event.group);
+        const conv = state.conversations.get("group:" + event.group);
+        if (conv) { conv.loaded = false; conv.complete = false; conv.messages.clear(); conv.unread = 0; }
+        if (state.openKey === "group:" + event.group) openConversation({all: true});
+      }
+      renderSidebar();
+    }
+    const conv = state.conversations.get("group:" + event.group);
+    if (conv && state.openKey === conv.key) loadMembers(conv);
+  }
+  client.on("joined", (e) => membershipChanged(e, true));
+  client.on("left", (e) => membershipChanged(e, false));
+
+  // -- what the user does ------------------------------------------------------
+
+  function autosize() {
+    const box = $("body");
+    box.style.height = "auto";
+    box.style.height = Math.min(box.scrollHeight, 180) + "px";
+    const length = [...box.value].length;
+    const over = length - config.maxBodyChars;
+    $("char-count").textContent = length > config.maxBodyChars * 0.9
+      ? (over > 0 ? `· ${over} characters over the limit` : `· ${config.maxBodyChars - length} characters left`) : "";
+    $("char-count").className = over > 0 ? "over" : "";
+  }
+
+  async function send() {
+    const box = $("body");
+    const body = box.value;
+    if (!body.trim()) return;
+    const conv = state.conversations.get(state.openKey);
+    box.value = "";
+    conv.draft = "";
+    autosize();
+    showError($("send-error"), "");
+    try {
+      await client.request({type: "send", to: conv.address, body});
+    } catch (error) {
+      if (state.openKey === conv.key) {
+        showError($("send-error"), describeError(error));
+        if (!box.value) { box.value = body; autosize(); }
+      } else if (!conv.draft) conv.draft = body;
+    }
+  }
+
+  $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
+  $("body").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
+  });
+  $("body").addEventListener("input", () => { autosize(); });
+
+  $("join-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = $("join-name").value.trim();
+    if (!name) return;
+    showError($("join-error"), "");
+    try {
+      const reply = await client.request({type: "join", group: name});
+      if (!state.groups.includes(reply.group)) state.groups.push(reply.group);
+      $("join-name").value = "";
+      openConversation({group: reply.group});
+    } catch (error) {
+      showError($("join-error"), describeError(error));
+    }
+  });
+
+  $("leave-button").addEventListener("click", async () => {
+    const conv = state.conversations.get(state.openKey);
+    if (!conv || conv.address.group === undefined) return;
+    try {
+      const reply = await client.request({type: "leave", group: conv.address.group});
+      membershipChanged(reply, false);
+    } catch (error) {
+      showError($("send-error"), describeError(error));
+    }
+  });
+
+  $("members-toggle").addEventListener("click", () => {
+    state.membersOpen = !state.membersOpen;
+    renderMembers();
+  });
+
+  $("messages").addEventListener("scroll", () => {
+    const conv = state.conversations.get(state.openKey);
+    if (conv && conv.loaded && $("messages").scrollTop < 120) loadHistory(conv);
+  });
+
+  $("back").addEventListener("click", () => { $("app").dataset.view = "list"; renderSidebar(); });
+  $("retry").addEventListener("click", () => client.retryNow());
+  $("me-avatar").replaceWith(avatar(me, "small"));
+
+  window.chatPage = {client, state}; // for the console and the browser tests
+  client.connect();
+})();
