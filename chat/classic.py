@@ -1,0 +1,182 @@
+"""The `/socket` endpoint: the classic comma-separated protocol of old clients.
+
+A thin translation, not a second chat server (docs/protocol.md, "The
+plain-text endpoint"). `TARGET,TEXT` frames become the same `send` and `join`
+commands as on `/ws/chat/`, run through the `ChatSocket` helpers; the hub's
+JSON events become plain-text frames. Users, groups, storage, presence, limits
+and error codes are therefore shared with JSON clients.
+
+What classic clients get:
+
+- a `message` event, the sender's own copy included (it is their only sign
+  that the message was stored): `用户(FROM=>TO):TEXT`;
+- `presence`: `用户(NAME)登录了` / `用户(NAME)退出了`;
+- an error: `错误(CODE):MESSAGE`.
+
+`ack`, `joined` and `left` have no classic form and are dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from chat import protocol
+from chat.accounts import GUEST_PREFIX, guest_create
+from chat.consumers import ChatSocket
+from chat.protocol import Address, ChatError, Command, encode, error_event
+
+logger = logging.getLogger(__name__)
+
+LOGIN_TARGET = "login"
+ALL_TARGET = "all"
+GROUP_PREFIX = "group"
+# ASCII only: `\d` would also accept other scripts' digits.
+_USER_ID_RE = re.compile(r"[0-9]{1,12}")
+
+
+def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Command | None:
+    """The command a `TARGET,TEXT` frame asks for (None for `login`), or `ChatError`."""
+    # A str from the socket has at most 4 bytes per character: skip encoding
+    # when it is clearly within the limit.
+    if len(frame) * 4 > max_bytes and len(frame.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ChatError(protocol.TOO_LARGE, f"frame is larger than {max_bytes} bytes")
+    target, comma, text = frame.partition(",")
+    if not comma:
+        raise ChatError(protocol.BAD_COMMAND, "frames are TARGET,TEXT (no comma found)")
+    if not target:
+        raise ChatError(
+            protocol.BAD_COMMAND,
+            "the target before the comma is empty (login, all, groupNAME or a user)",
+        )
+    if target == LOGIN_TARGET:
+        # The socket is online from its handshake; nothing to do.
+        return None
+    if target == ALL_TARGET:
+        to = Address("all")
+    elif target.startswith(GROUP_PREFIX):
+        to = Address("group", protocol.clean_group_name(target[len(GROUP_PREFIX) :]))
+    else:
+        to = Address("user", protocol.clean_username(target))
+    body = protocol.clean_body(text, max_chars=max_body_chars)
+    return Command("send", to=to, body=body)
+
+
+@functools.lru_cache(maxsize=256)
+def classic_frames(text: str) -> tuple[str, ...]:
+    """The classic frames for one JSON frame of the hub (batches unwrapped)."""
+    # The hub writes the same text object to every socket of an audience, so
+    # one translation serves all classic sockets of this worker.
+    event = orjson.loads(text)
+    events = event["events"] if event.get("type") == "batch" else [event]
+    return tuple(frame for e in events if (frame := _classic_frame(e)) is not None)
+
+
+def _classic_frame(event: dict[str, Any]) -> str | None:
+    kind = event.get("type")
+    if kind == "message":
+        to = event["to"]
+        audience = to.get("user") or to.get("group") or ALL_TARGET
+        return f"用户({event['from']}=>{audience}):{event['body']}"
+    if kind == "presence":
+        return f"用户({event['user']}){'登录了' if event['online'] else '退出了'}"
+    if kind == "error":
+        return f"错误({event['code']}):{event['message']}"
+    return None
+
+
+def guest_suffix(query_string: bytes) -> str | None:
+    """The digits of a valid `?userId=DIGITS`, or None."""
+    values = parse_qs(query_string.decode("latin-1")).get("userId", [])
+    if len(values) == 1 and _USER_ID_RE.fullmatch(values[0]):
+        return values[0]
+    return None
+
+
+class ClassicConsumer(ChatSocket):
+    """The plain-text protocol of docs/protocol.md, for old clients."""
+
+    endpoint = "classic"
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            # The session decides who this is; a userId in the URL is ignored.
+            await self.open_as(user)
+            return
+        suffix = guest_suffix(self.scope.get("query_string", b""))
+        if not settings.CHAT_GUEST_LOGIN or suffix is None:
+            await self.close()  # before accept: the handshake is answered 403
+            return
+        guest = await database_sync_to_async(guest_create)(suffix=suffix)
+        if guest is None:
+            # Someone has that name already: a URL must not take it over.
+            logger.info("refused a classic socket for existing %s%s", GUEST_PREFIX, suffix)
+            await self.close()
+            return
+        await self.open_as(guest)
+
+    async def greet(self, groups: list[tuple[int, str]]) -> None:
+        # Classic clients get no greeting; remember the groups to skip joins.
+        self._groups = {name for _, name in groups}
+
+    async def write(self, text: str) -> None:
+        if self._closed or self._pending is not None:
+            await super().write(text)  # dropped, or kept as JSON until greeted
+            return
+        try:
+            frames = classic_frames(text)
+        except Exception:
+            logger.exception("could not translate an event for a classic socket")
+            return
+        for frame in frames:
+            await self.send(text_data=frame)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            if text_data is None:
+                raise ChatError(protocol.BINARY_NOT_SUPPORTED, "send TARGET,TEXT in text frames")
+            command = classic_command(
+                text_data,
+                max_bytes=settings.CHAT_MAX_FRAME_BYTES,
+                max_body_chars=settings.CHAT_MAX_BODY_CHARS,
+            )
+            if command is not None:
+                await self.send_classic(command)
+        except ChatError as error:
+            await self.write(encode(error_event(error.code, error.message)))
+            await self.count_error(error.code)
+        except Exception:
+            logger.exception("classic command failed for %s", self.username)
+            await self.write(
+                encode(error_event(protocol.UNAVAILABLE, "the server failed; try again"))
+            )
+
+    async def send_classic(self, command: Command) -> None:
+        """Send a message, joining its group first if needed (as classic servers did)."""
+        assert command.to is not None
+        if command.to.kind != "group":
+            await self.send_message(command)
+            return
+        name = command.to.name
+        if name not in self._groups:
+            await self.join_group_named(name)
+        try:
+            await self.send_message(command)
+        except ChatError as error:
+            # Left on another connection since: join again, once.
+            if error.code != protocol.NOT_MEMBER:
+                raise
+            await self.join_group_named(name)
+            await self.send_message(command)
+
+    async def join_group_named(self, name: str) -> None:
+        joined = await self.join_group(Command("join", group=name))
+        self._groups.add(joined["group"])
