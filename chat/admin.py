@@ -29,6 +29,9 @@ class ChatGroupAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     readonly_fields = ("created_at",)
     inlines = (MembershipInline,)
+    # Explicit: Django ignores Meta.ordering once the counts below add a GROUP
+    # BY, which left the membership form's group autocomplete unordered.
+    ordering = ("name",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatGroup]:
         return (
