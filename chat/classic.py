@@ -137,7 +137,8 @@ class ClassicConsumer(ChatSocket):
             logger.exception("could not translate an event for a classic socket")
             return
         for frame in frames:
-            await self.send(text_data=frame)
+            # Through the base class, so its limits on sending apply to frames.
+            await super().write(frame)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:

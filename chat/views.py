@@ -23,6 +23,15 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/index.html", {"chat_config": config})
 
 
+def classic(request: HttpRequest) -> HttpResponse:
+    """The classic demo page on `/socket`: the session, or a guest user id, decides who."""
+    context = {
+        "username": request.user.get_username() if request.user.is_authenticated else "",
+        "guest_login": settings.CHAT_GUEST_LOGIN,
+    }
+    return render(request, "chat/classic.html", context)
+
+
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():

@@ -5,6 +5,7 @@ from chat import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("classic/", views.classic, name="classic"),
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/guest/", views.guest_login, name="guest"),
     path("accounts/", include("django.contrib.auth.urls")),
