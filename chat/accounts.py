@@ -24,7 +24,9 @@ def is_guest_name(username: str) -> bool:
 class SignupForm(UserCreationForm):
     def clean_username(self) -> str:
         username = super().clean_username()
-        if is_guest_name(username):
+        # Django's own check returns None (despite its type) once it has
+        # recorded "name taken"; that error is enough.
+        if username and is_guest_name(username):
             raise forms.ValidationError(
                 f"Names starting with “{GUEST_PREFIX}” are kept for guests."
             )
