@@ -1,0 +1,1 @@
+"""Fan-out benchmark: python -m bench run --all (see bench/RESULTS.md)."""

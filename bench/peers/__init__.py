@@ -1,0 +1,1 @@
+"""Servers the benchmark compares ours with, started by the same harness."""

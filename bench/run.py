@@ -1,0 +1,326 @@
+"""Workloads W1-W4: start the servers, drive them, measure, and write tables.
+
+Each workload runs against our server and against the tutorial peer in the
+same invocation, one after the other on the same machine, so every figure
+also comes as a ratio to the peer measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import servers
+from bench.loadgen import LoadGen, StepResult
+
+LADDER = [2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500, 650, 800, 1000]
+LIGHT_RATE = 10
+PASS_P99_MS = 250.0
+
+
+@dataclasses.dataclass
+class Config:
+    clients: int = 200
+    senders: int = 10
+    step_seconds: float = 5.0
+    ladder: tuple[float, ...] = tuple(LADDER)
+    w3_clients: int = 2000
+    w3_batch: int = 200
+    w4_clients: int = 2000
+    w4_ladder: tuple[float, ...] = (2, 5, 10, 20, 35, 50, 75)
+    db: str = "postgres"
+    server: str = "daphne"
+    peer_server: str = "daphne"
+    targets: tuple[str, ...] = ("ours", "peer")
+    overload_check: bool = True
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(
+            clients=40,
+            senders=4,
+            step_seconds=2.0,
+            ladder=(5, 20, 60),
+            w3_clients=200,
+            w3_batch=100,
+            w4_clients=200,
+            w4_ladder=(2, 5),
+        )
+
+
+def machine() -> dict[str, Any]:
+    mem_kib = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    cpu_model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "host": socket.gethostname(),
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _deploy(target: str, workers: int, run_id: str, config: Config) -> servers.Deployment:
+    if target == "ours":
+        return servers.start_ours(
+            workers=workers, run_id=run_id, db=config.db, server=config.server
+        )
+    return servers.start_peer(workers=workers, run_id=run_id, server=config.peer_server)
+
+
+def _step_dict(step: StepResult) -> dict[str, Any]:
+    return dataclasses.asdict(step)
+
+
+def _log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+
+
+async def _setup(gen: LoadGen, clients: int, *, batch: int, join: str | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    cookies = await gen.login(clients)
+    login_s = time.perf_counter() - started
+    await asyncio.sleep(0.5)
+    rss_before = gen.deployment.rss_kib()
+    stats = await gen.open(cookies, batch=batch)
+    open_settle = await gen.settle(quiet=1.0, wait_s=120)
+    join_s = 0.0
+    if join:
+        started = time.perf_counter()
+        await gen.join_all(join)
+        join_s = time.perf_counter() - started
+        await gen.settle(quiet=1.0, wait_s=120)
+    rss_after = gen.deployment.rss_kib()
+    return {
+        "login_s": login_s,
+        "connect": dataclasses.asdict(stats),
+        "settle_after_open_s": open_settle,
+        "join_s": join_s,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "kib_per_connection": (rss_after - rss_before) / max(1, stats.connected),
+    }
+
+
+async def _ladder(
+    gen: LoadGen, rates: tuple[float, ...], config: Config, *, label: str
+) -> dict[str, Any]:
+    steps: list[StepResult] = []
+    # Warm-up (not reported): code paths, connections, caches.
+    await gen.step(rates[0], 1.0, senders=config.senders)
+    await gen.settle(quiet=0.5, wait_s=30)
+    failed: StepResult | None = None
+    failed_range = (0, 0)
+    for rate in rates:
+        seq0 = len(gen.counts)
+        step = await gen.step(rate, config.step_seconds, senders=config.senders, drain_timeout=10.0)
+        steps.append(step)
+        _log(f"{label}: {step.summary()}")
+        if not gen.deployment.alive():
+            _log(f"{label}: a server process died")
+            failed = step
+            failed_range = (seq0, len(gen.counts))
+            break
+        if not step.passed:
+            failed = step
+            failed_range = (seq0, len(gen.counts))
+            break
+        await gen.settle(quiet=0.3, wait_s=30)
+    passing = [s for s in steps if s.passed]
+    sustained = max(passing, key=lambda s: s.deliveries_per_s) if passing else None
+    result: dict[str, Any] = {
+        "steps": [_step_dict(s) for s in steps],
+        "sustained": _step_dict(sustained) if sustained else None,
+    }
+    light = next((s for s in steps if s.rate == LIGHT_RATE), None)
+    result["light"] = _step_dict(light) if light else None
+    if failed is not None and config.overload_check:
+        result["overload"] = await _overload(gen, failed, failed_range, config, label=label)
+    return result
+
+
+async def _overload(
+    gen: LoadGen,
+    failed: StepResult,
+    seq_range: tuple[int, int],
+    config: Config,
+    *,
+    label: str,
+) -> dict[str, Any]:
+    """Past saturation: was anything lost silently, can clients sync, does it recover?"""
+    settle_s = await gen.settle(quiet=2.0, wait_s=120)
+    members = failed.members
+    expected, delivered = gen._tally(seq_range[0], seq_range[1], members)
+    info: dict[str, Any] = {
+        "rate": failed.rate,
+        "late_lost_at_drain": failed.lost,
+        "settle_s": settle_s,
+        "lost_after_settle": max(0, expected - delivered),
+        "errors": failed.errors,
+        "error_codes": failed.error_codes,
+        "closed_sockets": sum(1 for c in gen.clients if not c.is_open),
+        "server_alive": gen.deployment.alive(),
+    }
+    if gen.deployment.alive():
+        try:
+            info["sync"] = await gen.sync_check(failed, seq_range)
+        except Exception as exc:  # report, do not abort the run
+            info["sync"] = {"error": repr(exc)}
+        recovery = await gen.step(LIGHT_RATE, 3.0, senders=config.senders, drain_timeout=10.0)
+        info["recovery"] = _step_dict(recovery)
+        _log(f"{label} recovery: {recovery.summary()}")
+    told = info["closed_sockets"] > 0 or info["errors"] > 0
+    info["lost_silently"] = info["lost_after_settle"] > 0 and not told
+    _log(f"{label} overload: {json.dumps({k: v for k, v in info.items() if k != 'recovery'})}")
+    return info
+
+
+async def workload_w1(target: str, run_id: str, config: Config, *, workers: int = 1) -> dict:
+    label = f"{'W1' if workers == 1 else 'W2'} {target}"
+    deployment = _deploy(target, workers, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        setup = await _setup(gen, config.clients, batch=200, join="bench")
+        _log(f"{label}: set up {json.dumps(setup['connect'])}")
+        ladder = await _ladder(gen, config.ladder, config, label=label)
+        await gen.close_all()
+        return {"setup": setup, **ladder, "workers": workers}
+    finally:
+        deployment.stop()
+
+
+async def workload_w2(target: str, run_id: str, config: Config) -> dict:
+    return await workload_w1(target, run_id, config, workers=2)
+
+
+async def workload_w3(target: str, run_id: str, config: Config) -> dict:
+    label = f"W3 {target}"
+    deployment = _deploy(target, 1, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        setup = await _setup(gen, config.w3_clients, batch=config.w3_batch, join=None)
+        _log(f"{label}: set up {json.dumps(setup)}")
+        broadcasts = []
+        for _ in range(3):
+            broadcasts.append(await gen.broadcast_once(everyone=True, wait_s=15))
+            await gen.settle(quiet=0.5, wait_s=30)
+        _log(f"{label}: broadcasts {json.dumps(broadcasts)}")
+        await gen.close_all()
+        return {"setup": setup, "broadcasts": broadcasts}
+    finally:
+        deployment.stop()
+
+
+async def workload_w4(target: str, run_id: str, config: Config) -> dict:
+    label = f"W4 {target}"
+    deployment = _deploy(target, 1, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        setup = await _setup(gen, config.w4_clients, batch=200, join="bench")
+        _log(f"{label}: set up {json.dumps(setup['connect'])} join {setup['join_s']:.1f}s")
+        ladder = await _ladder(gen, config.w4_ladder, config, label=label)
+        await gen.close_all()
+        return {"setup": setup, **ladder}
+    finally:
+        deployment.stop()
+
+
+WORKLOADS = {"W1": workload_w1, "W2": workload_w2, "W3": workload_w3, "W4": workload_w4}
+
+
+def run(workloads: list[str], repeat: int, config: Config, out_dir: Path | None = None) -> Path:
+    raise_fd_limit()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = out_dir or servers.OUT / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": dataclasses.asdict(config),
+        "git": _git_head(),
+        "runs": [],
+    }
+    loop_policy = _use_uvloop()
+    report["loadgen_loop"] = loop_policy
+    for index in range(repeat):
+        for workload in workloads:
+            entry: dict[str, Any] = {"workload": workload, "repeat": index + 1}
+            for target in config.targets:
+                run_id = f"{stamp[9:15]}{workload.lower()}{target[0]}{index}"
+                _log(f"{workload} repeat {index + 1}: {target}")
+                started = time.perf_counter()
+                try:
+                    entry[target] = asyncio.run(WORKLOADS[workload](target, run_id, config))
+                except Exception as exc:
+                    _log(f"{workload} {target} failed: {exc!r}")
+                    entry[target] = {"error": repr(exc)}
+                entry[target]["wall_s"] = time.perf_counter() - started
+                _write(out_dir, report, entry)
+            report["runs"].append(entry)
+            _write(out_dir, report, None)
+    report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _write(out_dir, report, None)
+    from bench.report import markdown
+
+    text = markdown(report)
+    (out_dir / "results.md").write_text(text)
+    print(text)
+    _log(f"results in {out_dir}")
+    return out_dir
+
+
+def _write(out_dir: Path, report: dict, partial: dict | None) -> None:
+    data = dict(report)
+    if partial is not None:
+        data = {**report, "runs": [*report["runs"], partial]}
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=servers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _use_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return f"uvloop {uvloop.__version__}"
