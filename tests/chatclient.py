@@ -10,6 +10,7 @@ are kept, in order, for the next `expect`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import deque
@@ -135,7 +136,22 @@ class ChatTestClient(BaseChatClient):
         self.communicator = communicator
 
     async def _receive(self, timeout: float) -> str | None:
-        output = await self.communicator.receive_output(timeout)
+        # Not communicator.receive_output(): on a timeout it cancels the
+        # application, and assert_nothing() times out on purpose.
+        app = self.communicator.future
+        getting = asyncio.ensure_future(self.communicator.output_queue.get())
+        await asyncio.wait({getting, app}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not getting.done():
+            getting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getting
+        if getting.cancelled():
+            if not app.done():
+                raise TimeoutError
+            app.result()  # the application crashed: raise its error here
+            self.close_code = None
+            return None
+        output = getting.result()
         if output["type"] == "websocket.close":
             self.close_code = output.get("code")
             return None
