@@ -69,11 +69,12 @@ def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Comma
     return Command("send", to=to, body=body)
 
 
-@functools.lru_cache(maxsize=256)
+# The hub writes the same text to every socket of an audience one after the
+# other, so a few entries let one translation serve all classic sockets of this
+# worker; more would only hold large bodies in memory.
+@functools.lru_cache(maxsize=32)
 def classic_frames(text: str) -> tuple[str, ...]:
     """The classic frames for one JSON frame of the hub (batches unwrapped)."""
-    # The hub writes the same text object to every socket of an audience, so
-    # one translation serves all classic sockets of this worker.
     event = orjson.loads(text)
     events = event["events"] if event.get("type") == "batch" else [event]
     return tuple(frame for e in events if (frame := _classic_frame(e)) is not None)
@@ -104,6 +105,8 @@ class ClassicConsumer(ChatSocket):
     """The plain-text protocol of docs/protocol.md, for old clients."""
 
     endpoint = "classic"
+    # Groups this user is known to be in, so that a group send joins only when needed.
+    _groups: set[str]
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -13,6 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from chat import delivery, protocol
 from chat.classic import classic_command, classic_frames, guest_suffix
@@ -132,14 +133,16 @@ async def _sockets_of(username: str) -> set:
 
 
 async def try_classic(
-    user=None, *, query: str = "", origin: str | None = "http://localhost"
+    user=None, *, query: str = "", origin: str | None = "http://localhost", cookie: str = ""
 ) -> tuple[bool, WebsocketCommunicator]:
-    """Attempt a classic handshake; (accepted, communicator)."""
+    """Attempt a classic handshake, logged in as `user` if given; (accepted, communicator)."""
     from chatsite.asgi import application
 
-    cookie = await sync_to_async(session_cookie_for)(user) if user is not None else None
+    if user is not None and not cookie:
+        cookie = await sync_to_async(session_cookie_for)(user)
     path = "/socket" + (f"?{query}" if query else "")
-    communicator = WebsocketCommunicator(application, path, headers=socket_headers(cookie, origin))
+    headers = socket_headers(cookie or None, origin)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     if not connected:
         await communicator.disconnect(timeout=TIMEOUT)
@@ -153,11 +156,13 @@ async def json_peer(connect, classic_client: ClassicClient, user) -> ChatTestCli
     return client
 
 
-async def open_classic(user=None, *, query: str = "", username: str = "") -> ClassicClient:
+async def open_classic(
+    user=None, *, query: str = "", username: str = "", cookie: str = ""
+) -> ClassicClient:
     """An accepted classic socket, once the hub has registered it."""
     username = username or user.get_username()
     before = await _sockets_of(username)
-    connected, communicator = await try_classic(user, query=query)
+    connected, communicator = await try_classic(user, query=query, cookie=cookie)
     assert connected, f"classic handshake refused for {username}"
     # Classic clients get no greeting: wait until the socket is fully open
     # (registered, subscribed, announced), as a JSON client waits for hello.
@@ -491,6 +496,19 @@ async def test_a_logged_in_clients_user_id_is_ignored(
     message = await b.expect("message", body="who am i")
     assert message["from"] == "alice"
     assert not await _guest_exists()
+
+
+async def test_logging_out_closes_the_classic_socket(layer, classic, alice):
+    cookie = await sync_to_async(session_cookie_for)(alice)
+    a = await classic(alice, cookie=cookie)
+    await sync_to_async(_log_out)(cookie)
+    assert await a.expect_close() == protocol.CLOSE_POLICY_VIOLATION
+
+
+def _log_out(cookie: str) -> None:
+    client = Client()
+    client.cookies["sessionid"] = cookie
+    assert client.post("/accounts/logout/").status_code == 302
 
 
 async def test_a_foreign_origin_is_refused(layer, alice):
