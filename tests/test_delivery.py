@@ -1,0 +1,268 @@
+"""chat.delivery without sockets: notice coalescing, and the hub's fan-out to
+fake connections that record what they are sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+
+from chat.delivery import Hub, _coalesce_presence, _presence_notice, session_digest
+from chat.messaging import message_send
+from chat.protocol import CLOSE_POLICY_VIOLATION, Address
+
+WAIT = 5.0
+
+
+# -- coalescing presence flaps --------------------------------------------------
+
+
+def online(user: str) -> dict[str, Any]:
+    return _presence_notice(user, online=True)
+
+
+def offline(user: str) -> dict[str, Any]:
+    return _presence_notice(user, online=False)
+
+
+def joined(user: str) -> dict[str, Any]:
+    return {"type": "chat.notice", "event": {"type": "joined", "group": "A", "user": user}}
+
+
+def test_coalesce_keeps_a_single_transition():
+    notices = [online("alice")]
+
+    assert _coalesce_presence(notices) == notices
+
+
+def test_coalesce_drops_an_even_number_of_flaps():
+    assert _coalesce_presence([online("alice"), offline("alice")]) == []
+    assert _coalesce_presence([offline("alice"), online("alice")] * 2) == []
+
+
+def test_coalesce_keeps_only_the_last_of_an_odd_number_of_flaps():
+    assert _coalesce_presence([online("alice"), offline("alice"), online("alice")]) == [
+        online("alice")
+    ]
+
+
+def test_coalesce_treats_users_independently_and_keeps_order():
+    notices = [online("alice"), online("bob"), offline("alice"), offline("carol")]
+
+    assert _coalesce_presence(notices) == [online("bob"), offline("carol")]
+
+
+def test_coalesce_never_drops_other_notices():
+    notices = [online("alice"), joined("alice"), offline("alice"), joined("bob")]
+
+    assert _coalesce_presence(notices) == [joined("alice"), joined("bob")]
+
+
+def test_coalesce_of_nothing_is_nothing():
+    assert _coalesce_presence([]) == []
+
+
+# -- the hub's fan-out -----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FakeConnection:
+    """A socket as the hub sees it: records frames and its close code."""
+
+    user_id: int
+    username: str
+    connection_id: str
+    session_digest: str = field(default_factory=lambda: session_digest("default-session"))
+    frames: asyncio.Queue = field(default_factory=asyncio.Queue)
+    closed: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    async def write(self, text: str) -> None:
+        event = json.loads(text)
+        for one in event["events"] if event["type"] == "batch" else [event]:
+            self.frames.put_nowait(one)
+
+    async def close_with(self, code: int) -> None:
+        if not self.closed.done():
+            self.closed.set_result(code)
+
+    async def next_event(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.frames.get(), WAIT)
+
+    def received_nothing(self) -> bool:
+        return self.frames.empty()
+
+
+class BrokenConnection(FakeConnection):
+    async def write(self, text: str) -> None:
+        raise ConnectionResetError("gone")
+
+
+@pytest.fixture
+async def hub(layer, transactional_db):
+    started = Hub(get_channel_layer())
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+def fake(hub):
+    """`await fake(user, name, group_ids=...)` attaches a fake connection to the hub."""
+    count = 0
+
+    async def attach(user, *, group_ids=(), session="default-session", cls=FakeConnection):
+        nonlocal count
+        count += 1
+        conn = cls(
+            user_id=user.pk,
+            username=user.get_username(),
+            connection_id=f"{user.get_username()}-{count}",
+            session_digest=session_digest(session),
+        )
+        await hub.attach(conn, group_ids=group_ids, endpoint="json")
+        return conn
+
+    return attach
+
+
+MARKER = {"type": "chat.notice", "event": {"type": "marker"}, "all": True}
+
+
+async def settle(hub: Hub, *connections: FakeConnection) -> list[dict[str, Any]]:
+    """Wait until everything published so far has reached these connections.
+
+    The hub's channel is read in order, so once a marker published now comes
+    out, every earlier notice has too. Returns (and consumes) what came first.
+    """
+    await hub.publish("chat.all", MARKER)
+    before = []
+    for conn in connections:
+        while (event := await conn.next_event()) != {"type": "marker"}:
+            before.append(event)
+    return before
+
+
+async def test_direct_message_reaches_every_socket_of_both_users_and_nobody_else(
+    hub, fake, alice, bob, carol
+):
+    alice_tabs = [await fake(alice), await fake(alice)]
+    bob_tab = await fake(bob)
+    carol_tab = await fake(carol)
+    await settle(hub, *alice_tabs, bob_tab, carol_tab)
+    stored = await asyncio.to_thread(
+        message_send, sender=alice, to=Address("user", "bob"), body="hi"
+    )
+
+    await hub.deliver_message(stored)
+
+    for conn in [*alice_tabs, bob_tab]:
+        event = await conn.next_event()
+        assert (event["type"], event["id"], event["body"]) == ("message", stored.id, "hi")
+    assert carol_tab.received_nothing()
+
+
+async def test_group_message_reaches_only_members_connected_here(hub, fake, alice, bob, carol):
+    from chat.groups import group_join
+
+    change = await asyncio.to_thread(group_join, user=alice, name="A")
+    await asyncio.to_thread(group_join, user=bob, name="A")
+    alice_tab = await fake(alice, group_ids=[change.group_id])
+    bob_tab = await fake(bob, group_ids=[change.group_id])
+    carol_tab = await fake(carol)
+    await settle(hub, alice_tab, bob_tab, carol_tab)
+    stored = await asyncio.to_thread(
+        message_send, sender=alice, to=Address("group", "A"), body="team"
+    )
+
+    await hub.deliver_message(stored)
+
+    assert (await alice_tab.next_event())["id"] == stored.id
+    assert (await bob_tab.next_event())["id"] == stored.id
+    assert carol_tab.received_nothing()
+
+
+async def test_broadcast_reaches_every_socket(hub, fake, alice, bob):
+    tabs = [await fake(alice), await fake(bob), await fake(bob)]
+    await settle(hub, *tabs)
+    stored = await asyncio.to_thread(message_send, sender=alice, to=Address("all"), body="all")
+
+    await hub.deliver_message(stored)
+
+    for tab in tabs:
+        assert (await tab.next_event())["id"] == stored.id
+
+
+async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, alice, bob):
+    await fake(alice, cls=BrokenConnection)
+    bob_tab = await fake(bob)
+    await settle(hub, bob_tab)
+    stored = await asyncio.to_thread(message_send, sender=alice, to=Address("all"), body="x")
+
+    await hub.deliver_message(stored)
+
+    assert (await bob_tab.next_event())["id"] == stored.id
+
+
+async def test_first_socket_of_a_user_is_announced_to_others_not_to_itself(hub, fake, alice, bob):
+    bob_tab = await fake(bob)
+    await settle(hub, bob_tab)
+
+    alice_tab = await fake(alice)
+
+    assert await settle(hub, bob_tab) == [{"type": "presence", "user": "alice", "online": True}]
+    assert await settle(hub, alice_tab) == []
+
+
+async def test_second_socket_of_a_user_is_not_announced(hub, fake, alice, bob):
+    bob_tab = await fake(bob)
+    await fake(alice)
+    await settle(hub, bob_tab)
+
+    await fake(alice)
+
+    assert await settle(hub, bob_tab) == []
+
+
+async def test_last_socket_closing_is_announced_offline(hub, fake, alice, bob):
+    bob_tab = await fake(bob)
+    first, second = await fake(alice), await fake(alice)
+    await settle(hub, bob_tab)
+
+    await hub.detach(first)
+    assert await settle(hub, bob_tab) == []
+
+    await hub.detach(second)
+    assert await settle(hub, bob_tab) == [{"type": "presence", "user": "alice", "online": False}]
+
+
+async def test_session_end_closes_only_that_sessions_sockets(hub, fake, alice, bob):
+    laptop = [await fake(alice, session="laptop"), await fake(alice, session="laptop")]
+    phone = await fake(alice, session="phone")
+    bob_laptop = await fake(bob, session="laptop")
+
+    await hub.publish(
+        f"chat.user.{alice.pk}",
+        {"type": "chat.session_end", "user_id": alice.pk, "session": session_digest("laptop")},
+    )
+
+    for conn in laptop:
+        assert await asyncio.wait_for(conn.closed, WAIT) == CLOSE_POLICY_VIOLATION
+    # One dispatch closes every matching socket, so the others are settled.
+    assert not phone.closed.done()
+    assert not bob_laptop.closed.done()
+
+
+async def test_stopping_the_hub_closes_its_sockets_and_drops_presence(hub, fake, alice):
+    tab = await fake(alice)
+    assert await hub.presence.online() == {"alice"}
+
+    await hub.stop(close_code=1012)
+
+    assert await asyncio.wait_for(tab.closed, WAIT) == 1012
+    assert await hub.presence.online() == set()
