@@ -6,15 +6,23 @@ import random
 import re
 import threading
 from datetime import UTC, datetime
+from unittest import mock
 
 import pytest
-from django.db import connections
+from django.db import OperationalError, connections
 from django.db.models.signals import post_save
 
 from chat.groups import group_join, group_leave
 from chat.messaging import last_visible_id, message_history, message_send, message_sync
 from chat.models import Message
-from chat.protocol import NO_SUCH_USER, NOT_MEMBER, SYNC_MAX_MESSAGES, Address, ChatError
+from chat.protocol import (
+    NO_SUCH_USER,
+    NOT_MEMBER,
+    SYNC_MAX_MESSAGES,
+    UNAVAILABLE,
+    Address,
+    ChatError,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,6 +123,17 @@ def test_broadcast_is_visible_to_everyone(alice, bob, carol):
     for user in (alice, bob, carol):
         assert synced_ids(user) == [stored.id]
         assert last_visible_id(user=user) == stored.id
+
+
+def test_a_failing_store_is_unavailable_and_stores_nothing(alice):
+    with (
+        mock.patch.object(Message.objects, "create", side_effect=OperationalError("disk full")),
+        pytest.raises(ChatError) as refused,
+    ):
+        message_send(sender=alice, to=TO_ALL, body="lost?")
+
+    assert refused.value.code == UNAVAILABLE
+    assert not Message.objects.exists()
 
 
 def test_stored_event_is_the_protocol_message(alice, bob):
