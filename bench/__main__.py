@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--step-seconds", type=float, help="seconds per ladder step (default 5)")
     run_p.add_argument("--ladder", help="comma-separated msgs/s for W1/W2")
     run_p.add_argument("--w4-ladder", help="comma-separated msgs/s for W4")
+    run_p.add_argument(
+        "--variant", default="", help="what-if settings for our server (bench/variants)"
+    )
     run_p.add_argument("--no-overload", action="store_true", help="skip the overload check")
 
     prof_p = sub.add_parser("profile", help="py-spy our worker under W1 load")
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     prof_p.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     prof_p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     prof_p.add_argument("--clients", type=int, default=200)
+    prof_p.add_argument("--variant", default="")
 
     rep_p = sub.add_parser("report", help="print the tables of a results.json")
     rep_p.add_argument("path")
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "peer_server": args.peer_server,
         "db": args.db,
         "overload_check": not args.no_overload,
+        "variant": args.variant,
     }
     if args.clients:
         changes["clients"] = args.clients

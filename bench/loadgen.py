@@ -48,6 +48,7 @@ class ConnectStats:
     connect_ms_p50: float = 0.0
     connect_ms_p99: float = 0.0
     connect_ms_max: float = 0.0
+    retried_ok: int = 0
 
 
 @dataclass
@@ -212,28 +213,48 @@ class LoadGen:
         self.clients.append(client)
         return time.perf_counter() - started
 
-    async def open(self, cookies: list[str | None], *, batch: int = 200) -> ConnectStats:
-        """Open one socket per cookie, `batch` at a time; waits for every `hello`."""
+    async def open(
+        self, cookies: list[str | None], *, batch: int = 200, retries: int = 0
+    ) -> ConnectStats:
+        """Open one socket per cookie, `batch` at a time; waits for every `hello`.
+
+        Figures are those of the first attempt; with `retries`, refused
+        handshakes are tried again (50 at a time) so that a later phase still
+        gets its members, and `retried_ok` says how many got in that way.
+        """
         stats = ConnectStats(attempted=len(cookies))
         times: list[float] = []
-        started = time.perf_counter()
         offset = len(self.clients)
-        for first in range(0, len(cookies), batch):
-            chunk = cookies[first : first + batch]
-            results = await asyncio.gather(
-                *(self._open_one(offset + first + i, c) for i, c in enumerate(chunk)),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    stats.failed += 1
-                    status = getattr(result, "status", None)
-                    reason = f"http {status}" if status else type(result).__name__
-                    stats.failures[reason] = stats.failures.get(reason, 0) + 1
-                else:
-                    stats.connected += 1
-                    times.append(result)
-        stats.seconds = time.perf_counter() - started
+        pending = [(offset + i, cookie) for i, cookie in enumerate(cookies)]
+        for attempt in range(retries + 1):
+            started = time.perf_counter()
+            failed: list[tuple[int, str | None]] = []
+            size = batch if attempt == 0 else min(batch, 50)
+            for first in range(0, len(pending), size):
+                chunk = pending[first : first + size]
+                results = await asyncio.gather(
+                    *(self._open_one(index, cookie) for index, cookie in chunk),
+                    return_exceptions=True,
+                )
+                for item, result in zip(chunk, results, strict=True):
+                    if isinstance(result, BaseException):
+                        failed.append(item)
+                        if attempt == 0:
+                            stats.failed += 1
+                            status = getattr(result, "status", None)
+                            reason = f"http {status}" if status else type(result).__name__
+                            stats.failures[reason] = stats.failures.get(reason, 0) + 1
+                    elif attempt == 0:
+                        stats.connected += 1
+                        times.append(result)
+                    else:
+                        stats.retried_ok += 1
+            if attempt == 0:
+                stats.seconds = time.perf_counter() - started
+            pending = failed
+            if not pending:
+                break
+            await asyncio.sleep(1.0)
         stats.per_second = stats.connected / stats.seconds if stats.seconds else 0.0
         times.sort()
         stats.connect_ms_p50 = percentile(times, 50) * 1000

@@ -44,6 +44,7 @@ class Config:
     peer_server: str = "daphne"
     targets: tuple[str, ...] = ("ours", "peer")
     overload_check: bool = True
+    variant: str = ""
 
     @classmethod
     def quick(cls) -> Config:
@@ -91,7 +92,11 @@ def raise_fd_limit() -> None:
 def _deploy(target: str, workers: int, run_id: str, config: Config) -> servers.Deployment:
     if target == "ours":
         return servers.start_ours(
-            workers=workers, run_id=run_id, db=config.db, server=config.server
+            workers=workers,
+            run_id=run_id,
+            db=config.db,
+            server=config.server,
+            variant=config.variant,
         )
     return servers.start_peer(workers=workers, run_id=run_id, server=config.peer_server)
 
@@ -104,13 +109,15 @@ def _log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
-async def _setup(gen: LoadGen, clients: int, *, batch: int, join: str | None) -> dict[str, Any]:
+async def _setup(
+    gen: LoadGen, clients: int, *, batch: int, join: str | None, retries: int = 3
+) -> dict[str, Any]:
     started = time.perf_counter()
     cookies = await gen.login(clients)
     login_s = time.perf_counter() - started
     await asyncio.sleep(0.5)
     rss_before = gen.deployment.rss_kib()
-    stats = await gen.open(cookies, batch=batch)
+    stats = await gen.open(cookies, batch=batch, retries=retries)
     open_settle = await gen.settle(quiet=1.0, wait_s=120)
     join_s = 0.0
     if join:

@@ -233,6 +233,7 @@ def start_ours(
     run_id: str,
     db: str = "postgres",
     server: str = "daphne",
+    variant: str = "",
     extra_env: dict[str, str] | None = None,
 ) -> Deployment:
     out_dir = OUT / run_id
@@ -255,6 +256,10 @@ def start_ours(
         CHAT_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
+    if variant:
+        from bench.variants import VARIANTS
+
+        env["DJANGO_SETTINGS_MODULE"] = VARIANTS[variant]
     env.update(extra_env or {})
     deployment = Deployment(f"ours-{server}", [], OUR_REDIS_DB, prefix, cleanups)
     try:
