@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from chat.delivery import Hub, _coalesce_presence, _presence_notice, session_digest
@@ -155,8 +156,8 @@ async def test_direct_message_reaches_every_socket_of_both_users_and_nobody_else
     bob_tab = await fake(bob)
     carol_tab = await fake(carol)
     await settle(hub, *alice_tabs, bob_tab, carol_tab)
-    stored = await asyncio.to_thread(
-        message_send, sender=alice, to=Address("user", "bob"), body="hi"
+    stored = await database_sync_to_async(message_send)(
+        sender=alice, to=Address("user", "bob"), body="hi"
     )
 
     await hub.deliver_message(stored)
@@ -170,14 +171,14 @@ async def test_direct_message_reaches_every_socket_of_both_users_and_nobody_else
 async def test_group_message_reaches_only_members_connected_here(hub, fake, alice, bob, carol):
     from chat.groups import group_join
 
-    change = await asyncio.to_thread(group_join, user=alice, name="A")
-    await asyncio.to_thread(group_join, user=bob, name="A")
+    change = await database_sync_to_async(group_join)(user=alice, name="A")
+    await database_sync_to_async(group_join)(user=bob, name="A")
     alice_tab = await fake(alice, group_ids=[change.group_id])
     bob_tab = await fake(bob, group_ids=[change.group_id])
     carol_tab = await fake(carol)
     await settle(hub, alice_tab, bob_tab, carol_tab)
-    stored = await asyncio.to_thread(
-        message_send, sender=alice, to=Address("group", "A"), body="team"
+    stored = await database_sync_to_async(message_send)(
+        sender=alice, to=Address("group", "A"), body="team"
     )
 
     await hub.deliver_message(stored)
@@ -190,7 +191,7 @@ async def test_group_message_reaches_only_members_connected_here(hub, fake, alic
 async def test_broadcast_reaches_every_socket(hub, fake, alice, bob):
     tabs = [await fake(alice), await fake(bob), await fake(bob)]
     await settle(hub, *tabs)
-    stored = await asyncio.to_thread(message_send, sender=alice, to=Address("all"), body="all")
+    stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="all")
 
     await hub.deliver_message(stored)
 
@@ -202,7 +203,7 @@ async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, 
     await fake(alice, cls=BrokenConnection)
     bob_tab = await fake(bob)
     await settle(hub, bob_tab)
-    stored = await asyncio.to_thread(message_send, sender=alice, to=Address("all"), body="x")
+    stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="x")
 
     await hub.deliver_message(stored)
 
