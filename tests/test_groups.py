@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
-from chat.groups import group_join, group_leave, group_member_names, user_groups
+import pytest
+from django.db import connections
+
+from chat.groups import (
+    MembershipChange,
+    group_join,
+    group_leave,
+    group_member_names,
+    user_groups,
+)
 from chat.models import ChatGroup, Membership
 from chat.protocol import NOT_MEMBER, ChatError
 
@@ -126,3 +135,46 @@ def test_user_groups_forgets_a_group_after_leaving(alice):
     group_leave(user=alice, name="A")
 
     assert user_groups(user=alice) == []
+
+
+def run_together(calls) -> list:
+    """Run the calls in threads released at the same moment; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index: int, call) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = call()
+        except BaseException as exc:
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a join hung"
+    return results
+
+
+def test_concurrent_joins_of_one_user_change_membership_once(alice):
+    for name in ("A", "B", "C"):
+        results = run_together([lambda name=name: group_join(user=alice, name=name)] * 4)
+
+        assert all(isinstance(r, MembershipChange) for r in results), results
+        assert [r.changed for r in results].count(True) == 1
+        assert len({r.group_id for r in results}) == 1
+    assert Membership.objects.filter(user=alice).count() == 3
+
+
+def test_concurrent_first_joins_by_different_users_create_one_group(alice, bob, carol):
+    results = run_together(
+        [lambda user=user: group_join(user=user, name="new") for user in (alice, bob, carol)]
+    )
+
+    assert all(isinstance(r, MembershipChange) and r.changed for r in results), results
+    assert ChatGroup.objects.filter(name="new").count() == 1
+    assert group_member_names(user=alice, name="new") == ["alice", "bob", "carol"]
