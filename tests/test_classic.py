@@ -526,3 +526,26 @@ async def test_a_guest_with_an_existing_registered_style_name_cannot_be_taken(la
 @sync_to_async
 def _guest_exists() -> bool:
     return get_user_model().objects.filter(username__startswith="guest-").exists()
+
+
+# -- the classic page ------------------------------------------------------------
+
+
+def test_classic_page_offers_guest_ids_to_anonymous_visitors(client, settings):
+    settings.CHAT_GUEST_LOGIN = True
+    page = client.get("/classic/").content.decode()
+    assert 'id="user-id"' in page and "guest-ID" in page
+    assert "chat/classic.js" in page
+
+
+def test_classic_page_asks_to_log_in_when_guests_are_off(client, settings):
+    settings.CHAT_GUEST_LOGIN = False
+    page = client.get("/classic/").content.decode()
+    assert "guest ids are turned off" in page
+    assert "/accounts/login/?next=/classic/" in page
+
+
+def test_classic_page_names_the_signed_in_user(client, alice):
+    client.force_login(alice)
+    page = client.get("/classic/").content.decode()
+    assert '<strong id="me">alice</strong>' in page
