@@ -87,6 +87,12 @@ class ChatSocket(AsyncWebsocketConsumer):
     async def greet(self, groups: list[tuple[int, str]]) -> None:
         """Send the first frame (pending events wait until it is out)."""
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        # Frames the client sent before it saw the server's close (1008 for
+        # misbehaving, 1012, ...) are dropped, not acted on.
+        if not self._closed:
+            await super().websocket_receive(message)
+
     async def disconnect(self, code: int) -> None:
         self._closed = True
         if getattr(self, "_attached", False):

@@ -842,6 +842,42 @@ async def test_more_errors_a_minute_than_allowed_closes_with_1008(layer, connect
     assert await client.expect_close() == protocol.CLOSE_POLICY_VIOLATION
 
 
+async def test_frames_after_the_1008_close_are_not_acted_on(layer, connect, settings, alice, bob):
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 1
+    alice1, bob1 = await connect(alice), await connect(bob)
+    for _ in range(2):
+        await alice1.send_text("garbage")
+    assert await alice1.expect_close() == protocol.CLOSE_POLICY_VIOLATION
+    # The client has not seen the close yet and keeps sending.
+    await alice1.communicator.send_to(
+        text_data=json.dumps({"type": "send", "to": ALL, "body": "after close"})
+    )
+    await alice1.communicator.send_to(text_data=json.dumps({"type": "join", "group": "A"}))
+    await bob1.assert_nothing("message")
+    assert await stored_bodies() == []
+    assert await sync_to_async(ChatGroup.objects.count)() == 0
+
+
+async def test_errors_older_than_a_minute_are_forgiven(
+    layer, connect, settings, alice, monkeypatch
+):
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 2
+    client = await connect(alice)
+    now = [1000.0]
+    monkeypatch.setattr("chat.consumers.time", type("Clock", (), {"monotonic": lambda: now[0]}))
+    for _ in range(2):
+        await client.send_text("garbage")
+        await expect_frame_error(client, protocol.BAD_JSON)
+    now[0] += 61
+    for _ in range(2):
+        await client.send_text("garbage")
+        await expect_frame_error(client, protocol.BAD_JSON)
+    await still_usable(client)
+    await client.send_text("garbage")
+    await expect_frame_error(client, protocol.BAD_JSON)
+    assert await client.expect_close() == protocol.CLOSE_POLICY_VIOLATION
+
+
 HOSTILE_FRAMES = [
     ('{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}", protocol.BAD_JSON),
     ('{"type": "ping", "x": ' + '{"a":' * 3000 + "1" + "}" * 3000 + "}", protocol.BAD_JSON),
