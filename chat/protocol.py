@@ -205,10 +205,13 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
         if "of" not in data:
             raise ChatError(BAD_COMMAND, "history needs of")
         of = clean_address(data["of"], "of")
+        # Optional fields: null is the same as leaving the field out.
         before = data.get("before")
         if before is not None:
             before = _clean_int(before, "before", minimum=1)
-        limit = data.get("limit", HISTORY_DEFAULT_LIMIT)
+        limit = data.get("limit")
+        if limit is None:
+            limit = HISTORY_DEFAULT_LIMIT
         limit = _clean_int(limit, "limit", minimum=1, maximum=HISTORY_MAX_LIMIT)
         return Command("history", ref, to=of, before=before, limit=limit)
     if kind == "sync":

@@ -411,6 +411,11 @@ def test_history_takes_before_and_limit():
     )
 
 
+def test_history_before_and_limit_of_null_mean_not_given():
+    command = parse(type="history", of={"all": True}, before=None, limit=None)
+    assert (command.before, command.limit) == (None, 50)
+
+
 def test_history_without_of_is_bad_command():
     assert refusal(type="history", limit=5) == protocol.BAD_COMMAND
 
@@ -421,7 +426,7 @@ def test_history_limit_between_1_and_100_is_accepted(limit):
 
 
 @pytest.mark.parametrize(
-    "limit", [0, -1, 101, 2**63, 2**64 - 1, True, False, 1.0, 10.5, "10", None, [10], 1e30]
+    "limit", [0, -1, 101, 2**63, 2**64 - 1, True, False, 1.0, 10.5, "10", [10], 1e30]
 )
 def test_history_limit_out_of_range_or_not_an_integer_is_bad_command(limit):
     assert refusal(type="history", of={"all": True}, limit=limit) == protocol.BAD_COMMAND
