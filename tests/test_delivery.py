@@ -4,6 +4,7 @@ fake connections that record what they are sent."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,8 +96,18 @@ class FakeConnection:
     async def next_event(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.frames.get(), WAIT)
 
+    async def next_message(self) -> dict[str, Any]:
+        """The next `message` event, past markers left by `settle` for other sockets."""
+        while (event := await self.next_event())["type"] == "marker":
+            pass
+        return event
+
     def received_nothing(self) -> bool:
-        return self.frames.empty()
+        """Nothing but `settle` markers is waiting."""
+        waiting = []
+        while not self.frames.empty():
+            waiting.append(self.frames.get_nowait())
+        return all(event["type"] == "marker" for event in waiting)
 
 
 class BrokenConnection(FakeConnection):
@@ -132,20 +143,23 @@ def fake(hub):
     return attach
 
 
-MARKER = {"type": "chat.notice", "event": {"type": "marker"}, "all": True}
+_markers = itertools.count()
 
 
 async def settle(hub: Hub, *connections: FakeConnection) -> list[dict[str, Any]]:
     """Wait until everything published so far has reached these connections.
 
     The hub's channel is read in order, so once a marker published now comes
-    out, every earlier notice has too. Returns (and consumes) what came first.
+    out, every earlier notice has too. Returns (and consumes) what came first,
+    leaving out older markers.
     """
-    await hub.publish("chat.all", MARKER)
+    marker = {"type": "marker", "n": next(_markers)}
+    await hub.publish("chat.all", {"type": "chat.notice", "event": marker, "all": True})
     before = []
     for conn in connections:
-        while (event := await conn.next_event()) != {"type": "marker"}:
-            before.append(event)
+        while (event := await conn.next_event()) != marker:
+            if event["type"] != "marker":
+                before.append(event)
     return before
 
 
@@ -163,7 +177,7 @@ async def test_direct_message_reaches_every_socket_of_both_users_and_nobody_else
     await hub.deliver_message(stored)
 
     for conn in [*alice_tabs, bob_tab]:
-        event = await conn.next_event()
+        event = await conn.next_message()
         assert (event["type"], event["id"], event["body"]) == ("message", stored.id, "hi")
     assert carol_tab.received_nothing()
 
@@ -183,8 +197,8 @@ async def test_group_message_reaches_only_members_connected_here(hub, fake, alic
 
     await hub.deliver_message(stored)
 
-    assert (await alice_tab.next_event())["id"] == stored.id
-    assert (await bob_tab.next_event())["id"] == stored.id
+    assert (await alice_tab.next_message())["id"] == stored.id
+    assert (await bob_tab.next_message())["id"] == stored.id
     assert carol_tab.received_nothing()
 
 
@@ -196,7 +210,7 @@ async def test_broadcast_reaches_every_socket(hub, fake, alice, bob):
     await hub.deliver_message(stored)
 
     for tab in tabs:
-        assert (await tab.next_event())["id"] == stored.id
+        assert (await tab.next_message())["id"] == stored.id
 
 
 async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, alice, bob):
@@ -207,7 +221,7 @@ async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, 
 
     await hub.deliver_message(stored)
 
-    assert (await bob_tab.next_event())["id"] == stored.id
+    assert (await bob_tab.next_message())["id"] == stored.id
 
 
 async def test_first_socket_of_a_user_is_announced_to_others_not_to_itself(hub, fake, alice, bob):
@@ -267,3 +281,54 @@ async def test_stopping_the_hub_closes_its_sockets_and_drops_presence(hub, fake,
 
     assert await asyncio.wait_for(tab.closed, WAIT) == 1012
     assert await hub.presence.online() == set()
+
+
+async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
+    hub, fake, alice, bob, carol
+):
+    from chat.groups import group_join, group_leave
+
+    group_id = (await database_sync_to_async(group_join)(user=alice, name="A")).group_id
+    alice_tab = await fake(alice, group_ids=[group_id])
+    carol_here, carol_there = await fake(carol), await fake(carol)
+    bob_tab = await fake(bob)
+    await settle(hub, alice_tab, carol_here, carol_there, bob_tab)
+
+    async def announce(joined: bool) -> dict[str, Any]:
+        change = await database_sync_to_async(group_join if joined else group_leave)(
+            user=carol, name="A"
+        )
+        event = {"type": "joined" if joined else "left", "group": "A", "user": "carol"}
+        await hub.note_membership(user_id=carol.pk, group_id=change.group_id, joined=joined)
+        await hub.announce_membership(
+            event=event,
+            user_id=carol.pk,
+            group_id=change.group_id,
+            joined=joined,
+            exclude_connection=carol_here.connection_id,
+        )
+        return event
+
+    joined_event = await announce(joined=True)
+    assert await settle(hub, alice_tab) == [joined_event]
+    assert await settle(hub, carol_there) == [joined_event]
+    assert await settle(hub, carol_here) == []
+    assert await settle(hub, bob_tab) == []
+
+    stored = await database_sync_to_async(message_send)(
+        sender=alice, to=Address("group", "A"), body="welcome"
+    )
+    await hub.deliver_message(stored)
+    for tab in (alice_tab, carol_here, carol_there):
+        assert (await tab.next_message())["id"] == stored.id
+
+    left_event = await announce(joined=False)
+    assert await settle(hub, alice_tab) == [left_event]
+    assert await settle(hub, carol_there) == [left_event]
+
+    stored = await database_sync_to_async(message_send)(
+        sender=alice, to=Address("group", "A"), body="bye"
+    )
+    await hub.deliver_message(stored)
+    assert (await alice_tab.next_message())["id"] == stored.id
+    assert await settle(hub, carol_here, carol_there, bob_tab) == []
