@@ -24,6 +24,12 @@ from chat.groups import group_join, group_leave, group_member_names, user_groups
 from chat.messaging import last_visible_id, message_history, message_send, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import get_rate_limiter
+from chat.transport import (
+    CLOSE_TRY_AGAIN_LATER,
+    close_frame,
+    daphne_protocol,
+    watch_send_buffer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,8 @@ class ChatSocket(AsyncWebsocketConsumer):
         self._closed = False
         self._attached = False
         await self.accept()
+        self._wire = daphne_protocol(self.base_send)
+        self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
             self.hub = await get_hub()
             groups = await database_sync_to_async(user_groups)(user=user)
@@ -109,12 +117,20 @@ class ChatSocket(AsyncWebsocketConsumer):
         if self._pending is not None:
             self._pending.append(text)
             return
+        if self._send_buffer is not None and not self._send_buffer.admit(len(text)):
+            # A client that stopped reading: shed it rather than buffer without
+            # end; it reconnects and syncs, so nothing is lost silently.
+            logger.warning("closing %s's socket: it is not reading", self.username)
+            await self.close_with(CLOSE_TRY_AGAIN_LATER)
+            return
         await self.send(text_data=text)
 
     async def close_with(self, code: int) -> None:
         if not self._closed:
             self._closed = True
-            await self.close(code)
+            # Under daphne, directly: autobahn refuses 1008/1011/1012 from `close`.
+            if not close_frame(getattr(self, "_wire", None), code):
+                await self.close(code)
 
     # -- misbehaviour --------------------------------------------------------
 

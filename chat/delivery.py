@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -46,6 +47,10 @@ from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 logger = logging.getLogger(__name__)
 
 LAYER_ALL = "chat.all"
+
+# Seconds a shutting-down worker waits for its sockets to close and its
+# presence to be dropped before the process exits anyway.
+_STOP_TIMEOUT = 5.0
 
 
 def user_layer_group(user_id: int) -> str:
@@ -92,6 +97,7 @@ class Hub:
         self._notices: list[dict[str, Any]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._layer_failed = False
+        self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.get_running_loop().create_future()
 
@@ -101,6 +107,7 @@ class Hub:
         try:
             self.channel = await self.layer.new_channel("chatworker")
             await self._heartbeat()
+            self._stop_with_server()
             self._tasks = [
                 asyncio.create_task(self._receive_loop(), name="chat-hub-receive"),
                 asyncio.create_task(self._maintenance_loop(), name="chat-hub-maintenance"),
@@ -112,6 +119,9 @@ class Hub:
 
     async def stop(self, *, close_code: int = CLOSE_SERVICE_RESTART) -> None:
         """Close every local socket and drop this worker's presence at once."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for connections in list(self.by_user.values()):
@@ -121,7 +131,36 @@ class Hub:
         offline = await self.presence.drop_worker(worker=self.worker_id)
         for username in offline:
             await self.publish(LAYER_ALL, _presence_notice(username, online=False))
+        for layer_group in list(self._subscribed):
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(layer_group, self.channel)
+        self._subscribed.clear()
         await database_sync_to_async(presence_module.connections_forget_workers)([self.worker_id])
+        logger.info("worker %s stopped: sockets closed, presence dropped", self.worker_id)
+
+    def _stop_with_server(self) -> None:
+        """Run `stop` when daphne shuts down (SIGTERM, SIGINT), before the loop ends.
+
+        Daphne runs Twisted's asyncio reactor, whose signal handlers start the
+        reactor's shutdown; a "before shutdown" trigger that returns a Deferred
+        holds the shutdown until it fires, so sockets get their 1012 close and
+        other workers hear the presence change right away. Not under daphne
+        (tests, other servers) nothing is installed.
+        """
+        reactor = sys.modules.get("twisted.internet.reactor")
+        if reactor is None or not getattr(reactor, "running", False):
+            return
+        if getattr(reactor, "_asyncioEventloop", None) is not asyncio.get_running_loop():
+            return
+        from twisted.internet import defer
+
+        def on_shutdown() -> defer.Deferred[None]:
+            stopping = asyncio.ensure_future(asyncio.wait_for(self.stop(), _STOP_TIMEOUT))
+            deferred = defer.Deferred.fromFuture(stopping)
+            deferred.addErrback(lambda failure: logger.error("stopping failed: %s", failure))
+            return deferred
+
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
 
     def connections(self) -> Iterator[Connection]:
         for connections in self.by_user.values():
@@ -131,6 +170,9 @@ class Hub:
 
     async def attach(self, conn: Connection, *, group_ids: Iterable[int], endpoint: str) -> None:
         """Register an open socket: indexes, layer groups, presence, admin mirror."""
+        if self._stopped:
+            await conn.close_with(CLOSE_SERVICE_RESTART)
+            raise RuntimeError("this worker is shutting down")
         first_here = conn.user_id not in self.by_user
         self.by_user.setdefault(conn.user_id, set()).add(conn)
         wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
@@ -358,10 +400,20 @@ class Hub:
         return wanted
 
     async def _subscribe(self, layer_groups: Iterable[str]) -> None:
+        added = []
         for layer_group in layer_groups:
             if layer_group not in self._subscribed:
                 self._subscribed.add(layer_group)
                 await self._group_add(layer_group)
+                added.append(layer_group)
+        if added:
+            # Whoever reaps this worker if it is killed removes its channel from
+            # these groups (the heartbeat records the rest).
+            try:
+                await self.presence.note_layer_groups(worker=self.worker_id, layer_groups=added)
+            except Exception:
+                self._layer_failed = True
+                logger.warning("could not record layer groups %s", added)
 
     async def _unsubscribe_unused(self) -> None:
         unused = self._subscribed - self._wanted_groups()
@@ -395,18 +447,22 @@ class Hub:
                 self._layer_failed = True
                 logger.warning("presence maintenance failed; retrying", exc_info=True)
 
-    async def _heartbeat(self) -> None:
-        known = await self.presence.heartbeat(worker=self.worker_id)
-        if not known and self.by_user:
-            # The store lost this worker's state (Redis restarted empty):
-            # register the sockets again. Nobody saw them leave, so no notices.
-            for conn in list(self.connections()):
-                await self.presence.connect(
-                    worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
-                )
+    async def _heartbeat(self) -> bool:
+        """Heartbeat, recording the layer channel and groups (for whoever reaps this worker)."""
+        return await self.presence.heartbeat(
+            worker=self.worker_id, channel=self.channel, layer_groups=list(self._subscribed)
+        )
 
     async def _maintain(self) -> None:
-        await self._heartbeat()
+        known = await self._heartbeat()
+        if self._layer_failed or (not known and self.by_user):
+            # Redis answers again, but live messages may have been dropped while
+            # it was down, and a Redis that restarted empty (or other workers
+            # that reaped this one while it was cut off) no longer lists these
+            # sockets: close them so clients reconnect, `sync` what they missed
+            # and are announced afresh.
+            self._layer_failed = False
+            await self._reset_connections()
         for layer_group in list(self._subscribed):
             await self.layer.group_add(layer_group, self.channel)
         reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
@@ -415,14 +471,27 @@ class Hub:
             await database_sync_to_async(presence_module.connections_forget_workers)(reaped.workers)
         for username in reaped.offline:
             await self.publish(LAYER_ALL, _presence_notice(username, online=False))
-        if self._layer_failed:
-            # Live messages may have been dropped while the layer was down:
-            # close sockets so that clients reconnect and `sync` what they missed.
-            self._layer_failed = False
-            logger.warning("channel layer is back; asking clients to reconnect and sync")
-            for conn in list(self.connections()):
-                with contextlib.suppress(Exception):
-                    await conn.close_with(CLOSE_SERVICE_RESTART)
+        # channels_redis would drop a dead channel from a group only after
+        # `group_expiry`; meanwhile every group_send would still queue for it.
+        for channel, layer_groups in reaped.layer_memberships:
+            for layer_group in layer_groups:
+                await self.layer.group_discard(layer_group, channel)
+
+    async def _reset_connections(self) -> None:
+        """Close every local socket with 1012 and forget it at once."""
+        connections = list(self.connections())
+        if connections:
+            logger.warning(
+                "channel layer is back; closing %d sockets so clients reconnect and sync",
+                len(connections),
+            )
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                await conn.close_with(CLOSE_SERVICE_RESTART)
+            # Detach now rather than when the socket's disconnect arrives, so
+            # the next heartbeat does not count these sockets as still open.
+            with contextlib.suppress(Exception):
+                await self.detach(conn)
 
 
 async def _write(conn: Connection, text: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -26,10 +27,12 @@ from chat.models import Connection
 
 @dataclass
 class Reaped:
-    """What reaping dead workers found: the workers, and users now offline."""
+    """What reaping dead workers found: the workers, users now offline, and the
+    layer channel and layer groups each dead worker had, to remove it from them."""
 
     workers: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
+    layer_memberships: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 class PresenceStore(ABC):
@@ -46,8 +49,17 @@ class PresenceStore(ABC):
         """Usernames with at least one open socket."""
 
     @abstractmethod
-    async def heartbeat(self, *, worker: str) -> bool:
-        """Mark the worker alive; False when the store did not know it (new, or state lost)."""
+    async def heartbeat(
+        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
+    ) -> bool:
+        """Mark the worker alive and record its layer channel and groups.
+
+        False when the store did not know the worker (new, reaped, or state lost).
+        """
+
+    @abstractmethod
+    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
+        """Record layer groups the worker's channel joined since its last heartbeat."""
 
     @abstractmethod
     async def reap(self, *, max_silence: float) -> Reaped:
@@ -64,6 +76,7 @@ class MemoryPresenceStore(PresenceStore):
     def __init__(self) -> None:
         self._sockets: dict[str, set[tuple[str, str]]] = {}
         self._workers: dict[str, float] = {}
+        self._layer: dict[str, tuple[str, list[str]]] = {}
 
     async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
         sockets = self._sockets.setdefault(username, set())
@@ -84,21 +97,32 @@ class MemoryPresenceStore(PresenceStore):
     async def online(self) -> set[str]:
         return set(self._sockets)
 
-    async def heartbeat(self, *, worker: str) -> bool:
+    async def heartbeat(
+        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
+    ) -> bool:
         known = worker in self._workers
         self._workers[worker] = time.time()
+        self._layer[worker] = (channel, sorted(layer_groups))
         return known
+
+    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
+        channel, groups = self._layer.get(worker, ("", []))
+        self._layer[worker] = (channel, sorted({*groups, *layer_groups}))
 
     async def reap(self, *, max_silence: float) -> Reaped:
         deadline = time.time() - max_silence
         dead = [w for w, seen in self._workers.items() if seen < deadline]
         reaped = Reaped(workers=dead)
         for worker in dead:
+            channel, groups = self._layer.get(worker, ("", []))
+            if channel:
+                reaped.layer_memberships.append((channel, groups))
             reaped.offline.extend(await self.drop_worker(worker=worker))
         return reaped
 
     async def drop_worker(self, *, worker: str) -> list[str]:
         self._workers.pop(worker, None)
+        self._layer.pop(worker, None)
         offline = []
         for username, sockets in list(self._sockets.items()):
             remaining = {s for s in sockets if s[0] != worker}
@@ -117,6 +141,8 @@ class MemoryPresenceStore(PresenceStore):
 #   presence:worker:<w>         SET of "<username>\n<connection id>" on that worker
 #   presence:user:<username>    SET of connection ids
 #   presence:online             SET of usernames with at least one socket
+#   presence:channel:<w>        STRING: the worker's layer channel
+#   presence:layergroups:<w>    SET of the layer groups the worker's channel is in
 # Each change is one Lua script, so transitions are decided atomically.
 _CONNECT = """
 local added = redis.call('SADD', KEYS[1], ARGV[2])
@@ -155,6 +181,8 @@ for _, entry in ipairs(redis.call('SMEMBERS', worker_key)) do
   end
 end
 redis.call('DEL', worker_key)
+redis.call('DEL', prefix .. 'presence:channel:' .. ARGV[2])
+redis.call('DEL', prefix .. 'presence:layergroups:' .. ARGV[2])
 redis.call('ZREM', KEYS[1], ARGV[2])
 return offline
 """
@@ -188,10 +216,26 @@ class RedisPresenceStore(PresenceStore):
         redis = redis_client.get_redis()
         return {str(m) for m in await redis.smembers(self._online_key)}
 
-    async def heartbeat(self, *, worker: str) -> bool:
+    async def heartbeat(
+        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
+    ) -> bool:
         redis = redis_client.get_redis()
-        added = await redis.zadd(self._workers_key, {worker: time.time()})
-        return added == 0
+        groups = list(layer_groups)
+        groups_key = f"{self.prefix}presence:layergroups:{worker}"
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._workers_key, {worker: time.time()})
+            pipe.set(f"{self.prefix}presence:channel:{worker}", channel)
+            pipe.delete(groups_key)
+            if groups:
+                pipe.sadd(groups_key, *groups)
+            results = await pipe.execute()
+        return results[0] == 0
+
+    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
+        groups = list(layer_groups)
+        if groups:
+            redis = redis_client.get_redis()
+            await redis.sadd(f"{self.prefix}presence:layergroups:{worker}", *groups)
 
     async def reap(self, *, max_silence: float) -> Reaped:
         redis = redis_client.get_redis()
@@ -199,6 +243,10 @@ class RedisPresenceStore(PresenceStore):
         reaped = Reaped()
         for raw in dead:
             worker = str(raw)
+            channel = await redis.get(f"{self.prefix}presence:channel:{worker}")
+            if channel:
+                groups = await redis.smembers(f"{self.prefix}presence:layergroups:{worker}")
+                reaped.layer_memberships.append((str(channel), sorted(str(g) for g in groups)))
             # The script removes the worker; of two reapers racing, the
             # second finds its set empty and reports nobody twice.
             reaped.workers.append(worker)

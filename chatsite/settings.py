@@ -156,7 +156,12 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py's default socket timeout (5 s) equals channels_redis's
+                # blocking-pop timeout (5 s): an idle receive would then often
+                # fail as a timeout, which the hub must treat as an outage.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
+                ],
                 "prefix": f"{REDIS_PREFIX}:layer:",
                 # Workers refresh their group memberships every few seconds, so
                 # a killed worker's channel drops out of every group quickly
@@ -215,3 +220,7 @@ CHAT_NOTICE_DELAY = env_float("CHAT_NOTICE_DELAY", 0.25, minimum=0.0)
 if CHAT_NOTICE_DELAY > 1.0:
     raise ImproperlyConfigured("CHAT_NOTICE_DELAY must be at most 1 second (docs/protocol.md)")
 CHAT_GUEST_LOGIN = env_bool("CHAT_GUEST_LOGIN", True)
+# Bytes a socket may have waiting unread beyond the transport's own buffer
+# (64 KiB) before it is closed with 1013 so that its client reconnects and
+# syncs: one client that stops reading must not grow the worker's memory.
+CHAT_MAX_BUFFERED_BYTES = env_int("CHAT_MAX_BUFFERED_BYTES", 1024 * 1024, minimum=1024)

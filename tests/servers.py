@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.cookiejar
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,14 @@ class Worker:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self) -> Worker:
         self.process = subprocess.Popen(
             [
@@ -117,14 +126,24 @@ class Worker:
         if self.process is not None:
             self.process.wait(timeout=10)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
         if self.process is None or self.process.poll() is not None:
             return
         self.signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            print(f"{self.name} ignored SIGTERM for {timeout}s; killing it")
             self.kill()
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def print_log(self) -> None:
+        status = "running" if self.alive() else f"exit {self.process and self.process.returncode}"
+        print(f"----- log of {self.name} (port {self.port}, {status}) -----\n{self.log()}")
 
 
 def worker_env(*, redis_url: str = "", redis_prefix: str = "", **extra: str) -> dict[str, str]:
@@ -155,8 +174,73 @@ def running_workers(count: int, env: dict[str, str]) -> Iterator[list[Worker]]:
     finally:
         for worker in workers:
             worker.stop()
+        # pytest shows captured output only for failing tests.
         for worker in workers:
-            print(f"----- log of {worker.name} (port {worker.port}) -----\n{worker.log()}")
+            worker.print_log()
+
+
+_NO_PERSISTENCE = ["--save", "", "--appendonly", "no"]
+
+
+class RedisServer:
+    """A private redis-server on a free port, with no persistence: stopping it
+    loses everything, like a crash of a Redis without disk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
+            prefix="chat-redis-", suffix=".log", delete=False
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise RuntimeError(
+                "redis-server is missing: `apt-get install redis-server` (Debian) or put it on PATH"
+            )
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", *_NO_PERSISTENCE],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"redis-server not ready within {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop by PID (SIGKILL: no chance to save anything)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class HttpSession:
