@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -35,8 +36,7 @@ def classic(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        _switch_user(request, form.save())
         return redirect("index")
     return render(request, "registration/signup.html", {"form": form})
 
@@ -47,8 +47,19 @@ def guest_login(request: HttpRequest) -> HttpResponse:
         return HttpResponseNotFound("Guest login is turned off.")
     user = guest_create()
     assert user is not None  # only a fixed suffix can be taken already
-    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    _switch_user(request, user)
     return redirect("index")
+
+
+def _switch_user(request: HttpRequest, user: User) -> None:
+    """Log `user` in, first logging out whoever this browser was.
+
+    `login` alone would silently flush the previous user's session, leaving
+    the sockets opened with it alive; logging out closes them (chat.signals).
+    """
+    if request.user.is_authenticated:
+        logout(request)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:

@@ -282,3 +282,33 @@ async def test_logout_leaves_other_users_sockets_open(layer, alice, bob, connect
         assert (await bobs.request(type="ping"))["type"] == "pong"
     finally:
         await tab.close()
+
+
+async def test_continuing_as_guest_ends_the_previous_users_session_and_its_sockets(
+    layer, alice, connect
+):
+    browser = Client()
+    await sync_to_async(browser.force_login)(alice)
+    tab = await open_socket_with_session("alice", browser.cookies["sessionid"].value)
+    other_device = await connect(alice)
+    try:
+        response = await sync_to_async(browser.post)("/accounts/guest/")
+        assert response.status_code == 302
+
+        assert await tab.expect_close() == CLOSE_POLICY_VIOLATION
+        await other_device.assert_nothing("__close__")
+    finally:
+        await tab.close()
+
+
+async def test_signing_up_ends_the_previous_users_session_and_its_sockets(layer, alice):
+    browser = Client()
+    await sync_to_async(browser.force_login)(alice)
+    tab = await open_socket_with_session("alice", browser.cookies["sessionid"].value)
+    try:
+        response = await sync_to_async(signup)(browser, "dora")
+        assert response.status_code == 302
+
+        assert await tab.expect_close() == CLOSE_POLICY_VIOLATION
+    finally:
+        await tab.close()
