@@ -23,14 +23,14 @@
  * seen are dropped, so listeners never get one twice.
  *
  * Logging out closes the socket with 1008; a refused handshake (session gone)
- * looks like a failed connection. In both cases the client asks the server
- * whether the session is still logged in (`sessionUrl`, default "/") and, if
- * not, stops and emits status "logged-out" instead of retrying forever.
+ * looks like a failed connection. So after every close the client asks the
+ * server whether the session is still logged in (a HEAD request to
+ * `sessionUrl`, default "/", which redirects when it is not) and, if not,
+ * stops and emits status "logged-out" instead of retrying forever.
  */
 (function (root) {
   "use strict";
 
-  const CLOSE_POLICY = 1008;
   const MAX_DELAY = 30000;
   const BASE_DELAY = 500;
 
@@ -79,13 +79,16 @@
         for (const [, p] of this.pending) p.reject(codedError("disconnected", "the connection closed"));
         this.pending.clear();
         if (this.stopped) return;
-        // 1008 is a logout (or misbehaviour); a handshake refused before it
-        // opened may be a lost session: ask the server before retrying.
-        if (close.code === CLOSE_POLICY || !opened) this.checkSession().then((ok) => {
+        // A logout closes with 1008, a lost session makes the handshake fail,
+        // and a server may not manage to send its close code at all: so after
+        // any close, ask the server whether the session still holds before
+        // retrying (a server that is down counts as "yes, keep trying").
+        this.emit("status", {state: "offline", code: close.code, opened});
+        this.checkSession().then((ok) => {
+          if (this.stopped) return;
           if (ok) this.scheduleReconnect(close.code);
-          else { this.stopped = true; this.emit("status", {state: "logged-out"}); }
+          else { this.stopped = true; this.emit("status", {state: "logged-out", code: close.code}); }
         });
-        else this.scheduleReconnect(close.code);
       };
     }
 

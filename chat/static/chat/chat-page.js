@@ -15,7 +15,7 @@
 
   const ERROR_TEXT = {
     rate_limited: "You are sending messages too fast. Wait a moment, then try again.",
-    too_large: "That message is too long to send. Shorten it or split it in parts.",
+    too_large: `That message is too long to send (the limit is ${config.maxBodyChars} characters). Shorten it or split it in parts.`,
     empty_body: "Type something before sending.",
     not_member: "You are not a member of this group. Join it to read and send messages.",
     no_such_user: "There is no user with that name.",
@@ -107,8 +107,9 @@
   // -- sidebar ---------------------------------------------------------------
 
   function conversationItem(address, label, extra) {
-    const conv = conversation(address);
-    const isOpen = state.openKey === conv.key;
+    const key = keyOf(address);
+    const conv = state.conversations.get(key) || {key, unread: 0};
+    const isOpen = state.openKey === key && paneVisible();
     const button = el("button", {
       type: "button", className: "conv-link" + (conv.unread ? " has-unread" : ""),
       dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
@@ -128,7 +129,8 @@
     // People: everyone online, plus anyone with a direct conversation here.
     const people = new Set([...state.online].filter((u) => u !== me));
     for (const conv of state.conversations.values()) {
-      if (conv.address.user !== undefined && conv.address.user !== me) people.add(conv.address.user);
+      const talked = conv.messages.size > 0 || conv.key === state.openKey;
+      if (conv.address.user !== undefined && conv.address.user !== me && talked) people.add(conv.address.user);
     }
     const sorted = [...people].sort((a, b) =>
       (state.online.has(b) - state.online.has(a)) || a.localeCompare(b));
@@ -242,7 +244,7 @@
     $("conv-title").textContent = titleOf(conv);
     let subtitle = "";
     let placeholder = "Message everyone";
-    if (conv.address.all) subtitle = "A broadcast to everyone";
+    if (conv.address.all) subtitle = "Messages here reach everyone";
     else if (conv.address.user !== undefined) {
       subtitle = state.online.has(conv.address.user) || conv.address.user === me ? "Online" : "Offline";
       placeholder = "Message " + conv.address.user;
@@ -318,6 +320,10 @@
     if (window.matchMedia("(min-width: 721px)").matches) $("body").focus();
   }
 
+  /** Whether the conversation pane is on screen (on a phone the list may cover it). */
+  function paneVisible() { return $("conversation").offsetParent !== null; }
+  function isShowing(conv) { return state.openKey === conv.key && paneVisible(); }
+
   // -- events from the server ------------------------------------------------
 
   client.on("status", (s) => {
@@ -326,7 +332,9 @@
     const labels = {connecting: "Connecting…", reconnecting: "Reconnecting…", online: "Connected",
       "logged-out": "Logged out"};
     let label = labels[s.state] || "Offline";
-    if (s.state === "offline") label = `Offline · retrying in ${Math.max(1, Math.round(s.retryIn / 1000))} s`;
+    if (s.state === "offline" && s.retryIn !== undefined) {
+      label = `Offline · retrying in ${Math.max(1, Math.round(s.retryIn / 1000))} s`;
+    }
     box.querySelector(".label").textContent = label;
     $("retry").hidden = s.state !== "offline";
     if (s.state === "logged-out") location.assign(config.loginUrl + "?next=/");
@@ -357,7 +365,7 @@
     const conv = conversation(addressOfMessage(m));
     conv.messages.set(m.id, m);
     if (state.openKey === conv.key) renderMessages();
-    else if (m.from !== me) conv.unread += 1;
+    if (m.from !== me && !isShowing(conv)) conv.unread += 1;
     renderSidebar();
   });
 
@@ -420,7 +428,7 @@
   $("body").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
   });
-  $("body").addEventListener("input", () => { autosize(); });
+  $("body").addEventListener("input", () => { autosize(); showError($("send-error"), ""); });
 
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();

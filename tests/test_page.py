@@ -1,0 +1,312 @@
+"""The chat page in a real Chromium against a real daphne: what people see and do."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import urllib.request
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser import DESKTOP, PHONE, TIMEOUT, ChatUser, screenshot, wait_connected
+from tests.chatclient import open_real_socket
+from tests.servers import Worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def open_direct(user: ChatUser, other: str) -> None:
+    user.page.locator(f"#people-list li[data-user='{other}'] button").click()
+    expect(user.page.locator("#conv-title")).to_have_text(other)
+
+
+def send(page: Page, body: str) -> None:
+    box = page.locator("#body")
+    box.fill(body)
+    box.press("Enter")
+
+
+def messages(page: Page):
+    return page.locator("#message-list li.message")
+
+
+def message_with(page: Page, body: str):
+    return page.locator("#message-list li.message .body", has_text=body)
+
+
+def test_two_people_exchange_direct_messages(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    send(alice.page, "hi bob,\nhow are you?")
+    # Bob sees an unread count on the conversation with alice, then reads it.
+    alice_in_bobs_list = bob.page.locator("#people-list li[data-user='alice']")
+    expect(alice_in_bobs_list.locator(".badge")).to_have_text("1")
+    open_direct(bob, "alice")
+    received = bob.page.locator("#message-list li.message").last
+    expect(received.locator(".body")).to_have_text("hi bob,\nhow are you?")
+    expect(received.locator(".from")).to_have_text("alice")
+    expect(received).not_to_have_class(re.compile(r"\bown\b"))
+    expect(alice_in_bobs_list.locator(".badge")).to_have_count(0)
+    send(bob.page, "fine, thanks")
+    reply = alice.page.locator("#message-list li.message").last
+    expect(reply.locator(".body")).to_have_text("fine, thanks")
+    # Alice's own message is set apart from bob's.
+    expect(alice.page.locator("#message-list li.message.own .body")).to_have_text(
+        "hi bob,\nhow are you?"
+    )
+    expect(alice.page.locator("#body")).to_have_value("")
+    screenshot(alice.page, "desktop-chat-direct")
+
+
+def join_group(user: ChatUser, name: str) -> None:
+    user.page.locator("#join-name").fill(name)
+    user.page.get_by_role("button", name="Join", exact=True).click()
+    expect(user.page.locator("#conv-title")).to_have_text(f"# {name}")
+
+
+def test_group_join_send_members_and_leave(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    join_group(alice, "Book club")
+    expect(alice.page.locator("#member-list li[data-user='alice']")).to_have_class("online")
+    join_group(bob, "Book club")
+    # Alice's member list follows bob joining, with his online dot.
+    bob_in_alices_members = alice.page.locator("#member-list li[data-user='bob']")
+    expect(bob_in_alices_members).to_have_class("online")
+    expect(bob_in_alices_members.locator(".presence.on")).to_have_count(1)
+    send(alice.page, "Chapter 3 tonight?")
+    expect(message_with(bob.page, "Chapter 3 tonight?")).to_be_visible()
+    send(bob.page, "Yes!")
+    expect(message_with(alice.page, "Yes!")).to_be_visible()
+    screenshot(alice.page, "desktop-group-members")
+
+    bob.page.get_by_role("button", name="Leave group").click()
+    expect(bob.page.locator("#conv-title")).to_have_text("Everyone")
+    expect(bob.page.locator("#group-list li")).to_have_count(0)
+    expect(bob_in_alices_members).to_have_count(0)
+    # Alice's messages no longer reach bob.
+    send(alice.page, "after bob left")
+    expect(message_with(alice.page, "after bob left")).to_be_visible()
+    expect(bob.page.locator("#group-list li")).to_have_count(0)
+    expect(bob.page.locator("#everyone-list .badge")).to_have_count(0)
+
+
+def test_broadcast_reaches_everyone_online(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    carol = chat_user("carol")
+    open_direct(carol, "alice")  # carol is elsewhere: the broadcast counts as unread
+    expect(alice.page.locator("#conv-title")).to_have_text("Everyone")
+    send(alice.page, "Lunch is served")
+    expect(message_with(bob.page, "Lunch is served")).to_be_visible()
+    expect(carol.page.locator("#everyone-list .badge")).to_have_text("1")
+    carol.page.locator("#everyone-list button").click()
+    expect(message_with(carol.page, "Lunch is served")).to_be_visible()
+    expect(carol.page.locator("#everyone-list .badge")).to_have_count(0)
+
+
+def test_presence_follows_pages_opening_and_closing(chat_user):
+    alice = chat_user("alice")
+    bob_in_list = alice.page.locator("#people-list li[data-user='bob']")
+    expect(bob_in_list).to_have_count(0)
+    bob = chat_user("bob")
+    expect(bob_in_list).to_have_class(re.compile(r"\bonline\b"))
+    expect(alice.page.locator("#online-count")).to_have_text("1 online")
+    bob.page.close()
+    expect(bob_in_list).to_have_count(0)
+    expect(alice.page.locator("#people-empty")).to_be_visible()
+
+
+def test_user_content_is_shown_as_text(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    dialogs: list[str] = []
+    bob.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    attack = "<img src=x onerror=alert(1)>"
+    send(alice.page, attack)
+    expect(message_with(bob.page, attack)).to_have_text(attack)
+    join_group(alice, "Safety")
+    send(alice.page, "<script>alert(2)</script> & <b>bold</b>")
+    join_group(bob, "Safety")  # the group's history, rendered on opening
+    expect(message_with(bob.page, "<script>")).to_have_text(
+        "<script>alert(2)</script> & <b>bold</b>"
+    )
+    expect(
+        bob.page.locator("#message-list img, #message-list b, #message-list script")
+    ).to_have_count(0)
+    assert dialogs == []
+
+
+def test_server_errors_are_shown_in_place(chat_user):
+    alice = chat_user("alice")
+    dialogs: list[str] = []
+    alice.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    too_long = "x" * 4001
+    alice.page.locator("#body").fill(too_long)
+    expect(alice.page.locator("#char-count")).to_have_text(re.compile("over the limit"))
+    alice.page.locator("#body").press("Enter")
+    error = alice.page.locator("#send-error")
+    expect(error).to_be_visible()
+    expect(error).to_have_text(re.compile("too long"))
+    expect(alice.page.locator("#body")).to_have_value(too_long)  # nothing typed is lost
+    screenshot(alice.page, "desktop-error")
+    alice.page.locator("#join-name").fill("bad/name")
+    alice.page.get_by_role("button", name="Join", exact=True).click()
+    expect(alice.page.locator("#join-error")).to_have_text(re.compile("Group names are"))
+    assert dialogs == []
+
+
+def seed_broadcasts(username: str, count: int) -> None:
+    """Store `count` broadcasts from `username` straight through the domain layer."""
+    from django.contrib.auth import get_user_model
+
+    from chat.messaging import message_send
+    from chat.protocol import Address
+
+    sender = get_user_model().objects.get(username=username)
+    for number in range(1, count + 1):
+        message_send(sender=sender, to=Address("all"), body=f"old message {number}")
+
+
+def test_history_loads_on_open_and_older_pages_on_scrolling_up(chat_user):
+    bob = chat_user("bob")
+    seed_broadcasts("bob", 120)
+    alice = chat_user("alice")
+    page = alice.page
+    expect(messages(page)).to_have_count(50)
+    expect(messages(page).last.locator(".body")).to_have_text("old message 120")
+    page.locator("#messages").evaluate("(box) => { box.scrollTop = 0; }")
+    expect(messages(page)).to_have_count(100)
+    page.locator("#messages").evaluate("(box) => { box.scrollTop = 0; }")
+    expect(messages(page)).to_have_count(120)
+    expect(page.locator("#history-status")).to_have_text(re.compile("beginning"))
+    expect(page.locator("#message-list li.message .body").first).to_have_text("old message 1")
+    # A live message still lands at the bottom, once.
+    send(bob.page, "new one")
+    expect(messages(page)).to_have_count(121)
+    expect(messages(page).last.locator(".body")).to_have_text("new one")
+
+
+def _send_over_protocol(base_url: str, cookie: str, username: str, to: str, body: str) -> int:
+    async def run() -> int:
+        client = await open_real_socket(base_url, cookie, username)
+        try:
+            ack = await client.request(type="send", to={"user": to}, body=body)
+            assert ack["type"] == "ack", ack
+            return ack["id"]
+        finally:
+            await client.close()
+
+    # Playwright's sync API owns this thread's event loop; the socket gets its own thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=TIMEOUT * 2)
+
+
+def test_page_reconnects_after_restart_and_shows_what_was_missed(chat_user, chat_server):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    open_direct(bob, "alice")
+    send(alice.page, "before the restart")
+    expect(message_with(bob.page, "before the restart")).to_be_visible()
+    bob_cookie = bob.session_cookie()
+    bob.context.close()
+
+    chat_server.stop()
+    expect(alice.page.locator("#connection")).not_to_have_attribute("data-state", "online")
+    restarted = Worker(chat_server.env, name="page-server-restarted", port=chat_server.port)
+    try:
+        restarted.start()
+        _send_over_protocol(restarted.base_url, bob_cookie, "bob", "alice", "while you were away")
+        wait_connected(alice.page)
+        expect(message_with(alice.page, "while you were away")).to_have_count(1)
+        expect(message_with(alice.page, "before the restart")).to_have_count(1)
+        assert alice.page.evaluate("window.chatPage.client.syncs") >= 1
+        # Still a working conversation afterwards.
+        send(alice.page, "back again")
+        expect(message_with(alice.page, "back again")).to_have_count(1)
+    finally:
+        restarted.stop()
+        print(f"----- log of {restarted.name} -----\n{restarted.log()}")
+
+
+def test_logging_out_elsewhere_sends_the_page_to_login(chat_user):
+    alice = chat_user("alice")
+    other_tab = alice.open_page()
+    other_tab.get_by_role("button", name="Log out").click()
+    other_tab.wait_for_url(re.compile(r"/accounts/login/"))
+    alice.page.wait_for_url(re.compile(r"/accounts/login/"), timeout=TIMEOUT * 1000)
+    expect(alice.page.get_by_role("button", name="Log in")).to_be_visible()
+
+
+def test_assets_come_from_the_server_itself(browser, chat_server):
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(chat_server.base_url + "/accounts/login/")
+        page.get_by_role("button", name="Continue as guest").click()
+        wait_connected(page)
+        origin = chat_server.base_url.replace("http://", "")
+        foreign = [url for url in requested if origin not in url]
+        assert foreign == [], foreign
+        assert any(url.endswith("/static/chat/chat.css") for url in requested)
+        # The stylesheet really applies (served by daphne, not only by runserver).
+        background = page.locator(".topbar").evaluate("(bar) => getComputedStyle(bar).display")
+        assert background == "flex"
+    finally:
+        context.close()
+    with urllib.request.urlopen(chat_server.base_url + "/static/chat/chat-client.js") as response:
+        assert response.status == 200
+        assert b"class ChatClient" in response.read()
+
+
+def test_phone_and_desktop_screens(browser, chat_user, chat_server):
+    for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        context = browser.new_context(viewport=viewport)
+        try:
+            page = context.new_page()
+            page.goto(chat_server.base_url + "/accounts/login/")
+            expect(page.get_by_role("button", name="Log in")).to_be_visible()
+            screenshot(page, f"{label}-login")
+            page.goto(chat_server.base_url + "/accounts/signup/")
+            screenshot(page, f"{label}-signup")
+        finally:
+            context.close()
+
+    friend = chat_user("dana")
+    phone = chat_user("sam", viewport=PHONE)
+    page = phone.page
+    # On a phone the list comes first; a conversation opens full screen.
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#conversation")).to_be_hidden()
+    send_from = friend.page
+    send(send_from, "Anyone up for a walk on Saturday? " + "Loooooooong" * 20)
+    expect(page.locator("#everyone-list .badge")).to_have_text("1")
+    screenshot(page, "phone-list")
+    page.locator("#everyone-list button").click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    send(page, "Count me in!\nI'll bring snacks.")
+    expect(message_with(page, "Count me in!")).to_be_visible()
+    # Long words wrap instead of widening the page.
+    overflow = page.locator("#messages").evaluate("(box) => box.scrollWidth - box.clientWidth")
+    assert overflow <= 0
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "phone-chat")
+    screenshot(send_from, "desktop-chat")
+
+    join_group(friend, "Hikers")
+    page.get_by_role("button", name="Back to conversations").click()
+    join_group(phone, "Hikers")
+    page.get_by_role("button", name="Members").click()
+    expect(page.locator("#member-list li[data-user='dana']")).to_have_class("online")
+    screenshot(page, "phone-group-members")
+    page.get_by_role("button", name="Members").click()
+    page.locator("#body").fill("y" * 4001)
+    page.locator("#body").press("Enter")
+    expect(page.locator("#send-error")).to_be_visible()
+    screenshot(page, "phone-error")
