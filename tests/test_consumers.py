@@ -16,6 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
 from chat import protocol
+from chat.delivery import get_hub
 from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ChatGroup, Message
@@ -108,20 +109,11 @@ def make_member(user, group: str) -> None:
 
 
 @sync_to_async
-def store_many(sender, count: int, *, to: Address) -> list[int]:
-    """Messages created through the ORM in one go (fast), their ids."""
-    group = ChatGroup.objects.get(name=to.name) if to.kind == "group" else None
-    kind = {"user": Message.Kind.DIRECT, "group": Message.Kind.GROUP}.get(to.kind, Message.Kind.ALL)
-    recipient = None
-    if to.kind == "user":
-        from django.contrib.auth import get_user_model
-
-        recipient = get_user_model().objects.get(username=to.name)
+def store_broadcasts(sender, count: int) -> list[int]:
+    """Broadcasts created through the ORM in one query (fast); every message id."""
     now = datetime.now(UTC)
     Message.objects.bulk_create(
-        Message(
-            kind=kind, sender=sender, recipient=recipient, group=group, body=f"m{i}", created_at=now
-        )
+        Message(kind=Message.Kind.ALL, sender=sender, body=f"m{i}", created_at=now)
         for i in range(count)
     )
     return list(Message.objects.order_by("id").values_list("id", flat=True))
@@ -428,7 +420,7 @@ async def test_history_of_a_direct_conversation_lists_it_oldest_first(
 async def test_history_gives_the_newest_50_by_default_and_pages_back_with_before(
     layer, connect, alice
 ):
-    ids = await store_many(alice, 120, to=Address("all"))
+    ids = await store_broadcasts(alice, 120)
     client = await connect(alice)
     latest = await client.request(type="history", of=ALL)
     assert [m["id"] for m in latest["messages"]] == ids[-50:]
@@ -493,7 +485,7 @@ async def test_sync_returns_every_visible_message_after_since_oldest_first(
 
 
 async def test_sync_lists_at_most_500_and_says_more(layer, connect, alice):
-    ids = await store_many(alice, 620, to=Address("all"))
+    ids = await store_broadcasts(alice, 620)
     client = await connect(alice)
     first = await client.request(type="sync", since=0)
     assert [m["id"] for m in first["messages"]] == ids[:500]
@@ -813,6 +805,24 @@ async def test_store_failure_is_unavailable_stores_nothing_and_reaches_nobody(
     monkeypatch.undo()
     ack = await send_ok(alice1, to_user("bob"), "stored now")
     await bob1.expect("message", id=ack["id"])
+
+
+async def test_who_and_members_when_presence_fails_are_unavailable(
+    layer, connect, settings, alice, monkeypatch
+):
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 1
+    client = await connect(alice)
+    await join(client, "A")
+    hub = await get_hub()
+
+    async def failing_online():
+        raise ConnectionError("presence store is down")
+
+    monkeypatch.setattr(hub.presence, "online", failing_online)
+    for index in range(2):  # the server's fault: never counted against the socket
+        await expect_error(client, protocol.UNAVAILABLE, type="who", ref=f"w{index}")
+        await expect_error(client, protocol.UNAVAILABLE, type="members", group="A", ref=f"m{index}")
+    await still_usable(client)
 
 
 # -- misbehaviour and hostile input --------------------------------------------
