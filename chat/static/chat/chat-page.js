@@ -99,6 +99,8 @@
       "aria-label": count + " unread"}) : null;
   }
 
+  function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
   function showError(node, text) {
     node.textContent = text;
     node.hidden = !text;
@@ -307,9 +309,9 @@
     state.openKey = conv.key;
     conv.unread = 0;
     $("body").value = conv.draft;
-    autosize();
     showError($("send-error"), "");
     $("app").dataset.view = "conversation";
+    autosize();
     $("app").dataset.kind = conv.address.all ? "all" : conv.address.group !== undefined ? "group" : "user";
     $("message-list").replaceChildren();
     renderSidebar();
@@ -397,11 +399,12 @@
   function autosize() {
     const box = $("body");
     box.style.height = "auto";
-    box.style.height = Math.min(box.scrollHeight, 180) + "px";
+    // A hidden textarea measures 0: keep its natural height until it shows.
+    if (box.scrollHeight) box.style.height = Math.min(box.scrollHeight, 180) + "px";
     const length = [...box.value].length;
     const over = length - config.maxBodyChars;
     $("char-count").textContent = length > config.maxBodyChars * 0.9
-      ? (over > 0 ? `· ${over} characters over the limit` : `· ${config.maxBodyChars - length} characters left`) : "";
+      ? (over > 0 ? `· ${plural(over, "character")} over the limit` : `· ${plural(config.maxBodyChars - length, "character")} left`) : "";
     $("char-count").className = over > 0 ? "over" : "";
   }
 
