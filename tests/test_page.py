@@ -10,7 +10,15 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import DESKTOP, PHONE, TIMEOUT, ChatUser, screenshot, wait_connected
+from tests.browser import (
+    DESKTOP,
+    PHONE,
+    TIMEOUT,
+    ChatUser,
+    browser_worker_env,
+    screenshot,
+    wait_connected,
+)
 from tests.chatclient import open_real_socket
 from tests.servers import Worker
 
@@ -157,6 +165,22 @@ def test_server_errors_are_shown_in_place(chat_user):
     alice.page.get_by_role("button", name="Join", exact=True).click()
     expect(alice.page.locator("#join-error")).to_have_text(re.compile("Group names are"))
     assert dialogs == []
+
+
+def test_rate_limit_is_explained_and_the_text_kept(chat_user):
+    strict = Worker(
+        browser_worker_env(CHAT_RATE_BURST="1", CHAT_RATE_PER_SECOND="0.01"), name="strict"
+    ).start()
+    try:
+        alice = chat_user("alice", server=strict)
+        send(alice.page, "first")
+        expect(message_with(alice.page, "first")).to_be_visible()
+        send(alice.page, "second, too soon")
+        expect(alice.page.locator("#send-error")).to_have_text(re.compile("too fast"))
+        expect(alice.page.locator("#body")).to_have_value("second, too soon")
+        expect(message_with(alice.page, "second")).to_have_count(0)
+    finally:
+        strict.stop()
 
 
 def seed_broadcasts(username: str, count: int) -> None:
