@@ -240,7 +240,8 @@ def test_page_reconnects_after_restart_and_shows_what_was_missed(chat_user, chat
     bob.context.close()
 
     chat_server.stop()
-    expect(alice.page.locator("#connection")).not_to_have_attribute("data-state", "online")
+    expect(alice.page.locator("#connection")).to_have_attribute("data-state", "offline")
+    screenshot(alice.page, "desktop-offline")
     restarted = Worker(chat_server.env, name="page-server-restarted", port=chat_server.port)
     try:
         restarted.start()

@@ -331,6 +331,7 @@
   client.on("status", (s) => {
     const box = $("connection");
     box.dataset.state = s.state;
+    $("app").dataset.connection = s.state; // presence is unknown while offline
     const labels = {connecting: "Connecting…", reconnecting: "Reconnecting…", online: "Connected",
       "logged-out": "Logged out"};
     let label = labels[s.state] || "Offline";
