@@ -301,3 +301,108 @@ class HttpSession:
         session = self.cookie("sessionid")
         assert session, "guest login failed"
         return session
+
+
+def nginx_binary() -> str:
+    """Debian's nginx, or a failure that says how to install it."""
+    import pytest
+
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else ""
+    )
+    if not binary:
+        pytest.fail(
+            "The deployment test needs nginx and it is missing. On Debian: "
+            "`apt-get update && apt-get install -y nginx-light` (.ci/run does this).",
+            pytrace=False,
+        )
+    return binary
+
+
+class Nginx:
+    """nginx as a foreground process with its own prefix, config and port."""
+
+    def __init__(self, site_config: str, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        for sub in ("logs", "temp"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        (directory / "site.conf").write_text(site_config)
+        temp = directory / "temp"
+        mime_types = Path("/etc/nginx/mime.types")
+        (directory / "nginx.conf").write_text(
+            "daemon off;\n"
+            "worker_processes 1;\n"
+            f"pid {directory}/nginx.pid;\n"
+            f"error_log {directory}/logs/error.log info;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n"
+            f"  access_log {directory}/logs/access.log;\n"
+            + "".join(
+                f"  {kind}_temp_path {temp}/{kind};\n"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
+            + (f"  include {mime_types};\n" if mime_types.exists() else "")
+            + f"  include {directory}/site.conf;\n"
+            "}\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> Nginx:
+        conf = self.directory / "nginx.conf"
+        command = [nginx_binary(), "-p", str(self.directory), "-c", str(conf)]
+        check = subprocess.run(
+            [*command, "-t", "-e", str(self.directory / "logs/error.log")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx rejects the configuration:\n{check.stderr}")
+        self.process = subprocess.Popen(
+            [*command, "-e", str(self.directory / "logs/error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nginx not listening within {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)  # fast shutdown of master and workers
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def log(self) -> str:
+        path = self.directory / "logs/error.log"
+        return path.read_text(errors="replace") if path.exists() else "(no error log)"
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free (for consecutive workers)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")

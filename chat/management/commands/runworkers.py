@@ -1,0 +1,98 @@
+"""`python manage.py runworkers --workers 3 --base-port 8001`: N daphne workers.
+
+Starts one daphne process per port (base-port, base-port + 1, ...), all with
+this environment, so they share `REDIS_URL` and `DATABASE_URL` and act as one
+server; put a proxy such as nginx in front (deploy/nginx.conf). A worker that
+dies is started again after a short pause. SIGTERM or Ctrl-C stops them all:
+each worker gets SIGTERM, closes its sockets with 1012 and drops its presence
+at once, and is killed if it has not exited within `--stop-timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+# Seconds between checks on the workers, and before starting a dead one again
+# (so a worker that cannot start does not spin).
+_POLL = 0.5
+_RESTART_DELAY = 2.0
+
+
+class Command(BaseCommand):
+    help = "Run several daphne workers on consecutive ports (they need REDIS_URL to act as one)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--workers", type=int, default=2, help="number of processes")
+        parser.add_argument("--base-port", type=int, default=8001, help="port of the first")
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+        parser.add_argument(
+            "--stop-timeout", type=float, default=10.0, help="seconds to wait for a clean exit"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count: int = options["workers"]
+        if count < 1:
+            raise CommandError("--workers must be at least 1")
+        if count > 1 and not settings.REDIS_URL:
+            raise CommandError(
+                "several workers share presence and messages through Redis: set REDIS_URL "
+                "(e.g. redis://127.0.0.1:6379/0), or run one worker"
+            )
+        ports = [options["base_port"] + i for i in range(count)]
+        host: str = options["host"]
+        stopping = False
+
+        def request_stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+        processes = {port: self._start(host, port) for port in ports}
+        self.stdout.write(
+            f"{count} workers on {', '.join(f'{host}:{p}' for p in ports)}; Ctrl-C stops them"
+        )
+        died_at: dict[int, float] = {}
+        try:
+            while not stopping:
+                time.sleep(_POLL)
+                for port, process in list(processes.items()):
+                    if process.poll() is None or stopping:
+                        continue
+                    now = time.monotonic()
+                    if port not in died_at:
+                        self.stderr.write(
+                            f"worker on port {port} exited with {process.returncode}; restarting"
+                        )
+                        died_at[port] = now
+                    elif now - died_at[port] >= _RESTART_DELAY:
+                        del died_at[port]
+                        processes[port] = self._start(host, port)
+        finally:
+            self._stop_all(list(processes.values()), options["stop_timeout"])
+
+    def _start(self, host: str, port: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+        return subprocess.Popen([*command, "chatsite.asgi:application"])
+
+    def _stop_all(self, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"worker {process.pid} did not stop in {timeout}s; killing it")
+                process.kill()
+                process.wait(timeout=5)
+        self.stdout.write("all workers stopped")

@@ -1,0 +1,181 @@
+"""The deployment recipe works: `manage.py runworkers` starts N workers, and
+deploy/nginx.conf in front of them serves static files and carries chat
+(HTTP and WebSocket upgrades) to every worker.
+
+nginx is Debian's, started as a foreground process with its own prefix and
+config in a temporary directory, on a free port. A missing nginx fails the
+test with instructions (it never skips).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.models import Connection
+from tests.chatclient import open_real_socket
+from tests.conftest import REDIS_URL
+from tests.servers import (
+    ROOT,
+    HttpSession,
+    Nginx,
+    free_port,
+    free_port_pair,
+    nginx_binary,
+    worker_env,
+)
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def render_nginx_site(*, listen: int, worker_ports: list[int], static_root: Path) -> str:
+    """deploy/nginx.conf with its placeholders filled in, as the README says."""
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    servers = " ".join(f"server 127.0.0.1:{port};" for port in worker_ports)
+    return (
+        template.replace("@LISTEN@", f"127.0.0.1:{listen}")
+        .replace("@WORKERS@", servers)
+        .replace("@STATIC_ROOT@", str(static_root))
+    )
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def production_env(redis_prefix):
+    # Not under pytest's tmp_path: nginx's workers run as an unprivileged
+    # user, who cannot enter pytest's private directory.
+    public = Path(tempfile.mkdtemp(prefix="chat-deploy-"))
+    static_root = public / "static"
+    env = worker_env(
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        DEBUG="false",
+        SECRET_KEY="deploy-test-secret-key-" + "x" * 30,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        STATIC_ROOT=str(static_root),
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    for path in [public, *public.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield env, static_root
+    shutil.rmtree(public, ignore_errors=True)
+
+
+@pytest.fixture
+def runworkers(production_env, tmp_path):
+    """`manage.py runworkers --workers 2` on two consecutive free ports."""
+    env, _ = production_env
+    base = free_port_pair()
+    log_path = tmp_path / "runworkers.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "runworkers", *_runworkers_args(base)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        for port in (base, base + 1):
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=40)
+        yield process, [base, base + 1]
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: it and its workers
+                process.wait(timeout=5)
+        print(f"----- runworkers log -----\n{log_path.read_text(errors='replace')}")
+
+
+def _runworkers_args(base_port: int) -> list[str]:
+    return ["--workers", "2", "--base-port", str(base_port), "--stop-timeout", "10"]
+
+
+def test_nginx_is_installed():
+    assert nginx_binary()
+
+
+async def test_chat_through_nginx_in_front_of_two_workers(runworkers, production_env, tmp_path):
+    process, worker_ports = runworkers
+    _, static_root = production_env
+    port = free_port()
+    site = render_nginx_site(listen=port, worker_ports=worker_ports, static_root=static_root)
+    nginx = Nginx(site, tmp_path / "nginx", port)
+    nginx.start()
+    try:
+        await asyncio.to_thread(wait_http, nginx.base_url + "/healthz", 20)
+        # Static files come from STATIC_ROOT through nginx (the workers run
+        # with DEBUG off and do not serve them).
+        with urllib.request.urlopen(nginx.base_url + "/static/chat/chat.css", timeout=10) as r:
+            assert r.status == 200
+            assert r.read() == (static_root / "chat" / "chat.css").read_bytes()
+
+        alice_cookie = await asyncio.to_thread(HttpSession(nginx.base_url).signup, "alice")
+        bob_cookie = await asyncio.to_thread(HttpSession(nginx.base_url).signup, "bob")
+        # Round robin spreads these over both workers.
+        alices = [await open_real_socket(nginx.base_url, alice_cookie, "alice") for _ in range(2)]
+        bobs = [await open_real_socket(nginx.base_url, bob_cookie, "bob") for _ in range(2)]
+        try:
+            workers_used = await sync_to_async(
+                lambda: set(Connection.objects.values_list("worker", flat=True))
+            )()
+            assert len(workers_used) == 2, workers_used
+            ack = await alices[0].request(type="send", to={"user": "bob"}, body="via nginx")
+            for client in alices + bobs:
+                await client.expect("message", id=ack["id"], timeout=10)
+            await bobs[1].request(type="join", group="proxied")
+            await alices[1].request(type="join", group="proxied")
+            ack = await bobs[0].request(type="send", to={"group": "proxied"}, body="group")
+            for client in alices + bobs:
+                await client.expect("message", id=ack["id"], timeout=10)
+        finally:
+            for client in alices + bobs:
+                await client.close()
+    finally:
+        nginx.stop()
+        print(f"----- nginx error log -----\n{nginx.log()}")
+
+    # SIGTERM to runworkers stops every worker it started.
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 30) == 0
+    assert all(port_closed(p) for p in worker_ports)
