@@ -314,3 +314,23 @@ async def test_signing_up_ends_the_previous_users_session_and_its_sockets(layer,
         assert await tab.expect_close() == CLOSE_POLICY_VIOLATION
     finally:
         await tab.close()
+
+
+def test_logout_succeeds_when_the_channel_layer_is_down(client, settings, alice):
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{closed_port()}/0"]},
+        }
+    }
+    channel_layers.backends.clear()
+    client.force_login(alice)
+    try:
+        response = client.post("/accounts/logout/")
+    finally:
+        channel_layers.backends.clear()
+
+    assert response.status_code == 302
+    assert logged_in_user(client) is None
