@@ -179,3 +179,34 @@ async def test_chat_through_nginx_in_front_of_two_workers(runworkers, production
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 30) == 0
     assert all(port_closed(p) for p in worker_ports)
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+async def test_runworkers_starts_a_killed_worker_again(runworkers):
+    process, worker_ports = runworkers
+    before = children_of(process.pid)
+    assert len(before) == 2, before
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 40
+    while True:
+        now = children_of(process.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        assert time.monotonic() < deadline, f"no replacement worker: {now}"
+        await asyncio.sleep(0.2)
+    for port in worker_ports:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
+    assert process.poll() is None
