@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     prof_p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     prof_p.add_argument("--clients", type=int, default=200)
     prof_p.add_argument("--variant", default="")
+    prof_p.add_argument("--gil", action="store_true", help="py-spy --gil (CPU, not waiting)")
 
     rep_p = sub.add_parser("report", help="print the tables of a results.json")
     rep_p.add_argument("path")

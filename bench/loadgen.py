@@ -71,6 +71,7 @@ class StepResult:
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    ack_p50_ms: float = 0.0
     ack_p99_ms: float = 0.0
     server_cpu_s: float = 0.0
     server_cpu_us_per_delivery: float = 0.0
@@ -89,6 +90,7 @@ class StepResult:
         return (
             f"rate {self.rate:>6.0f}/s x{self.members}: {self.deliveries_per_s:>8.0f} deliv/s "
             f"p50 {self.p50_ms:6.1f} p99 {self.p99_ms:7.1f} max {self.max_ms:7.1f} ms "
+            f"(ack p50 {self.ack_p50_ms:.1f} p99 {self.ack_p99_ms:.1f}) "
             f"lost {self.lost} err {self.errors} cpu {self.server_cpu_us_per_delivery:5.1f}us/d "
             f"({self.server_cpu_percent:.0f}%) gen {self.loadgen_cpu_percent:.0f}% "
             f"{'PASS' if self.passed else 'FAIL'}"
@@ -409,6 +411,7 @@ class LoadGen:
         result.p99_ms = percentile(lat, 99) / 1e6
         result.max_ms = (lat[-1] / 1e6) if lat else float("nan")
         acks_sorted = sorted(self.ack_latencies)
+        result.ack_p50_ms = percentile(acks_sorted, 50) / 1e6
         result.ack_p99_ms = percentile(acks_sorted, 99) / 1e6
         result.server_cpu_s = cpu1[0] - cpu0[0]
         result.redis_cpu_s = cpu1[1] - cpu0[1]

@@ -190,6 +190,7 @@ async def _drive(args: argparse.Namespace, out_dir: Path) -> None:
                 "--output",
                 str(raw),
                 "--nonblocking",
+                *(["--gil"] if args.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -201,12 +202,17 @@ async def _drive(args: argparse.Namespace, out_dir: Path) -> None:
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed: {spy_err.decode(errors='replace')}")
         summary = summarise(raw)
+        mode = (
+            "--gil: only the thread holding the GIL is sampled, i.e. CPU"
+            if args.gil
+            else "all threads, waiting included"
+        )
         head = (
             f"# Profile of our worker ({args.server}, {args.db}"
             f"{', variant ' + args.variant if args.variant else ''}) under W1 load\n\n"
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {args.clients} clients in one group, "
             f"{args.rate:.0f} messages/s for {args.seconds - 2:.0f} s of a "
-            f"{args.seconds:.0f} s py-spy record (250 Hz, --nonblocking).\n\n"
+            f"{args.seconds:.0f} s py-spy record (250 Hz, --nonblocking, {mode}).\n\n"
             f"Step: {step.summary()}\n\n"
         )
         (out_dir / "summary.md").write_text(head + summary)
@@ -219,7 +225,10 @@ async def _drive(args: argparse.Namespace, out_dir: Path) -> None:
 def profile(args: argparse.Namespace) -> None:
     raise_fd_limit()
     _use_uvloop()
-    out_dir = servers.OUT / ("profile-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    name = "profile-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name += f"-{args.server}-{args.db}{'-' + args.variant if args.variant else ''}"
+    name += "-gil" if args.gil else ""
+    out_dir = servers.OUT / name
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     asyncio.run(_drive(args, out_dir))
