@@ -235,6 +235,37 @@ async def test_usernames_with_unusual_characters_round_trip(store):
     assert await store.drop_worker(worker="w1") == [name]
 
 
+async def test_reap_reports_the_dead_workers_layer_channel_and_groups(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="dead", channel="chan-dead", layer_groups=["chat.all"])
+        await store.note_layer_groups(worker="dead", layer_groups=["chat.user.1", "chat.group.7"])
+    await store.heartbeat(worker="alive", channel="chan-alive", layer_groups=["chat.all"])
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.layer_memberships == [("chan-dead", ["chat.all", "chat.group.7", "chat.user.1"])]
+
+
+async def test_a_heartbeat_replaces_the_recorded_layer_groups(store, long_ago):
+    await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all", "chat.user.1"])
+    with long_ago():
+        await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all"])
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.layer_memberships == [("chan", ["chat.all"])]
+
+
+async def test_a_dropped_worker_leaves_no_layer_groups_to_reap(store, long_ago):
+    with long_ago():
+        await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all"])
+    await store.drop_worker(worker="w1")
+
+    reaped = await store.reap(max_silence=SILENCE)
+
+    assert reaped.workers == [] and reaped.layer_memberships == []
+
+
 # -- choosing the store --------------------------------------------------------
 
 
