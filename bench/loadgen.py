@@ -133,6 +133,34 @@ class LoadGen:
             # carry messages: docs/protocol.md).
             self.notice_frames += 1
             return
+        if b'"message"' in head:
+            # Fast path for the hot frame: read id and body without a full parse.
+            body_at = payload.find(b'"body":')
+            if body_at >= 0:
+                start = body_at + 7
+                if payload[start] == 32:  # the peer's json.dumps puts a space here
+                    start += 1
+                if payload.startswith(b'"b ', start):
+                    end = payload.index(b'"', start + 3)
+                    seq_text, sent_text = payload[start + 3 : end].split(b" ")
+                    seq = int(seq_text)
+                    data = client.data
+                    id_at = payload.find(b'"id":')
+                    if id_at >= 0:
+                        id_end = payload.find(b",", id_at)
+                        message_id = int(payload[id_at + 5 : id_end])
+                        if message_id > data["last_id"]:
+                            data["last_id"] = message_id
+                    if seq < len(self.counts):
+                        self.counts[seq] += 1
+                        if seq >= self.seq_start:
+                            self.latencies.append(now - int(sent_text))
+                            self.last_rx_ns = now
+                            if self.track_sets:
+                                data["seen"].add(seq)
+                    else:
+                        self.stray += 1
+                    return
         event = orjson.loads(payload)
         kind = event.get("type")
         if kind == "message":
@@ -272,7 +300,8 @@ class LoadGen:
         client.send_text(orjson.dumps({**command, "ref": ref}))
         return await asyncio.wait_for(waiter, 60)
 
-    async def join_all(self, group: str, *, concurrency: int = 100) -> None:
+    async def join_all(self, group: str, *, concurrency: int = 100) -> int:
+        """Every open client joins `group`; returns how many joins failed."""
         self.group = group
         semaphore = asyncio.Semaphore(concurrency)
 
@@ -282,7 +311,10 @@ class LoadGen:
                 if reply.get("type") != "joined":
                     raise RuntimeError(f"join answered {reply}")
 
-        await asyncio.gather(*(one(c) for c in self.clients))
+        results = await asyncio.gather(
+            *(one(c) for c in self.clients if c.is_open), return_exceptions=True
+        )
+        return sum(1 for r in results if isinstance(r, BaseException))
 
     async def settle(self, quiet: float = 1.0, wait_s: float = 60.0) -> float:
         """Wait until no frame has arrived for `quiet` seconds (notices, backlog)."""

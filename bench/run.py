@@ -120,9 +120,10 @@ async def _setup(
     stats = await gen.open(cookies, batch=batch, retries=retries)
     open_settle = await gen.settle(quiet=1.0, wait_s=120)
     join_s = 0.0
+    join_failed = 0
     if join:
         started = time.perf_counter()
-        await gen.join_all(join)
+        join_failed = await gen.join_all(join)
         join_s = time.perf_counter() - started
         await gen.settle(quiet=1.0, wait_s=120)
     rss_after = gen.deployment.rss_kib()
@@ -131,6 +132,7 @@ async def _setup(
         "connect": dataclasses.asdict(stats),
         "settle_after_open_s": open_settle,
         "join_s": join_s,
+        "join_failed": join_failed,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "kib_per_connection": (rss_after - rss_before) / max(1, stats.connected),
