@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chat.models import Connection
 from tests.chatclient import open_real_socket
@@ -156,7 +156,10 @@ async def test_chat_through_nginx_in_front_of_two_workers(runworkers, production
         alices = [await open_real_socket(nginx.base_url, alice_cookie, "alice") for _ in range(2)]
         bobs = [await open_real_socket(nginx.base_url, bob_cookie, "bob") for _ in range(2)]
         try:
-            workers_used = await sync_to_async(
+            # database_sync_to_async closes its connection afterwards, so the
+            # test database can be dropped at the end (PostgreSQL refuses
+            # while a session is open).
+            workers_used = await database_sync_to_async(
                 lambda: set(Connection.objects.values_list("worker", flat=True))
             )()
             assert len(workers_used) == 2, workers_used
