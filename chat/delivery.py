@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -155,7 +156,12 @@ class Hub:
         from twisted.internet import defer
 
         def on_shutdown() -> defer.Deferred[None]:
-            stopping = asyncio.ensure_future(asyncio.wait_for(self.stop(), _STOP_TIMEOUT))
+            # A fresh context: the trigger may fire inside a callback whose
+            # context says asgiref's single sync thread is in use, and `stop`
+            # needs that thread for the database.
+            stopping = asyncio.get_running_loop().create_task(
+                asyncio.wait_for(self.stop(), _STOP_TIMEOUT), context=contextvars.Context()
+            )
             deferred = defer.Deferred.fromFuture(stopping)
             deferred.addErrback(lambda failure: logger.error("stopping failed: %s", failure))
             return deferred
@@ -181,17 +187,24 @@ class Hub:
         for group_id in self.groups_of[conn.user_id]:
             self.members_here.setdefault(group_id, set()).add(conn.user_id)
             wanted.append(group_layer_group(group_id))
-        await self._subscribe(wanted)
-        await database_sync_to_async(presence_module.connection_record)(
-            user_id=conn.user_id,
-            worker=self.worker_id,
-            connection_id=conn.connection_id,
-            endpoint=endpoint,
-        )
-        if await self.presence.connect(
-            worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
-        ):
-            await self.publish(LAYER_ALL, _presence_notice(conn.username, online=True))
+        try:
+            await self._subscribe(wanted)
+            await database_sync_to_async(presence_module.connection_record)(
+                user_id=conn.user_id,
+                worker=self.worker_id,
+                connection_id=conn.connection_id,
+                endpoint=endpoint,
+            )
+            if await self.presence.connect(
+                worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
+            ):
+                await self.publish(LAYER_ALL, _presence_notice(conn.username, online=True))
+        except BaseException:
+            # The socket will be closed (Redis down, say): do not keep it in
+            # the indexes, since its consumer will not detach it.
+            with contextlib.suppress(Exception):
+                await self.detach(conn)
+            raise
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed socket; announce the user offline if it was the last."""

@@ -125,6 +125,9 @@ async def test_who_and_members_agree_on_every_worker(two_workers, sockets):
     carol_http = HttpSession(first.base_url)
     carol_http.login("carol")
     carol = await sockets.open(first, carol_http.cookie("sessionid"), "carol")
+    # Seen online first: online and offline within one notice delay may cancel out.
+    await alice.expect("presence", user="carol", online=True)
+    await bob.expect("presence", user="carol", online=True)
     for client in (alice, bob, carol):
         await client.request(type="join", group="team")
     await carol.close()
