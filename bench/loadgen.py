@@ -88,7 +88,7 @@ class StepResult:
 
     def summary(self) -> str:
         return (
-            f"rate {self.rate:>6.0f}/s x{self.members}: {self.deliveries_per_s:>8.0f} deliv/s "
+            f"rate {self.rate:>6g}/s x{self.members}: {self.deliveries_per_s:>8.0f} deliv/s "
             f"p50 {self.p50_ms:6.1f} p99 {self.p99_ms:7.1f} max {self.max_ms:7.1f} ms "
             f"(ack p50 {self.ack_p50_ms:.1f} p99 {self.ack_p99_ms:.1f}) "
             f"lost {self.lost} err {self.errors} cpu {self.server_cpu_us_per_delivery:5.1f}us/d "

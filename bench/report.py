@@ -41,7 +41,7 @@ def _ladder_rows(entry: dict) -> list[str]:
     for target in ("ours", "peer"):
         for step in _get(entry, target, "steps") or []:
             rows.append(
-                f"| {entry['repeat']} | {target} | {_f(step['rate'])} | {step['members']} | "
+                f"| {entry['repeat']} | {target} | {step['rate']:g} | {step['members']} | "
                 f"{_f(step['deliveries_per_s'])} | {_f(step['p50_ms'], 1)} | "
                 f"{_f(step['p95_ms'], 1)} | {_f(step['p99_ms'], 1)} | {_f(step['max_ms'], 1)} | "
                 f"{step['lost']} | {step['acks']} | {step['errors']} | "
@@ -59,7 +59,7 @@ LADDER_HEAD = (
 )
 
 
-def _sustained_table(entries: list[dict], title: str) -> list[str]:
+def _sustained_table(entries: list[dict], title: str, *, light: bool = True) -> list[str]:
     out = [
         f"#### {title}: sustained (highest passing step) and light load",
         "",
@@ -71,7 +71,7 @@ def _sustained_table(entries: list[dict], title: str) -> list[str]:
         ours_s, peer_s = _get(entry, "ours", "sustained"), _get(entry, "peer", "sustained")
         ours_l, peer_l = _get(entry, "ours", "light"), _get(entry, "peer", "light")
         rows = [
-            ("sustained msgs/s", _get(ours_s, "rate"), _get(peer_s, "rate"), False, 0),
+            ("sustained msgs/s", _get(ours_s, "rate"), _get(peer_s, "rate"), False, 1),
             (
                 "sustained deliveries/s",
                 _get(ours_s, "deliveries_per_s"),
@@ -116,6 +116,8 @@ def _sustained_table(entries: list[dict], title: str) -> list[str]:
                 1,
             ),
         ]
+        if not light:
+            rows = [row for row in rows if not row[0].startswith("light")]
         for name, ours, peer, lower, digits in rows:
             out.append(
                 f"| {rep} | {name} | {_f(ours, digits)} | {_f(peer, digits)} | "
@@ -126,7 +128,7 @@ def _sustained_table(entries: list[dict], title: str) -> list[str]:
             if over:
                 rec = over.get("recovery") or {}
                 out.append(
-                    f"| {rep} | overload ({target}, {_f(over['rate'])} msgs/s) | "
+                    f"| {rep} | overload ({target}, {over['rate']:g} msgs/s) | "
                     f"lost after settling {over['lost_after_settle']}, "
                     f"errors {over['errors']}, closed sockets {over['closed_sockets']}, "
                     f"sync {json.dumps(over.get('sync'))}, "
@@ -204,7 +206,7 @@ def markdown(report: dict) -> str:
         if workload == "W3":
             lines += _w3_table(entries)
         else:
-            lines += _sustained_table(entries, workload)
+            lines += _sustained_table(entries, workload, light=workload != "W4")
             lines += ["", f"#### {workload}: every step", "", LADDER_HEAD]
             for entry in entries:
                 lines += _ladder_rows(entry)
