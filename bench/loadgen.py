@@ -378,6 +378,9 @@ class LoadGen:
     ) -> StepResult:
         """Send at `rate` messages/s for `seconds`; wait for deliveries; measure."""
         open_clients = [c for c in self.clients if c.is_open]
+        if not open_clients:
+            codes = Counter(str(c.close_code) for c in self.clients)
+            raise RuntimeError(f"the server closed every socket (close codes {dict(codes)})")
         members = len(open_clients)
         sending = open_clients[: max(1, senders)]
         result = StepResult(rate=rate, seconds=seconds, members=members, senders=len(sending))

@@ -127,6 +127,7 @@ async def _setup(
         join_s = time.perf_counter() - started
         await gen.settle(quiet=1.0, wait_s=120)
     rss_after = gen.deployment.rss_kib()
+    open_now = sum(1 for c in gen.clients if c.is_open)
     return {
         "login_s": login_s,
         "connect": dataclasses.asdict(stats),
@@ -135,7 +136,9 @@ async def _setup(
         "join_failed": join_failed,
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
-        "kib_per_connection": (rss_after - rss_before) / max(1, stats.connected),
+        "open_sockets": open_now,
+        # Divided by the sockets open now (first attempts and retries).
+        "kib_per_connection": (rss_after - rss_before) / max(1, open_now),
     }
 
 
