@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument(
         "--variant", default="", help="what-if settings for our server (bench/variants)"
     )
+    run_p.add_argument(
+        "--connect-batch", type=int, default=200, help="W1/W2/W4 sockets opened at once"
+    )
     run_p.add_argument("--no-overload", action="store_true", help="skip the overload check")
 
     prof_p = sub.add_parser("profile", help="py-spy our worker under W1 load")
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "db": args.db,
         "overload_check": not args.no_overload,
         "variant": args.variant,
+        "connect_batch": args.connect_batch,
     }
     if args.clients:
         changes["clients"] = args.clients

@@ -71,6 +71,48 @@ SCAFFOLDING = (
 )
 
 
+# A sample belongs to the first stage whose marker is in its stack. With
+# --nonblocking some stacks are torn (their outer frames missing), so the
+# write path is also recognised by its inner frames.
+STAGES = [
+    (
+        "frames out: Hub._dispatch -> consumer.send -> ASGI server -> frame -> socket",
+        (
+            "Hub._dispatch",
+            "Hub._targets",
+            "ChatSocket.write",
+            "InstanceSessionWrapper.send",
+            "handle_reply",
+            "serverSend",
+            "sendFrame",
+            "sendMessage",
+            "asgi_send",
+            "write_frame",
+            "Frame.write",
+            "WebSocketCommonProtocol._drain",
+            "addWriter",
+            "add_writer",
+        ),
+    ),
+    ("notices flush (presence, joined/left)", ("Hub._flush_notices",)),
+    ("database (executor thread: ORM, driver, connect)", ("DatabaseSyncToAsync.thread_handler",)),
+    (
+        "frame in: receive, parse, rate limit, publish",
+        ("ChatConsumer.receive", "websocket_receive"),
+    ),
+    ("socket writes flushed by the reactor", ("doWrite", "_readOrWrite")),
+    ("channel layer receive / Redis replies", ("channels_redis/", "redis/")),
+    ("socket reads, websocket parsing", ("dataReceived", "data_received", "read_frame")),
+]
+
+
+def _stage(stack: str) -> str:
+    for label, markers in STAGES:
+        if any(marker in stack for marker in markers):
+            return label
+    return "event loop, other"
+
+
 def _frame_name(frame: str) -> str:
     """`func (/long/path/site-packages/pkg/mod.py:123)` -> `func (pkg/mod.py)`."""
     frame = _LINE.sub(")", frame)
@@ -98,6 +140,7 @@ def summarise(raw: Path, top: int = 25) -> str:
     total_time: Counter[str] = Counter()
     subsystem: Counter[str] = Counter()
     thread_time: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
     samples = 0
     idle = 0
     for line in raw.read_text().splitlines():
@@ -119,6 +162,7 @@ def summarise(raw: Path, top: int = 25) -> str:
         for name in {_frame_name(f) for f in real}:
             total_time[name] += count
         where = "other"
+        stages[_stage(stack)] += count
         path = leaf.partition(" (")[2]
         for label, markers in SUBSYSTEMS:
             if path.startswith(markers):
@@ -129,6 +173,12 @@ def summarise(raw: Path, top: int = 25) -> str:
     out = [
         f"Samples: {samples} (py-spy, all threads; idle-looking leaf frames: "
         f"{100 * idle / busy:.0f}%).",
+        "",
+        "Time by stage (first match in the stack):",
+        "",
+        "| stage | share |",
+        "|---|---|",
+        *[f"| {label} | {100 * count / busy:.1f}% |" for label, count in stages.most_common()],
         "",
         "Time by subsystem of the innermost frame:",
         "",

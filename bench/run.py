@@ -45,6 +45,7 @@ class Config:
     targets: tuple[str, ...] = ("ours", "peer")
     overload_check: bool = True
     variant: str = ""
+    connect_batch: int = 200
 
     @classmethod
     def quick(cls) -> Config:
@@ -241,7 +242,7 @@ async def workload_w1(target: str, run_id: str, config: Config, *, workers: int 
     deployment = _deploy(target, workers, run_id, config)
     try:
         gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
-        setup = await _setup(gen, config.clients, batch=200, join="bench")
+        setup = await _setup(gen, config.clients, batch=config.connect_batch, join="bench")
         _log(f"{label}: set up {json.dumps(setup['connect'])}")
         ladder = await _ladder(gen, config.ladder, config, label=label)
         await gen.close_all()
@@ -277,7 +278,7 @@ async def workload_w4(target: str, run_id: str, config: Config) -> dict:
     deployment = _deploy(target, 1, run_id, config)
     try:
         gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
-        setup = await _setup(gen, config.w4_clients, batch=200, join="bench")
+        setup = await _setup(gen, config.w4_clients, batch=config.connect_batch, join="bench")
         _log(f"{label}: set up {json.dumps(setup['connect'])} join {setup['join_s']:.1f}s")
         ladder = await _ladder(
             gen, config.w4_ladder, config, label=label, recovery_rate=config.w4_ladder[0]
