@@ -129,7 +129,8 @@ def _sustained_table(entries: list[dict], title: str, *, light: bool = True) -> 
                 rec = over.get("recovery") or {}
                 out.append(
                     f"| {rep} | overload ({target}, {over['rate']:g} msgs/s) | "
-                    f"lost after settling {over['lost_after_settle']}, "
+                    f"lost after settling {over['lost_after_settle']} "
+                    f"(silently: {over.get('silently_lost_deliveries', '?')}), "
                     f"errors {over['errors']}, closed sockets {over['closed_sockets']}, "
                     f"sync {json.dumps(over.get('sync'))}, "
                     f"recovery step p99 {_f(rec.get('p99_ms'), 1)} ms "
