@@ -48,6 +48,8 @@ from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 logger = logging.getLogger(__name__)
 
 LAYER_ALL = "chat.all"
+# Layer calls in flight at once per worker; well under channels_redis's pool size.
+_LAYER_CONCURRENCY = 32
 
 # Seconds a shutting-down worker waits for its sockets to close and its
 # presence to be dropped before the process exits anyway.
@@ -98,6 +100,10 @@ class Hub:
         self._notices: list[dict[str, Any]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._layer_failed = False
+        # channels_redis's connection pool refuses calls past its size (100)
+        # with MaxConnectionsError; a burst of connecting sockets would then
+        # look like a layer outage and get every socket closed with 1012.
+        self._layer_slots = asyncio.Semaphore(_LAYER_CONCURRENCY)
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.get_running_loop().create_future()
@@ -134,7 +140,8 @@ class Hub:
             await self.publish(LAYER_ALL, _presence_notice(username, online=False))
         for layer_group in list(self._subscribed):
             with contextlib.suppress(Exception):
-                await self.layer.group_discard(layer_group, self.channel)
+                async with self._layer_slots:
+                    await self.layer.group_discard(layer_group, self.channel)
         self._subscribed.clear()
         await database_sync_to_async(presence_module.connections_forget_workers)([self.worker_id])
         logger.info("worker %s stopped: sockets closed, presence dropped", self.worker_id)
@@ -232,7 +239,8 @@ class Hub:
     async def publish(self, layer_group: str, message: dict[str, Any]) -> bool:
         """`group_send` that never raises; during a layer outage, deliver locally."""
         try:
-            await self.layer.group_send(layer_group, message)
+            async with self._layer_slots:
+                await self.layer.group_send(layer_group, message)
         except Exception:
             if not self._layer_failed:
                 logger.exception("channel layer failed; delivering locally until it is back")
@@ -433,14 +441,16 @@ class Hub:
         for layer_group in unused:
             self._subscribed.discard(layer_group)
             with contextlib.suppress(Exception):
-                await self.layer.group_discard(layer_group, self.channel)
+                async with self._layer_slots:
+                    await self.layer.group_discard(layer_group, self.channel)
             # A socket may have needed it again while the discard was in flight.
             if layer_group in self._wanted_groups() and layer_group not in self._subscribed:
                 await self._subscribe([layer_group])
 
     async def _group_add(self, layer_group: str) -> None:
         try:
-            await self.layer.group_add(layer_group, self.channel)
+            async with self._layer_slots:
+                await self.layer.group_add(layer_group, self.channel)
         except Exception:
             # The maintenance loop adds it again once the layer is back.
             self._layer_failed = True
@@ -477,7 +487,8 @@ class Hub:
             self._layer_failed = False
             await self._reset_connections()
         for layer_group in list(self._subscribed):
-            await self.layer.group_add(layer_group, self.channel)
+            async with self._layer_slots:
+                await self.layer.group_add(layer_group, self.channel)
         reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
         if reaped.workers:
             logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
@@ -488,7 +499,8 @@ class Hub:
         # `group_expiry`; meanwhile every group_send would still queue for it.
         for channel, layer_groups in reaped.layer_memberships:
             for layer_group in layer_groups:
-                await self.layer.group_discard(layer_group, channel)
+                async with self._layer_slots:
+                    await self.layer.group_discard(layer_group, channel)
 
     async def _reset_connections(self) -> None:
         """Close every local socket with 1012 and forget it at once."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import login, logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
@@ -49,6 +52,21 @@ def guest_login(request: HttpRequest) -> HttpResponse:
     assert user is not None  # only a fixed suffix can be taken already
     _switch_user(request, user)
     return redirect("index")
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login, ending the browser's previous session properly first."""
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        if self.request.user.is_authenticated:
+            # Closes the sockets of the session that login would replace.
+            logout(self.request)
+        return super().form_valid(form)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["guest_login"] = settings.CHAT_GUEST_LOGIN
+        return context
 
 
 def _switch_user(request: HttpRequest, user: User) -> None:

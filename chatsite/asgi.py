@@ -19,7 +19,7 @@ if settings.DEBUG:
     # Development serves /static/ straight from the apps (no collectstatic),
     # under daphne as under runserver. In production a proxy such as nginx
     # serves the collected STATIC_ROOT; see README, "Running it for real".
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("classic/", views.classic, name="classic"),
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/guest/", views.guest_login, name="guest"),
+    path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -60,7 +60,11 @@ def use_redis_layer(settings: LazySettings, prefix: str) -> None:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # As in settings: a socket timeout above channels_redis's 5 s
+                # blocking pop, so an idle receive is not taken for an outage.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
+                ],
                 "prefix": f"{prefix}:layer:",
                 "group_expiry": 60,
                 "channel_capacity": {"chatworker.*": 100_000},

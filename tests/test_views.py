@@ -334,3 +334,31 @@ def test_logout_succeeds_when_the_channel_layer_is_down(client, settings, alice)
 
     assert response.status_code == 302
     assert logged_in_user(client) is None
+
+
+async def test_logging_in_as_someone_else_ends_the_previous_session_and_its_sockets(
+    layer, alice, bob, connect
+):
+    browser = Client()
+    await sync_to_async(browser.force_login)(alice)
+    tab = await open_socket_with_session("alice", browser.cookies["sessionid"].value)
+    other_device = await connect(alice)
+    try:
+        response = await sync_to_async(browser.post)(
+            "/accounts/login/", {"username": "bob", "password": "pw-bob"}
+        )
+        assert response.status_code == 302
+
+        assert await tab.expect_close() == CLOSE_POLICY_VIOLATION
+        await other_device.assert_nothing("__close__")
+        assert (await other_device.request(type="ping"))["type"] == "pong"
+    finally:
+        await tab.close()
+
+
+def test_login_page_offers_guest_login_only_when_it_is_on(client, settings):
+    settings.CHAT_GUEST_LOGIN = True
+    assert "Continue as guest" in client.get("/accounts/login/").content.decode()
+
+    settings.CHAT_GUEST_LOGIN = False
+    assert "Continue as guest" not in client.get("/accounts/login/").content.decode()
