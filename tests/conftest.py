@@ -148,3 +148,17 @@ async def connect(transactional_db) -> AsyncIterator:
 
 
 make_user = sync_to_async(_make_user)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """Tests open and close connections per call.
+
+    A kept connection (DATABASE_CONN_MAX_AGE) would stay open in Channels'
+    database thread after the last test, and PostgreSQL refuses to drop a
+    test database that a session still uses.
+    """
+    from django.conf import settings
+
+    for database in settings.DATABASES.values():
+        database["CONN_MAX_AGE"] = 0
