@@ -25,6 +25,20 @@ NO_SUCH_USER = "no_such_user"
 NOT_MEMBER = "not_member"
 RATE_LIMITED = "rate_limited"
 UNAVAILABLE = "unavailable"
+ERROR_CODES = frozenset(
+    {
+        BAD_JSON,
+        BAD_COMMAND,
+        BINARY_NOT_SUPPORTED,
+        TOO_LARGE,
+        EMPTY_BODY,
+        BAD_GROUP,
+        NO_SUCH_USER,
+        NOT_MEMBER,
+        RATE_LIMITED,
+        UNAVAILABLE,
+    }
+)
 
 MAX_REF_CHARS = 64
 MAX_GROUP_CHARS = 64

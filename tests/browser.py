@@ -179,6 +179,19 @@ def chat_user(browser: Browser, chat_server: Worker) -> Iterator[Callable[..., C
         context.close()
 
 
+def open_direct(user: ChatUser, other: str) -> None:
+    """Open the direct conversation with `other` from the people list."""
+    user.page.locator(f"#people-list li[data-user='{other}'] button").click()
+    expect(user.page.locator("#conv-title")).to_have_text(other)
+
+
+def send(page: Page, body: str) -> None:
+    """Type a message in the composer and press Enter."""
+    box = page.locator("#body")
+    box.fill(body)
+    box.press("Enter")
+
+
 def screenshot(page: Page, name: str) -> Path:
     """Save a screenshot under artifacts/screenshots/ and return its path."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import ChatUser, screenshot
+from tests.browser import open_direct, screenshot, send
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -27,17 +27,6 @@ def classic_send(page: Page, button: str, message: str, *, to: str = "") -> None
 def frame(page: Page, text: str):
     """The log line showing exactly this received frame."""
     return page.locator("#log li.frame").filter(has_text=re.compile(f"^{re.escape(text)}$"))
-
-
-def open_direct(user: ChatUser, other: str) -> None:
-    user.page.locator(f"#people-list li[data-user='{other}'] button").click()
-    expect(user.page.locator("#conv-title")).to_have_text(other)
-
-
-def send(page: Page, body: str) -> None:
-    box = page.locator("#body")
-    box.fill(body)
-    box.press("Enter")
 
 
 def message_with(page: Page, body: str):

@@ -23,18 +23,7 @@ from tests.chatclient import ChatTestClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ERROR_CODES = {
-    protocol.BAD_JSON,
-    protocol.BAD_COMMAND,
-    protocol.BINARY_NOT_SUPPORTED,
-    protocol.TOO_LARGE,
-    protocol.EMPTY_BODY,
-    protocol.BAD_GROUP,
-    protocol.NO_SUCH_USER,
-    protocol.NOT_MEMBER,
-    protocol.RATE_LIMITED,
-    protocol.UNAVAILABLE,
-}
+ERROR_CODES = protocol.ERROR_CODES
 # Every event the server may send, with the fields it always carries.
 EVENT_FIELDS = {
     "ack": {"id", "ts"},

@@ -16,24 +16,15 @@ from tests.browser import (
     TIMEOUT,
     ChatUser,
     browser_worker_env,
+    open_direct,
     screenshot,
+    send,
     wait_connected,
 )
 from tests.chatclient import open_real_socket
 from tests.servers import Worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def open_direct(user: ChatUser, other: str) -> None:
-    user.page.locator(f"#people-list li[data-user='{other}'] button").click()
-    expect(user.page.locator("#conv-title")).to_have_text(other)
-
-
-def send(page: Page, body: str) -> None:
-    box = page.locator("#body")
-    box.fill(body)
-    box.press("Enter")
 
 
 def messages(page: Page):
