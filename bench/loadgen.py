@@ -126,6 +126,18 @@ class LoadGen:
 
     # -- receiving ------------------------------------------------------------
 
+    def _count_delivery(self, data: dict, seq: int, sent_ns: int, now: int) -> None:
+        """One member received message `seq`, sent at `sent_ns`."""
+        if seq >= len(self.counts):
+            self.stray += 1
+            return
+        self.counts[seq] += 1
+        if seq >= self.seq_start:
+            self.latencies.append(now - sent_ns)
+            self.last_rx_ns = now
+            if self.track_sets:
+                data["seen"].add(seq)
+
     def on_text(self, client: wsclient.WSClient, payload: bytes, now: int) -> None:
         head = payload[:24]
         if b"batch" in head:
@@ -151,15 +163,7 @@ class LoadGen:
                         message_id = int(payload[id_at + 5 : id_end])
                         if message_id > data["last_id"]:
                             data["last_id"] = message_id
-                    if seq < len(self.counts):
-                        self.counts[seq] += 1
-                        if seq >= self.seq_start:
-                            self.latencies.append(now - int(sent_text))
-                            self.last_rx_ns = now
-                            if self.track_sets:
-                                data["seen"].add(seq)
-                    else:
-                        self.stray += 1
+                    self._count_delivery(data, seq, int(sent_text), now)
                     return
         event = orjson.loads(payload)
         kind = event.get("type")
@@ -171,16 +175,7 @@ class LoadGen:
                 data["last_id"] = message_id
             if body.startswith("b "):
                 _, seq_text, sent_text = body.split(" ", 2)
-                seq = int(seq_text)
-                if seq < len(self.counts):
-                    self.counts[seq] += 1
-                    if seq >= self.seq_start:
-                        self.latencies.append(now - int(sent_text))
-                        self.last_rx_ns = now
-                        if self.track_sets:
-                            data["seen"].add(seq)
-                else:
-                    self.stray += 1
+                self._count_delivery(data, int(seq_text), int(sent_text), now)
             return
         if kind == "ack":
             ref = event.get("ref")
