@@ -28,6 +28,9 @@ from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
     daphne_protocol,
+    frame_writer,
+    plain_send,
+    text_frame,
     watch_send_buffer,
 )
 
@@ -77,6 +80,8 @@ class ChatSocket(AsyncWebsocketConsumer):
         self._attached = False
         await self.accept()
         self._wire = daphne_protocol(self.base_send)
+        self._frames = frame_writer(self._wire)
+        self._plain_send = plain_send(self.base_send)
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
             self.hub = await get_hub()
@@ -117,13 +122,17 @@ class ChatSocket(AsyncWebsocketConsumer):
         if self._pending is not None:
             self._pending.append(text)
             return
-        if self._send_buffer is not None and not self._send_buffer.admit(len(text)):
+        if self._frames is None:
+            await self._plain_send({"type": "websocket.send", "text": text})
+            return
+        frame = text_frame(text)
+        if self._send_buffer is not None and not self._send_buffer.admit(len(frame)):
             # A client that stopped reading: shed it rather than buffer without
             # end; it reconnects and syncs, so nothing is lost silently.
             logger.warning("closing %s's socket: it is not reading", self.username)
             await self.close_with(CLOSE_TRY_AGAIN_LATER)
             return
-        await self.send(text_data=text)
+        self._frames.write(frame)
 
     async def close_with(self, code: int) -> None:
         if not self._closed:

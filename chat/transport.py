@@ -1,7 +1,16 @@
 """Reaching under daphne's ASGI `send` to the websocket and its transport.
 
-Two things ASGI cannot express are done here, on daphne only (any other server,
+Three things ASGI cannot express are done here, on daphne only (any other server,
 or Channels' WebsocketCommunicator in tests, keeps the plain ASGI behaviour):
+
+- Cheap frames. Through ASGI every frame to every socket goes through the
+  consumer's `send`, Channels' session wrapper (a session check per frame),
+  daphne's reply dispatch and autobahn's `sendMessage`, which builds the frame
+  in Python and formats a debug log line for it: most of a worker's CPU when
+  one message fans out to hundreds of sockets. A server-to-client frame is
+  not masked, so the same bytes are valid on every socket: `FrameWriter`
+  builds a text frame once per text (the hub writes one text to a whole
+  audience in a row) and hands it straight to each socket's transport.
 
 - Close codes. Autobahn's `sendClose`, which daphne uses for
   `websocket.close`, refuses every code but 1000 and 3000-4999, so the
@@ -32,8 +41,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
 from typing import Any
 
+from channels.sessions import InstanceSessionWrapper
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -85,6 +96,76 @@ class SendBuffer:
     def stopProducing(self) -> None:
         if self._previous is not None:
             self._previous.stopProducing()
+
+
+def text_frame(text: str) -> bytes:
+    """`text` as one unmasked, unfragmented RFC 6455 text frame (server to client)."""
+    global _last_frame
+    last_text, last_frame = _last_frame
+    if text is last_text:
+        return last_frame
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((_FIN_TEXT, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, size)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, size)
+    frame = header + payload
+    # One tuple, swapped in one step: the hub writes the same str object to a
+    # whole audience, so this is a cache hit for all but its first socket.
+    _last_frame = (text, frame)
+    return frame
+
+
+_FIN_TEXT = 0x81
+_last_frame: tuple[str | None, bytes] = (None, b"")
+
+
+class FrameWriter:
+    """Writes frames built by `text_frame` to one daphne socket's transport."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def write(self, frame: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return  # closing: what autobahn would refuse to send anyway
+        if (
+            protocol.send_queue
+            or protocol.send_state != protocol.SEND_STATE_GROUND
+            or protocol._perMessageCompress is not None
+        ):
+            # Autobahn has bytes of its own queued, is mid-message, or
+            # compresses: let it frame this one so nothing is reordered.
+            protocol.sendMessage(_payload(frame), isBinary=False)
+            return
+        protocol.transport.write(frame)
+
+
+def _payload(frame: bytes) -> bytes:
+    size = frame[1] & 0x7F
+    return frame[2 + {126: 2, 127: 8}.get(size, 0) :]
+
+
+def plain_send(send: Any) -> Any:
+    """`send` without Channels' session wrapper, which checks the session per frame.
+
+    A chat socket never changes its session, so there is nothing to save.
+    """
+    wrapper = getattr(send, "__self__", None)
+    if isinstance(wrapper, InstanceSessionWrapper):
+        return wrapper.real_send
+    return send
+
+
+def frame_writer(protocol: Any | None) -> FrameWriter | None:
+    """A `FrameWriter` for daphne's `protocol`; None elsewhere."""
+    if protocol is None or getattr(protocol, "transport", None) is None:
+        return None
+    return FrameWriter(protocol)
 
 
 def daphne_protocol(send: Any) -> Any | None:

@@ -1,0 +1,121 @@
+"""Frames written under daphne's ASGI layer: valid RFC 6455, and in order.
+
+End to end (a real daphne writing these frames to real clients) is covered by
+test_workers.py and the page tests; here the frame bytes and the cases where
+the writer must hand a frame back to autobahn.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from chat.transport import FrameWriter, plain_send, text_frame
+
+
+def parse(data: bytes) -> tuple[Frame, bytes]:
+    """One frame as a client parses it, and the bytes left after it."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        return done.value, reader.buffer
+    raise AssertionError("the frame is incomplete")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "x" * 125, "x" * 126, "é" * 63, "y" * 65535, "z" * 65536, "€" * 30_000, '{"a":1}'],
+    ids=["empty", "125", "126", "126-bytes", "65535", "65536", "multibyte", "json"],
+)
+def test_text_frame_is_one_unmasked_final_text_frame(text: str) -> None:
+    frame, rest = parse(text_frame(text))
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
+    assert frame.data.decode("utf-8") == text
+    assert rest == b""
+
+
+def test_text_frame_is_reused_only_for_the_same_text() -> None:
+    first = "hello " + str(1)
+    same_value = "hello " + str(1)
+    other = "hello " + str(2)
+    assert text_frame(first) is text_frame(first)
+    assert parse(text_frame(same_value))[0].data == b"hello 1"
+    assert parse(text_frame(other))[0].data == b"hello 2"
+    assert parse(text_frame(first))[0].data == b"hello 1"
+
+
+class FakeAutobahn:
+    """The parts of autobahn's WebSocketProtocol that `FrameWriter` reads."""
+
+    STATE_OPEN = 3
+    STATE_CLOSING = 4
+    SEND_STATE_GROUND = 0
+
+    def __init__(self) -> None:
+        self.state = self.STATE_OPEN
+        self.send_state = self.SEND_STATE_GROUND
+        self.send_queue: list[Any] = []
+        self._perMessageCompress: Any = None
+        self.written: list[bytes] = []
+        self.sent_by_autobahn: list[bytes] = []
+        self.transport = SimpleNamespace(write=self.written.append)
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        assert not isBinary
+        self.sent_by_autobahn.append(payload)
+
+
+def test_frame_writer_writes_the_frame_to_the_transport() -> None:
+    wire = FakeAutobahn()
+    FrameWriter(wire).write(text_frame("hi"))
+    assert [parse(data)[0].data for data in wire.written] == [b"hi"]
+
+
+@pytest.mark.parametrize(
+    "busy",
+    [
+        lambda wire: wire.send_queue.append((b"ping", True)),
+        lambda wire: setattr(wire, "send_state", 2),
+        lambda wire: setattr(wire, "_perMessageCompress", object()),
+    ],
+    ids=["autobahn-queued-bytes", "mid-message", "compressing"],
+)
+def test_frame_writer_lets_autobahn_frame_when_it_is_busy(busy: Any) -> None:
+    wire = FakeAutobahn()
+    busy(wire)
+    text = "€" * 100  # a 16-bit length header
+    FrameWriter(wire).write(text_frame(text))
+    assert wire.written == []
+    assert wire.sent_by_autobahn == [text.encode("utf-8")]
+
+
+def test_frame_writer_drops_frames_once_the_socket_is_closing() -> None:
+    wire = FakeAutobahn()
+    wire.state = wire.STATE_CLOSING
+    FrameWriter(wire).write(text_frame("late"))
+    assert wire.written == [] and wire.sent_by_autobahn == []
+
+
+async def test_plain_send_skips_only_the_session_wrapper() -> None:
+    from channels.sessions import InstanceSessionWrapper
+
+    sent: list[dict[str, Any]] = []
+
+    async def server_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    wrapper = InstanceSessionWrapper({"cookies": {}}, server_send)
+    wrapper.real_send = server_send
+    assert plain_send(wrapper.send) is server_send
+    assert plain_send(server_send) is server_send
+    await plain_send(wrapper.send)({"type": "websocket.send", "text": "x"})
+    assert sent == [{"type": "websocket.send", "text": "x"}]
