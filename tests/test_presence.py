@@ -334,3 +334,12 @@ def test_connections_forget_workers_removes_only_those_workers(alice, bob):
     presence.connections_forget_workers(["dead", "dead2"])
 
     assert list(Connection.objects.values_list("worker", flat=True)) == ["alive"]
+
+
+async def test_a_burst_of_connections_queues_instead_of_failing(store):
+    # Far more calls in flight than the Redis client's pool holds: a burst of
+    # sockets connecting at once must wait for connections, not fail.
+    users = [f"user{n}" for n in range(300)]
+    firsts = await asyncio.gather(*(connect(store, "w1", f"c{u}", u) for u in users))
+    assert all(firsts)
+    assert await store.online() == set(users)
