@@ -45,6 +45,7 @@ import struct
 from typing import Any
 
 from channels.sessions import InstanceSessionWrapper
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -124,10 +125,22 @@ _last_frame: tuple[str | None, bytes] = (None, b"")
 
 
 class FrameWriter:
-    """Writes frames built by `text_frame` to one daphne socket's transport."""
+    """Writes frames built by `text_frame` to one daphne socket.
+
+    Twisted's `transport.write` only buffers: the socket is then registered
+    for writability with the event loop, written on its next turn and
+    unregistered again, two `epoll_ctl` calls and much bookkeeping per frame
+    per socket. Like asyncio's own transports, the writer sends at once when
+    nothing is buffered ahead of the frame and leaves only what the kernel
+    did not take to Twisted, which keeps the order and the send-buffer limits.
+    """
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
+        transport = protocol.transport
+        self._direct = isinstance(transport, tcp.Connection) and not getattr(
+            transport, "TLS", False
+        )
 
     def write(self, frame: bytes) -> None:
         protocol = self.protocol
@@ -142,7 +155,25 @@ class FrameWriter:
             # compresses: let it frame this one so nothing is reordered.
             protocol.sendMessage(_payload(frame), isBinary=False)
             return
-        protocol.transport.write(frame)
+        transport = protocol.transport
+        if (
+            self._direct
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            try:
+                sent = transport.socket.send(frame)
+            except OSError:
+                # Full (EAGAIN) or broken: Twisted buffers it, and finds out
+                # about a broken connection on its own write.
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        transport.write(frame)
 
 
 def _payload(frame: bytes) -> bytes:

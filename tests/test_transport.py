@@ -7,10 +7,13 @@ the writer must hand a frame back to autobahn.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.internet import tcp
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -119,3 +122,64 @@ async def test_plain_send_skips_only_the_session_wrapper() -> None:
     assert plain_send(server_send) is server_send
     await plain_send(wrapper.send)({"type": "websocket.send", "text": "x"})
     assert sent == [{"type": "websocket.send", "text": "x"}]
+
+
+class TcpTransport(tcp.Connection):
+    """A Twisted TCP transport over a real socket, with `write` recorded, not buffered."""
+
+    def __init__(self, sock: socket.socket) -> None:  # no reactor needed
+        self.socket = sock
+        self.connected = 1
+        self.disconnecting = False
+        self._writeDisconnected = False
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataBuffer: list[bytes] = []
+        self.buffered: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffered.append(data)
+
+
+@pytest.fixture
+def tcp_wire() -> Iterator[tuple[FakeAutobahn, TcpTransport, socket.socket]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    wire = FakeAutobahn()
+    transport = TcpTransport(ours)
+    wire.transport = transport
+    yield wire, transport, peer
+    ours.close()
+    peer.close()
+
+
+def received(peer: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        data += peer.recv(size - len(data))
+    return data
+
+
+def test_frame_writer_sends_at_once_when_nothing_is_buffered(tcp_wire) -> None:
+    wire, transport, peer = tcp_wire
+    frame = text_frame("straight to the socket")
+    FrameWriter(wire).write(frame)
+    assert transport.buffered == []
+    assert received(peer, len(frame)) == frame
+
+
+def test_frame_writer_queues_behind_what_twisted_has_buffered(tcp_wire) -> None:
+    wire, transport, _peer = tcp_wire
+    transport._tempDataBuffer.append(b"earlier")
+    frame = text_frame("after the earlier bytes")
+    FrameWriter(wire).write(frame)
+    assert transport.buffered == [frame]
+
+
+def test_frame_writer_hands_twisted_what_the_kernel_did_not_take(tcp_wire) -> None:
+    wire, transport, _peer = tcp_wire
+    frame = text_frame("x" * 4_000_000)  # more than a socket buffer holds
+    FrameWriter(wire).write(frame)
+    [rest] = transport.buffered
+    assert 0 < len(rest) < len(frame)
+    assert frame.endswith(rest)
