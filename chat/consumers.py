@@ -208,7 +208,7 @@ class ChatSocket(AsyncWebsocketConsumer):
 
     async def online_now(self) -> list[str]:
         try:
-            return sorted(await self.hub.presence.online())
+            return sorted(await self.hub.online())
         except Exception:
             logger.warning("presence store unavailable", exc_info=True)
             raise ChatError(protocol.UNAVAILABLE, "presence is unavailable; try again") from None

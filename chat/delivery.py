@@ -106,6 +106,8 @@ class Hub:
         self._layer_slots = asyncio.Semaphore(_LAYER_CONCURRENCY)
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._online_next: asyncio.Future[frozenset[str]] | None = None
+        self._online_reader: asyncio.Task[None] | None = None
         self._started = asyncio.get_running_loop().create_future()
 
     # -- life cycle ---------------------------------------------------------
@@ -233,6 +235,49 @@ class Hub:
             await database_sync_to_async(presence_module.connection_forget)(
                 connection_id=conn.connection_id
             )
+
+    # -- who is online ------------------------------------------------------
+
+    async def online(self) -> frozenset[str]:
+        """The users online everywhere, read after this call began.
+
+        Every `hello` lists who is online: read per socket, a burst of N
+        connections would read the whole set N times (O(N²) in all). Calls
+        share a read instead: at most one runs, and the next one serves
+        every call that arrived while it ran, so no caller gets a state
+        older than its own call (its socket is attached by then, so later
+        changes reach it as notices).
+        """
+        if self._online_next is None:
+            self._online_next = asyncio.get_running_loop().create_future()
+            if self._online_reader is None:
+                self._online_reader = asyncio.create_task(
+                    self._read_online(), name="chat-hub-online"
+                )
+        # Shielded: one caller giving up must not cancel the others' read.
+        return await asyncio.shield(self._online_next)
+
+    async def _read_online(self) -> None:
+        try:
+            while self._online_next is not None:
+                waiting, self._online_next = self._online_next, None
+                try:
+                    online = frozenset(await self.presence.online())
+                except asyncio.CancelledError:
+                    waiting.cancel()
+                    raise
+                except Exception as exc:
+                    waiting.set_exception(exc)
+                    waiting.exception()  # retrieved here; callers may all be gone
+                else:
+                    waiting.set_result(online)
+        finally:
+            # Normally nothing waits here; if this task was cancelled, nobody
+            # would read for those who arrived meanwhile.
+            self._online_reader = None
+            unread, self._online_next = self._online_next, None
+            if unread is not None:
+                unread.cancel()
 
     # -- publishing ---------------------------------------------------------
 

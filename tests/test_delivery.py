@@ -332,3 +332,72 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
     await hub.deliver_message(stored)
     assert (await alice_tab.next_message())["id"] == stored.id
     assert await settle(hub, carol_here, carol_there, bob_tab) == []
+
+
+# -- who is online, read once for a burst ------------------------------------------
+
+
+class CountingPresence:
+    """Wraps the hub's presence store: counts `online` reads, and can hold them."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reads = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def online(self) -> set[str]:
+        self.reads += 1
+        await self.release.wait()
+        return await self.store.online()
+
+
+async def test_a_burst_of_online_calls_shares_reads_made_after_each_call(hub, fake, alice, bob):
+    counting = hub.presence = CountingPresence(hub.presence)
+    await fake(alice)
+    counting.release.clear()
+    first = asyncio.ensure_future(hub.online())
+    while counting.reads == 0:
+        await asyncio.sleep(0)
+    # Bob comes online while the first read is running: calls made now must
+    # see him, so they wait for the next read, which all of them share.
+    await fake(bob)
+    burst = [asyncio.ensure_future(hub.online()) for _ in range(50)]
+    counting.release.set()
+    assert await asyncio.wait_for(first, WAIT) <= {"alice", "bob"}
+    results = await asyncio.wait_for(asyncio.gather(*burst), WAIT)
+    assert all(result == {"alice", "bob"} for result in results)
+    assert counting.reads == 2
+
+
+async def test_a_cancelled_online_call_does_not_cancel_the_others(hub, fake, alice):
+    counting = hub.presence = CountingPresence(hub.presence)
+    await fake(alice)
+    counting.release.clear()
+    impatient = asyncio.ensure_future(hub.online())
+    patient = asyncio.ensure_future(hub.online())
+    while counting.reads == 0:
+        await asyncio.sleep(0)
+    impatient.cancel()
+    counting.release.set()
+    assert await asyncio.wait_for(patient, WAIT) == {"alice"}
+    assert impatient.cancelled()
+
+
+async def test_a_failed_online_read_reaches_its_callers_and_the_next_read_works(hub, fake, alice):
+    counting = hub.presence = CountingPresence(hub.presence)
+    await fake(alice)
+    store = counting.store
+
+    class Down:
+        async def online(self) -> set[str]:
+            raise ConnectionError("redis is down")
+
+    counting.store = Down()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(hub.online(), WAIT)
+    counting.store = store
+    assert await asyncio.wait_for(hub.online(), WAIT) == {"alice"}
