@@ -107,6 +107,11 @@ class Hub:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._online_next: asyncio.Future[frozenset[str]] | None = None
+        # The admin's mirror of open sockets, written in batches off the
+        # connect path: id -> (user id, endpoint) to record, ids to delete.
+        self._mirror_opened: dict[str, tuple[int, str]] = {}
+        self._mirror_closed: set[str] = set()
+        self._mirror_writer: asyncio.Task[None] | None = None
         self._online_reader: asyncio.Task[None] | None = None
         self._started = asyncio.get_running_loop().create_future()
 
@@ -145,6 +150,11 @@ class Hub:
                 async with self._layer_slots:
                     await self.layer.group_discard(layer_group, self.channel)
         self._subscribed.clear()
+        if self._mirror_writer is not None:
+            with contextlib.suppress(Exception):
+                await self._mirror_writer
+        self._mirror_opened.clear()
+        self._mirror_closed.clear()
         await database_sync_to_async(presence_module.connections_forget_workers)([self.worker_id])
         logger.info("worker %s stopped: sockets closed, presence dropped", self.worker_id)
 
@@ -198,12 +208,8 @@ class Hub:
             wanted.append(group_layer_group(group_id))
         try:
             await self._subscribe(wanted)
-            await database_sync_to_async(presence_module.connection_record)(
-                user_id=conn.user_id,
-                worker=self.worker_id,
-                connection_id=conn.connection_id,
-                endpoint=endpoint,
-            )
+            self._mirror_opened[conn.connection_id] = (conn.user_id, endpoint)
+            self._write_mirror()
             if await self.presence.connect(
                 worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
             ):
@@ -232,9 +238,9 @@ class Hub:
             ):
                 await self.publish(LAYER_ALL, _presence_notice(conn.username, online=False))
         finally:
-            await database_sync_to_async(presence_module.connection_forget)(
-                connection_id=conn.connection_id
-            )
+            if self._mirror_opened.pop(conn.connection_id, None) is None:
+                self._mirror_closed.add(conn.connection_id)
+            self._write_mirror()
 
     # -- who is online ------------------------------------------------------
 
@@ -278,6 +284,43 @@ class Hub:
             unread, self._online_next = self._online_next, None
             if unread is not None:
                 unread.cancel()
+
+    # -- the admin's mirror of open sockets -----------------------------------
+
+    def _write_mirror(self) -> None:
+        """Start writing pending mirror changes unless a write is running.
+
+        One database call per batch, not one per socket opened or closed: the
+        connect path of a burst no longer queues behind these writes on the
+        single database thread.
+        """
+        if self._mirror_writer is None and (self._mirror_opened or self._mirror_closed):
+            self._mirror_writer = asyncio.create_task(
+                self._mirror_loop(), name="chat-hub-mirror", context=contextvars.Context()
+            )
+
+    async def _mirror_loop(self) -> None:
+        try:
+            while self._mirror_opened or self._mirror_closed:
+                opened, self._mirror_opened = self._mirror_opened, {}
+                closed, self._mirror_closed = self._mirror_closed, set()
+                try:
+                    await database_sync_to_async(presence_module.connections_mirror)(
+                        worker=self.worker_id, opened=opened, closed=closed
+                    )
+                except Exception:
+                    # Kept for the maintenance loop's next try (a socket that
+                    # closed meanwhile is no longer to be recorded).
+                    logger.warning("could not update the admin's connection list", exc_info=True)
+                    for cid, row in opened.items():
+                        if cid in self._mirror_closed:
+                            self._mirror_closed.discard(cid)
+                        else:
+                            self._mirror_opened.setdefault(cid, row)
+                    self._mirror_closed.update(closed)
+                    return
+        finally:
+            self._mirror_writer = None
 
     # -- publishing ---------------------------------------------------------
 
@@ -522,6 +565,7 @@ class Hub:
         )
 
     async def _maintain(self) -> None:
+        self._write_mirror()
         known = await self._heartbeat()
         if self._layer_failed or (not known and self.by_user):
             # Redis answers again, but live messages may have been dropped while

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from chat import redis_client
 from chat.models import Connection
@@ -290,8 +291,31 @@ def connection_record(*, user_id: int, worker: str, connection_id: str, endpoint
     )
 
 
-def connection_forget(*, connection_id: str) -> None:
-    Connection.objects.filter(connection_id=connection_id).delete()
+def connections_mirror(
+    *, worker: str, opened: dict[str, tuple[int, str]], closed: Iterable[str]
+) -> None:
+    """Apply a batch of socket changes in one go: `opened` maps id to (user id, endpoint).
+
+    Sockets of users deleted meanwhile are skipped, and ids already recorded
+    are left as they are, so that a batch never fails for one of its rows.
+    """
+    closed = list(closed)
+    if closed:
+        Connection.objects.filter(connection_id__in=closed).delete()
+    if opened:
+        users = set(
+            get_user_model()
+            ._default_manager.filter(pk__in={user_id for user_id, _ in opened.values()})
+            .values_list("pk", flat=True)
+        )
+        Connection.objects.bulk_create(
+            [
+                Connection(user_id=user_id, worker=worker, connection_id=cid, endpoint=endpoint)
+                for cid, (user_id, endpoint) in opened.items()
+                if user_id in users
+            ],
+            ignore_conflicts=True,
+        )
 
 
 def connections_forget_workers(workers: list[str]) -> None:

@@ -401,3 +401,52 @@ async def test_a_failed_online_read_reaches_its_callers_and_the_next_read_works(
         await asyncio.wait_for(hub.online(), WAIT)
     counting.store = store
     assert await asyncio.wait_for(hub.online(), WAIT) == {"alice"}
+
+
+# -- the admin's mirror of open sockets ------------------------------------------
+
+
+async def mirrored(hub: Hub, expected: set[str]) -> set[str]:
+    """The connection ids in the database once they are `expected` (or after WAIT)."""
+    from chat.models import Connection
+
+    def ids() -> set[str]:
+        return set(
+            Connection.objects.filter(worker=hub.worker_id).values_list("connection_id", flat=True)
+        )
+
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while (found := await database_sync_to_async(ids)()) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def test_sockets_are_mirrored_for_the_admin_in_batches(hub, fake, alice, bob, monkeypatch):
+    from chat import presence
+
+    calls = 0
+    real = presence.connections_mirror
+
+    def counting(**kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        real(**kwargs)
+
+    monkeypatch.setattr(presence, "connections_mirror", counting)
+    conns = await asyncio.gather(*(fake(alice if n % 2 else bob) for n in range(40)))
+    everyone = {c.connection_id for c in conns}
+    assert await mirrored(hub, everyone) == everyone
+    assert calls < 40
+    for conn in conns[:30]:
+        await hub.detach(conn)
+    remaining = {c.connection_id for c in conns[30:]}
+    assert await mirrored(hub, remaining) == remaining
+
+
+async def test_a_socket_closed_before_its_mirror_write_is_never_recorded(hub, fake, alice):
+    opened = await fake(alice)
+    closed = await fake(alice)
+    await hub.detach(closed)
+    assert await mirrored(hub, {opened.connection_id}) == {opened.connection_id}

@@ -156,12 +156,18 @@ async def test_chat_through_nginx_in_front_of_two_workers(runworkers, production
         alices = [await open_real_socket(nginx.base_url, alice_cookie, "alice") for _ in range(2)]
         bobs = [await open_real_socket(nginx.base_url, bob_cookie, "bob") for _ in range(2)]
         try:
-            # database_sync_to_async closes its connection afterwards, so the
-            # test database can be dropped at the end (PostgreSQL refuses
-            # while a session is open).
-            workers_used = await database_sync_to_async(
-                lambda: set(Connection.objects.values_list("worker", flat=True))
-            )()
+            # The admin's mirror is written in batches just after sockets
+            # open: wait for it. database_sync_to_async closes its connection
+            # afterwards, so the test database can be dropped at the end
+            # (PostgreSQL refuses while a session is open).
+            workers_used: set[str] = set()
+            deadline = time.monotonic() + 10
+            while len(workers_used) < 2 and time.monotonic() < deadline:
+                workers_used = await database_sync_to_async(
+                    lambda: set(Connection.objects.values_list("worker", flat=True))
+                )()
+                if len(workers_used) < 2:
+                    await asyncio.sleep(0.05)
             assert len(workers_used) == 2, workers_used
             ack = await alices[0].request(type="send", to={"user": "bob"}, body="via nginx")
             for client in alices + bobs:

@@ -304,25 +304,33 @@ async def test_two_redis_store_objects_with_one_prefix_share_presence(settings, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_connection_record_and_forget_mirror_sockets(alice):
+def test_connections_mirror_applies_a_batch_of_opened_and_closed_sockets(alice, bob):
     presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
-    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c2", endpoint="plain")
 
-    assert set(Connection.objects.values_list("connection_id", "endpoint")) == {
-        ("c1", "json"),
-        ("c2", "plain"),
+    presence.connections_mirror(
+        worker="w1",
+        opened={"c2": (alice.pk, "plain"), "c3": (bob.pk, "json")},
+        closed=["c1", "never-recorded"],
+    )
+
+    assert set(Connection.objects.values_list("connection_id", "worker", "endpoint")) == {
+        ("c2", "w1", "plain"),
+        ("c3", "w1", "json"),
     }
-    presence.connection_forget(connection_id="c1")
-    assert list(Connection.objects.values_list("connection_id", flat=True)) == ["c2"]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_forgetting_an_unknown_connection_is_harmless(alice):
+def test_connections_mirror_skips_rows_that_would_fail_the_batch(alice, bob):
     presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
+    gone = bob.pk
+    bob.delete()
 
-    presence.connection_forget(connection_id="nope")
+    presence.connections_mirror(
+        worker="w1", opened={"c1": (alice.pk, "plain"), "c2": (gone, "json")}, closed=[]
+    )
 
-    assert Connection.objects.count() == 1
+    # c1 was recorded already (kept as it was); bob's socket has no user any more.
+    assert list(Connection.objects.values_list("connection_id", "endpoint")) == [("c1", "json")]
 
 
 @pytest.mark.django_db(transaction=True)
