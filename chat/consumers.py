@@ -21,9 +21,10 @@ from django.conf import settings
 from chat import protocol
 from chat.delivery import Hub, get_hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names, user_groups
-from chat.messaging import last_visible_id, message_history, message_send, message_sync
+from chat.messaging import last_visible_id, message_history, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import get_rate_limiter
+from chat.send_queue import get_send_queue
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
@@ -158,16 +159,13 @@ class ChatSocket(AsyncWebsocketConsumer):
     # -- commands shared by every wire format -------------------------------
 
     async def send_message(self, command: Command) -> dict[str, Any]:
-        """Store and deliver a message; the `ack` event for the sender."""
+        """Store a message and ack it; the send queue delivers it to its audience."""
         assert command.to is not None
         if not await self._allowed_to_send():
             raise ChatError(protocol.RATE_LIMITED, "you are sending too fast; nothing was stored")
-        stored = await database_sync_to_async(message_send)(
-            sender=self.user, to=command.to, body=command.body
-        )
+        stored = await get_send_queue().submit(self.user, command.to, command.body)
         ack = _reply("ack", command.ref, id=stored.id, ts=stored.ts)
         await self.write(encode(ack))
-        await self.hub.deliver_message(stored)
         return ack
 
     async def _allowed_to_send(self) -> bool:

@@ -1,7 +1,8 @@
 """Storing messages and reading them back: send, history, sync.
 
 These are plain synchronous functions over the ORM; the consumers call them
-through `database_sync_to_async`, tests call them directly.
+through `database_sync_to_async` (sends go through `chat.send_queue`, which
+stores them in batches), tests call them directly.
 
 Ordering guarantee. `sync(since=N)` must never miss a committed message. With
 a database sequence, an id can be allocated by a slow transaction and become
@@ -9,11 +10,14 @@ visible *after* higher ids were already delivered, so a client that synced
 past them would skip it forever. Message inserts are therefore serialised:
 under PostgreSQL by a transaction-scoped advisory lock taken before the id is
 allocated, under SQLite by its single writer lock (taken at BEGIN, see
-settings). Ids thus become visible in id order.
+settings). Ids thus become visible in id order. A batch (`message_send_many`)
+takes the lock once and allocates all its ids under it, so it commits as one
+step of that order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -90,40 +94,125 @@ def _member_group(user: User, name: str) -> ChatGroup:
     return group
 
 
+def _users_named(names: set[str]) -> dict[str, User]:
+    """The users with these usernames, by username, in one query."""
+    if not names:
+        return {}
+    user_model = get_user_model()
+    users = user_model._default_manager.filter(**{f"{user_model.USERNAME_FIELD}__in": names})
+    return {user.get_username(): user for user in users}
+
+
+def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], ChatGroup]:
+    """For each (user id, group name) pair whose user is a member: the group, in one query."""
+    if not pairs:
+        return {}
+    # No ordering: the model's default one would join the users table for nothing.
+    memberships = (
+        Membership.objects.select_related("group")
+        .filter(
+            user_id__in={user_id for user_id, _ in pairs},
+            group__name__in={name for _, name in pairs},
+        )
+        .order_by()
+    )
+    found = {(m.user_id, m.group.name): m.group for m in memberships}
+    return {pair: group for pair, group in found.items() if pair in pairs}
+
+
 def _lock_message_order() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_MESSAGE_ORDER_LOCK])
 
 
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """One message someone wants to send."""
+
+    sender: User
+    to: Address
+    body: str
+
+
+def _unavailable() -> ChatError:
+    return ChatError(UNAVAILABLE, "the message store failed; nothing was stored, try again")
+
+
 def message_send(*, sender: User, to: Address, body: str) -> StoredMessage:
     """Store a message for its audience; raise `ChatError` if it may not be sent."""
+    [result] = message_send_many([SendRequest(sender, to, body)])
+    if isinstance(result, ChatError):
+        raise result
+    return result
+
+
+def message_send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
+    """Store a batch of messages together; one result per request, in order.
+
+    Group commit: the audience checks cost one query per kind for the whole
+    batch, and the messages that may be sent share one transaction, one order
+    lock and one commit, their ids ascending in request order. A request that
+    may not be sent gets its `ChatError` and stores nothing; a database failure
+    fails every request and stores nothing at all.
+    """
     try:
-        recipient = _find_user(to.name) if to.kind == "user" else None
-        group = _member_group(sender, to.name) if to.kind == "group" else None
-        with transaction.atomic():
-            _lock_message_order()
-            message = Message.objects.create(
-                kind={"user": Message.Kind.DIRECT, "group": Message.Kind.GROUP}.get(
-                    to.kind, Message.Kind.ALL
-                ),
-                sender=sender,
-                recipient=recipient,
-                group=group,
-                body=body,
-                created_at=datetime.now(UTC),
-            )
+        return _send_many(requests)
     except DatabaseError:
-        raise ChatError(
-            UNAVAILABLE, "the message store failed; nothing was stored, try again"
-        ) from None
+        return [_unavailable() for _ in requests]
+
+
+def _send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
+    recipients = _users_named({r.to.name for r in requests if r.to.kind == "user"})
+    groups = _groups_of_members(
+        {(r.sender.pk, r.to.name) for r in requests if r.to.kind == "group"}
+    )
+    checked: list[dict[str, Any] | ChatError] = []
+    for request in requests:
+        to = request.to
+        row: dict[str, Any] = {"sender": request.sender, "body": request.body}
+        if to.kind == "user":
+            row.update(kind=Message.Kind.DIRECT, recipient=recipients.get(to.name))
+            if row["recipient"] is None:
+                checked.append(ChatError(NO_SUCH_USER, f"there is no user {to.name!r}"))
+                continue
+        elif to.kind == "group":
+            row.update(kind=Message.Kind.GROUP, group=groups.get((request.sender.pk, to.name)))
+            if row["group"] is None:
+                checked.append(ChatError(NOT_MEMBER, f"you are not a member of group {to.name!r}"))
+                continue
+        else:
+            row.update(kind=Message.Kind.ALL)
+        checked.append(row)
+    rows = [row for row in checked if not isinstance(row, ChatError)]
+    inserted = iter(_insert_in_order(rows) if rows else [])
+    return [row if isinstance(row, ChatError) else _stored(next(inserted)) for row in checked]
+
+
+def _insert_in_order(rows: list[dict[str, Any]]) -> list[Message]:
+    """Insert the rows in one transaction under the order lock; ids ascend in row order."""
+    with transaction.atomic():
+        _lock_message_order()
+        # Taken under the lock, so timestamps never go back as ids go up.
+        now = datetime.now(UTC)
+        if len(rows) == 1 or not connection.features.can_return_rows_from_bulk_insert:
+            # One row needs no bulk insert; without RETURNING a bulk insert
+            # would not tell the ids, so each row gets its own INSERT instead.
+            return [Message.objects.create(**row, created_at=now) for row in rows]
+        messages = Message.objects.bulk_create([Message(**row, created_at=now) for row in rows])
+        if any(message.pk is None for message in messages):
+            # Rolls the batch back: a message without its id cannot be acked.
+            raise DatabaseError("the bulk insert returned no message ids")
+        return messages
+
+
+def _stored(message: Message) -> StoredMessage:
     event = {"type": "message", **message_json(message)}
-    if recipient is not None:
-        return StoredMessage(
-            message.id, event["ts"], event, user_ids=tuple({sender.pk, recipient.pk})
-        )
-    if group is not None:
-        return StoredMessage(message.id, event["ts"], event, group_id=group.pk)
+    if message.recipient is not None:
+        user_ids = tuple({message.sender.pk, message.recipient.pk})
+        return StoredMessage(message.id, event["ts"], event, user_ids=user_ids)
+    if message.group is not None:
+        return StoredMessage(message.id, event["ts"], event, group_id=message.group.pk)
     return StoredMessage(message.id, event["ts"], event, everyone=True)
 
 

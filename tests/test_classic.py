@@ -411,10 +411,13 @@ async def test_sending_too_fast_is_rate_limited(layer, settings, connect, classi
 
 
 async def test_a_store_failure_is_unavailable(layer, monkeypatch, classic, alice, bob):
-    def failing_store(**kwargs):
-        raise ChatError(protocol.UNAVAILABLE, "the message store failed; nothing was stored")
+    def failing_store(requests):
+        return [
+            ChatError(protocol.UNAVAILABLE, "the message store failed; nothing was stored")
+            for _ in requests
+        ]
 
-    monkeypatch.setattr("chat.consumers.message_send", failing_store)
+    monkeypatch.setattr("chat.send_queue.message_send_many", failing_store)
     a = await classic(alice)
     await a.send("bob,lost?")
     await a.expect_error(protocol.UNAVAILABLE)
@@ -422,10 +425,10 @@ async def test_a_store_failure_is_unavailable(layer, monkeypatch, classic, alice
 
 
 async def test_an_unexpected_failure_is_unavailable(layer, monkeypatch, classic, alice, bob):
-    def broken_store(**kwargs):
+    def broken_store(requests):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("chat.consumers.message_send", broken_store)
+    monkeypatch.setattr("chat.send_queue.message_send_many", broken_store)
     a = await classic(alice)
     await a.send("bob,lost?")
     await a.expect_error(protocol.UNAVAILABLE)

@@ -9,11 +9,20 @@ from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import OperationalError, connection, connections
 from django.db.models.signals import post_save
+from django.test.utils import CaptureQueriesContext
 
 from chat.groups import group_join, group_leave
-from chat.messaging import last_visible_id, message_history, message_send, message_sync
+from chat.messaging import (
+    SendRequest,
+    StoredMessage,
+    last_visible_id,
+    message_history,
+    message_send,
+    message_send_many,
+    message_sync,
+)
 from chat.models import Message
 from chat.protocol import (
     NO_SUCH_USER,
@@ -167,6 +176,109 @@ def test_message_ids_increase(alice):
     assert len(set(ids)) == 5
 
 
+# -- sending in batches ------------------------------------------------------
+
+
+def stored_rows() -> list[tuple[int, str]]:
+    return list(Message.objects.order_by("id").values_list("id", "body"))
+
+
+def test_a_batch_gives_each_request_its_own_result_in_its_slot(alice, bob, carol):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+
+    results = message_send_many(
+        [
+            SendRequest(alice, to_user("bob"), "direct"),
+            SendRequest(carol, to_group("A"), "not a member"),
+            SendRequest(alice, to_group("A"), "group"),
+            SendRequest(alice, to_user("nobody"), "no such user"),
+            SendRequest(bob, TO_ALL, "all"),
+        ]
+    )
+
+    direct, not_member, group, no_user, everyone = results
+    assert isinstance(not_member, ChatError) and not_member.code == NOT_MEMBER
+    assert isinstance(no_user, ChatError) and no_user.code == NO_SUCH_USER
+    assert isinstance(direct, StoredMessage) and set(direct.user_ids) == {alice.pk, bob.pk}
+    assert isinstance(group, StoredMessage) and group.group_id is not None
+    assert isinstance(everyone, StoredMessage) and everyone.everyone
+    assert direct.event["to"] == {"user": "bob"} and direct.event["from"] == "alice"
+    assert group.event["to"] == {"group": "A"} and everyone.event["from"] == "bob"
+    assert direct.id < group.id < everyone.id
+    assert stored_rows() == [(direct.id, "direct"), (group.id, "group"), (everyone.id, "all")]
+    assert synced_ids(bob) == [direct.id, group.id, everyone.id]
+    assert synced_ids(carol) == [everyone.id]
+
+
+def test_a_batch_checks_audiences_with_one_query_each_and_inserts_once(alice, bob, carol):
+    for user in (alice, bob):
+        group_join(user=user, name="A")
+    group_join(user=carol, name="B")
+    requests = [
+        SendRequest(alice, to_user("bob"), "1"),
+        SendRequest(bob, to_user("carol"), "2"),
+        SendRequest(alice, to_group("A"), "3"),
+        SendRequest(carol, to_group("B"), "4"),
+        SendRequest(carol, to_group("A"), "5"),
+        SendRequest(alice, to_user("nobody"), "6"),
+    ]
+
+    with CaptureQueriesContext(connection) as queries:
+        results = message_send_many(requests)
+
+    sql = [query["sql"] for query in queries.captured_queries]
+    assert len([q for q in sql if 'FROM "auth_user"' in q]) == 1, sql
+    assert len([q for q in sql if 'FROM "chat_membership"' in q]) == 1, sql
+    assert len([q for q in sql if q.startswith("INSERT")]) == 1, sql
+    assert [type(r) for r in results] == [StoredMessage] * 4 + [ChatError] * 2
+
+
+def test_a_batch_of_nothing_stores_nothing_and_asks_nothing(alice):
+    with CaptureQueriesContext(connection) as queries:
+        assert message_send_many([]) == []
+
+    assert queries.captured_queries == []
+
+
+def test_a_failing_batch_is_unavailable_for_every_request_and_stores_nothing(alice, bob):
+    requests = [
+        SendRequest(alice, to_user("bob"), "one"),
+        SendRequest(alice, to_user("nobody"), "refused anyway"),
+        SendRequest(bob, TO_ALL, "two"),
+    ]
+
+    with mock.patch.object(
+        Message.objects, "bulk_create", side_effect=OperationalError("disk full")
+    ):
+        results = message_send_many(requests)
+
+    assert [r.code for r in results if isinstance(r, ChatError)] == [UNAVAILABLE] * 3
+    assert not Message.objects.exists()
+
+
+def test_a_batch_without_bulk_insert_ids_inserts_row_by_row_in_order(alice, bob, monkeypatch):
+    monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
+
+    with CaptureQueriesContext(connection) as queries:
+        results = message_send_many([SendRequest(alice, TO_ALL, f"m{n}") for n in range(4)])
+
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 4
+    ids = [r.id for r in results if isinstance(r, StoredMessage)]
+    assert len(ids) == 4 and ids == sorted(set(ids))
+    assert stored_rows() == [(id_, f"m{n}") for n, id_ in enumerate(ids)]
+
+
+def test_batches_continue_the_id_order(alice, bob):
+    first = message_send(sender=alice, to=TO_ALL, body="before")
+    batch = message_send_many([SendRequest(bob, TO_ALL, f"m{n}") for n in range(3)])
+    last = message_send(sender=alice, to=TO_ALL, body="after")
+
+    ids = [first.id, *(r.id for r in batch if isinstance(r, StoredMessage)), last.id]
+    assert len(ids) == 5 and ids == sorted(set(ids))
+
+
 # -- history -------------------------------------------------------------------
 
 
@@ -291,17 +403,30 @@ def slow_commits():
     is exactly the case that `sync` must survive.
     """
 
-    def linger(sender, instance, created, **kwargs):
-        if created and threading.current_thread().name.startswith("writer-"):
+    def linger_in_writers() -> None:
+        if threading.current_thread().name.startswith("writer-"):
             threading.Event().wait(random.uniform(0, 0.003))
 
+    def linger(sender, instance, created, **kwargs):
+        if created:
+            linger_in_writers()
+
+    bulk_create = Message.objects.bulk_create
+
+    def bulk_create_and_linger(*args, **kwargs):
+        created = bulk_create(*args, **kwargs)
+        linger_in_writers()
+        return created
+
     post_save.connect(linger, sender=Message, dispatch_uid="test-slow-commits")
-    yield
+    with mock.patch.object(Message.objects, "bulk_create", bulk_create_and_linger):
+        yield
     post_save.disconnect(sender=Message, dispatch_uid="test-slow-commits")
 
 
+@pytest.mark.parametrize("batch", [1, 5], ids=["one-by-one", "in-batches"])
 def test_sync_from_highest_seen_id_skips_nothing_under_concurrent_writers(
-    alice, bob, carol, slow_commits
+    alice, bob, carol, slow_commits, batch
 ):
     stored: list[int] = []
     stored_lock = threading.Lock()
@@ -310,10 +435,17 @@ def test_sync_from_highest_seen_id_skips_nothing_under_concurrent_writers(
 
     def write(sender) -> None:
         try:
-            for n in range(MESSAGES_PER_WRITER):
-                message = message_send(sender=sender, to=TO_ALL, body=f"{sender} {n}")
+            for first in range(0, MESSAGES_PER_WRITER, batch):
+                if batch == 1:
+                    messages = [message_send(sender=sender, to=TO_ALL, body=f"{sender} {first}")]
+                else:
+                    results = message_send_many(
+                        [SendRequest(sender, TO_ALL, f"{sender} {first + n}") for n in range(batch)]
+                    )
+                    messages = [r for r in results if isinstance(r, StoredMessage)]
+                    assert len(messages) == batch, results
                 with stored_lock:
-                    stored.append(message.id)
+                    stored.extend(message.id for message in messages)
         except BaseException as exc:
             errors.append(exc)
         finally:
