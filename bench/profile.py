@@ -147,6 +147,8 @@ def summarise(raw: Path, top: int = 25) -> str:
         if not line.strip():
             continue
         stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue  # a stack py-spy cut short (a frame's text ran over the line)
         count = int(count_text)
         frames = stack.split(";")
         samples += count
