@@ -395,6 +395,9 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # redis-py can turn the cancellation of a blocked read into a
+                # ConnectionError: retrying then would never let the loop end.
+                raise_if_cancelled()
                 if not self._layer_failed:
                     logger.exception("channel layer receive failed; retrying")
                 self._layer_failed = True
@@ -406,6 +409,7 @@ class Hub:
                 await self._dispatch(message)
             except Exception:
                 logger.exception("failed to dispatch %s", message.get("type"))
+            raise_if_cancelled()
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -555,6 +559,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                raise_if_cancelled()
                 self._layer_failed = True
                 logger.warning("presence maintenance failed; retrying", exc_info=True)
 
@@ -606,6 +611,18 @@ class Hub:
             # the next heartbeat does not count these sockets as still open.
             with contextlib.suppress(Exception):
                 await self.detach(conn)
+
+
+def raise_if_cancelled() -> None:
+    """Raise a cancellation that a library swallowed, so a loop ends when asked.
+
+    channels_redis's `group_send` often returns normally when the task calling
+    it is cancelled, and redis-py can raise ConnectionError instead; a loop
+    that carries on would keep its event loop from closing.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _write(conn: Connection, text: str) -> None:

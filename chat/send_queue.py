@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
-from chat.delivery import get_hub
+from chat.delivery import get_hub, raise_if_cancelled
 from chat.messaging import SendRequest, StoredMessage, message_send_many
 from chat.protocol import UNAVAILABLE, Address, ChatError
 
@@ -134,18 +134,7 @@ class SendQueue:
             except Exception:
                 # Stored and acked: recipients get it when they next sync.
                 logger.exception("could not deliver message %d live", message.id)
-            _raise_if_cancelled()
-
-
-def _raise_if_cancelled() -> None:
-    """Raise a cancellation that a library swallowed, so the loop ends when asked.
-
-    channels_redis's `group_send` often returns normally when the task calling
-    it is cancelled; the task would then wait for the next message for ever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+            raise_if_cancelled()
 
 
 def _unavailable() -> ChatError:

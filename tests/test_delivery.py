@@ -450,3 +450,30 @@ async def test_a_socket_closed_before_its_mirror_write_is_never_recorded(hub, fa
     closed = await fake(alice)
     await hub.detach(closed)
     assert await mirrored(hub, {opened.connection_id}) == {opened.connection_id}
+
+
+# -- ending when cancelled, whatever the layer does with the cancellation ----------
+
+
+async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_error(hub):
+    class SwallowingLayer:
+        """Like redis-py when a blocked read is cancelled: raises ConnectionError."""
+
+        def __init__(self) -> None:
+            self.reading = asyncio.Event()
+
+        async def receive(self, channel: str) -> dict[str, Any]:
+            self.reading.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ConnectionError("Connection closed by server.") from None
+            raise AssertionError("unreachable")
+
+    layer = SwallowingLayer()
+    hub.layer = layer
+    loop_task = asyncio.ensure_future(hub._receive_loop())
+    await asyncio.wait_for(layer.reading.wait(), WAIT)
+    loop_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(loop_task, WAIT)
