@@ -8,9 +8,10 @@ or Channels' WebsocketCommunicator in tests, keeps the plain ASGI behaviour):
   daphne's reply dispatch and autobahn's `sendMessage`, which builds the frame
   in Python and formats a debug log line for it: most of a worker's CPU when
   one message fans out to hundreds of sockets. A server-to-client frame is
-  not masked, so the same bytes are valid on every socket: `FrameWriter`
+  not masked, so the same bytes are valid on every socket: `text_frame`
   builds a text frame once per text (the hub writes one text to a whole
-  audience in a row) and hands it straight to each socket's transport.
+  audience in a row) and `FrameWriter` sends it straight to each socket.
+  Elsewhere `plain_send` skips at least the session wrapper.
 
 - Close codes. Autobahn's `sendClose`, which daphne uses for
   `websocket.close`, refuses every code but 1000 and 3000-4999, so the
