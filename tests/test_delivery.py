@@ -455,7 +455,7 @@ async def test_a_socket_closed_before_its_mirror_write_is_never_recorded(hub, fa
 # -- ending when cancelled, whatever the layer does with the cancellation ----------
 
 
-async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_error(hub):
+async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_error():
     class SwallowingLayer:
         """Like redis-py when a blocked read is cancelled: raises ConnectionError."""
 
@@ -471,7 +471,8 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
             raise AssertionError("unreachable")
 
     layer = SwallowingLayer()
-    hub.layer = layer
+    # A hub of its own, never started: no other loop reads a real layer here.
+    hub = Hub(layer)  # type: ignore[arg-type]
     loop_task = asyncio.ensure_future(hub._receive_loop())
     await asyncio.wait_for(layer.reading.wait(), WAIT)
     loop_task.cancel()
