@@ -51,6 +51,16 @@ class RecordingStore:
     async def first_batch_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, TIMEOUT), "no batch reached the store"
 
+    async def submit_behind_held_batch(self, queue, sender, first, later):
+        """Submit `first` (to, body) and hold its batch in the database, then each of
+        `later` so that they queue behind it; the caller sets `release`."""
+        self.hold_first()
+        held = asyncio.ensure_future(queue.submit(sender, *first))
+        await self.first_batch_entered()
+        waiting = [asyncio.ensure_future(queue.submit(sender, to, body)) for to, body in later]
+        await queued()
+        return held, waiting
+
 
 @pytest.fixture
 def store(monkeypatch):
@@ -87,14 +97,9 @@ async def test_sends_arriving_during_a_batch_form_the_next_one_and_are_delivered
 ):
     bob1 = await connect(bob)
     queue = get_send_queue()
-    store.hold_first()
-    first = asyncio.ensure_future(queue.submit(alice, TO_ALL, "first"))
-    await store.first_batch_entered()
-    rest = [
-        asyncio.ensure_future(queue.submit(alice, TO_BOB if n % 2 else TO_ALL, f"m{n}"))
-        for n in range(49)
-    ]
-    await queued()
+    first, rest = await store.submit_behind_held_batch(
+        queue, alice, (TO_ALL, "first"), [(TO_BOB if n % 2 else TO_ALL, f"m{n}") for n in range(49)]
+    )
     store.release.set()
 
     stored = await asyncio.wait_for(asyncio.gather(first, *rest), TIMEOUT)
@@ -112,11 +117,9 @@ async def test_sends_arriving_during_a_batch_form_the_next_one_and_are_delivered
 async def test_a_batch_takes_at_most_max_batch_sends(layer, store, monkeypatch, alice):
     monkeypatch.setattr(send_queue, "MAX_BATCH", 4)
     queue = get_send_queue()
-    store.hold_first()
-    first = asyncio.ensure_future(queue.submit(alice, TO_ALL, "first"))
-    await store.first_batch_entered()
-    rest = [asyncio.ensure_future(queue.submit(alice, TO_ALL, f"m{n}")) for n in range(10)]
-    await queued()
+    first, rest = await store.submit_behind_held_batch(
+        queue, alice, (TO_ALL, "first"), [(TO_ALL, f"m{n}") for n in range(10)]
+    )
     store.release.set()
 
     stored = await asyncio.wait_for(asyncio.gather(first, *rest), TIMEOUT)
@@ -136,12 +139,9 @@ async def test_a_refused_send_gets_its_error_and_the_rest_of_its_batch_is_stored
 ):
     bob1 = await connect(bob)
     queue = get_send_queue()
-    store.hold_first()
-    first = asyncio.ensure_future(queue.submit(alice, TO_BOB, "first"))
-    await store.first_batch_entered()
-    refused = asyncio.ensure_future(queue.submit(alice, Address("user", "nobody"), "refused"))
-    kept = asyncio.ensure_future(queue.submit(alice, TO_BOB, "kept"))
-    await queued()
+    first, (refused, kept) = await store.submit_behind_held_batch(
+        queue, alice, (TO_BOB, "first"), [(Address("user", "nobody"), "refused"), (TO_BOB, "kept")]
+    )
     store.release.set()
 
     results = await asyncio.wait_for(
@@ -159,12 +159,13 @@ async def test_a_cancelled_sender_still_has_its_message_stored_and_delivered(
 ):
     bob1 = await connect(bob)
     queue = get_send_queue()
-    store.hold_first()
-    in_database = asyncio.ensure_future(queue.submit(alice, TO_BOB, "cancelled while stored"))
-    await store.first_batch_entered()
-    waiting = asyncio.ensure_future(queue.submit(alice, TO_BOB, "cancelled while queued"))
-    kept = asyncio.ensure_future(queue.submit(alice, TO_BOB, "kept"))
-    await queued()  # before their senders go
+    # Cancelled only once both are queued.
+    in_database, (waiting, kept) = await store.submit_behind_held_batch(
+        queue,
+        alice,
+        (TO_BOB, "cancelled while stored"),
+        [(TO_BOB, "cancelled while queued"), (TO_BOB, "kept")],
+    )
     in_database.cancel()
     waiting.cancel()
     store.release.set()
@@ -208,11 +209,9 @@ async def test_a_database_failure_fails_the_whole_batch_and_stores_nothing(
 ):
     bob1 = await connect(bob)
     queue = get_send_queue()
-    store.hold_first()
-    first = asyncio.ensure_future(queue.submit(alice, TO_BOB, "first"))
-    await store.first_batch_entered()
-    batch = [asyncio.ensure_future(queue.submit(alice, TO_BOB, f"m{n}")) for n in range(3)]
-    await queued()
+    first, batch = await store.submit_behind_held_batch(
+        queue, alice, (TO_BOB, "first"), [(TO_BOB, f"m{n}") for n in range(3)]
+    )
 
     def failing_bulk_create(*args, **kwargs):
         raise DatabaseError("disk full")
