@@ -138,12 +138,27 @@ class LoadGen:
             if self.track_sets:
                 data["seen"].add(seq)
 
+    def _on_message(self, client: wsclient.WSClient, event: dict, now: int) -> None:
+        body = event.get("body", "")
+        message_id = event.get("id", 0)
+        data = client.data
+        if message_id > data["last_id"]:
+            data["last_id"] = message_id
+        if body.startswith("b "):
+            _, seq_text, sent_text = body.split(" ", 2)
+            self._count_delivery(data, int(seq_text), int(sent_text), now)
+
     def on_text(self, client: wsclient.WSClient, payload: bytes, now: int) -> None:
         head = payload[:24]
         if b"batch" in head:
-            # Presence and joined/left notices: counted, not parsed (they never
-            # carry messages: docs/protocol.md).
-            self.notice_frames += 1
+            if b'"type":"message"' not in payload:
+                # Presence and joined/left notices only: counted, not parsed.
+                self.notice_frames += 1
+                return
+            # Messages stored together travel together (docs/protocol.md).
+            for event in orjson.loads(payload)["events"]:
+                if event.get("type") == "message":
+                    self._on_message(client, event, now)
             return
         if b'"message"' in head:
             # Fast path for the hot frame: read id and body without a full parse.
@@ -168,14 +183,7 @@ class LoadGen:
         event = orjson.loads(payload)
         kind = event.get("type")
         if kind == "message":
-            body = event.get("body", "")
-            message_id = event.get("id", 0)
-            data = client.data
-            if message_id > data["last_id"]:
-                data["last_id"] = message_id
-            if body.startswith("b "):
-                _, seq_text, sent_text = body.split(" ", 2)
-                self._count_delivery(data, int(seq_text), int(sent_text), now)
+            self._on_message(client, event, now)
             return
         if kind == "ack":
             ref = event.get("ref")

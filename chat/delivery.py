@@ -34,7 +34,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 LAYER_ALL = "chat.all"
 # Layer calls in flight at once per worker; well under channels_redis's pool size.
 _LAYER_CONCURRENCY = 32
+
+# Most messages carried by one layer message and one frame. Bodies are bounded
+# (CHAT_MAX_BODY_CHARS), so this bounds the frame; a client gets at most this
+# many messages to unwrap at once.
+MAX_RUN = 50
 
 # Seconds a shutting-down worker waits for its sockets to close and its
 # presence to be dropped before the process exits anyway.
@@ -339,20 +344,37 @@ class Hub:
 
     async def deliver_message(self, stored: StoredMessage) -> None:
         """Send a stored message to every socket of its audience, on every worker."""
-        text = encode(stored.event)
-        if stored.everyone:
-            await self.publish(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})
-        elif stored.group_id is not None:
-            await self.publish(
-                group_layer_group(stored.group_id),
-                {"type": "chat.deliver", "text": text, "group": stored.group_id},
-            )
-        else:
-            for user_id in stored.user_ids:
+        await self.deliver_messages([stored])
+
+    async def deliver_messages(self, messages: Sequence[StoredMessage]) -> None:
+        """Send stored messages, in the order given, to their audiences.
+
+        Consecutive messages to the same audience travel together: one
+        `group_send` per layer group, one layer message for the receiving
+        worker to take, and one `batch` frame per socket (docs/protocol.md:
+        events already waiting for a connection may share a frame). Under
+        load the send queue hands over everything stored meanwhile, so these
+        per-message costs shrink as the load grows; a message alone goes as
+        it always did. Runs keep the order, since each is published after the
+        one before it.
+        """
+        for run in _audience_runs(messages):
+            texts = [encode(stored.event) for stored in run]
+            text = texts[0] if len(texts) == 1 else _batch_text(texts)
+            first = run[0]
+            if first.everyone:
+                await self.publish(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})
+            elif first.group_id is not None:
                 await self.publish(
-                    user_layer_group(user_id),
-                    {"type": "chat.deliver", "text": text, "users": [user_id]},
+                    group_layer_group(first.group_id),
+                    {"type": "chat.deliver", "text": text, "group": first.group_id},
                 )
+            else:
+                for user_id in first.user_ids:
+                    await self.publish(
+                        user_layer_group(user_id),
+                        {"type": "chat.deliver", "text": text, "users": [user_id]},
+                    )
 
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
@@ -630,6 +652,31 @@ async def _write(conn: Connection, text: str) -> None:
         await conn.write(text)
     except Exception:
         logger.debug("dropping a frame for closed connection %s", conn.connection_id)
+
+
+def _audience(stored: StoredMessage) -> tuple[Any, ...]:
+    if stored.everyone:
+        return ("all",)
+    if stored.group_id is not None:
+        return ("group", stored.group_id)
+    return ("users", stored.user_ids)
+
+
+def _audience_runs(messages: Sequence[StoredMessage]) -> Iterator[list[StoredMessage]]:
+    """Consecutive messages to the same audience, at most `MAX_RUN` together."""
+    run: list[StoredMessage] = []
+    for stored in messages:
+        if run and (len(run) == MAX_RUN or _audience(run[0]) != _audience(stored)):
+            yield run
+            run = []
+        run.append(stored)
+    if run:
+        yield run
+
+
+def _batch_text(texts: list[str]) -> str:
+    """A `batch` event of already encoded events, without encoding them again."""
+    return '{"type":"batch","events":[' + ",".join(texts) + "]}"
 
 
 def _presence_notice(username: str, *, online: bool) -> dict[str, Any]:

@@ -127,13 +127,17 @@ class SendQueue:
 
     async def _deliver_loop(self) -> None:
         while True:
-            message = await self._stored.get()
+            messages = [await self._stored.get()]
+            while not self._stored.empty():
+                messages.append(self._stored.get_nowait())
             try:
                 hub = await get_hub()
-                await hub.deliver_message(message)
+                await hub.deliver_messages(messages)
             except Exception:
-                # Stored and acked: recipients get it when they next sync.
-                logger.exception("could not deliver message %d live", message.id)
+                # Stored and acked: recipients get them when they next sync.
+                logger.exception(
+                    "could not deliver messages %d-%d live", messages[0].id, messages[-1].id
+                )
             raise_if_cancelled()
 
 

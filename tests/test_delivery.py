@@ -84,7 +84,10 @@ class FakeConnection:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
+    texts: list[str] = field(default_factory=list)
+
     async def write(self, text: str) -> None:
+        self.texts.append(text)
         event = json.loads(text)
         for one in event["events"] if event["type"] == "batch" else [event]:
             self.frames.put_nowait(one)
@@ -211,6 +214,71 @@ async def test_broadcast_reaches_every_socket(hub, fake, alice, bob):
 
     for tab in tabs:
         assert (await tab.next_message())["id"] == stored.id
+
+
+async def test_messages_stored_together_reach_a_socket_in_one_frame_in_order(hub, fake, alice, bob):
+    from chat.groups import group_join
+
+    change = await database_sync_to_async(group_join)(user=alice, name="A")
+    await database_sync_to_async(group_join)(user=bob, name="A")
+    bob_tab = await fake(bob, group_ids=[change.group_id])
+    await settle(hub, bob_tab)
+    stored = [
+        await database_sync_to_async(message_send)(
+            sender=alice, to=Address("group", "A"), body=f"m{n}"
+        )
+        for n in range(3)
+    ]
+    frames_before = len(bob_tab.texts)
+
+    await hub.deliver_messages(stored)
+
+    received = [await bob_tab.next_message() for _ in stored]
+    assert [(e["id"], e["body"]) for e in received] == [
+        (m.id, f"m{n}") for n, m in enumerate(stored)
+    ]
+    assert len(bob_tab.texts) - frames_before == 1
+    assert json.loads(bob_tab.texts[-1])["type"] == "batch"
+
+
+async def test_messages_to_different_audiences_keep_their_order(hub, fake, alice, bob, carol):
+    from chat.groups import group_join
+
+    change = await database_sync_to_async(group_join)(user=alice, name="A")
+    await database_sync_to_async(group_join)(user=bob, name="A")
+    bob_tab = await fake(bob, group_ids=[change.group_id])
+    carol_tab = await fake(carol)
+    await settle(hub, bob_tab, carol_tab)
+    send = database_sync_to_async(message_send)
+    in_group = await send(sender=alice, to=Address("group", "A"), body="g1")
+    to_all = await send(sender=alice, to=Address("all"), body="all")
+    in_group_again = await send(sender=alice, to=Address("group", "A"), body="g2")
+
+    await hub.deliver_messages([in_group, to_all, in_group_again])
+
+    assert [(await bob_tab.next_message())["id"] for _ in range(3)] == [
+        in_group.id,
+        to_all.id,
+        in_group_again.id,
+    ]
+    assert (await carol_tab.next_message())["id"] == to_all.id
+    assert carol_tab.received_nothing()
+
+
+async def test_a_long_run_is_split_into_frames_of_at_most_max_run(
+    hub, fake, alice, bob, monkeypatch
+):
+    monkeypatch.setattr("chat.delivery.MAX_RUN", 2)
+    bob_tab = await fake(bob)
+    await settle(hub, bob_tab)
+    send = database_sync_to_async(message_send)
+    stored = [await send(sender=alice, to=Address("all"), body=f"m{n}") for n in range(5)]
+    frames_before = len(bob_tab.texts)
+
+    await hub.deliver_messages(stored)
+
+    assert [(await bob_tab.next_message())["id"] for _ in stored] == [m.id for m in stored]
+    assert len(bob_tab.texts) - frames_before == 3
 
 
 async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, alice, bob):
