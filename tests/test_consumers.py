@@ -5,13 +5,16 @@ command, event and error code of docs/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
@@ -555,6 +558,19 @@ async def test_ping_is_answered_pong_with_its_ref(layer, connect, alice):
     client = await connect(alice)
     await client.send(type="ping", ref="p1")
     assert await client.expect("pong") == {"type": "pong", "ref": "p1"}
+
+
+async def test_frames_are_handled_while_the_database_thread_is_busy(layer, connect, alice):
+    """Channels' own dispatch waits for the database thread before every frame."""
+    client = await connect(alice)
+    release = threading.Event()
+    busy = asyncio.ensure_future(database_sync_to_async(release.wait)())
+    try:
+        await client.send(type="ping", ref="p1")
+        assert await client.expect("pong") == {"type": "pong", "ref": "p1"}
+    finally:
+        release.set()
+        await busy
 
 
 # -- presence ------------------------------------------------------------------
