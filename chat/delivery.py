@@ -329,7 +329,9 @@ class Hub:
 
     # -- publishing ---------------------------------------------------------
 
-    async def publish(self, layer_group: str, message: dict[str, Any]) -> bool:
+    async def publish(
+        self, layer_group: str, message: dict[str, Any], *, local_fallback: bool = True
+    ) -> bool:
         """`group_send` that never raises; during a layer outage, deliver locally."""
         try:
             async with self._layer_slots:
@@ -338,7 +340,8 @@ class Hub:
             if not self._layer_failed:
                 logger.exception("channel layer failed; delivering locally until it is back")
             self._layer_failed = True
-            await self._dispatch(message)
+            if local_fallback:
+                await self._dispatch(message)
             return False
         return True
 
@@ -357,24 +360,36 @@ class Hub:
         per-message costs shrink as the load grows; a message alone goes as
         it always did. Runs keep the order, since each is published after the
         one before it.
+
+        This worker's own sockets get each run first, straight from here: the
+        trip through Redis and back (three round trips to publish, one to
+        receive) is latency they need not wait for. The copy the layer brings
+        back carries this worker's channel as its origin and is dropped.
         """
         for run in _audience_runs(messages):
             texts = [encode(stored.event) for stored in run]
             text = texts[0] if len(texts) == 1 else _batch_text(texts)
             first = run[0]
             if first.everyone:
-                await self.publish(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})
+                sends = [(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})]
             elif first.group_id is not None:
-                await self.publish(
-                    group_layer_group(first.group_id),
-                    {"type": "chat.deliver", "text": text, "group": first.group_id},
-                )
-            else:
-                for user_id in first.user_ids:
-                    await self.publish(
-                        user_layer_group(user_id),
-                        {"type": "chat.deliver", "text": text, "users": [user_id]},
+                group_id = first.group_id
+                sends = [
+                    (
+                        group_layer_group(group_id),
+                        {"type": "chat.deliver", "text": text, "group": group_id},
                     )
+                ]
+            else:
+                sends = [
+                    (user_layer_group(u), {"type": "chat.deliver", "text": text, "users": [u]})
+                    for u in first.user_ids
+                ]
+            for layer_group, message in sends:
+                await self._dispatch(message)
+                await self.publish(
+                    layer_group, {**message, "origin": self.channel}, local_fallback=False
+                )
 
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
@@ -427,10 +442,12 @@ class Hub:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.1
-            try:
-                await self._dispatch(message)
-            except Exception:
-                logger.exception("failed to dispatch %s", message.get("type"))
+            # What this worker published itself was delivered here already.
+            if message.get("origin") != self.channel:
+                try:
+                    await self._dispatch(message)
+                except Exception:
+                    logger.exception("failed to dispatch %s", message.get("type"))
             raise_if_cancelled()
 
     async def _dispatch(self, message: dict[str, Any]) -> None:

@@ -281,6 +281,30 @@ async def test_a_long_run_is_split_into_frames_of_at_most_max_run(
     assert len(bob_tab.texts) - frames_before == 3
 
 
+async def test_sockets_here_get_a_message_once_without_waiting_for_the_layer(
+    hub, fake, alice, bob, monkeypatch
+):
+    bob_tab = await fake(bob)
+    await settle(hub, bob_tab)
+    stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="x")
+    release = asyncio.Event()
+    group_send = hub.layer.group_send
+
+    async def held_group_send(layer_group, message):
+        await release.wait()
+        await group_send(layer_group, message)
+
+    monkeypatch.setattr(hub.layer, "group_send", held_group_send)
+    delivering = asyncio.ensure_future(hub.deliver_messages([stored]))
+
+    assert (await bob_tab.next_message())["id"] == stored.id
+    assert not delivering.done()
+    release.set()
+    await delivering
+    # The layer's copy came back before the marker and was not written again.
+    assert await settle(hub, bob_tab) == []
+
+
 async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, alice, bob):
     await fake(alice, cls=BrokenConnection)
     bob_tab = await fake(bob)
