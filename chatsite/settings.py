@@ -134,6 +134,20 @@ except Exception as exc:
     raise ImproperlyConfigured(
         f"DATABASE_URL={DATABASE_URL!r} is not a database URL: {exc}"
     ) from None
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_SIZE:
+    # Django runs each HTTP request's queries on a thread of its own under
+    # ASGI, and persistent connections stay open per thread: one burst of 200
+    # logins to one worker took more connections than PostgreSQL allows (100)
+    # and the rest answered 500. A pool bounds what each worker holds; a
+    # request waits for a free connection instead. Pooled connections are
+    # reused, so nothing reconnects per query either.
+    DATABASES["default"].update(CONN_MAX_AGE=0, CONN_HEALTH_CHECKS=False)
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (daphne workers, tests) share one SQLite file: wait for
     # the write lock instead of failing, and take it at BEGIN so that two
