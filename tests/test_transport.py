@@ -183,3 +183,16 @@ def test_frame_writer_hands_twisted_what_the_kernel_did_not_take(tcp_wire) -> No
     [rest] = transport.buffered
     assert 0 < len(rest) < len(frame)
     assert frame.endswith(rest)
+
+
+def test_frame_writer_turns_nagle_off_on_tcp_sockets() -> None:
+    """A frame must not wait for the client's delayed ACK of the one before."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+        with client, ours:
+            wire = FakeAutobahn()
+            wire.transport = TcpTransport(ours)
+            assert not ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            FrameWriter(wire)
+            assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
