@@ -35,7 +35,8 @@ autobahn drops the connection when the close handshake times out.)
 
 Daphne's HTTP channel registered itself as the transport's producer before the
 upgrade (it stops reading from a peer that does not read): `SendBuffer` takes
-its place and passes every call on to it.
+its place and passes every call on to it, unless those calls would change
+nothing (`_forwards`), so that an idle socket does not keep the channel alive.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 from channels.sessions import InstanceSessionWrapper
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
+from twisted.web import http
 from zope.interface import implementer
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ _MAX_WRAPPERS = 5
 class SendBuffer:
     """The transport's push producer: is the socket's send buffer over the limit?"""
 
+    # One per socket: slots keep idle sockets small.
+    __slots__ = ("_previous", "limit", "over_mark", "paused")
+
     def __init__(self, transport: Any, limit: int) -> None:
         self.limit = limit
         self.paused = False
@@ -71,7 +76,7 @@ class SendBuffer:
         self.over_mark = 0
         self._previous: Any = None
         if getattr(transport, "producer", None) is not None:
-            if getattr(transport, "streamingProducer", False):
+            if getattr(transport, "streamingProducer", False) and _forwards(transport.producer):
                 self._previous = transport.producer
             transport.unregisterProducer()
         transport.registerProducer(self, True)
@@ -99,6 +104,20 @@ class SendBuffer:
     def stopProducing(self) -> None:
         if self._previous is not None:
             self._previous.stopProducing()
+
+
+def _forwards(producer: Any) -> bool:
+    """Whether `producer`'s pause, resume and stop still do anything.
+
+    Daphne's upgraded HTTP channel stays mid-request for good and has no
+    request producer, so its calls only set a flag of its own; keeping it
+    would keep it, its request and their headers alive (kilobytes per socket).
+    """
+    return not (
+        isinstance(producer, http.HTTPChannel)
+        and producer._handlingRequest
+        and producer._requestProducer is None
+    )
 
 
 def text_frame(text: str) -> bytes:
@@ -136,6 +155,9 @@ class FrameWriter:
     nothing is buffered ahead of the frame and leaves only what the kernel
     did not take to Twisted, which keeps the order and the send-buffer limits.
     """
+
+    # One per socket: slots keep idle sockets small.
+    __slots__ = ("_direct", "protocol")
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol

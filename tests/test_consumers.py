@@ -951,3 +951,46 @@ async def test_nul_in_a_ref_is_echoed_as_given(layer, connect, alice):
     client = await connect(alice)
     await client.send(type="ping", ref="a\x00b")
     assert (await client.expect("pong"))["ref"] == "a\x00b"
+
+
+async def test_a_socket_dispatches_in_order_in_its_own_task() -> None:
+    """No receive task per socket (memory), and the messages keep their order."""
+    import asyncio
+
+    from channels.exceptions import StopConsumer
+
+    from chat.consumers import ChatConsumer
+
+    seen: list[tuple[str, Any]] = []
+    receivers: list[Any] = []
+
+    class Probe(ChatConsumer):
+        async def dispatch(self, message: dict[str, Any]) -> None:
+            seen.append((message["type"], asyncio.current_task()))
+            if message["type"] == "websocket.disconnect":
+                raise StopConsumer
+
+    messages = iter(
+        [
+            {"type": "websocket.connect"},
+            {"type": "websocket.receive", "text": "x"},
+            {"type": "websocket.disconnect", "code": 1000},
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        receivers.append(asyncio.current_task())
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await Probe()({"type": "websocket"}, receive, send)
+    assert [kind for kind, _ in seen] == [
+        "websocket.connect",
+        "websocket.receive",
+        "websocket.disconnect",
+    ]
+    here = asyncio.current_task()
+    assert all(task is here for _, task in seen)
+    assert receivers and all(task is here for task in receivers)

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from twisted.internet import tcp
+from twisted.web import http
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chat.transport import FrameWriter, plain_send, text_frame
+from chat.transport import FrameWriter, SendBuffer, plain_send, text_frame
 
 
 def parse(data: bytes) -> tuple[Frame, bytes]:
@@ -196,3 +197,56 @@ def test_frame_writer_turns_nagle_off_on_tcp_sockets() -> None:
             assert not ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             FrameWriter(wire)
             assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+class ProducerSlot:
+    """The producer registration of a Twisted transport."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.streamingProducer = True
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer, self.streamingProducer = producer, streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+def test_send_buffer_passes_calls_on_to_the_producer_it_replaced() -> None:
+    previous = Producer()
+    transport = ProducerSlot(previous)
+    buffer = SendBuffer(transport, limit=10)
+    assert transport.producer is buffer
+    buffer.pauseProducing()
+    assert not buffer.admit(11)
+    buffer.resumeProducing()
+    buffer.stopProducing()
+    assert previous.calls == ["pause", "resume", "stop"]
+
+
+def test_send_buffer_lets_go_of_an_upgraded_http_channel() -> None:
+    """Mid-request with no request producer, its calls change nothing: not kept alive."""
+    channel = http.HTTPChannel()
+    channel._handlingRequest = True
+    transport = ProducerSlot(channel)
+    buffer = SendBuffer(transport, limit=10)
+    assert transport.producer is buffer
+    assert buffer._previous is None
+    buffer.pauseProducing()
+    buffer.resumeProducing()
+    buffer.stopProducing()
