@@ -9,9 +9,12 @@ adds it to layer groups, so a message to 200 people costs 200 Redis writes,
   `chat.user.<id>` for each locally connected user, `chat.group.<id>` for each
   chat group with a locally connected member.
 - A message is serialised to JSON once, then `group_send` puts it once on
-  each worker channel that has an interested socket.
+  each worker channel that has an interested socket; messages stored together
+  for one audience travel as one layer message and one `batch` frame.
 - The worker's receive loop takes it off the layer once and writes the same
-  text to every local socket of the audience, found in in-memory indexes.
+  text to every local socket of the audience, found in in-memory indexes. The
+  worker that stored it has already written it to its own sockets, and drops
+  the copy the layer brings back.
 
 The same path runs on the in-memory layer (one process) and on Redis (many).
 Presence and joined/left notices are held up to `CHAT_NOTICE_DELAY` and sent
