@@ -275,6 +275,43 @@ async def test_redis_outage_and_empty_restart_need_no_worker_restart(redis_prefi
             assert [w.pid for w in workers] == pids and all(w.alive() for w in workers)
 
 
+async def abandon_handshake(worker: Worker, cookie: str, after: float) -> None:
+    """Ask for a chat socket, then drop the TCP connection `after` seconds later."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws/chat/ HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {worker.base_url}\r\nCookie: {cookie}\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(after)
+    writer.transport.abort()
+
+
+async def test_handshakes_the_client_abandons_leave_nobody_online(redis_prefix, sockets):
+    with running_workers(1, worker_env(redis_url=REDIS_URL, redis_prefix=redis_prefix)) as [worker]:
+        alice = await sockets.open(worker, sign_up(worker, "alice"), "alice")
+        bob_cookie = sign_up(worker, "bob")
+        # Dropped at every stage of opening: before the upgrade is read, while
+        # the session is loaded, while the socket is being attached.
+        await asyncio.gather(
+            *(abandon_handshake(worker, bob_cookie, after=n * 0.002) for n in range(40))
+        )
+        bob = await sockets.open(worker, bob_cookie, "bob")
+        assert "bob" in (await alice.request(type="who"))["online"]
+        await bob.close()
+
+        # Had an abandoned socket stayed attached, bob would stay online.
+        deadline = time.monotonic() + 10
+        while "bob" in (await alice.request(type="who"))["online"]:
+            assert time.monotonic() < deadline, "bob stays online after his last socket closed"
+            await asyncio.sleep(0.1)
+
+
 async def test_logout_closes_that_sessions_sockets_on_every_worker(two_workers, sockets):
     first, second = two_workers
     browser = HttpSession(first.base_url)
