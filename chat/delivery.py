@@ -348,10 +348,6 @@ class Hub:
             return False
         return True
 
-    async def deliver_message(self, stored: StoredMessage) -> None:
-        """Send a stored message to every socket of its audience, on every worker."""
-        await self.deliver_messages([stored])
-
     async def deliver_messages(self, messages: Sequence[StoredMessage]) -> None:
         """Send stored messages, in the order given, to their audiences.
 

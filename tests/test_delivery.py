@@ -177,7 +177,7 @@ async def test_direct_message_reaches_every_socket_of_both_users_and_nobody_else
         sender=alice, to=Address("user", "bob"), body="hi"
     )
 
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
 
     for conn in [*alice_tabs, bob_tab]:
         event = await conn.next_message()
@@ -198,7 +198,7 @@ async def test_group_message_reaches_only_members_connected_here(hub, fake, alic
         sender=alice, to=Address("group", "A"), body="team"
     )
 
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
 
     assert (await alice_tab.next_message())["id"] == stored.id
     assert (await bob_tab.next_message())["id"] == stored.id
@@ -210,7 +210,7 @@ async def test_broadcast_reaches_every_socket(hub, fake, alice, bob):
     await settle(hub, *tabs)
     stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="all")
 
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
 
     for tab in tabs:
         assert (await tab.next_message())["id"] == stored.id
@@ -311,7 +311,7 @@ async def test_a_failing_socket_does_not_stop_delivery_to_the_others(hub, fake, 
     await settle(hub, bob_tab)
     stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="x")
 
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
 
     assert (await bob_tab.next_message())["id"] == stored.id
 
@@ -410,7 +410,7 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
     stored = await database_sync_to_async(message_send)(
         sender=alice, to=Address("group", "A"), body="welcome"
     )
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
     for tab in (alice_tab, carol_here, carol_there):
         assert (await tab.next_message())["id"] == stored.id
 
@@ -421,7 +421,7 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
     stored = await database_sync_to_async(message_send)(
         sender=alice, to=Address("group", "A"), body="bye"
     )
-    await hub.deliver_message(stored)
+    await hub.deliver_messages([stored])
     assert (await alice_tab.next_message())["id"] == stored.id
     assert await settle(hub, carol_here, carol_there, bob_tab) == []
 
