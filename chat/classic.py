@@ -130,6 +130,9 @@ class ClassicConsumer(ChatSocket):
         # Classic clients get no greeting; remember the groups to skip joins.
         self._groups = {name for _, name in groups}
 
+    def write_now(self, text: str) -> bool:
+        return False  # each event is translated for this socket by `write`
+
     async def write(self, text: str) -> None:
         if self._closed or self._pending is not None:
             await super().write(text)  # dropped, or kept as JSON until greeted

@@ -175,6 +175,18 @@ class ChatSocket(AsyncWebsocketConsumer):
             return
         self._frames.write(frame)
 
+    def write_now(self, text: str) -> bool:
+        frames, buffer = self._frames, self._send_buffer
+        if (
+            frames is None
+            or self._closed
+            or self._pending is not None
+            or (buffer is not None and buffer.paused)
+        ):
+            return False  # `write` knows what to do
+        frames.write(text_frame(text))
+        return True
+
     async def close_with(self, code: int) -> None:
         if not self._closed:
             self._closed = True

@@ -88,6 +88,13 @@ class Connection(Protocol):
     async def write(self, text: str) -> None:
         """Send one frame of text; must not block on the network."""
 
+    def write_now(self, text: str) -> bool:
+        """`write` without a coroutine when nothing needs awaiting; False if it did nothing.
+
+        A fan-out calls this for every member: at 200 members a coroutine and
+        its checks per socket were half of the time the hub took to write.
+        """
+
     async def close_with(self, code: int) -> None:
         """Close the socket with this code."""
 
@@ -454,6 +461,12 @@ class Hub:
         if kind == "chat.deliver":
             text = message["text"]
             for conn in self._targets(message):
+                try:
+                    if conn.write_now(text):
+                        continue
+                except Exception:
+                    logger.debug("dropping a frame for connection %s", conn.connection_id)
+                    continue
                 await _write(conn, text)
         elif kind == "chat.notice":
             change = message.get("member_change")
@@ -465,9 +478,9 @@ class Hub:
                 if conn.session_digest == message["session"]:
                     await conn.close_with(CLOSE_POLICY_VIOLATION)
 
-    def _targets(self, message: dict[str, Any]) -> Iterator[Connection]:
+    def _targets(self, message: dict[str, Any]) -> list[Connection]:
         if message.get("all"):
-            candidates: Iterable[Connection] = list(self.connections())
+            candidates = list(self.connections())
         elif "users" in message:
             candidates = [c for u in message["users"] for c in self.by_user.get(u, ())]
         elif "group" in message:
@@ -478,13 +491,15 @@ class Hub:
         exclude_user = message.get("exclude_user")
         exclude_username = message.get("exclude_username")
         exclude_connection = message.get("exclude_connection")
-        for conn in candidates:
-            if (
-                conn.user_id != exclude_user
-                and conn.username != exclude_username
-                and conn.connection_id != exclude_connection
-            ):
-                yield conn
+        if exclude_user is None and exclude_username is None and exclude_connection is None:
+            return candidates  # every message; only notices exclude anyone
+        return [
+            conn
+            for conn in candidates
+            if conn.user_id != exclude_user
+            and conn.username != exclude_username
+            and conn.connection_id != exclude_connection
+        ]
 
     # -- notices (presence, joined, left), batched ---------------------------
 

@@ -9,14 +9,15 @@ a database sequence, an id can be allocated by a slow transaction and become
 visible *after* higher ids were already delivered, so a client that synced
 past them would skip it forever. Message inserts are therefore serialised:
 under PostgreSQL by a transaction-scoped advisory lock taken before the id is
-allocated, under SQLite by its single writer lock (taken at BEGIN, see
-settings). Ids thus become visible in id order. A batch (`message_send_many`)
-takes the lock once and allocates all its ids under it, so it commits as one
-step of that order.
+allocated (in the statement that inserts), under SQLite by its single writer
+lock (taken at BEGIN, see settings). Ids thus become visible in id order. A
+batch (`message_send_many`) takes the lock once and allocates all its ids under
+it, so it commits as one step of that order.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,14 +125,21 @@ def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Cha
     return {pair: group for pair, group in found.items() if pair in pairs}
 
 
-def _member_groups_sql(users: int, names: int) -> str:
-    def column(model: type[models.Model], field: str) -> str:
-        found = model._meta.get_field(field)
-        assert isinstance(found, models.Field) and found.column
-        return connection.ops.quote_name(found.column)
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    """A concrete field, for hand-written SQL."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field) and field.column
+    return field
 
-    member, member_group = column(Membership, "user"), column(Membership, "group")
-    group_id, group_name = column(ChatGroup, "id"), column(ChatGroup, "name")
+
+def _column(model: type[models.Model], name: str) -> str:
+    """A field's column, quoted for hand-written SQL."""
+    return connection.ops.quote_name(_field(model, name).column or name)
+
+
+def _member_groups_sql(users: int, names: int) -> str:
+    member, member_group = _column(Membership, "user"), _column(Membership, "group")
+    group_id, group_name = _column(ChatGroup, "id"), _column(ChatGroup, "name")
     quote = connection.ops.quote_name
     return (
         f"SELECT g.{group_id}, g.{group_name}, m.{member}"
@@ -140,12 +148,6 @@ def _member_groups_sql(users: int, names: int) -> str:
         f" WHERE m.{member} IN ({', '.join(['%s'] * users)})"
         f" AND g.{group_name} IN ({', '.join(['%s'] * names)})"
     )
-
-
-def _lock_message_order() -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_MESSAGE_ORDER_LOCK])
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +214,16 @@ def _send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatErro
 
 
 def _insert_in_order(rows: list[dict[str, Any]]) -> list[Message]:
-    """Insert the rows in one transaction under the order lock; ids ascend in row order."""
+    """Insert the rows under the order lock; ids ascend in row order."""
+    if connection.vendor == "postgresql":
+        return _insert_in_one_statement(rows)
+    return _insert_with_orm(rows)
+
+
+def _insert_with_orm(rows: list[dict[str, Any]]) -> list[Message]:
+    """SQLite (and others): one transaction, the rows inserted through the ORM."""
     with transaction.atomic():
-        _lock_message_order()
+        # SQLite: BEGIN IMMEDIATE took the writer lock, which orders inserts.
         # Taken under the lock, so timestamps never go back as ids go up.
         now = datetime.now(UTC)
         if len(rows) == 1 or not connection.features.can_return_rows_from_bulk_insert:
@@ -226,6 +235,61 @@ def _insert_in_order(rows: list[dict[str, Any]]) -> list[Message]:
             # Rolls the batch back: a message without its id cannot be acked.
             raise DatabaseError("the bulk insert returned no message ids")
         return messages
+
+
+# The columns `_insert_in_one_statement` fills from each row, in this order.
+_ROW_FIELDS = ("sender", "kind", "recipient", "group", "body")
+
+
+def _insert_in_one_statement(rows: list[dict[str, Any]]) -> list[Message]:
+    """PostgreSQL: lock, timestamp and insert in one statement, one round trip.
+
+    BEGIN, the lock, the INSERT and COMMIT as separate statements were four
+    round trips, each paying the database process's wake-up at light load
+    (2.8 ms against 1.5 ms, timed at ten sends a second). Outside a
+    transaction the statement is its own: the advisory lock is held until it
+    commits. The timestamp is read after the lock (a CTE that reads the lock's
+    row) and ids are allocated as the sorted rows are inserted, so ids ascend
+    in row order and become visible in id order, with timestamps that never go
+    back.
+    """
+    quote = connection.ops.quote_name
+    fields = [_field(Message, name) for name in _ROW_FIELDS]
+    columns = [_column(Message, name) for name in _ROW_FIELDS]
+    row_sql = "(%s, " + ", ".join(f"%s::{field.db_type(connection)}" for field in fields) + ")"
+    created, pk = _column(Message, "created_at"), _column(Message, "id")
+    sql = (
+        "WITH order_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s)),"
+        " stamp AS MATERIALIZED (SELECT clock_timestamp() AS now FROM order_lock)"
+        f" INSERT INTO {quote(Message._meta.db_table)} ({', '.join(columns)}, {created})"
+        f" SELECT {', '.join(f'v.c{n}' for n in range(len(fields)))}, stamp.now"
+        f" FROM (VALUES {', '.join([row_sql] * len(rows))})"
+        f" AS v(ord, {', '.join(f'c{n}' for n in range(len(fields)))})"
+        f" CROSS JOIN stamp ORDER BY v.ord RETURNING {pk}, {created}"
+    )
+    params: list[Any] = [_MESSAGE_ORDER_LOCK]
+    for ord_, row in enumerate(rows):
+        params.append(ord_)
+        params.extend(_column_value(row.get(name)) for name in _ROW_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted = sorted(cursor.fetchall())
+    if len(inserted) != len(rows):
+        raise DatabaseError(f"{len(inserted)} ids returned for {len(rows)} rows")
+    messages = []
+    for row, (message_id, created_at) in zip(rows, inserted, strict=True):
+        message = Message(**row, created_at=created_at)
+        message.pk = message_id
+        message._state.adding = False
+        message._state.db = connection.alias
+        messages.append(message)
+    return messages
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        return value.pk
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 def _stored(message: Message) -> StoredMessage:

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
-from chat import protocol
+from chat import messaging, protocol
 from chat.delivery import get_hub
 from chat.groups import group_join
 from chat.messaging import message_send
@@ -801,10 +801,10 @@ async def test_store_failure_is_unavailable_stores_nothing_and_reaches_nobody(
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 1
     alice1, alice2, bob1 = await connect(alice), await connect(alice), await connect(bob)
 
-    def failing_create(**kwargs):
+    def failing_insert(rows):
         raise DatabaseError("disk full")
 
-    monkeypatch.setattr(Message.objects, "create", failing_create)
+    monkeypatch.setattr(messaging, "_insert_in_order", failing_insert)
     for index in range(3):  # the server's fault: never counted against the socket
         await expect_error(
             alice1,

@@ -92,6 +92,9 @@ class FakeConnection:
         for one in event["events"] if event["type"] == "batch" else [event]:
             self.frames.put_nowait(one)
 
+    def write_now(self, text: str) -> bool:
+        return False
+
     async def close_with(self, code: int) -> None:
         if not self.closed.done():
             self.closed.set_result(code)

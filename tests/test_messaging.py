@@ -10,9 +10,11 @@ from unittest import mock
 
 import pytest
 from django.db import OperationalError, connection, connections
+from django.db.backends.utils import CursorWrapper
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
+from chat import messaging
 from chat.groups import group_join, group_leave
 from chat.messaging import (
     SendRequest,
@@ -135,8 +137,15 @@ def test_broadcast_is_visible_to_everyone(alice, bob, carol):
 
 
 def test_a_failing_store_is_unavailable_and_stores_nothing(alice):
+    execute = CursorWrapper.execute
+
+    def refuse_inserts(cursor, sql, params=None):
+        if "INSERT" in sql:
+            raise OperationalError("disk full")
+        return execute(cursor, sql, params)
+
     with (
-        mock.patch.object(Message.objects, "create", side_effect=OperationalError("disk full")),
+        mock.patch.object(CursorWrapper, "execute", refuse_inserts),
         pytest.raises(ChatError) as refused,
     ):
         message_send(sender=alice, to=TO_ALL, body="lost?")
@@ -230,7 +239,7 @@ def test_a_batch_checks_audiences_with_one_query_each_and_inserts_once(alice, bo
     sql = [query["sql"] for query in queries.captured_queries]
     assert len([q for q in sql if 'FROM "auth_user"' in q]) == 1, sql
     assert len([q for q in sql if 'FROM "chat_membership"' in q]) == 1, sql
-    assert len([q for q in sql if q.startswith("INSERT")]) == 1, sql
+    assert len([q for q in sql if 'INSERT INTO "chat_message"' in q]) == 1, sql
     assert [type(r) for r in results] == [StoredMessage] * 4 + [ChatError] * 2
 
 
@@ -249,7 +258,7 @@ def test_a_failing_batch_is_unavailable_for_every_request_and_stores_nothing(ali
     ]
 
     with mock.patch.object(
-        Message.objects, "bulk_create", side_effect=OperationalError("disk full")
+        messaging, "_insert_in_order", side_effect=OperationalError("disk full")
     ):
         results = message_send_many(requests)
 
@@ -258,6 +267,8 @@ def test_a_failing_batch_is_unavailable_for_every_request_and_stores_nothing(ali
 
 
 def test_a_batch_without_bulk_insert_ids_inserts_row_by_row_in_order(alice, bob, monkeypatch):
+    # The ORM's way, which databases other than PostgreSQL take.
+    monkeypatch.setattr(messaging, "_insert_in_order", messaging._insert_with_orm)
     monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
 
     with CaptureQueriesContext(connection) as queries:
@@ -400,8 +411,20 @@ def slow_commits():
 
     Without this the window between allocating an id and committing it is a
     few microseconds and an ordering bug would rarely show; a slow transaction
-    is exactly the case that `sync` must survive.
+    is exactly the case that `sync` must survive. PostgreSQL inserts in one
+    statement, so there a trigger lingers inside it, after the ids are taken.
     """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LINGER_FUNCTION)
+            cursor.execute(_LINGER_TRIGGER)
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("DROP TRIGGER chat_test_linger ON chat_message")
+                cursor.execute("DROP FUNCTION chat_test_linger()")
+        return
 
     def linger_in_writers() -> None:
         if threading.current_thread().name.startswith("writer-"):
@@ -422,6 +445,19 @@ def slow_commits():
     with mock.patch.object(Message.objects, "bulk_create", bulk_create_and_linger):
         yield
     post_save.disconnect(sender=Message, dispatch_uid="test-slow-commits")
+
+
+_LINGER_FUNCTION = """
+CREATE FUNCTION chat_test_linger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_sleep(random() * 0.003);
+  RETURN NULL;
+END $$
+"""
+_LINGER_TRIGGER = """
+CREATE TRIGGER chat_test_linger AFTER INSERT ON chat_message
+FOR EACH STATEMENT EXECUTE FUNCTION chat_test_linger()
+"""
 
 
 @pytest.mark.parametrize("batch", [1, 5], ids=["one-by-one", "in-batches"])
@@ -490,3 +526,5 @@ def test_sync_from_highest_seen_id_skips_nothing_under_concurrent_writers(
     assert reader_rounds > 1, "the reader never synced while writers were writing"
     missed = sorted(set(stored) - seen)
     assert not missed, f"sync from the highest seen id skipped {missed}"
+    stamps = list(Message.objects.order_by("id").values_list("created_at", flat=True))
+    assert stamps == sorted(stamps), "a timestamp went back as ids went up"

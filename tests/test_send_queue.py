@@ -14,7 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
-from chat import send_queue
+from chat import messaging, send_queue
 from chat.messaging import message_send_many
 from chat.models import Message
 from chat.protocol import NO_SUCH_USER, UNAVAILABLE, Address, ChatError
@@ -213,10 +213,14 @@ async def test_a_database_failure_fails_the_whole_batch_and_stores_nothing(
         queue, alice, (TO_BOB, "first"), [(TO_BOB, f"m{n}") for n in range(3)]
     )
 
-    def failing_bulk_create(*args, **kwargs):
-        raise DatabaseError("disk full")
+    insert = messaging._insert_in_order
 
-    monkeypatch.setattr(Message.objects, "bulk_create", failing_bulk_create)
+    def insert_one_only(rows):
+        if len(rows) > 1:
+            raise DatabaseError("disk full")
+        return insert(rows)
+
+    monkeypatch.setattr(messaging, "_insert_in_order", insert_one_only)
     store.release.set()
 
     await asyncio.wait_for(first, TIMEOUT)
