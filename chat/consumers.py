@@ -33,7 +33,6 @@ from chat.transport import (
     close_frame,
     daphne_protocol,
     frame_writer,
-    plain_send,
     text_frame,
     watch_send_buffer,
 )
@@ -106,7 +105,6 @@ class ChatSocket(AsyncWebsocketConsumer):
         await self.accept()
         self._wire = daphne_protocol(self.base_send)
         self._frames = frame_writer(self._wire)
-        self._plain_send = plain_send(self.base_send)
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
             self.hub = await get_hub()
@@ -164,7 +162,7 @@ class ChatSocket(AsyncWebsocketConsumer):
             self._pending.append(text)
             return
         if self._frames is None:
-            await self._plain_send({"type": "websocket.send", "text": text})
+            await self.base_send({"type": "websocket.send", "text": text})
             return
         frame = text_frame(text)
         if self._send_buffer is not None and not self._send_buffer.admit(len(frame)):

@@ -4,14 +4,12 @@ Three things ASGI cannot express are done here, on daphne only (any other server
 or Channels' WebsocketCommunicator in tests, keeps the plain ASGI behaviour):
 
 - Cheap frames. Through ASGI every frame to every socket goes through the
-  consumer's `send`, Channels' session wrapper (a session check per frame),
-  daphne's reply dispatch and autobahn's `sendMessage`, which builds the frame
-  in Python and formats a debug log line for it: most of a worker's CPU when
-  one message fans out to hundreds of sockets. A server-to-client frame is
+  consumer's `send`, daphne's reply dispatch and autobahn's `sendMessage`,
+  which builds the frame in Python and formats a debug log line for it: most
+  of a worker's CPU when one message fans out to hundreds of sockets. A server-to-client frame is
   not masked, so the same bytes are valid on every socket: `text_frame`
   builds a text frame once per text (the hub writes one text to a whole
   audience in a row) and `FrameWriter` sends it straight to each socket.
-  Elsewhere `plain_send` skips at least the session wrapper.
 
 - Close codes. Autobahn's `sendClose`, which daphne uses for
   `websocket.close`, refuses every code but 1000 and 3000-4999, so the
@@ -47,7 +45,6 @@ import socket
 import struct
 from typing import Any
 
-from channels.sessions import InstanceSessionWrapper
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.web import http
@@ -58,7 +55,7 @@ logger = logging.getLogger(__name__)
 # RFC 6455 "Try Again Later": the server shed this connection; reconnect.
 CLOSE_TRY_AGAIN_LATER = 1013
 
-# Middleware layers that may wrap `send` (Channels' session wrapper is one).
+# Middleware layers that may wrap `send` (as Channels' session middleware does).
 _MAX_WRAPPERS = 5
 
 
@@ -210,17 +207,6 @@ def _payload(frame: bytes) -> bytes:
     return frame[2 + {126: 2, 127: 8}.get(size, 0) :]
 
 
-def plain_send(send: Any) -> Any:
-    """`send` without Channels' session wrapper, which checks the session per frame.
-
-    A chat socket never changes its session, so there is nothing to save.
-    """
-    wrapper = getattr(send, "__self__", None)
-    if isinstance(wrapper, InstanceSessionWrapper):
-        return wrapper.real_send
-    return send
-
-
 def frame_writer(protocol: Any | None) -> FrameWriter | None:
     """A `FrameWriter` for daphne's `protocol`; None elsewhere."""
     if protocol is None or getattr(protocol, "transport", None) is None:
@@ -231,9 +217,11 @@ def frame_writer(protocol: Any | None) -> FrameWriter | None:
 def daphne_protocol(send: Any) -> Any | None:
     """The daphne WebSocketProtocol behind an ASGI `send`, or None elsewhere.
 
-    Daphne's `send` is `functools.partial(server.handle_reply, protocol)`;
-    Channels' session middleware wraps it in a method whose object keeps the
-    original as `real_send`.
+    Daphne's `send` is `functools.partial(server.handle_reply, protocol)`,
+    which `chat.auth` passes on untouched. A middleware that wraps it the way
+    Channels' session middleware does (a method whose object keeps the
+    original as `real_send`) is looked through, so that adding one does not
+    silently lose the frame path and the close codes.
     """
     for _ in range(_MAX_WRAPPERS):
         if isinstance(send, functools.partial):

@@ -1,7 +1,8 @@
 """ASGI entry point: `daphne chatsite.asgi:application`.
 
-HTTP goes to Django; websockets must come from an allowed origin and carry a
-Django session, then are routed to the chat consumers.
+HTTP goes to Django; websockets must come from an allowed origin, get their
+Django session and user from `chat.auth` (one layer where Channels'
+`AuthMiddlewareStack` has three), then are routed to the chat consumers.
 """
 
 import os
@@ -23,17 +24,17 @@ if settings.DEBUG:
 
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chat.auth import SessionAuthMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            SessionAuthMiddleware(URLRouter(websocket_urlpatterns))
         ),
     }
 )

@@ -18,7 +18,7 @@ from twisted.web import http
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chat.transport import FrameWriter, SendBuffer, plain_send, text_frame
+from chat.transport import FrameWriter, SendBuffer, text_frame
 
 
 def parse(data: bytes) -> tuple[Frame, bytes]:
@@ -107,22 +107,6 @@ def test_frame_writer_drops_frames_once_the_socket_is_closing() -> None:
     wire.state = wire.STATE_CLOSING
     FrameWriter(wire).write(text_frame("late"))
     assert wire.written == [] and wire.sent_by_autobahn == []
-
-
-async def test_plain_send_skips_only_the_session_wrapper() -> None:
-    from channels.sessions import InstanceSessionWrapper
-
-    sent: list[dict[str, Any]] = []
-
-    async def server_send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    wrapper = InstanceSessionWrapper({"cookies": {}}, server_send)
-    wrapper.real_send = server_send
-    assert plain_send(wrapper.send) is server_send
-    assert plain_send(server_send) is server_send
-    await plain_send(wrapper.send)({"type": "websocket.send", "text": "x"})
-    assert sent == [{"type": "websocket.send", "text": "x"}]
 
 
 class TcpTransport(tcp.Connection):

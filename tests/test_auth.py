@@ -1,0 +1,284 @@
+"""chat.auth: a socket belongs to whom Channels' AuthMiddlewareStack would say.
+
+Every case is decided by our middleware and by Channels' stack on the same
+cookie, and through the real application on both endpoints: only a session
+that Channels would accept opens a socket.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.db import DatabaseSyncToAsync
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from chat import auth
+from chat.auth import SessionAuthMiddleware
+from chat.transport import daphne_protocol
+from tests.chatclient import TIMEOUT, session_cookie_for
+from tests.conftest import _make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+def cookie_header(value: str) -> tuple[bytes, bytes]:
+    return (b"cookie", value.encode("latin1"))
+
+
+def session_header(session_key: str) -> tuple[bytes, bytes]:
+    return cookie_header(f"csrftoken=abc; {settings.SESSION_COOKIE_NAME}={session_key}")
+
+
+def new_user(**fields: Any):
+    user = _make_user(f"u{uuid.uuid4().hex[:10]}")
+    for name, value in fields.items():
+        setattr(user, name, value)
+    user.save()
+    return user
+
+
+def stored_session(user, *, backend: str | None = None, auth_hash: bool = True) -> str:
+    """A session made by hand, for the states Django's login never leaves behind."""
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = backend or settings.AUTHENTICATION_BACKENDS[0]
+    if auth_hash:
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return session.session_key
+
+
+def session_exists(session_key: str) -> bool:
+    return import_module(settings.SESSION_ENGINE).SessionStore().exists(session_key)
+
+
+# Each case sets up its own state and returns the socket's headers and who
+# must be found (None: AnonymousUser, so the handshake is refused).
+Case = Callable[[], tuple[list[tuple[bytes, bytes]], str | None]]
+
+
+def logged_in() -> tuple[list, str | None]:
+    user = new_user()
+    return [session_header(session_cookie_for(user))], user.username
+
+
+def no_cookie_header() -> tuple[list, str | None]:
+    return [], None
+
+
+def no_session_cookie() -> tuple[list, str | None]:
+    return [cookie_header("csrftoken=abc")], None
+
+
+def unknown_session_key() -> tuple[list, str | None]:
+    return [session_header("x" * 32)], None
+
+
+def user_deleted() -> tuple[list, str | None]:
+    user = new_user()
+    headers = [session_header(session_cookie_for(user))]
+    user.delete()
+    return headers, None
+
+
+def password_changed() -> tuple[list, str | None]:
+    user = new_user()
+    headers = [session_header(session_cookie_for(user))]
+    user.set_password("another-passphrase-77")
+    user.save()
+    return headers, None
+
+
+def user_inactive() -> tuple[list, str | None]:
+    user = new_user()
+    headers = [session_header(session_cookie_for(user))]
+    user.is_active = False
+    user.save()
+    return headers, None
+
+
+def backend_not_configured() -> tuple[list, str | None]:
+    user = new_user()
+    backend = "django.contrib.auth.backends.AllowAllUsersModelBackend"
+    return [session_header(stored_session(user, backend=backend))], None
+
+
+def no_auth_hash() -> tuple[list, str | None]:
+    return [session_header(stored_session(new_user(), auth_hash=False))], None
+
+
+def session_in_a_second_cookie_header() -> tuple[list, str | None]:
+    # Channels reads the first `cookie` header only.
+    user = new_user()
+    return [cookie_header("csrftoken=abc"), session_header(session_cookie_for(user))], None
+
+
+CASES: list[Case] = [
+    logged_in,
+    no_cookie_header,
+    no_session_cookie,
+    unknown_session_key,
+    user_deleted,
+    password_changed,
+    user_inactive,
+    backend_not_configured,
+    no_auth_hash,
+    session_in_a_second_cookie_header,
+]
+
+
+async def through(app_factory: Callable[[Any], Any], headers: list, send: Any = None) -> dict:
+    """What the application inside `app_factory(inner)` sees: scope, receive and send."""
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(scope=scope, receive=receive, send=send)
+
+    scope = {"type": "websocket", "path": "/ws/chat/", "headers": headers}
+    await app_factory(inner)(scope, None, send)
+    seen["outer"] = scope
+    return seen
+
+
+def who(scope: dict) -> str | None:
+    user = scope["user"]
+    return user.get_username() if user.is_authenticated else None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
+async def test_the_user_is_whom_channels_finds(case: Case):
+    headers, expected = await sync_to_async(case)()
+    ours = await through(SessionAuthMiddleware, headers)
+    headers_again, expected_again = await sync_to_async(case)()
+    channels = await through(AuthMiddlewareStack, headers_again)
+
+    assert who(ours["scope"]) == expected
+    assert who(channels["scope"]) == expected_again
+    assert (expected is None) == (expected_again is None)
+    assert (ours["scope"]["session"].session_key is None) == (
+        channels["scope"]["session"].session_key is None
+    )
+
+
+@pytest.mark.parametrize("path", ["/ws/chat/", "/socket"])
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
+async def test_only_a_session_channels_accepts_opens_a_socket(memory_layer, case: Case, path):
+    from chatsite.asgi import application
+
+    headers, expected = await sync_to_async(case)()
+    communicator = WebsocketCommunicator(application, path, headers=[*headers, ORIGIN])
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    try:
+        assert connected is (expected is not None)
+        if connected and path == "/ws/chat/":
+            hello = await communicator.receive_json_from(timeout=TIMEOUT)
+            assert hello["type"] == "hello"
+    finally:
+        await communicator.disconnect()
+
+
+async def test_a_session_whose_hash_fails_is_flushed_as_channels_does():
+    user = await sync_to_async(new_user)()
+    session_key = await sync_to_async(session_cookie_for)(user)
+    user.set_password("another-passphrase-77")
+    await sync_to_async(user.save)()
+
+    seen = await through(SessionAuthMiddleware, [session_header(session_key)])
+
+    assert who(seen["scope"]) is None
+    assert seen["scope"]["session"].session_key is None
+    assert not await sync_to_async(session_exists)(session_key)
+
+
+async def test_the_consumer_gets_one_copy_of_the_scope_with_the_session(alice):
+    session_key = await sync_to_async(session_cookie_for)(alice)
+
+    seen = await through(SessionAuthMiddleware, [session_header(session_key), ORIGIN])
+
+    scope, outer = seen["scope"], seen["outer"]
+    assert scope is not outer
+    assert set(scope) == set(outer) | {"session", "user"}
+    assert scope["user"] == alice
+    assert scope["session"].session_key == session_key
+
+
+async def test_daphnes_send_reaches_the_consumer_untouched(alice):
+    session_key = await sync_to_async(session_cookie_for)(alice)
+    protocol = SimpleNamespace(sendCloseFrame=lambda **kwargs: None)
+    send = functools.partial(lambda protocol, message: None, protocol)
+
+    seen = await through(SessionAuthMiddleware, [session_header(session_key)], send=send)
+
+    assert seen["send"] is send
+    assert daphne_protocol(seen["send"]) is protocol
+
+
+async def test_session_and_user_load_in_one_database_thread_trip(alice, monkeypatch):
+    session_key = await sync_to_async(session_cookie_for)(alice)
+    trips: list[int] = []
+    queries: list[list[str]] = []
+    handler = DatabaseSyncToAsync.thread_handler
+
+    def counting_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(1)
+        return handler(self, *args, **kwargs)
+
+    loader = auth.session_and_user
+
+    def counting_loader(key: str | None) -> Any:
+        with CaptureQueriesContext(connection) as captured:
+            result = loader(key)
+        queries.append([q["sql"] for q in captured.captured_queries])
+        return result
+
+    monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
+    monkeypatch.setattr(auth, "session_and_user", counting_loader)
+
+    seen = await through(SessionAuthMiddleware, [session_header(session_key)])
+
+    assert who(seen["scope"]) == "alice"
+    assert len(trips) == 1
+    assert len(queries) == 1 and len(queries[0]) == 2, queries  # the session, the user
+
+
+async def test_the_configured_session_cookie_name_is_read(settings, alice):
+    settings.SESSION_COOKIE_NAME = "chat_session"
+    session_key = await sync_to_async(stored_session)(alice)
+
+    named = await through(SessionAuthMiddleware, [cookie_header(f"chat_session={session_key}")])
+    default = await through(SessionAuthMiddleware, [cookie_header(f"sessionid={session_key}")])
+
+    assert who(named["scope"]) == "alice"
+    assert who(default["scope"]) is None
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "django.contrib.sessions.backends.signed_cookies",
+        "django.contrib.sessions.backends.cache",
+        "django.contrib.sessions.backends.cached_db",
+    ],
+)
+async def test_any_session_engine_is_used(settings, alice, engine):
+    settings.SESSION_ENGINE = engine
+    session_key = await sync_to_async(session_cookie_for)(alice)
+
+    seen = await through(SessionAuthMiddleware, [session_header(session_key)])
+
+    assert who(seen["scope"]) == "alice"
+    assert type(seen["scope"]["session"]).__module__ == engine
