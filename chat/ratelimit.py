@@ -3,12 +3,27 @@
 A user holds `CHAT_RATE_BURST` tokens, refilled at `CHAT_RATE_PER_SECOND`; a
 send takes one. With Redis the bucket is one key per user, so a user cannot
 multiply the rate by opening sockets on several workers.
+
+A call to Redis per send was half a millisecond of every send's latency at
+light load and the largest per-message cost on the event loop under load. So a
+worker takes a few tokens ahead for a user who is sending (a *reserve*), and
+tops it up in the background when it runs out: most sends ask nothing of
+Redis. Tokens are still taken from the one shared bucket, so all workers
+together never allow more than the bucket gives. A reserve only takes from the
+upper half of the bucket (a user near the limit asks Redis every time, as
+without reserves), holds at most a quarter of the burst, and lapses after
+`_RESERVE_SECONDS` without a send: a user's tokens sit unused in another
+worker's reserve for at most that long.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import weakref
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from django.conf import settings
 
@@ -41,37 +56,113 @@ class MemoryRateLimiter(RateLimiter):
         return True
 
 
-# KEYS[1]: the bucket hash. ARGV: burst, refill per second.
-# Redis's own clock is used, so workers with skewed clocks agree.
-_TAKE_TOKEN = """
+logger = logging.getLogger(__name__)
+
+# A reserve unused this long lapses (its tokens are not given back).
+_RESERVE_SECONDS = 2.0
+# Most tokens a worker holds ahead for one user.
+_MAX_RESERVE = 8
+
+# KEYS[1]: the bucket hash. ARGV: burst, refill per second, tokens needed now
+# (1 for a send, 0 to top up a reserve), most extra tokens wanted. Returns the
+# tokens taken: 0 when fewer than needed are left, extras only from above half
+# the burst. Redis's own clock is used, so workers with skewed clocks agree.
+_TAKE_TOKENS = """
 local burst = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local need = tonumber(ARGV[3])
+local extra = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens = tonumber(state[1]) or burst
 local stamp = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
+local taken = 0
+if tokens >= need then
+  local spare = math.floor(tokens - need - burst / 2)
+  taken = need + math.max(0, math.min(extra, spare))
+  tokens = tokens - taken
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return allowed
+return taken
 """
 
 
+@dataclass(slots=True)
+class _Reserve:
+    tokens: int
+    expires: float
+    topping_up: asyncio.Task[None] | None = None
+
+
 class RedisRateLimiter(RateLimiter):
+    """The shared bucket in Redis, with a reserve per user in this worker."""
+
     def __init__(self, *, burst: int, per_second: float, prefix: str) -> None:
         super().__init__(burst=burst, per_second=per_second)
         self.prefix = prefix
+        self.reserve_size = min(_MAX_RESERVE, burst // 4)
+        self._reserves: dict[str, _Reserve] = {}
+        self._prune_at = 1024
 
     async def allow(self, key: str) -> bool:
+        reserve = self._reserves.get(key)
+        if reserve is not None and reserve.tokens and time.monotonic() < reserve.expires:
+            reserve.tokens -= 1
+            if not reserve.tokens and reserve.topping_up is None:
+                reserve.topping_up = asyncio.get_running_loop().create_task(
+                    self._top_up(key, reserve)
+                )
+            return True
+        # While a top-up is on its way, take nothing more ahead.
+        ahead = 0 if reserve is not None and reserve.topping_up else self.reserve_size
+        taken = await self._take(key, need=1, extra=ahead)
+        if taken > 1:
+            self._keep(key, taken - 1)
+        return taken > 0
+
+    async def _take(self, key: str, *, need: int, extra: int) -> int:
         redis = redis_client.get_redis()
         bucket = f"{self.prefix}rate:{key}"
-        return bool(await redis.eval(_TAKE_TOKEN, 1, bucket, self.burst, self.per_second))
+        args = (self.burst, self.per_second, need, extra)
+        return int(await redis.eval(_TAKE_TOKENS, 1, bucket, *args))
+
+    async def _top_up(self, key: str, reserve: _Reserve) -> None:
+        try:
+            taken = await self._take(key, need=0, extra=self.reserve_size)
+        except Exception:
+            # The next send asks Redis itself, and reports an outage there.
+            logger.debug("could not top up the send reserve of %s", key, exc_info=True)
+            return
+        finally:
+            reserve.topping_up = None
+        if taken:
+            self._keep(key, taken)
+
+    def _keep(self, key: str, tokens: int) -> None:
+        now = time.monotonic()
+        reserve = self._reserves.get(key)
+        if reserve is None or now >= reserve.expires:
+            reserve = self._reserves[key] = _Reserve(0, 0.0)
+        reserve.tokens += tokens
+        reserve.expires = now + _RESERVE_SECONDS
+        if len(self._reserves) > self._prune_at:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget lapsed reserves (users who stopped sending)."""
+        for key in [k for k, r in self._reserves.items() if now >= r.expires and not r.topping_up]:
+            del self._reserves[key]
+        self._prune_at = max(1024, 2 * len(self._reserves))
+
+
+# One Redis limiter per event loop (its reserves and tasks belong to the
+# loop), rebuilt when the settings change.
+_redis_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisRateLimiter] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 _memory_limiter: MemoryRateLimiter | None = None
@@ -82,8 +173,25 @@ def get_rate_limiter() -> RateLimiter:
     global _memory_limiter
     burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
     if settings.REDIS_URL:
-        return RedisRateLimiter(burst=burst, per_second=rate, prefix=f"{settings.REDIS_PREFIX}:")
+        return _redis_limiter(burst, rate, f"{settings.REDIS_PREFIX}:")
     limiter = _memory_limiter
     if limiter is None or (limiter.burst, limiter.per_second) != (burst, rate):
         limiter = _memory_limiter = MemoryRateLimiter(burst=burst, per_second=rate)
+    return limiter
+
+
+def _redis_limiter(burst: int, rate: float, prefix: str) -> RedisRateLimiter:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return RedisRateLimiter(burst=burst, per_second=rate, prefix=prefix)
+    limiter = _redis_limiters.get(loop)
+    if limiter is None or (limiter.burst, limiter.per_second, limiter.prefix) != (
+        burst,
+        rate,
+        prefix,
+    ):
+        limiter = _redis_limiters[loop] = RedisRateLimiter(
+            burst=burst, per_second=rate, prefix=prefix
+        )
     return limiter

@@ -44,6 +44,7 @@ def _reset_process_state() -> None:
     channel_layers.backends.clear()
     presence.reset_memory_store()
     ratelimit._memory_limiter = None
+    ratelimit._redis_limiters.clear()
     delivery._hubs.clear()
 
 

@@ -134,11 +134,131 @@ async def test_two_redis_limiters_share_one_bucket(settings, redis_prefix):
 
 async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
-    limiter = RedisRateLimiter(burst=5, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+    limiter = RedisRateLimiter(burst=8, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
 
     results = await asyncio.gather(*(limiter.allow("user:1") for _ in range(20)))
+    # What the first call took ahead is spent by the next sends.
+    later = await take(limiter, "user:1", 20)
+    await topped_up(limiter)
 
-    assert results.count(True) == 5
+    assert results.count(True) <= 8
+    assert results.count(True) + later.count(True) == 8
+
+
+# -- reserves: tokens a worker takes ahead -------------------------------------
+
+
+def redis_limiter(prefix: str, *, burst: int, per_second: float = NO_REFILL) -> RedisRateLimiter:
+    return RedisRateLimiter(burst=burst, per_second=per_second, prefix=f"{prefix}:")
+
+
+@pytest.fixture
+def redis_takes(settings, monkeypatch) -> list[tuple[int, int]]:
+    """Every call to Redis by a limiter, as (needed now, taken ahead at most)."""
+    settings.REDIS_URL = REDIS_URL
+    calls: list[tuple[int, int]] = []
+    take_from_redis = RedisRateLimiter._take
+
+    async def counted(self, key, *, need, extra):
+        calls.append((need, extra))
+        return await take_from_redis(self, key, need=need, extra=extra)
+
+    monkeypatch.setattr(RedisRateLimiter, "_take", counted)
+    return calls
+
+
+async def topped_up(*limiters: RedisRateLimiter) -> None:
+    """Wait for the top-ups the limiters started."""
+    for limiter in limiters:
+        tasks = [r.topping_up for r in limiter._reserves.values() if r.topping_up]
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+async def bucket_tokens(prefix: str, key: str) -> int:
+    """Whole tokens left in the shared bucket (NO_REFILL still adds a trickle)."""
+    redis = ratelimit.redis_client.get_redis()
+    return int(float(await redis.hget(f"{prefix}:rate:{key}", "tokens")))
+
+
+async def test_most_sends_take_from_the_reserve_without_waiting_for_redis(
+    redis_takes, redis_prefix
+):
+    limiter = redis_limiter(redis_prefix, burst=40)  # a reserve of 8
+
+    assert await limiter.allow("user:1") is True
+    assert redis_takes == [(1, 8)]  # one now, eight ahead
+    assert await take(limiter, "user:1", 8) == [True] * 8
+    assert redis_takes == [(1, 8)]  # none of those asked Redis
+    await topped_up(limiter)
+    assert redis_takes == [(1, 8), (0, 8)]  # the empty reserve was topped up behind them
+    assert await take(limiter, "user:1", 8) == [True] * 8
+    assert [need for need, _ in redis_takes].count(1) == 1
+
+
+async def test_workers_with_reserves_together_allow_exactly_the_burst(redis_takes, redis_prefix):
+    here, there = (redis_limiter(redis_prefix, burst=40) for _ in range(2))
+
+    allowed = 0
+    for n in range(100):
+        allowed += await (here if n % 2 else there).allow("user:1")
+        await topped_up(here, there)
+
+    assert allowed == 40
+    assert await bucket_tokens(redis_prefix, "user:1") == 0
+
+
+async def test_near_the_limit_nothing_is_taken_ahead(redis_takes, redis_prefix):
+    here, there = (redis_limiter(redis_prefix, burst=8) for _ in range(2))  # reserves of 2
+
+    assert await here.allow("user:1") is True  # 8 in the bucket: takes 2 ahead
+    assert await bucket_tokens(redis_prefix, "user:1") == 5
+    # The lower half is never reserved: the other worker gets all the rest.
+    assert await take(there, "user:1", 6) == [True] * 5 + [False]
+    assert await take(here, "user:1", 2) == [True, True]
+    await topped_up(here)
+    assert await here.allow("user:1") is False
+
+
+async def test_a_reserve_lapses_when_its_user_stops_sending(redis_takes, redis_prefix, clock):
+    limiter = redis_limiter(redis_prefix, burst=40)
+    assert await limiter.allow("user:1") is True  # 40 - 1 - 8 ahead
+
+    clock.now += ratelimit._RESERVE_SECONDS
+    assert await limiter.allow("user:1") is True
+
+    assert [need for need, _ in redis_takes] == [1, 1]  # the lapsed reserve was not used
+    assert await bucket_tokens(redis_prefix, "user:1") == 40 - 9 - 9
+
+
+async def test_a_failed_top_up_leaves_the_next_send_to_ask_redis(
+    redis_takes, redis_prefix, monkeypatch
+):
+    limiter = redis_limiter(redis_prefix, burst=8)  # a reserve of 2
+    assert await take(limiter, "user:1", 3) == [True] * 3
+    take_from_redis = RedisRateLimiter._take
+
+    async def top_ups_fail(self, key, *, need, extra):
+        if need == 0:
+            raise ConnectionError("Redis is gone")
+        return await take_from_redis(self, key, need=need, extra=extra)
+
+    monkeypatch.setattr(RedisRateLimiter, "_take", top_ups_fail)
+    await topped_up(limiter)
+
+    assert await limiter.allow("user:1") is True
+    assert await bucket_tokens(redis_prefix, "user:1") == 8 - 3 - 1
+
+
+async def test_one_redis_limiter_per_loop_until_the_settings_change(settings, redis_prefix):
+    settings.REDIS_URL = REDIS_URL
+    settings.REDIS_PREFIX = redis_prefix
+    first = get_rate_limiter()
+    assert get_rate_limiter() is first
+
+    settings.CHAT_RATE_BURST = first.burst + 1
+    second = get_rate_limiter()
+
+    assert second is not first and second.burst == first.burst + 1
 
 
 async def test_redis_bucket_key_expires_once_it_would_be_full_again(settings, redis_prefix):
