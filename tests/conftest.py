@@ -7,17 +7,23 @@ fails and says how to start one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from unittest import mock
 
 import pytest
 import redis
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.conf import LazySettings
+from django.db import OperationalError, connection
+from django.db.backends.utils import CursorWrapper
 
 from chat import delivery, presence, ratelimit
+from chat.models import Message
 
 # Browser fixtures (Chromium + a daphne server): see tests/browser.py.
 from tests.browser import browser, chat_server, chat_user  # noqa: F401
@@ -163,3 +169,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
 
     for database in settings.DATABASES.values():
         database["CONN_MAX_AGE"] = 0
+
+
+@contextlib.contextmanager
+def refusing_message_inserts(refuse: Callable[[Any], bool] = lambda params: True) -> Iterator[None]:
+    """The database refuses inserts into the message table (a full disk, say).
+
+    `refuse(params)` picks which; on every thread, whichever way the insert is
+    written (the ORM's, or PostgreSQL's one statement).
+    """
+    execute = CursorWrapper.execute
+    insert = f"INSERT INTO {connection.ops.quote_name(Message._meta.db_table)}"
+
+    def refusing(cursor: CursorWrapper, sql: str, params: Any = None) -> Any:
+        if insert in sql and refuse(params):
+            raise OperationalError("disk full")
+        return execute(cursor, sql, params)
+
+    with mock.patch.object(CursorWrapper, "execute", refusing):
+        yield

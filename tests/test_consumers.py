@@ -18,13 +18,14 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
-from chat import messaging, protocol
+from chat import protocol
 from chat.delivery import get_hub
 from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
+from tests.conftest import refusing_message_inserts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -796,29 +797,25 @@ async def test_rate_is_per_user_across_sockets(layer, connect, settings, alice, 
 
 
 async def test_store_failure_is_unavailable_stores_nothing_and_reaches_nobody(
-    layer, connect, settings, alice, bob, monkeypatch
+    layer, connect, settings, alice, bob
 ):
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 1
     alice1, alice2, bob1 = await connect(alice), await connect(alice), await connect(bob)
 
-    def failing_insert(rows):
-        raise DatabaseError("disk full")
-
-    monkeypatch.setattr(messaging, "_insert_in_order", failing_insert)
-    for index in range(3):  # the server's fault: never counted against the socket
-        await expect_error(
-            alice1,
-            protocol.UNAVAILABLE,
-            type="send",
-            to=to_user("bob"),
-            body="lost",
-            ref=f"u{index}",
-        )
+    with refusing_message_inserts():
+        for index in range(3):  # the server's fault: never counted against the socket
+            await expect_error(
+                alice1,
+                protocol.UNAVAILABLE,
+                type="send",
+                to=to_user("bob"),
+                body="lost",
+                ref=f"u{index}",
+            )
     assert await stored_bodies() == []
     await bob1.assert_nothing("message")
     await alice2.assert_nothing("message", timeout=0.05)
     await alice1.assert_nothing("message", timeout=0.05)
-    monkeypatch.undo()
     ack = await send_ok(alice1, to_user("bob"), "stored now")
     await bob1.expect("message", id=ack["id"])
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
-from django.db import OperationalError, connection, connections
-from django.db.backends.utils import CursorWrapper
+from django.db import connection, connections
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
@@ -34,6 +33,7 @@ from chat.protocol import (
     Address,
     ChatError,
 )
+from tests.conftest import refusing_message_inserts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -137,17 +137,7 @@ def test_broadcast_is_visible_to_everyone(alice, bob, carol):
 
 
 def test_a_failing_store_is_unavailable_and_stores_nothing(alice):
-    execute = CursorWrapper.execute
-
-    def refuse_inserts(cursor, sql, params=None):
-        if "INSERT" in sql:
-            raise OperationalError("disk full")
-        return execute(cursor, sql, params)
-
-    with (
-        mock.patch.object(CursorWrapper, "execute", refuse_inserts),
-        pytest.raises(ChatError) as refused,
-    ):
+    with refusing_message_inserts(), pytest.raises(ChatError) as refused:
         message_send(sender=alice, to=TO_ALL, body="lost?")
 
     assert refused.value.code == UNAVAILABLE
@@ -237,10 +227,13 @@ def test_a_batch_checks_audiences_with_one_query_each_and_inserts_once(alice, bo
         results = message_send_many(requests)
 
     sql = [query["sql"] for query in queries.captured_queries]
+    assert [type(r) for r in results] == [StoredMessage] * 4 + [ChatError] * 2
+    if connection.vendor == "postgresql":
+        assert len(sql) == 1, sql  # checks, lock and insert: one statement
+        return
     assert len([q for q in sql if 'FROM "auth_user"' in q]) == 1, sql
     assert len([q for q in sql if 'FROM "chat_membership"' in q]) == 1, sql
     assert len([q for q in sql if 'INSERT INTO "chat_message"' in q]) == 1, sql
-    assert [type(r) for r in results] == [StoredMessage] * 4 + [ChatError] * 2
 
 
 def test_a_batch_of_nothing_stores_nothing_and_asks_nothing(alice):
@@ -257,9 +250,7 @@ def test_a_failing_batch_is_unavailable_for_every_request_and_stores_nothing(ali
         SendRequest(bob, TO_ALL, "two"),
     ]
 
-    with mock.patch.object(
-        messaging, "_insert_in_order", side_effect=OperationalError("disk full")
-    ):
+    with refusing_message_inserts():
         results = message_send_many(requests)
 
     assert [r.code for r in results if isinstance(r, ChatError)] == [UNAVAILABLE] * 3
@@ -268,7 +259,7 @@ def test_a_failing_batch_is_unavailable_for_every_request_and_stores_nothing(ali
 
 def test_a_batch_without_bulk_insert_ids_inserts_row_by_row_in_order(alice, bob, monkeypatch):
     # The ORM's way, which databases other than PostgreSQL take.
-    monkeypatch.setattr(messaging, "_insert_in_order", messaging._insert_with_orm)
+    monkeypatch.setattr(messaging, "_send_in_one_statement", messaging._send_with_orm)
     monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
 
     with CaptureQueriesContext(connection) as queries:

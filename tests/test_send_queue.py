@@ -12,14 +12,14 @@ import threading
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
 
-from chat import messaging, send_queue
+from chat import send_queue
 from chat.messaging import message_send_many
 from chat.models import Message
 from chat.protocol import NO_SUCH_USER, UNAVAILABLE, Address, ChatError
 from chat.send_queue import get_send_queue
 from tests.chatclient import TIMEOUT
+from tests.conftest import refusing_message_inserts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -213,18 +213,11 @@ async def test_a_database_failure_fails_the_whole_batch_and_stores_nothing(
         queue, alice, (TO_BOB, "first"), [(TO_BOB, f"m{n}") for n in range(3)]
     )
 
-    insert = messaging._insert_in_order
-
-    def insert_one_only(rows):
-        if len(rows) > 1:
-            raise DatabaseError("disk full")
-        return insert(rows)
-
-    monkeypatch.setattr(messaging, "_insert_in_order", insert_one_only)
-    store.release.set()
-
-    await asyncio.wait_for(first, TIMEOUT)
-    results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), TIMEOUT)
+    # The database refuses the second batch only.
+    with refusing_message_inserts(lambda params: "m0" in (params or ())):
+        store.release.set()
+        await asyncio.wait_for(first, TIMEOUT)
+        results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), TIMEOUT)
 
     assert store.batches == [["first"], ["m0", "m1", "m2"]]
     assert [getattr(r, "code", r) for r in results] == [UNAVAILABLE] * 3
