@@ -1,7 +1,8 @@
 """`python -m bench run --workload W1 --repeat 2`, `python -m bench run --all`.
 
-Also: `python -m bench profile` (py-spy on our worker under W1 load) and
-`python -m bench report bench/out/<stamp>/results.json` (tables again).
+Also: `python -m bench profile` (py-spy on our worker under W1 load),
+`python -m bench report bench/out/<stamp>/results.json` (tables again) and
+`python -m bench.socketmem` (where an idle socket's bytes are, by tracemalloc).
 See bench/RESULTS.md.
 """
 

@@ -132,8 +132,15 @@ class Process:
             self.popen.wait(timeout=10)
 
 
+# `uvicorn` alone is uvicorn with `--ws websockets`; `uvicorn-IMPL` picks `--ws IMPL`.
+UVICORN_WS = ("websockets", "websockets-sansio", "wsproto")
+
+
 def _server_argv(app: str, port: int, server: str) -> list[str]:
-    if server == "uvicorn":
+    if server == "uvicorn" or server.startswith("uvicorn-"):
+        ws = server.removeprefix("uvicorn").removeprefix("-") or "websockets"
+        if ws not in UVICORN_WS:
+            raise ValueError(f"no uvicorn --ws {ws!r}")
         return [
             sys.executable,
             "-m",
@@ -147,7 +154,7 @@ def _server_argv(app: str, port: int, server: str) -> list[str]:
             "--http",
             "httptools",
             "--ws",
-            "websockets",
+            ws,
             "--no-access-log",
             "--log-level",
             "warning",
@@ -235,6 +242,7 @@ def start_ours(
     server: str = "daphne",
     variant: str = "",
     extra_env: dict[str, str] | None = None,
+    app: str = "chatsite.asgi:application",
 ) -> Deployment:
     out_dir = OUT / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +281,7 @@ def start_ours(
             port = free_port()
             process = Process(
                 name=f"ours{index}",
-                argv=_server_argv("chatsite.asgi:application", port, server),
+                argv=_server_argv(app, port, server),
                 env=env,
                 port=port,
                 log_path=out_dir / f"ours-{server}-{index}.log",

@@ -97,8 +97,7 @@ class ChatSocket(AsyncWebsocketConsumer):
         self.user_id = user.pk
         self.username = user.get_username()
         self.connection_id = uuid.uuid4().hex
-        session = self.scope.get("session")
-        self.session_digest = session_digest(getattr(session, "session_key", None) or "")
+        self.session_digest = session_digest(self.scope.get("session_key") or "")
         self._pending: list[str] | None = []
         self._closed = False
         self._attached = False
