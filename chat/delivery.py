@@ -91,8 +91,9 @@ class Connection(Protocol):
     def write_now(self, text: str) -> bool:
         """`write` without a coroutine when nothing needs awaiting; False if it did nothing.
 
-        A fan-out calls this for every member: at 200 members a coroutine and
-        its checks per socket were half of the time the hub took to write.
+        A fan-out calls this for every member, so a coroutine per socket is
+        paid at every message (200 frames at rest: 2.5 → 2.3 ms; the rest is
+        the kernel's `send`).
         """
 
     async def close_with(self, code: int) -> None:
