@@ -155,6 +155,8 @@ class ChatSocket(AsyncWebsocketConsumer):
     # -- the hub's side (chat.delivery.Connection) --------------------------
 
     async def write(self, text: str) -> None:
+        if self.write_now(text):
+            return
         if self._closed:
             return
         if self._pending is not None:
@@ -163,6 +165,8 @@ class ChatSocket(AsyncWebsocketConsumer):
         if self._frames is None:
             await self.base_send({"type": "websocket.send", "text": text})
             return
+        # Here when the send buffer is over its mark, or for a subclass whose
+        # `write_now` never writes.
         frame = text_frame(text)
         if self._send_buffer is not None and not self._send_buffer.admit(len(frame)):
             # A client that stopped reading: shed it rather than buffer without
@@ -180,7 +184,7 @@ class ChatSocket(AsyncWebsocketConsumer):
             or self._pending is not None
             or (buffer is not None and buffer.paused)
         ):
-            return False  # `write` knows what to do
+            return False  # `write` handles these
         frames.write(text_frame(text))
         return True
 
