@@ -172,6 +172,7 @@ class Hub:
         self._mirror_opened.clear()
         self._mirror_closed.clear()
         await database_sync_to_async(presence_module.connections_forget_workers)([self.worker_id])
+        await cancel_and_wait(self._tasks, within=2.0)
         logger.info("worker %s stopped: sockets closed, presence dropped", self.worker_id)
 
     def _stop_with_server(self) -> None:
@@ -677,6 +678,32 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, within: float = 10.0) -> bool:
+    """Cancel `tasks` and wait until they end, cancelling again those that run on.
+
+    One cancellation is not always enough: Python 3.11's `asyncio.wait_for`
+    returns the result of a call that completes as the cancellation arrives
+    and drops the cancellation, and redis-py sends every command through it
+    when a socket timeout is set. channels_redis's `receive` then goes back
+    to its blocking pop and never returns, so a loop closed by cancelling
+    each task once (asyncio's own shutdown) would wait for it for ever.
+    True if every task ended within `within` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    current = asyncio.current_task()
+    pending = {task for task in tasks if task is not current and not task.done()}
+    while pending:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            logger.warning("tasks still running after cancellation: %s", pending)
+            return False
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, remaining))
+    return True
 
 
 async def _write(conn: Connection, text: str) -> None:

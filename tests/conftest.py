@@ -7,7 +7,9 @@ fails and says how to start one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -52,6 +54,27 @@ def _reset_process_state() -> None:
     ratelimit._memory_limiter = None
     ratelimit._redis_limiters.clear()
     delivery._hubs.clear()
+
+
+@pytest.fixture(autouse=True)
+def _async_tests_end_their_tasks(request: pytest.FixtureRequest) -> None:
+    """`_tasks_end_with_the_test` for async tests (sync ones may run a loop of their own)."""
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("_tasks_end_with_the_test")
+
+
+@pytest.fixture
+async def _tasks_end_with_the_test() -> AsyncIterator[None]:
+    """End what a test left running (the hub's loops, say) before its loop closes.
+
+    asyncio closes a loop by cancelling each task once and waiting for all of
+    them, and a cancellation can be lost under channels_redis's receive (see
+    `delivery.cancel_and_wait`): the test then hung at teardown until
+    pytest-timeout, about one run in ten of some Redis tests.
+    """
+    yield
+    leftover = asyncio.all_tasks() - {asyncio.current_task()}
+    assert await delivery.cancel_and_wait(leftover), f"tasks would not end: {leftover}"
 
 
 def use_memory_layer(settings: LazySettings) -> None:
