@@ -13,7 +13,8 @@ header parsed by Django's `parse_cookie`, the session from
 `channels.auth.get_user` (backend listed in AUTHENTICATION_BACKENDS, session
 auth hash checked, the session flushed and AnonymousUser on any mismatch).
 One trip to the database thread loads both, as with Channels, whose session
-is lazy and is read inside `get_user`'s trip.
+is lazy and is read inside `get_user`'s trip; sockets that open together share
+that trip (`chat.coalesce`).
 
 Left out because nothing here needs it:
 
@@ -35,9 +36,10 @@ from importlib import import_module
 from typing import Any
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
+
+from chat.coalesce import on_database_thread
 
 # Channels' `get_user` without its `database_sync_to_async` wrapper, so that
 # the session and the user load in one trip to the database thread.
@@ -65,6 +67,15 @@ def session_and_user(session_key: str | None) -> tuple[str | None, Any]:
     return session.session_key, user
 
 
+# Sockets opening together load their sessions and users in one trip.
+# `session_and_user` is looked up at each call, so that a test can wrap it.
+def _session_and_user(session_key: str | None) -> tuple[str | None, Any]:
+    return session_and_user(session_key)
+
+
+_load = on_database_thread(_session_and_user)
+
+
 class SessionAuthMiddleware:
     """Puts `session_key` and `user` into a websocket's scope."""
 
@@ -73,6 +84,6 @@ class SessionAuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         key = session_key_of(scope["headers"])
-        session_key, user = await database_sync_to_async(session_and_user)(key)
+        session_key, user = await _load(key)
         scope = dict(scope, session_key=session_key, user=user)
         return await self.inner(scope, receive, send)

@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
+from chat.coalesce import Coalescer, on_database_thread
 from chat.delivery import Hub, get_hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names, user_groups
 from chat.messaging import last_visible_id, message_history, message_sync
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 # Seconds over which errors are counted against CHAT_MAX_ERRORS_PER_MINUTE.
 _ERROR_WINDOW = 60.0
+
+# What a socket reads when it opens; sockets opening together share the trips.
+_groups_of: Coalescer[Any, list[tuple[int, str]]] = on_database_thread(
+    lambda user: user_groups(user=user)
+)
+_last_id_of: Coalescer[Any, int] = on_database_thread(lambda user: last_visible_id(user=user))
 
 
 class ChatSocket(AsyncWebsocketConsumer):
@@ -107,7 +114,7 @@ class ChatSocket(AsyncWebsocketConsumer):
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
             self.hub = await get_hub()
-            groups = await database_sync_to_async(user_groups)(user=user)
+            groups = await _groups_of(user)
             await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
             self._attached = True
             await self.greet(groups)
@@ -276,7 +283,7 @@ class ChatConsumer(ChatSocket):
             online = await self.online_now()
         except ChatError:
             online = []
-        last_id = await database_sync_to_async(last_visible_id)(user=self.user)
+        last_id = await _last_id_of(self.user)
         hello = {
             "type": "hello",
             "user": self.username,

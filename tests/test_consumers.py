@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
@@ -25,7 +25,7 @@ from chat.messaging import message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
-from tests.conftest import refusing_message_inserts
+from tests.conftest import make_user, refusing_message_inserts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -182,6 +182,38 @@ async def test_hello_last_id_is_zero_when_nothing_is_visible(layer, connect, ali
     hello = (await connect(alice)).hello
     assert hello["last_id"] == 0
     assert hello["groups"] == []
+
+
+async def test_sockets_opening_together_share_their_database_trips(layer, monkeypatch):
+    """Session and user, groups, last_id: one trip per read for a burst, not one per socket."""
+    users = [await make_user(f"burst{i}") for i in range(8)]
+    await make_member(users[0], "Crew")
+    cookies = [await sync_to_async(session_cookie_for)(user) for user in users]
+    trips: list[int] = []
+    handler = DatabaseSyncToAsync.thread_handler
+
+    def counting_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(1)
+        return handler(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
+    from chatsite.asgi import application
+
+    communicators = [
+        WebsocketCommunicator(application, "/ws/chat/", headers=socket_headers(cookie))
+        for cookie in cookies
+    ]
+    connected = await asyncio.gather(*(c.connect(timeout=TIMEOUT) for c in communicators))
+    hellos = [await c.receive_json_from(timeout=TIMEOUT) for c in communicators]
+
+    assert all(ok for ok, _ in connected)
+    assert [hello["user"] for hello in hellos] == [user.username for user in users]
+    assert hellos[0]["groups"] == ["Crew"] and hellos[1]["groups"] == []
+    # Three reads per socket went one trip each (24); the admin's socket list
+    # adds its own batched writes.
+    assert len(trips) <= 10, len(trips)
+    for communicator in communicators:
+        await communicator.disconnect()
 
 
 # -- send ----------------------------------------------------------------------

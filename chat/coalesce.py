@@ -1,0 +1,91 @@
+"""One trip for many callers: calls that arrive while a trip is out go together in the next.
+
+Channels runs every database call on one thread. A burst of sockets opening at
+once made three trips each (session and user, groups, `last_id`), and each trip
+paid its own hop to that thread and back and waited behind all the others'.
+`Coalescer` keeps at most one trip out per loop; whoever calls while it is out
+joins the next one, so at rest a call goes alone and at once, and under a burst
+the trips get fewer and fuller instead of longer queues. Every call still gets
+its own answer, or its own exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from channels.db import database_sync_to_async
+
+logger = logging.getLogger(__name__)
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[A, R]):
+    """`await coalescer(arg)`: `run_many` gets the args of every call waiting, in order.
+
+    It answers, for each, the call's value or the exception the call raised.
+    """
+
+    def __init__(
+        self, run_many: Callable[[list[A]], Awaitable[Sequence[R | BaseException]]]
+    ) -> None:
+        self._run_many = run_many
+        self._waiting: list[tuple[A, asyncio.Future[R]]] = []
+        self._trips: asyncio.Task[None] | None = None
+
+    async def __call__(self, arg: A) -> R:
+        loop = asyncio.get_running_loop()
+        if self._trips is not None and self._trips.get_loop() is not loop:
+            # Left over from a closed loop (tests run one loop per test).
+            self._trips, self._waiting = None, []
+        answer: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((arg, answer))
+        if self._trips is None:
+            # A context of its own: not the first caller's (asgiref's record
+            # of which sync thread that caller's chain uses, for one).
+            self._trips = loop.create_task(self._make_trips(), context=contextvars.Context())
+        return await answer
+
+    async def _make_trips(self) -> None:
+        try:
+            while self._waiting:
+                calls, self._waiting = self._waiting, []
+                calls = [(arg, answer) for arg, answer in calls if not answer.done()]
+                if not calls:
+                    continue
+                try:
+                    outcomes = await self._run_many([arg for arg, _ in calls])
+                except Exception as exc:
+                    outcomes = [exc] * len(calls)
+                for (_, answer), outcome in zip(calls, outcomes, strict=True):
+                    if answer.done():
+                        continue  # its caller gave up
+                    if isinstance(outcome, BaseException):
+                        answer.set_exception(outcome)
+                    else:
+                        answer.set_result(outcome)
+        finally:
+            self._trips = None
+            for _, answer in self._waiting:
+                answer.cancel()  # only if this task was cancelled
+            self._waiting = []
+
+
+def on_database_thread(call: Callable[[A], R]) -> Coalescer[A, R]:
+    """`call`, made for many arguments in one trip to Channels' database thread."""
+
+    def run_many(args: list[A]) -> list[R | BaseException]:
+        outcomes: list[R | BaseException] = []
+        for arg in args:
+            try:
+                outcomes.append(call(arg))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    return Coalescer(database_sync_to_async(run_many))

@@ -1,0 +1,119 @@
+"""chat.coalesce: calls made while a trip is out share the next one, each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chat.coalesce import Coalescer, on_database_thread
+
+
+class HeldTrips:
+    """A `run_many` that records each trip's args and holds every trip until released."""
+
+    def __init__(self) -> None:
+        self.trips: list[list[str]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, args: list[str]) -> list[str | BaseException]:
+        self.trips.append(args)
+        self.started.set()
+        await self.release.wait()
+        return [ValueError(arg) if arg.startswith("bad") else arg.upper() for arg in args]
+
+
+async def test_a_call_at_rest_makes_its_own_trip_at_once():
+    trips: list[list[str]] = []
+
+    async def run_many(args: list[str]) -> list[str | BaseException]:
+        trips.append(args)
+        return [arg.upper() for arg in args]
+
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+
+    assert await asyncio.wait_for(coalescer("a"), 5) == "A"
+    assert await asyncio.wait_for(coalescer("b"), 5) == "B"
+    assert trips == [["a"], ["b"]]
+
+
+async def test_calls_made_while_a_trip_is_out_share_the_next_one():
+    run_many = HeldTrips()
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+    first = asyncio.create_task(coalescer("a"))
+    await asyncio.wait_for(run_many.started.wait(), 5)
+    others = [asyncio.create_task(coalescer(arg)) for arg in ("b", "c", "d")]
+    await asyncio.sleep(0)  # let them queue
+
+    run_many.release.set()
+
+    assert await asyncio.wait_for(first, 5) == "A"
+    assert await asyncio.wait_for(asyncio.gather(*others), 5) == ["B", "C", "D"]
+    assert run_many.trips == [["a"], ["b", "c", "d"]]
+
+
+async def test_each_call_gets_its_own_exception_and_the_others_their_answers():
+    run_many = HeldTrips()
+    run_many.release.set()
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(coalescer("a"), coalescer("bad-b"), coalescer("c"), return_exceptions=True),
+        5,
+    )
+
+    assert results[0] == "A" and results[2] == "C"
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad-b"
+
+
+async def test_a_failed_trip_fails_its_calls_and_the_next_call_makes_a_new_trip():
+    attempts: list[list[str]] = []
+
+    async def run_many(args: list[str]) -> list[str | BaseException]:
+        attempts.append(args)
+        if len(attempts) == 1:
+            raise ConnectionError("database gone")
+        return [arg.upper() for arg in args]
+
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(coalescer("a"), 5)
+    assert await asyncio.wait_for(coalescer("b"), 5) == "B"
+
+
+async def test_a_caller_that_gives_up_does_not_disturb_the_others():
+    run_many = HeldTrips()
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+    first = asyncio.create_task(coalescer("a"))
+    await asyncio.wait_for(run_many.started.wait(), 5)
+    leaving = asyncio.create_task(coalescer("b"))
+    staying = asyncio.create_task(coalescer("c"))
+    await asyncio.sleep(0)
+
+    leaving.cancel()
+    run_many.release.set()
+
+    assert await asyncio.wait_for(first, 5) == "A"
+    assert await asyncio.wait_for(staying, 5) == "C"
+    assert leaving.cancelled()
+    assert run_many.trips == [["a"], ["c"]]
+
+
+def _double_or_fail(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"negative: {n}")
+    return 2 * n
+
+
+@pytest.mark.django_db
+async def test_on_database_thread_runs_every_call_in_one_trip_when_they_come_together():
+    doubled = on_database_thread(_double_or_fail)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(doubled(n) for n in (1, -2, 3)), return_exceptions=True), 5
+    )
+
+    assert results[0] == 2 and results[2] == 6
+    assert isinstance(results[1], ValueError)
