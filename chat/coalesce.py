@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from channels.db import database_sync_to_async
@@ -87,5 +87,18 @@ def on_database_thread(call: Callable[[A], R]) -> Coalescer[A, R]:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
+
+    return Coalescer(database_sync_to_async(run_many))
+
+
+def bulk_on_database_thread(call_many: Callable[[list[A]], Mapping[A, R]]) -> Coalescer[A, R]:
+    """`call_many` answers for many arguments at once (one query for all, say), by argument.
+
+    The same argument may come twice in a trip (two sockets of one user).
+    """
+
+    def run_many(args: list[A]) -> list[R | BaseException]:
+        answers = call_many(args)
+        return [answers[arg] for arg in args]
 
     return Coalescer(database_sync_to_async(run_many))

@@ -22,10 +22,10 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
-from chat.coalesce import Coalescer, on_database_thread
+from chat.coalesce import Coalescer, bulk_on_database_thread
 from chat.delivery import Hub, get_hub, session_digest
-from chat.groups import group_join, group_leave, group_member_names, user_groups
-from chat.messaging import last_visible_id, message_history, message_sync
+from chat.groups import group_join, group_leave, group_member_names, groups_of_users
+from chat.messaging import last_visible_ids, message_history, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import get_rate_limiter
 from chat.send_queue import get_send_queue
@@ -44,10 +44,8 @@ logger = logging.getLogger(__name__)
 _ERROR_WINDOW = 60.0
 
 # What a socket reads when it opens; sockets opening together share the trips.
-_groups_of: Coalescer[Any, list[tuple[int, str]]] = on_database_thread(
-    lambda user: user_groups(user=user)
-)
-_last_id_of: Coalescer[Any, int] = on_database_thread(lambda user: last_visible_id(user=user))
+_groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_on_database_thread(groups_of_users)
+_last_id_of: Coalescer[int, int] = bulk_on_database_thread(last_visible_ids)
 
 
 class ChatSocket(AsyncWebsocketConsumer):
@@ -114,7 +112,7 @@ class ChatSocket(AsyncWebsocketConsumer):
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
             self.hub = await get_hub()
-            groups = await _groups_of(user)
+            groups = await _groups_of(user.pk)
             await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
             self._attached = True
             await self.greet(groups)
@@ -283,7 +281,7 @@ class ChatConsumer(ChatSocket):
             online = await self.online_now()
         except ChatError:
             online = []
-        last_id = await _last_id_of(self.user)
+        last_id = await _last_id_of(self.user_id)
         hello = {
             "type": "hello",
             "user": self.username,

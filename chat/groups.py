@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
@@ -56,8 +57,17 @@ def group_member_names(*, user: User, name: str) -> list[str]:
 
 def user_groups(*, user: User) -> list[tuple[int, str]]:
     """(id, name) of every group the user belongs to, by name."""
-    return list(
-        ChatGroup.objects.filter(memberships__user_id=user.pk)
-        .order_by("name")
-        .values_list("id", "name")
+    return groups_of_users([user.pk])[user.pk]
+
+
+def groups_of_users(user_ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    """`user_groups` of many users in one query (sockets opening together)."""
+    answer: dict[int, list[tuple[int, str]]] = {user_id: [] for user_id in user_ids}
+    rows = (
+        Membership.objects.filter(user_id__in=set(user_ids))
+        .order_by("group__name")
+        .values_list("user_id", "group_id", "group__name")
     )
+    for user_id, group_id, name in rows:
+        answer[user_id].append((group_id, name))
+    return answer

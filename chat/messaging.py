@@ -26,7 +26,6 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, models, transaction
-from django.db.models import Max
 
 from chat.models import ChatGroup, Membership, Message
 from chat.protocol import (
@@ -387,7 +386,47 @@ def message_sync(*, user: User, since: int) -> tuple[list[dict[str, Any]], bool]
 
 def last_visible_id(*, user: User) -> int:
     """The newest message id this user may see, or 0."""
-    return Message.objects.visible_to(user.pk).aggregate(last=Max("id"))["last"] or 0
+    return last_visible_ids([user.pk])[user.pk]
+
+
+def last_visible_ids(user_ids: Sequence[int]) -> dict[int, int]:
+    """`last_visible_id` of many users in one statement (sockets opening together).
+
+    The newest of: the last broadcast, the last direct message each user sent
+    or received, the last message of each group they belong to, each read as
+    a backward scan of one index (kind, sender, recipient, group, each with
+    id), as `Message.objects.visible_to` would filter them. Users not in the
+    database get 0.
+    """
+    wanted = sorted(set(user_ids))
+    answer = dict.fromkeys(user_ids, 0)
+    if not wanted:
+        return answer
+    with connection.cursor() as cursor:
+        cursor.execute(_last_ids_sql(len(wanted)), [*_LAST_IDS_KINDS, *wanted])
+        for user_id, *newest in cursor.fetchall():
+            answer[user_id] = max((i for i in newest if i is not None), default=0)
+    return answer
+
+
+_LAST_IDS_KINDS = (Message.Kind.ALL.value, Message.Kind.DIRECT.value)
+
+
+@functools.lru_cache(maxsize=64)
+def _last_ids_sql(count: int) -> str:
+    message = Message._meta.db_table
+    membership = Membership._meta.db_table
+    users = get_user_model()._meta.db_table
+    return f"""
+        SELECT u.id,
+            (SELECT MAX(id) FROM {message} WHERE kind = %s),
+            (SELECT MAX(id) FROM {message} WHERE sender_id = u.id AND kind = %s),
+            (SELECT MAX(id) FROM {message} WHERE recipient_id = u.id),
+            (SELECT MAX((SELECT MAX(m.id) FROM {message} m WHERE m.group_id = ms.group_id))
+                FROM {membership} ms WHERE ms.user_id = u.id)
+        FROM {users} u
+        WHERE u.id IN ({", ".join(["%s"] * count)})
+    """
 
 
 def is_member(*, user_id: int, group_id: int) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from chat.coalesce import Coalescer, on_database_thread
+from chat.coalesce import Coalescer, bulk_on_database_thread, on_database_thread
 
 
 class HeldTrips:
@@ -117,3 +117,19 @@ async def test_on_database_thread_runs_every_call_in_one_trip_when_they_come_tog
 
     assert results[0] == 2 and results[2] == 6
     assert isinstance(results[1], ValueError)
+
+
+@pytest.mark.django_db
+async def test_bulk_on_database_thread_answers_each_call_by_its_argument():
+    trips: list[list[int]] = []
+
+    def squares(numbers: list[int]) -> dict[int, int]:
+        trips.append(numbers)
+        return {n: n * n for n in set(numbers)}
+
+    squared = bulk_on_database_thread(squares)
+
+    results = await asyncio.wait_for(asyncio.gather(*(squared(n) for n in (3, 2, 3))), 5)
+
+    assert results == [9, 4, 9]
+    assert sum(len(trip) for trip in trips) == 3 and len(trips) <= 2

@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connections
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 
 from chat.groups import (
     MembershipChange,
     group_join,
     group_leave,
     group_member_names,
+    groups_of_users,
     user_groups,
 )
 from chat.models import ChatGroup, Membership
@@ -128,6 +130,22 @@ def test_user_groups_lists_own_groups_by_name(alice, bob):
 
     assert user_groups(user=alice) == [(a.group_id, "A"), (b.group_id, "B")]
     assert user_groups(user=bob) == [(c.group_id, "C")]
+
+
+def test_groups_of_users_reads_many_users_by_id_in_one_query(alice, bob, carol):
+    b = group_join(user=alice, name="B")
+    a = group_join(user=alice, name="A")
+    group_join(user=bob, name="B")
+
+    with CaptureQueriesContext(connection) as queries:
+        groups = groups_of_users([alice.pk, bob.pk, carol.pk, alice.pk])
+
+    assert groups == {
+        alice.pk: [(a.group_id, "A"), (b.group_id, "B")],
+        bob.pk: [(b.group_id, "B")],
+        carol.pk: [],
+    }
+    assert len(queries) == 1
 
 
 def test_user_groups_forgets_a_group_after_leaving(alice):

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection, connections
+from django.db.models import Max
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
@@ -19,6 +21,7 @@ from chat.messaging import (
     SendRequest,
     StoredMessage,
     last_visible_id,
+    last_visible_ids,
     message_history,
     message_send,
     message_send_many,
@@ -332,6 +335,37 @@ def test_history_with_an_unknown_user_is_no_such_user(alice):
         message_history(user=alice, of=to_user("nobody"), before=None, limit=50)
 
     assert refused.value.code == NO_SUCH_USER
+
+
+def test_last_visible_ids_of_many_users_match_what_each_may_see(alice, bob, carol):
+    """The one-statement read against the ORM's definition of what a user may see."""
+    dave = User.objects.create_user("dave")
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+    group_join(user=bob, name="B")
+    group_join(user=carol, name="B")
+    rng = random.Random(5)
+    audiences = [TO_ALL, to_user("alice"), to_user("bob"), to_user("carol"), to_group("A")]
+    audiences.append(to_group("B"))
+    senders = {"alice": alice, "bob": bob, "carol": carol}
+    for n in range(60):
+        to = rng.choice(audiences)
+        members = {"A": ["alice", "bob"], "B": ["bob", "carol"]}.get(to.name, list(senders))
+        sender = senders[rng.choice(members if to.kind == "group" else list(senders))]
+        message_send(sender=sender, to=to, body=f"m{n}")
+    users = [alice, bob, carol, dave, bob]
+
+    got = last_visible_ids([u.pk for u in users])
+
+    for user in users:
+        expected = Message.objects.visible_to(user.pk).aggregate(last=Max("id"))["last"] or 0
+        assert got[user.pk] == expected, user
+    assert got[dave.pk] == Message.objects.filter(kind="all").aggregate(last=Max("id"))["last"]
+    assert last_visible_ids([]) == {}
+
+
+def test_last_visible_ids_are_zero_before_any_message(alice, bob):
+    assert last_visible_ids([alice.pk, bob.pk]) == {alice.pk: 0, bob.pk: 0}
 
 
 # -- sync --------------------------------------------------------------------
