@@ -31,6 +31,7 @@ OUR_REDIS_DB = 9
 PEER_REDIS_DB = 10
 PG_URL = "postgres://postgres@127.0.0.1:5432"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LISTEN_BACKLOG = 2048
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -160,7 +161,9 @@ def _server_argv(app: str, port: int, server: str) -> list[str]:
             "warning",
             app,
         ]
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    # The backlog as `manage.py runworkers` sets it (Twisted's default is 50).
+    endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
+    return [sys.executable, "-m", "daphne", "-e", endpoint, app]
 
 
 @dataclass

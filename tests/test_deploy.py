@@ -131,6 +131,17 @@ def _runworkers_args(base_port: int) -> list[str]:
     return ["--workers", "2", "--base-port", str(base_port), "--stop-timeout", "10"]
 
 
+def test_runworkers_listens_with_a_large_backlog(runworkers):
+    """Twisted's default of 50 made a burst of connections wait a second for a SYN resend."""
+    _, worker_ports = runworkers
+    for port in worker_ports:
+        listening = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        # ss shows a listening socket's backlog as its Send-Q (the third column).
+        assert listening[0] == "LISTEN" and listening[2] == "2048", listening
+
+
 def test_nginx_is_installed():
     assert nginx_binary()
 

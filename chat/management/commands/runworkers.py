@@ -6,6 +6,11 @@ server; put a proxy such as nginx in front (deploy/nginx.conf). A worker that
 dies is started again after a short pause. SIGTERM or Ctrl-C stops them all:
 each worker gets SIGTERM, closes its sockets with 1012 and drops its presence
 at once, and is killed if it has not exited within `--stop-timeout` seconds.
+
+Each worker listens with a backlog of `--backlog` connections (2048, as
+uvicorn and gunicorn do). daphne's own is Twisted's 50: a burst of sockets
+(every client reconnecting after a restart, say) overflowed it, and each
+connection the kernel dropped waited a second for its SYN to be sent again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -34,6 +40,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="address to bind")
         parser.add_argument(
             "--stop-timeout", type=float, default=10.0, help="seconds to wait for a clean exit"
+        )
+        parser.add_argument(
+            "--backlog", type=int, default=2048, help="connections the kernel queues per worker"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -56,7 +65,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
 
-        processes = {port: self._start(host, port) for port in ports}
+        backlog: int = options["backlog"]
+        if backlog < 1:
+            raise CommandError("--backlog must be at least 1")
+        processes = {port: self._start(host, port, backlog) for port in ports}
         self.stdout.write(
             f"{count} workers on {', '.join(f'{host}:{p}' for p in ports)}; Ctrl-C stops them"
         )
@@ -75,12 +87,14 @@ class Command(BaseCommand):
                         died_at[port] = now
                     elif now - died_at[port] >= _RESTART_DELAY:
                         del died_at[port]
-                        processes[port] = self._start(host, port)
+                        processes[port] = self._start(host, port, backlog)
         finally:
             self._stop_all(list(processes.values()), options["stop_timeout"])
 
-    def _start(self, host: str, port: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+    def _start(self, host: str, port: int, backlog: int) -> subprocess.Popen[bytes]:
+        # daphne's -b/-p cannot set a backlog; its endpoint syntax can.
+        (endpoint,) = build_endpoint_description_strings(host=host, port=port)
+        command = [sys.executable, "-m", "daphne", "-e", f"{endpoint}:backlog={backlog}"]
         return subprocess.Popen([*command, "chatsite.asgi:application"])
 
     def _stop_all(self, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
