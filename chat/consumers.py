@@ -265,9 +265,9 @@ class ChatSocket(AsyncWebsocketConsumer):
         )
         return _reply("left", command.ref, group=change.group, user=self.username)
 
-    async def online_now(self) -> list[str]:
+    async def online_now(self) -> tuple[str, ...]:
         try:
-            return sorted(await self.hub.online())
+            return await self.hub.online_names()
         except Exception:
             logger.warning("presence store unavailable", exc_info=True)
             raise ChatError(protocol.UNAVAILABLE, "presence is unavailable; try again") from None
@@ -280,7 +280,7 @@ class ChatConsumer(ChatSocket):
         try:
             online = await self.online_now()
         except ChatError:
-            online = []
+            online = ()
         last_id = await _last_id_of(self.user_id)
         hello = {
             "type": "hello",

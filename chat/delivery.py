@@ -123,6 +123,7 @@ class Hub:
         self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._online_next: asyncio.Future[frozenset[str]] | None = None
+        self._online_sorted: tuple[frozenset[str], tuple[str, ...]] | None = None
         # The admin's mirror of open sockets, written in batches off the
         # connect path: id -> (user id, endpoint) to record, ids to delete.
         self._mirror_opened: dict[str, tuple[int, str]] = {}
@@ -279,6 +280,18 @@ class Hub:
                 )
         # Shielded: one caller giving up must not cancel the others' read.
         return await asyncio.shield(self._online_next)
+
+    async def online_names(self) -> tuple[str, ...]:
+        """`online()` sorted by name, sorted once per read.
+
+        Every greeting of a burst shares a read, and sorting 2,000 names for
+        each of them was 5% of the worker's CPU while 2,000 sockets opened.
+        """
+        online = await self.online()
+        cached = self._online_sorted
+        if cached is None or cached[0] is not online:
+            cached = self._online_sorted = (online, tuple(sorted(online)))
+        return cached[1]
 
     async def _read_online(self) -> None:
         try:

@@ -468,6 +468,16 @@ async def test_a_burst_of_online_calls_shares_reads_made_after_each_call(hub, fa
     assert counting.reads == 2
 
 
+async def test_online_names_are_sorted_once_for_the_calls_that_share_a_read(hub, fake, alice, bob):
+    await fake(bob)
+    await fake(alice)
+
+    names = await asyncio.wait_for(asyncio.gather(*(hub.online_names() for _ in range(20))), WAIT)
+
+    assert all(result == ("alice", "bob") for result in names)
+    assert len({id(result) for result in names}) <= 2  # the first read, and the shared one
+
+
 async def test_a_cancelled_online_call_does_not_cancel_the_others(hub, fake, alice):
     counting = hub.presence = CountingPresence(hub.presence)
     await fake(alice)
