@@ -18,7 +18,7 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
-from chat import protocol
+from chat import auth, protocol
 from chat.delivery import get_hub
 from chat.groups import group_join
 from chat.messaging import message_send
@@ -185,18 +185,25 @@ async def test_hello_last_id_is_zero_when_nothing_is_visible(layer, connect, ali
 
 
 async def test_sockets_opening_together_share_their_database_trips(layer, monkeypatch):
-    """Session and user, groups, last_id: one trip per read for a burst, not one per socket."""
+    """Session and user, groups, last_id: shared trips for a burst, not one each per socket."""
     users = [await make_user(f"burst{i}") for i in range(8)]
     await make_member(users[0], "Crew")
     cookies = [await sync_to_async(session_cookie_for)(user) for user in users]
     trips: list[int] = []
+    session_loads_in_trip: list[int] = []
     handler = DatabaseSyncToAsync.thread_handler
+    load_session = auth.session_and_user
 
     def counting_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         trips.append(1)
         return handler(self, *args, **kwargs)
 
+    def counting_load(session_key: str | None) -> Any:
+        session_loads_in_trip.append(len(trips))
+        return load_session(session_key)
+
     monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
+    monkeypatch.setattr(auth, "session_and_user", counting_load)
     from chatsite.asgi import application
 
     communicators = [
@@ -209,9 +216,10 @@ async def test_sockets_opening_together_share_their_database_trips(layer, monkey
     assert all(ok for ok, _ in connected)
     assert [hello["user"] for hello in hellos] == [user.username for user in users]
     assert hellos[0]["groups"] == ["Crew"] and hellos[1]["groups"] == []
-    # Three reads per socket went one trip each (24); the admin's socket list
-    # adds its own batched writes.
-    assert len(trips) <= 10, len(trips)
+    # The eight handshakes arrived together: their sessions load in at most
+    # two trips (the first call goes at once, the others share the next).
+    assert len(set(session_loads_in_trip)) <= 2, session_loads_in_trip
+    assert len(trips) < 3 * len(users), len(trips)
     for communicator in communicators:
         await communicator.disconnect()
 
@@ -655,6 +663,46 @@ async def test_notices_within_the_delay_arrive_together_in_one_batch(
     batch = json.loads(alice1.frames[frame_position(alice1, user="bob")])
     assert batch["type"] == "batch"
     assert [e["user"] for e in batch["events"]] == ["bob", "carol"]
+
+
+async def test_a_batch_leaves_out_each_users_own_presence_and_keeps_the_order(
+    layer, connect, settings, alice, bob, carol
+):
+    await make_member(alice, "G")
+    settings.CHAT_NOTICE_DELAY = 1.0
+    alice1 = await connect(alice)
+    bob1 = await connect(bob)
+    carol1 = await connect(carol)
+    await bob1.request(type="join", group="G")
+
+    await alice1.expect("joined", group="G", user="bob")
+    batch = json.loads(alice1.frames[frame_position(alice1, type="joined")])
+    assert [(e["type"], e["user"]) for e in batch["events"]] == [
+        ("presence", "bob"),
+        ("presence", "carol"),
+        ("joined", "bob"),
+    ]
+    # Each of them gets the other's presence, not their own nor bob's join.
+    assert await bob1.expect("presence", user="carol") == {
+        "type": "presence",
+        "user": "carol",
+        "online": True,
+    }
+    await carol1.expect("presence", user="bob", online=True)
+    # One flush made all these frames (alice's presence too, which was in the
+    # same window): nothing of it can still be on its way.
+    assert notices_received(bob1) == [("presence", "alice"), ("presence", "carol")]
+    assert notices_received(carol1) == [("presence", "alice"), ("presence", "bob")]
+
+
+def notices_received(client: ChatTestClient) -> list[tuple[str, str]]:
+    """(type, user) of every presence, joined and left notice received (not replies)."""
+    events = []
+    for text in client.frames:
+        frame = json.loads(text)
+        events.extend(frame["events"] if frame["type"] == "batch" else [frame])
+    kinds = {"presence", "joined", "left"}
+    return [(e["type"], e["user"]) for e in events if e["type"] in kinds and "ref" not in e]
 
 
 # -- errors --------------------------------------------------------------------
