@@ -14,7 +14,8 @@ header parsed by Django's `parse_cookie`, the session from
 auth hash checked, the session flushed and AnonymousUser on any mismatch).
 One trip to the database thread loads both, as with Channels, whose session
 is lazy and is read inside `get_user`'s trip; sockets that open together share
-that trip (`chat.coalesce`).
+that trip (`chat.coalesce`), and with the database session engine their
+sessions are read in one query (`sessions_and_users`).
 
 Left out because nothing here needs it:
 
@@ -32,14 +33,18 @@ Left out because nothing here needs it:
 
 from __future__ import annotations
 
+import functools
 from importlib import import_module
 from typing import Any
 
 from channels.auth import get_user
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.http.cookie import parse_cookie
+from django.utils import timezone
 
-from chat.coalesce import on_database_thread
+from chat.coalesce import Coalescer
 
 # Channels' `get_user` without its `database_sync_to_async` wrapper, so that
 # the session and the user load in one trip to the database thread.
@@ -67,13 +72,75 @@ def session_and_user(session_key: str | None) -> tuple[str | None, Any]:
     return session.session_key, user
 
 
-# Sockets opening together load their sessions and users in one trip.
-# `session_and_user` is looked up at each call, so that a test can wrap it.
-def _session_and_user(session_key: str | None) -> tuple[str | None, Any]:
-    return session_and_user(session_key)
+def sessions_and_users(session_keys: list[str | None]) -> list[tuple[str | None, Any] | Exception]:
+    """`session_and_user` of each key, for sockets opening together (one trip, in order).
+
+    With the database session engine (the default) their sessions are read
+    in one query first, and each session is given its row instead of reading
+    its own; everything else, the user and `get_user`'s checks, is per key as
+    in `session_and_user`. A key whose load fails gets its exception.
+    """
+    engine = import_module(settings.SESSION_ENGINE).SessionStore
+    preloaded = _preloading(engine)
+    if preloaded is None:
+        return [_outcome(session_and_user, key) for key in session_keys]
+    model = engine.get_model_class()
+    live = model.objects.filter(
+        session_key__in={key for key in session_keys if key}, expire_date__gt=timezone.now()
+    )
+    rows = {row.session_key: row for row in live}
+
+    def with_its_row(key: str | None) -> tuple[str | None, Any]:
+        session = preloaded(key)
+        session.row = rows.get(session.session_key) if session.session_key else None
+        user = _get_user({"session": session})
+        return session.session_key, user
+
+    return [_outcome(with_its_row, key) for key in session_keys]
 
 
-_load = on_database_thread(_session_and_user)
+@functools.cache
+def _preloading(engine: type[Any]) -> type[Any] | None:
+    """`engine` reading its session from a row given beforehand; None if it cannot.
+
+    Only for the database engine and subclasses that read their row as it
+    does (not cached_db, which asks its cache first).
+    """
+    reads_rows = "_get_session_from_db"
+    if not issubclass(engine, DatabaseSessionStore) or (
+        engine.load is not DatabaseSessionStore.load
+        or getattr(engine, reads_rows) is not getattr(DatabaseSessionStore, reads_rows)
+    ):
+        return None
+
+    class Preloaded(engine):  # type: ignore[valid-type, misc]
+        row: Any = None
+
+        def _get_session_from_db(self) -> Any:
+            # As the database engine does when its query finds no live row:
+            # the key is dropped (a new one would be made on saving).
+            if self.row is None:
+                self._session_key = None
+            return self.row
+
+    # Django salts a session's signed data with its store's class name:
+    # named as the engine, this subclass reads (and writes) what it does.
+    Preloaded.__qualname__ = engine.__qualname__
+    return Preloaded
+
+
+def _outcome(load: Any, key: str | None) -> tuple[str | None, Any] | Exception:
+    try:
+        return load(key)
+    except Exception as exc:
+        return exc
+
+
+# Sockets opening together load their sessions and users in one trip
+# (`sessions_and_users` is looked up at each trip, so that a test can wrap it).
+_load: Coalescer[str | None, tuple[str | None, Any]] = Coalescer(
+    database_sync_to_async(lambda keys: sessions_and_users(keys))
+)
 
 
 class SessionAuthMiddleware:

@@ -238,22 +238,60 @@ async def test_session_and_user_load_in_one_database_thread_trip(alice, monkeypa
         trips.append(1)
         return handler(self, *args, **kwargs)
 
-    loader = auth.session_and_user
+    loader = auth.sessions_and_users
 
-    def counting_loader(key: str | None) -> Any:
+    def counting_loader(keys: list[str | None]) -> Any:
         with CaptureQueriesContext(connection) as captured:
-            result = loader(key)
+            result = loader(keys)
         queries.append([q["sql"] for q in captured.captured_queries])
         return result
 
     monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
-    monkeypatch.setattr(auth, "session_and_user", counting_loader)
+    monkeypatch.setattr(auth, "sessions_and_users", counting_loader)
 
     seen = await through(SessionAuthMiddleware, [session_header(session_key)])
 
     assert who(seen["scope"]) == "alice"
     assert len(trips) == 1
     assert len(queries) == 1 and len(queries[0]) == 2, queries  # the session, the user
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sessions_of_many_keys_are_read_in_one_query_and_each_as_channels_would():
+    """Every case at once, with the database engine, against the same cases one by one."""
+    built = [case() for case in CASES]
+    keys = [auth.session_key_of(headers) for headers, _ in built]
+    with CaptureQueriesContext(connection) as captured:
+        together = auth.sessions_and_users(keys)
+    one_by_one = [
+        auth.session_and_user(auth.session_key_of(headers)) for headers, _ in rebuilt(CASES)
+    ]
+
+    for (_, expected), outcome, alone in zip(built, together, one_by_one, strict=True):
+        assert not isinstance(outcome, Exception), outcome
+        session_key, user = outcome
+        assert (user.get_username() if user.is_authenticated else None) == expected
+        assert (session_key is None) == (alone[0] is None)
+    sql = [q["sql"] for q in captured.captured_queries if "django_session" in q["sql"]]
+    reads = [q for q in sql if q.startswith("SELECT")]
+    # One read for every key; the only others are flush's, before its DELETE.
+    assert len([q for q in reads if " IN (" in q]) == 1, sql
+    assert len(reads) - 1 == len([q for q in sql if q.startswith("DELETE")]), sql
+
+
+def rebuilt(cases: list[Case]) -> list[tuple[list, str | None]]:
+    return [case() for case in cases]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_session_is_no_session(alice):
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_cookie_for(alice))
+    session.set_expiry(-1)
+    session.save()
+
+    ((session_key, user),) = auth.sessions_and_users([session.session_key])
+
+    assert session_key is None and not user.is_authenticated
 
 
 async def test_the_configured_session_cookie_name_is_read(settings, alice):

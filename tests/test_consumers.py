@@ -192,18 +192,18 @@ async def test_sockets_opening_together_share_their_database_trips(layer, monkey
     trips: list[int] = []
     session_loads_in_trip: list[int] = []
     handler = DatabaseSyncToAsync.thread_handler
-    load_session = auth.session_and_user
+    load_sessions = auth.sessions_and_users
 
     def counting_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         trips.append(1)
         return handler(self, *args, **kwargs)
 
-    def counting_load(session_key: str | None) -> Any:
-        session_loads_in_trip.append(len(trips))
-        return load_session(session_key)
+    def counting_load(session_keys: list[str | None]) -> Any:
+        session_loads_in_trip.extend([len(trips)] * len(session_keys))
+        return load_sessions(session_keys)
 
     monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
-    monkeypatch.setattr(auth, "session_and_user", counting_load)
+    monkeypatch.setattr(auth, "sessions_and_users", counting_load)
     from chatsite.asgi import application
 
     communicators = [
