@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from chat.delivery import Hub, _coalesce_presence, _presence_notice, session_digest
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
+from tests.conftest import make_user
 
 WAIT = 5.0
 
@@ -583,3 +584,39 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
     loop_task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(loop_task, WAIT)
+
+
+async def test_presence_of_sockets_opening_together_leaves_in_one_layer_message(
+    hub, fake, alice, bob, carol, monkeypatch
+):
+    watcher = await fake(await make_user("dave"))
+    published: list[dict[str, Any]] = []
+    release = asyncio.Event()
+    publish = hub.publish
+
+    async def held(layer_group: str, message: dict[str, Any], **kwargs: Any) -> bool:
+        published.append(message)
+        if len(published) == 1:
+            await release.wait()
+        return await publish(layer_group, message, **kwargs)
+
+    monkeypatch.setattr(hub, "publish", held)
+    opening = asyncio.gather(fake(alice), fake(bob), fake(carol))
+    try:
+        # The first trip is held until every socket has announced itself:
+        # whatever did not make it into the first goes together in the next.
+        async with asyncio.timeout(WAIT):
+            while len(notices_in(published)) + len(hub._announce._waiting) < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+    await asyncio.wait_for(opening, WAIT)
+
+    assert len(published) <= 2, published
+    assert sorted(n["presence"] for n in notices_in(published)) == ["alice", "bob", "carol"]
+    seen = {(await watcher.next_event())["user"] for _ in range(3)}
+    assert seen == {"alice", "bob", "carol"}
+
+
+def notices_in(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n for message in published for n in message.get("notices", [message])]
