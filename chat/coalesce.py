@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from channels.db import database_sync_to_async
-
-logger = logging.getLogger(__name__)
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -52,6 +49,7 @@ class Coalescer(Generic[A, R]):
         return await answer
 
     async def _make_trips(self) -> None:
+        calls: list[tuple[A, asyncio.Future[R]]] = []
         try:
             while self._waiting:
                 calls, self._waiting = self._waiting, []
@@ -70,9 +68,10 @@ class Coalescer(Generic[A, R]):
                     else:
                         answer.set_result(outcome)
         finally:
+            # Left unanswered only if this task was cancelled: so are they.
             self._trips = None
-            for _, answer in self._waiting:
-                answer.cancel()  # only if this task was cancelled
+            for _, answer in [*calls, *self._waiting]:
+                answer.cancel()
             self._waiting = []
 
 

@@ -570,10 +570,10 @@ class Hub:
             else:
                 for conn in self._targets(notice):
                     targeted.setdefault(conn, []).append(index)
-        receivers = self.connections() if shared else iter(list(targeted))
+        receivers = list(self.connections()) if shared else list(targeted)
         # Most sockets receive the same set of notices: encode each set once.
         encoded: dict[tuple[int, ...], str] = {}
-        for conn in list(receivers):
+        for conn in receivers:
             indexes = shared
             skipped = own.get(conn.username)
             if skipped:

@@ -133,3 +133,19 @@ async def test_bulk_on_database_thread_answers_each_call_by_its_argument():
 
     assert results == [9, 4, 9]
     assert sum(len(trip) for trip in trips) == 3 and len(trips) <= 2
+
+
+async def test_callers_are_not_left_waiting_when_the_trips_are_cancelled():
+    run_many = HeldTrips()
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+    out = asyncio.create_task(coalescer("a"))
+    await asyncio.wait_for(run_many.started.wait(), 5)
+    queued = asyncio.create_task(coalescer("b"))
+    await asyncio.sleep(0)
+
+    assert coalescer._trips is not None
+    coalescer._trips.cancel()
+
+    for caller in (out, queued):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(caller, 5)
