@@ -44,7 +44,7 @@ from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionS
 from django.http.cookie import parse_cookie
 from django.utils import timezone
 
-from chat.coalesce import Coalescer
+from chat.coalesce import Coalescer, each
 
 # Channels' `get_user` without its `database_sync_to_async` wrapper, so that
 # the session and the user load in one trip to the database thread.
@@ -72,7 +72,9 @@ def session_and_user(session_key: str | None) -> tuple[str | None, Any]:
     return session.session_key, user
 
 
-def sessions_and_users(session_keys: list[str | None]) -> list[tuple[str | None, Any] | Exception]:
+def sessions_and_users(
+    session_keys: list[str | None],
+) -> list[tuple[str | None, Any] | BaseException]:
     """`session_and_user` of each key, for sockets opening together (one trip, in order).
 
     With the database session engine (the default) their sessions are read
@@ -83,7 +85,7 @@ def sessions_and_users(session_keys: list[str | None]) -> list[tuple[str | None,
     engine = import_module(settings.SESSION_ENGINE).SessionStore
     preloaded = _preloading(engine)
     if preloaded is None:
-        return [_outcome(session_and_user, key) for key in session_keys]
+        return each(session_and_user, session_keys)
     model = engine.get_model_class()
     live = model.objects.filter(
         session_key__in={key for key in session_keys if key}, expire_date__gt=timezone.now()
@@ -96,7 +98,7 @@ def sessions_and_users(session_keys: list[str | None]) -> list[tuple[str | None,
         user = _get_user({"session": session})
         return session.session_key, user
 
-    return [_outcome(with_its_row, key) for key in session_keys]
+    return each(with_its_row, session_keys)
 
 
 @functools.cache
@@ -127,13 +129,6 @@ def _preloading(engine: type[Any]) -> type[Any] | None:
     # named as the engine, this subclass reads (and writes) what it does.
     Preloaded.__qualname__ = engine.__qualname__
     return Preloaded
-
-
-def _outcome(load: Any, key: str | None) -> tuple[str | None, Any] | Exception:
-    try:
-        return load(key)
-    except Exception as exc:
-        return exc
 
 
 # Sockets opening together load their sessions and users in one trip

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from channels.db import database_sync_to_async
@@ -75,19 +75,19 @@ class Coalescer(Generic[A, R]):
             self._waiting = []
 
 
-def on_database_thread(call: Callable[[A], R]) -> Coalescer[A, R]:
-    """`call`, made for many arguments in one trip to Channels' database thread."""
+def each(call: Callable[[A], R], args: Iterable[A]) -> list[R | BaseException]:
+    """`call` of every argument, in order: its value, or the exception it raised.
 
-    def run_many(args: list[A]) -> list[R | BaseException]:
-        outcomes: list[R | BaseException] = []
-        for arg in args:
-            try:
-                outcomes.append(call(arg))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    return Coalescer(database_sync_to_async(run_many))
+    What a trip made of separate calls answers, so that one failing call
+    fails only its own caller.
+    """
+    outcomes: list[R | BaseException] = []
+    for arg in args:
+        try:
+            outcomes.append(call(arg))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 def bulk_on_database_thread(call_many: Callable[[list[A]], Mapping[A, R]]) -> Coalescer[A, R]:

@@ -490,13 +490,8 @@ class Hub:
         if kind == "chat.deliver":
             text = message["text"]
             for conn in self._targets(message):
-                try:
-                    if conn.write_now(text):
-                        continue
-                except Exception:
-                    logger.debug("dropping a frame for connection %s", conn.connection_id)
-                    continue
-                await _write(conn, text)
+                if not _written_now(conn, text):
+                    await _write(conn, text)
         elif kind == "chat.notice":
             change = message.get("member_change")
             if change is not None:
@@ -592,13 +587,8 @@ class Hub:
                 else:
                     text = encode({"type": "batch", "events": events})
                 encoded[key] = text
-            try:
-                if conn.write_now(text):
-                    continue
-            except Exception:
-                logger.debug("dropping a frame for connection %s", conn.connection_id)
-                continue
-            await _write(conn, text)
+            if not _written_now(conn, text):
+                await _write(conn, text)
 
     # -- memberships and layer groups --------------------------------------
 
@@ -767,6 +757,19 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, within: float =
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(0.2, remaining))
     return True
+
+
+def _written_now(conn: Connection, text: str) -> bool:
+    """`conn.write_now`, with the frame dropped if the socket fails: False when `write` must.
+
+    Synchronous, so that a fan-out to every socket does not run a coroutine
+    per socket; `_write` is the slow path, for sockets that must wait.
+    """
+    try:
+        return conn.write_now(text)
+    except Exception:
+        logger.debug("dropping a frame for connection %s", conn.connection_id)
+        return True
 
 
 async def _write(conn: Connection, text: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from channels.db import database_sync_to_async
 
-from chat.coalesce import Coalescer, bulk_on_database_thread, on_database_thread
+from chat.coalesce import Coalescer, bulk_on_database_thread, each
 
 
 class HeldTrips:
@@ -24,6 +25,15 @@ class HeldTrips:
         return [ValueError(arg) if arg.startswith("bad") else arg.upper() for arg in args]
 
 
+async def held_first_trip() -> tuple[HeldTrips, Coalescer[str, str], asyncio.Task[str]]:
+    """A coalescer whose first trip, for "a", is out and held until released."""
+    run_many = HeldTrips()
+    coalescer: Coalescer[str, str] = Coalescer(run_many)
+    first = asyncio.create_task(coalescer("a"))
+    await asyncio.wait_for(run_many.started.wait(), 5)
+    return run_many, coalescer, first
+
+
 async def test_a_call_at_rest_makes_its_own_trip_at_once():
     trips: list[list[str]] = []
 
@@ -39,10 +49,7 @@ async def test_a_call_at_rest_makes_its_own_trip_at_once():
 
 
 async def test_calls_made_while_a_trip_is_out_share_the_next_one():
-    run_many = HeldTrips()
-    coalescer: Coalescer[str, str] = Coalescer(run_many)
-    first = asyncio.create_task(coalescer("a"))
-    await asyncio.wait_for(run_many.started.wait(), 5)
+    run_many, coalescer, first = await held_first_trip()
     others = [asyncio.create_task(coalescer(arg)) for arg in ("b", "c", "d")]
     await asyncio.sleep(0)  # let them queue
 
@@ -84,10 +91,7 @@ async def test_a_failed_trip_fails_its_calls_and_the_next_call_makes_a_new_trip(
 
 
 async def test_a_caller_that_gives_up_does_not_disturb_the_others():
-    run_many = HeldTrips()
-    coalescer: Coalescer[str, str] = Coalescer(run_many)
-    first = asyncio.create_task(coalescer("a"))
-    await asyncio.wait_for(run_many.started.wait(), 5)
+    run_many, coalescer, first = await held_first_trip()
     leaving = asyncio.create_task(coalescer("b"))
     staying = asyncio.create_task(coalescer("c"))
     await asyncio.sleep(0)
@@ -108,8 +112,10 @@ def _double_or_fail(n: int) -> int:
 
 
 @pytest.mark.django_db
-async def test_on_database_thread_runs_every_call_in_one_trip_when_they_come_together():
-    doubled = on_database_thread(_double_or_fail)
+async def test_each_call_of_a_trip_to_the_database_thread_gets_its_value_or_its_exception():
+    doubled: Coalescer[int, int] = Coalescer(
+        database_sync_to_async(lambda numbers: each(_double_or_fail, numbers))
+    )
 
     results = await asyncio.wait_for(
         asyncio.gather(*(doubled(n) for n in (1, -2, 3)), return_exceptions=True), 5
@@ -136,10 +142,7 @@ async def test_bulk_on_database_thread_answers_each_call_by_its_argument():
 
 
 async def test_callers_are_not_left_waiting_when_the_trips_are_cancelled():
-    run_many = HeldTrips()
-    coalescer: Coalescer[str, str] = Coalescer(run_many)
-    out = asyncio.create_task(coalescer("a"))
-    await asyncio.wait_for(run_many.started.wait(), 5)
+    _, coalescer, out = await held_first_trip()
     queued = asyncio.create_task(coalescer("b"))
     await asyncio.sleep(0)
 
