@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection
 
@@ -39,7 +39,7 @@ async def _layer_ok() -> bool:
 async def health_check() -> dict[str, str]:
     """{"database": "ok"|"error", "channel_layer": "ok"|"error"}."""
     try:
-        database = await asyncio.wait_for(sync_to_async(_database_ok)(), _TIMEOUT)
+        database = await asyncio.wait_for(database_sync_to_async(_database_ok)(), _TIMEOUT)
     except TimeoutError:
         database = False
     layer = await _layer_ok()

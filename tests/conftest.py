@@ -21,7 +21,7 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.conf import LazySettings
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 
 from chat import delivery, presence, ratelimit
@@ -75,6 +75,10 @@ async def _tasks_end_with_the_test() -> AsyncIterator[None]:
     yield
     leftover = asyncio.all_tasks() - {asyncio.current_task()}
     assert await delivery.cancel_and_wait(leftover), f"tasks would not end: {leftover}"
+    # The test's `sync_to_async` calls ran on asgiref's database thread and
+    # left its connection open: a pooled one stays checked out, and at the end
+    # of the session PostgreSQL then refuses to drop the test database.
+    await sync_to_async(connections.close_all)()
 
 
 def use_memory_layer(settings: LazySettings) -> None:
