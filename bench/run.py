@@ -116,6 +116,8 @@ async def _setup(
     started = time.perf_counter()
     cookies = await gen.login(clients)
     login_s = time.perf_counter() - started
+    # A mark for profilers attached by hand: the connect phase starts here.
+    _log(f"{clients} logged in in {login_s:.1f} s; opening their sockets")
     await asyncio.sleep(0.5)
     rss_before = gen.deployment.rss_kib()
     stats = await gen.open(cookies, batch=batch, retries=retries)

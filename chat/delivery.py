@@ -47,6 +47,7 @@ from django.conf import settings
 
 from chat import presence as presence_module
 from chat.coalesce import Coalescer
+from chat.layers import group_add_many
 from chat.messaging import StoredMessage
 from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 
@@ -137,6 +138,9 @@ class Hub:
         # one layer message: one `group_send` (three Redis round trips) per
         # burst instead of one per socket.
         self._announce: Coalescer[dict[str, Any], None] = Coalescer(self._publish_notices)
+        # Layer groups that sockets opening together need are joined in one
+        # Redis pipeline, and recorded for the reaper in one call.
+        self._joining: Coalescer[str, None] = Coalescer(self._join_layer_groups)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -621,20 +625,33 @@ class Hub:
         return wanted
 
     async def _subscribe(self, layer_groups: Iterable[str]) -> None:
-        added = []
-        for layer_group in layer_groups:
-            if layer_group not in self._subscribed:
-                self._subscribed.add(layer_group)
-                await self._group_add(layer_group)
-                added.append(layer_group)
-        if added:
-            # Whoever reaps this worker if it is killed removes its channel from
-            # these groups (the heartbeat records the rest).
-            try:
-                await self.presence.note_layer_groups(worker=self.worker_id, layer_groups=added)
-            except Exception:
-                self._layer_failed = True
-                logger.warning("could not record layer groups %s", added)
+        added = [g for g in dict.fromkeys(layer_groups) if g not in self._subscribed]
+        self._subscribed.update(added)
+        if len(added) == 1:
+            await self._joining(added[0])
+        elif added:
+            await asyncio.gather(*(self._joining(layer_group) for layer_group in added))
+
+    async def _join_layer_groups(self, layer_groups: list[str]) -> list[None]:
+        """Add this worker's channel to the groups and record them, or note the failure.
+
+        A group that could not be joined stays in `_subscribed`: the
+        maintenance loop joins it once the layer is back.
+        """
+        try:
+            async with self._layer_slots:
+                await group_add_many(self.layer, layer_groups, self.channel)
+        except Exception:
+            self._layer_failed = True
+            logger.warning("could not join %d layer groups", len(layer_groups), exc_info=True)
+        # Whoever reaps this worker if it is killed removes its channel from
+        # these groups (the heartbeat records the rest).
+        try:
+            await self.presence.note_layer_groups(worker=self.worker_id, layer_groups=layer_groups)
+        except Exception:
+            self._layer_failed = True
+            logger.warning("could not record %d layer groups", len(layer_groups), exc_info=True)
+        return [None] * len(layer_groups)
 
     async def _unsubscribe_unused(self) -> None:
         unused = self._subscribed - self._wanted_groups()
@@ -646,15 +663,6 @@ class Hub:
             # A socket may have needed it again while the discard was in flight.
             if layer_group in self._wanted_groups() and layer_group not in self._subscribed:
                 await self._subscribe([layer_group])
-
-    async def _group_add(self, layer_group: str) -> None:
-        try:
-            async with self._layer_slots:
-                await self.layer.group_add(layer_group, self.channel)
-        except Exception:
-            # The maintenance loop adds it again once the layer is back.
-            self._layer_failed = True
-            logger.warning("could not join layer group %s", layer_group)
 
     # -- heartbeat, refresh, reaping --------------------------------------
 
@@ -688,9 +696,8 @@ class Hub:
             # and are announced afresh.
             self._layer_failed = False
             await self._reset_connections()
-        for layer_group in list(self._subscribed):
-            async with self._layer_slots:
-                await self.layer.group_add(layer_group, self.channel)
+        async with self._layer_slots:
+            await group_add_many(self.layer, list(self._subscribed), self.channel)
         reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
         if reaped.workers:
             logger.warning("reaped dead workers %s", ", ".join(reaped.workers))

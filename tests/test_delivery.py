@@ -13,7 +13,14 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from chat.delivery import Hub, _coalesce_presence, _presence_notice, session_digest
+from chat import delivery
+from chat.delivery import (
+    Hub,
+    _coalesce_presence,
+    _presence_notice,
+    session_digest,
+    user_layer_group,
+)
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
 from tests.conftest import make_user
@@ -620,3 +627,55 @@ async def test_presence_of_sockets_opening_together_leaves_in_one_layer_message(
 
 def notices_in(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [n for message in published for n in message.get("notices", [message])]
+
+
+async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
+    hub, fake, alice, bob, carol, monkeypatch
+):
+    await fake(await make_user("dave"))  # chat.all and dave's own group are joined
+    trips: list[list[str]] = []
+    release = asyncio.Event()
+    add_many = delivery.group_add_many
+
+    async def held(layer: Any, groups: list[str], channel: str) -> None:
+        trips.append(list(groups))
+        if len(trips) == 1:
+            await release.wait()
+        await add_many(layer, groups, channel)
+
+    monkeypatch.setattr(delivery, "group_add_many", held)
+    opening = asyncio.gather(
+        fake(alice, group_ids=[7]), fake(bob, group_ids=[7]), fake(carol, group_ids=[8])
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            while sum(map(len, trips)) + len(hub._joining._waiting) < 5:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+    alice1, bob1, carol1 = await asyncio.wait_for(opening, WAIT)
+
+    assert len(trips) <= 2, trips
+    expected = {
+        *(user_layer_group(u.pk) for u in (alice, bob, carol)),
+        "chat.group.7",
+        "chat.group.8",
+    }
+    assert sorted(g for trip in trips for g in trip) == sorted(expected)
+    # Through the layer, as another worker would send: each group reaches its socket.
+    for layer_group, audience, body in [
+        (user_layer_group(carol.pk), {"users": [carol.pk]}, "to carol"),
+        ("chat.group.7", {"group": 7}, "to group 7"),
+    ]:
+        text = json.dumps({"type": "message", "body": body})
+        await hub.layer.group_send(layer_group, {"type": "chat.deliver", "text": text, **audience})
+    assert (await next_with_body(carol1))["body"] == "to carol"
+    assert (await next_with_body(alice1))["body"] == "to group 7"
+    assert (await next_with_body(bob1))["body"] == "to group 7"
+
+
+async def next_with_body(conn: FakeConnection) -> dict[str, Any]:
+    """The next event with a body, past presence notices and markers."""
+    while "body" not in (event := await conn.next_event()):
+        pass
+    return event

@@ -1,0 +1,44 @@
+"""Channel layer calls that channels_redis makes one at a time, made for many at once.
+
+A worker's hub subscribes its one layer channel to a layer group per user
+connected there. channels_redis's `group_add` is two Redis round trips
+(`ZADD`, then `EXPIRE`), and redis-py spends more CPU on each round trip than
+Redis does: while 200 sockets opened together these subscriptions were a sixth
+of the worker's CPU, and the hub refreshes every group it holds every few
+seconds. `group_add_many` sends them in one pipeline per Redis shard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from channels.layers import BaseChannelLayer
+from channels_redis.core import RedisChannelLayer
+
+
+async def group_add_many(layer: BaseChannelLayer, groups: Iterable[str], channel: str) -> None:
+    """`layer.group_add(group, channel)` for each group, in one trip per shard on Redis.
+
+    What lands in Redis is what `group_add` writes: the channel in the
+    group's sorted set scored with the time, and the group's expiry renewed.
+    Other layers get their own `group_add`, one by one.
+    """
+    if not isinstance(layer, RedisChannelLayer):
+        for group in groups:
+            await layer.group_add(group, channel)
+        return
+    layer.require_valid_channel_name(channel)
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for group in groups:
+        layer.require_valid_group_name(group)
+        by_shard[layer.consistent_hash(group)].append(group)
+    now = time.time()
+    for shard, names in by_shard.items():
+        async with layer.connection(shard).pipeline(transaction=False) as pipe:
+            for name in names:
+                key = layer._group_key(name)
+                pipe.zadd(key, {channel: now})
+                pipe.expire(key, layer.group_expiry)
+            await pipe.execute()
