@@ -9,13 +9,15 @@ scope copy and one frame (under 1 KB), and passes the server's `send` on untouch
 
 What decides who a socket belongs to is Channels' own: the first `cookie`
 header parsed by Django's `parse_cookie`, the session from
-`settings.SESSION_ENGINE` (any engine), and the user from the body of
-`channels.auth.get_user` (backend listed in AUTHENTICATION_BACKENDS, session
-auth hash checked, the session flushed and AnonymousUser on any mismatch).
-One trip to the database thread loads both, as with Channels, whose session
-is lazy and is read inside `get_user`'s trip; sockets that open together share
-that trip (`chat.coalesce`), and with the database session engine their
-sessions are read in one query (`sessions_and_users`).
+`settings.SESSION_ENGINE` (any engine), and the user as
+`channels.auth.get_user` finds it (backend listed in AUTHENTICATION_BACKENDS,
+session auth hash checked, the session flushed and AnonymousUser on any
+mismatch). One trip to the database thread loads both, as with Channels, whose
+session is lazy and is read inside `get_user`'s trip; sockets that open
+together share that trip (`chat.coalesce`), and with the database session
+engine their sessions are read in one query and their users in another
+(`sessions_and_users`, `users_of`: `get_user`'s steps with the user reads
+together), checked against Channels' stack case by case in tests/test_auth.py.
 
 Left out because nothing here needs it:
 
@@ -33,16 +35,22 @@ Left out because nothing here needs it:
 
 from __future__ import annotations
 
+import copy
 import functools
 from importlib import import_module
 from typing import Any
 
-from channels.auth import get_user
+from channels.auth import _get_user_session_key, get_user
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, get_user_model, load_backend
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.http.cookie import parse_cookie
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from chat.coalesce import Coalescer, each
 
@@ -91,14 +99,77 @@ def sessions_and_users(
         session_key__in={key for key in session_keys if key}, expire_date__gt=timezone.now()
     )
     rows = {row.session_key: row for row in live}
-
-    def with_its_row(key: str | None) -> tuple[str | None, Any]:
+    sessions = []
+    for key in session_keys:
         session = preloaded(key)
         session.row = rows.get(session.session_key) if session.session_key else None
-        user = _get_user({"session": session})
-        return session.session_key, user
+        sessions.append(session)
+    users = users_of(sessions)
+    return [
+        user if isinstance(user, BaseException) else (session.session_key, user)
+        for session, user in zip(sessions, users, strict=True)
+    ]
 
-    return each(with_its_row, session_keys)
+
+def users_of(sessions: list[SessionBase]) -> list[Any]:
+    """Channels' `get_user` of each session, the users of model backends read in one query.
+
+    `ModelBackend.get_user` reads its user by primary key, one query per
+    socket; the users that it (or a backend inheriting it unchanged) would
+    read are read together here. Every other step is `get_user`'s, in its
+    order: the user id and backend taken from the session, the backend
+    listed in AUTHENTICATION_BACKENDS, the backend's `user_can_authenticate`,
+    the session auth hash (the session flushed on a mismatch). A session
+    whose steps fail gets its exception.
+    """
+    claims = each(_claim_of, sessions)
+    by_model_backend = {
+        claim[0]
+        for claim in claims
+        if isinstance(claim, tuple) and type(claim[1]).get_user is ModelBackend.get_user
+    }
+    read = get_user_model()._default_manager.in_bulk(by_model_backend)
+    handed_out: set[Any] = set()
+
+    def user_of(pair: tuple[SessionBase, Any]) -> Any:
+        session, claim = pair
+        if isinstance(claim, BaseException):
+            raise claim
+        if claim is None:
+            return AnonymousUser()
+        user_id, backend = claim
+        user: Any
+        if type(backend).get_user is ModelBackend.get_user:
+            user = read.get(user_id)
+            if user is not None and user_id in handed_out:
+                user = copy.copy(user)  # each socket its own, as get_user gives
+            handed_out.add(user_id)
+            user = user if user is not None and backend.user_can_authenticate(user) else None
+        else:
+            user = backend.get_user(user_id)
+        if hasattr(user, "get_session_auth_hash"):
+            session_hash = session.get(HASH_SESSION_KEY)
+            verified = session_hash and constant_time_compare(
+                session_hash, user.get_session_auth_hash()
+            )
+            if not verified:
+                session.flush()
+                user = None
+        return user or AnonymousUser()
+
+    return each(user_of, list(zip(sessions, claims, strict=True)))
+
+
+def _claim_of(session: SessionBase) -> tuple[Any, Any] | None:
+    """The user id and backend a session names, as `get_user` reads them; None if none."""
+    try:
+        user_id = _get_user_session_key(session)
+        backend_path = session[BACKEND_SESSION_KEY]
+    except KeyError:
+        return None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    return user_id, load_backend(backend_path)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from channels.db import DatabaseSyncToAsync
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.backends import ModelBackend
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -277,10 +278,50 @@ def test_sessions_of_many_keys_are_read_in_one_query_and_each_as_channels_would(
     # One read for every key; the only others are flush's, before its DELETE.
     assert len([q for q in reads if " IN (" in q]) == 1, sql
     assert len(reads) - 1 == len([q for q in sql if q.startswith("DELETE")]), sql
+    user_reads = [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].startswith("SELECT") and 'FROM "auth_user"' in q["sql"]
+    ]
+    assert len(user_reads) == 1, user_reads  # every session's user, in one query
 
 
 def rebuilt(cases: list[Case]) -> list[tuple[list, str | None]]:
     return [case() for case in cases]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sessions_of_one_user_get_a_user_object_each(alice):
+    keys = [session_cookie_for(alice), session_cookie_for(alice)]
+
+    (first_key, first), (second_key, second) = auth.sessions_and_users(keys)
+
+    assert (first_key, second_key) == tuple(keys)
+    assert first == second == alice
+    assert first is not second  # as Channels' get_user, one per socket
+
+
+class OwnLookupBackend(ModelBackend):
+    """A backend with a `get_user` of its own, which must be asked."""
+
+    asked: list[Any] = []
+
+    def get_user(self, user_id: Any) -> Any:
+        OwnLookupBackend.asked.append(user_id)
+        return super().get_user(user_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backend_with_its_own_get_user_is_asked(settings, alice, bob):
+    own = f"{__name__}.OwnLookupBackend"
+    settings.AUTHENTICATION_BACKENDS = [*settings.AUTHENTICATION_BACKENDS, own]
+    OwnLookupBackend.asked = []
+    keys = [stored_session(alice, backend=own), session_cookie_for(bob)]
+
+    users = [user for _, user in auth.sessions_and_users(keys)]
+
+    assert users == [alice, bob]
+    assert OwnLookupBackend.asked == [alice.pk]
 
 
 @pytest.mark.django_db(transaction=True)
