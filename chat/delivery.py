@@ -141,6 +141,14 @@ class Hub:
         # Layer groups that sockets opening together need are joined in one
         # Redis pipeline, and recorded for the reaper in one call.
         self._joining: Coalescer[str, None] = Coalescer(self._join_layer_groups)
+        # Their presence is recorded in one trip to the store, and so is that
+        # of sockets closing together: (connection id, username) -> transition.
+        self._connecting: Coalescer[tuple[str, str], bool] = Coalescer(
+            lambda sockets: self.presence.connect_many(worker=self.worker_id, sockets=sockets)
+        )
+        self._disconnecting: Coalescer[tuple[str, str], bool] = Coalescer(
+            lambda sockets: self.presence.disconnect_many(worker=self.worker_id, sockets=sockets)
+        )
 
     # -- life cycle ---------------------------------------------------------
 
@@ -238,9 +246,7 @@ class Hub:
             await self._subscribe(wanted)
             self._mirror_opened[conn.connection_id] = (conn.user_id, endpoint)
             self._write_mirror()
-            if await self.presence.connect(
-                worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
-            ):
+            if await self._connecting((conn.connection_id, conn.username)):
                 await self._announce(_presence_notice(conn.username, online=True))
         except BaseException:
             # The socket will be closed (Redis down, say): do not keep it in
@@ -261,9 +267,7 @@ class Hub:
                 self._forget_member(group_id, conn.user_id)
             await self._unsubscribe_unused()
         try:
-            if await self.presence.disconnect(
-                worker=self.worker_id, connection_id=conn.connection_id, username=conn.username
-            ):
+            if await self._disconnecting((conn.connection_id, conn.username)):
                 await self._announce(_presence_notice(conn.username, online=False))
         finally:
             if self._mirror_opened.pop(conn.connection_id, None) is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -44,6 +44,22 @@ class PresenceStore(ABC):
     @abstractmethod
     async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
         """Forget a socket; True when it was the user's last one."""
+
+    async def connect_many(self, *, worker: str, sockets: Sequence[tuple[str, str]]) -> list[bool]:
+        """`connect` of each (connection id, username), in order: the Redis store makes one trip."""
+        return [
+            await self.connect(worker=worker, connection_id=connection_id, username=username)
+            for connection_id, username in sockets
+        ]
+
+    async def disconnect_many(
+        self, *, worker: str, sockets: Sequence[tuple[str, str]]
+    ) -> list[bool]:
+        """`disconnect` of each (connection id, username), in order (one trip on Redis)."""
+        return [
+            await self.disconnect(worker=worker, connection_id=connection_id, username=username)
+            for connection_id, username in sockets
+        ]
 
     @abstractmethod
     async def online(self) -> set[str]:
@@ -204,14 +220,31 @@ class RedisPresenceStore(PresenceStore):
         return f"{self.prefix}presence:worker:{worker}"
 
     async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
-        redis = redis_client.get_redis()
-        keys = [self._user_key(username), self._worker_key(worker), self._online_key]
-        return bool(await redis.eval(_CONNECT, 3, *keys, username, connection_id))
+        (first,) = await self.connect_many(worker=worker, sockets=[(connection_id, username)])
+        return first
 
     async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        (last,) = await self.disconnect_many(worker=worker, sockets=[(connection_id, username)])
+        return last
+
+    async def connect_many(self, *, worker: str, sockets: Sequence[tuple[str, str]]) -> list[bool]:
+        return await self._each_in_one_trip(_CONNECT, worker, sockets)
+
+    async def disconnect_many(
+        self, *, worker: str, sockets: Sequence[tuple[str, str]]
+    ) -> list[bool]:
+        return await self._each_in_one_trip(_DISCONNECT, worker, sockets)
+
+    async def _each_in_one_trip(
+        self, script: str, worker: str, sockets: Sequence[tuple[str, str]]
+    ) -> list[bool]:
+        """The script once per socket, in order, in one pipeline (each run is atomic)."""
         redis = redis_client.get_redis()
-        keys = [self._user_key(username), self._worker_key(worker), self._online_key]
-        return bool(await redis.eval(_DISCONNECT, 3, *keys, username, connection_id))
+        async with redis.pipeline(transaction=False) as pipe:
+            for connection_id, username in sockets:
+                keys = [self._user_key(username), self._worker_key(worker), self._online_key]
+                pipe.eval(script, 3, *keys, username, connection_id)
+            return [bool(changed) for changed in await pipe.execute()]
 
     async def online(self) -> set[str]:
         redis = redis_client.get_redis()

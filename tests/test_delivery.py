@@ -679,3 +679,35 @@ async def next_with_body(conn: FakeConnection) -> dict[str, Any]:
     while "body" not in (event := await conn.next_event()):
         pass
     return event
+
+
+async def test_presence_of_sockets_opening_together_is_recorded_in_one_trip(
+    hub, fake, alice, bob, carol, monkeypatch
+):
+    watcher = await fake(await make_user("dave"))
+    trips: list[list[tuple[str, str]]] = []
+    release = asyncio.Event()
+    connect_many = hub.presence.connect_many
+
+    async def held(*, worker: str, sockets: list[tuple[str, str]]) -> list[bool]:
+        trips.append(list(sockets))
+        if len(trips) == 1:
+            await release.wait()
+        return await connect_many(worker=worker, sockets=sockets)
+
+    monkeypatch.setattr(hub.presence, "connect_many", held)
+    opening = asyncio.gather(fake(alice), fake(alice), fake(bob))
+    try:
+        async with asyncio.timeout(WAIT):
+            while sum(map(len, trips)) + len(hub._connecting._waiting) < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+    await asyncio.wait_for(opening, WAIT)
+
+    assert len(trips) <= 2, trips
+    assert sorted(name for trip in trips for _, name in trip) == ["alice", "alice", "bob"]
+    # One transition per user: alice's second socket is not announced.
+    seen = [(await watcher.next_event())["user"] for _ in range(2)]
+    assert sorted(seen) == ["alice", "bob"]
+    assert await settle(hub, watcher) == []

@@ -76,6 +76,24 @@ async def test_last_socket_closing_is_a_transition_and_user_is_offline(store):
     assert await store.online() == set()
 
 
+async def test_sockets_recorded_together_get_each_its_own_transition_in_order(store):
+    await connect(store, "w2", "c0", "carol")
+    opened = [("c1", "alice"), ("c2", "alice"), ("c3", "bob"), ("c4", "carol")]
+
+    assert await store.connect_many(worker="w1", sockets=opened) == [True, False, True, False]
+    assert await store.online() == {"alice", "bob", "carol"}
+
+    closed = [("c2", "alice"), ("c3", "bob"), ("c1", "alice"), ("c4", "carol"), ("c9", "bob")]
+    assert await store.disconnect_many(worker="w1", sockets=closed) == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert await store.online() == {"carol"}
+
+
 async def test_second_socket_of_a_user_is_no_transition_either_way(store):
     assert await connect(store, "w1", "c1", "alice") is True
     assert await connect(store, "w2", "c2", "alice") is False
