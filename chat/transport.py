@@ -17,6 +17,12 @@ or Channels' WebsocketCommunicator in tests, keeps the plain ASGI behaviour):
   raise instead of closing. `close_frame` sends the close frame itself.
 - A bound on what a socket that does not read can cost the server (below).
 
+And one thing daphne's websocket library does that costs for nothing: autobahn
+pretty-prints its 29 copied options for a debug log line on every connection,
+whether debug logging is on or not (`pformat` runs before the log call is
+reached). That was 23% of a worker's CPU while 200 sockets opened at a time.
+`defer_autobahn_debug_formatting` makes that line format only if it is written.
+
 Daphne's ASGI `send` never blocks: each frame is handed to the Twisted
 transport, which buffers whatever the peer has not read yet. A client that
 stops reading would make that buffer (the worker's memory) grow without end,
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pprint
 import socket
 import struct
 from typing import Any
@@ -253,3 +260,44 @@ def watch_send_buffer(protocol: Any | None, limit: int) -> SendBuffer | None:
     except Exception:
         logger.warning("cannot watch this socket's send buffer", exc_info=True)
         return None
+
+
+class _Pretty:
+    """`pprint.pformat(value)`, worked out only when a log line is written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _timings_text(timings: Any) -> str:
+    return pprint.pformat(timings._timings)
+
+
+def defer_autobahn_debug_formatting() -> bool:
+    """Have autobahn's websocket protocol format its debug arguments lazily; True if it does.
+
+    Autobahn calls its module's `pformat` only to build debug log arguments
+    (with `{}` fields, which `__format__` serves) and in `Timings.__str__`,
+    which must return a str and gets its own function. The log lines read
+    the same when debug logging is on. A no-op without autobahn (other
+    servers) or if autobahn no longer uses `pprint.pformat`.
+    """
+    try:
+        from autobahn.websocket import protocol
+    except ImportError:
+        return False
+    if protocol.pformat is _Pretty:
+        return True
+    if protocol.pformat is not pprint.pformat:
+        return False
+    protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
+    protocol.pformat = _Pretty  # type: ignore[assignment]
+    return True

@@ -30,6 +30,10 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from chat.auth import SessionAuthMiddleware  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
+from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
+
+# Under daphne: autobahn's per-connection debug line is formatted only if written.
+defer_autobahn_debug_formatting()
 
 application = ProtocolTypeRouter(
     {

@@ -7,18 +7,27 @@ the writer must hand a frame back to autobahn.
 
 from __future__ import annotations
 
+import inspect
+import pprint
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from twisted.internet import tcp
+from twisted.logger import formatEvent
 from twisted.web import http
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chat.transport import FrameWriter, SendBuffer, text_frame
+from chat.transport import (
+    FrameWriter,
+    SendBuffer,
+    defer_autobahn_debug_formatting,
+    text_frame,
+)
 
 
 def parse(data: bytes) -> tuple[Frame, bytes]:
@@ -234,3 +243,31 @@ def test_send_buffer_lets_go_of_an_upgraded_http_channel() -> None:
     buffer.pauseProducing()
     buffer.resumeProducing()
     buffer.stopProducing()
+
+
+# -- autobahn's debug formatting ------------------------------------------------
+
+
+def test_autobahn_formats_its_debug_arguments_only_when_a_line_is_written() -> None:
+    from autobahn.websocket import protocol
+
+    import chatsite.asgi  # noqa: F401  (applies it, as daphne's import of the app does)
+
+    assert defer_autobahn_debug_formatting() is True
+    # The spot this is for: the options logged on every new connection.
+    assert "attrs=pformat(configAttrLog)" in inspect.getsource(
+        protocol.WebSocketProtocol._connectionMade
+    )
+    options = [("openHandshakeTimeout", 5, "Factory"), ("autoPingInterval", 0, "Factory")]
+    with mock.patch.object(pprint, "pformat", wraps=pprint.pformat) as formatted:
+        argument = protocol.pformat(options)
+        assert formatted.call_count == 0
+        assert f"\n{argument}" == "\n" + pprint.pformat(options)
+        # As Twisted's logger writes the line when debug logging is on.
+        line = formatEvent({"log_format": "\n{attrs}", "attrs": argument})
+        assert line == "\n" + pprint.pformat(options)
+        assert str(argument) == pprint.pformat(options)
+    timings = protocol.Timings()
+    timings.track("onOpen")
+    assert type(str(timings)) is str
+    assert str(timings) == pprint.pformat(timings._timings)
