@@ -7,4 +7,5 @@ experiments for bench/RESULTS.md, not configurations the project ships.
 
 VARIANTS = {
     "persistent-db": "bench.variants.persistent_db",
+    "switch_1ms": "bench.variants.switch_1ms",
 }
