@@ -247,13 +247,22 @@ def start_ours(
     extra_env: dict[str, str] | None = None,
     app: str = "chatsite.asgi:application",
 ) -> Deployment:
+    settings_module = "chatsite.settings"
+    if variant:
+        from bench.variants import VARIANTS
+
+        # Before anything is created: an unknown name used to leave its
+        # database behind.
+        if variant not in VARIANTS:
+            raise ValueError(f"no variant {variant!r}; known: {', '.join(sorted(VARIANTS))}")
+        settings_module = VARIANTS[variant]
     out_dir = OUT / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"bench-{run_id}"
     database_url, cleanups = _create_database(db, run_id, out_dir)
     env = dict(os.environ)
     env.update(
-        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SETTINGS_MODULE=settings_module,
         DATABASE_URL=database_url,
         REDIS_URL=f"redis://{REDIS_HOST}/{OUR_REDIS_DB}",
         REDIS_PREFIX=prefix,
@@ -267,10 +276,6 @@ def start_ours(
         CHAT_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
-    if variant:
-        from bench.variants import VARIANTS
-
-        env["DJANGO_SETTINGS_MODULE"] = VARIANTS[variant]
     env.update(extra_env or {})
     deployment = Deployment(f"ours-{server}", [], OUR_REDIS_DB, prefix, cleanups)
     try:
