@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from chat import delivery
+from chat.coalesce import Coalescer
 from chat.delivery import (
     Hub,
     _coalesce_presence,
@@ -593,30 +595,49 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
         await asyncio.wait_for(loop_task, WAIT)
 
 
+class FirstCallHeld:
+    """Wraps an async call: records what each call carries and holds the first one.
+
+    For the hub's shared trips: with the first trip out and held, every
+    later caller must wait for the next trip, so how the calls were grouped
+    shows in `recorded` (`record` of each call's arguments, in order).
+    """
+
+    def __init__(self, call: Callable[..., Awaitable[Any]], record: Callable[..., Any]) -> None:
+        self.call = call
+        self.record = record
+        self.recorded: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.recorded.append(self.record(*args, **kwargs))
+        if len(self.recorded) == 1:
+            await self.release.wait()
+        return await self.call(*args, **kwargs)
+
+    async def release_once(
+        self, coalescer: Coalescer[Any, Any], expected: int, in_trips: Callable[[], int]
+    ) -> None:
+        """Release the first call once `expected` items are in trips or waiting for one."""
+        try:
+            async with asyncio.timeout(WAIT):
+                while in_trips() + len(coalescer._waiting) < expected:
+                    await asyncio.sleep(0.01)
+        finally:
+            self.release.set()
+
+
 async def test_presence_of_sockets_opening_together_leaves_in_one_layer_message(
     hub, fake, alice, bob, carol, monkeypatch
 ):
     watcher = await fake(await make_user("dave"))
-    published: list[dict[str, Any]] = []
-    release = asyncio.Event()
-    publish = hub.publish
-
-    async def held(layer_group: str, message: dict[str, Any], **kwargs: Any) -> bool:
-        published.append(message)
-        if len(published) == 1:
-            await release.wait()
-        return await publish(layer_group, message, **kwargs)
-
+    held = FirstCallHeld(hub.publish, record=lambda layer_group, message, **_: message)
     monkeypatch.setattr(hub, "publish", held)
     opening = asyncio.gather(fake(alice), fake(bob), fake(carol))
-    try:
-        # The first trip is held until every socket has announced itself:
-        # whatever did not make it into the first goes together in the next.
-        async with asyncio.timeout(WAIT):
-            while len(notices_in(published)) + len(hub._announce._waiting) < 3:
-                await asyncio.sleep(0.01)
-    finally:
-        release.set()
+    # The first trip is held until every socket has announced itself:
+    # whatever did not make it into the first goes together in the next.
+    published = held.recorded
+    await held.release_once(hub._announce, 3, lambda: len(notices_in(published)))
     await asyncio.wait_for(opening, WAIT)
 
     assert len(published) <= 2, published
@@ -633,26 +654,15 @@ async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
     hub, fake, alice, bob, carol, monkeypatch
 ):
     await fake(await make_user("dave"))  # chat.all and dave's own group are joined
-    trips: list[list[str]] = []
-    release = asyncio.Event()
-    add_many = delivery.group_add_many
-
-    async def held(layer: Any, groups: list[str], channel: str) -> None:
-        trips.append(list(groups))
-        if len(trips) == 1:
-            await release.wait()
-        await add_many(layer, groups, channel)
-
+    held = FirstCallHeld(
+        delivery.group_add_many, record=lambda layer, groups, channel: list(groups)
+    )
     monkeypatch.setattr(delivery, "group_add_many", held)
     opening = asyncio.gather(
         fake(alice, group_ids=[7]), fake(bob, group_ids=[7]), fake(carol, group_ids=[8])
     )
-    try:
-        async with asyncio.timeout(WAIT):
-            while sum(map(len, trips)) + len(hub._joining._waiting) < 5:
-                await asyncio.sleep(0.01)
-    finally:
-        release.set()
+    trips = held.recorded
+    await held.release_once(hub._joining, 5, lambda: sum(map(len, trips)))
     alice1, bob1, carol1 = await asyncio.wait_for(opening, WAIT)
 
     assert len(trips) <= 2, trips
@@ -685,24 +695,11 @@ async def test_presence_of_sockets_opening_together_is_recorded_in_one_trip(
     hub, fake, alice, bob, carol, monkeypatch
 ):
     watcher = await fake(await make_user("dave"))
-    trips: list[list[tuple[str, str]]] = []
-    release = asyncio.Event()
-    connect_many = hub.presence.connect_many
-
-    async def held(*, worker: str, sockets: list[tuple[str, str]]) -> list[bool]:
-        trips.append(list(sockets))
-        if len(trips) == 1:
-            await release.wait()
-        return await connect_many(worker=worker, sockets=sockets)
-
+    held = FirstCallHeld(hub.presence.connect_many, record=lambda *, worker, sockets: list(sockets))
     monkeypatch.setattr(hub.presence, "connect_many", held)
     opening = asyncio.gather(fake(alice), fake(alice), fake(bob))
-    try:
-        async with asyncio.timeout(WAIT):
-            while sum(map(len, trips)) + len(hub._connecting._waiting) < 3:
-                await asyncio.sleep(0.01)
-    finally:
-        release.set()
+    trips = held.recorded
+    await held.release_once(hub._connecting, 3, lambda: sum(map(len, trips)))
     await asyncio.wait_for(opening, WAIT)
 
     assert len(trips) <= 2, trips
