@@ -124,9 +124,7 @@ def users_of(sessions: list[SessionBase]) -> list[Any]:
     """
     claims = each(_claim_of, sessions)
     by_model_backend = {
-        claim[0]
-        for claim in claims
-        if isinstance(claim, tuple) and type(claim[1]).get_user is ModelBackend.get_user
+        claim[0] for claim in claims if isinstance(claim, tuple) and _reads_by_pk(claim[1])
     }
     read = get_user_model()._default_manager.in_bulk(by_model_backend)
     handed_out: set[Any] = set()
@@ -139,7 +137,7 @@ def users_of(sessions: list[SessionBase]) -> list[Any]:
             return AnonymousUser()
         user_id, backend = claim
         user: Any
-        if type(backend).get_user is ModelBackend.get_user:
+        if _reads_by_pk(backend):
             user = read.get(user_id)
             if user is not None and user_id in handed_out:
                 user = copy.copy(user)  # each socket its own, as get_user gives
@@ -158,6 +156,11 @@ def users_of(sessions: list[SessionBase]) -> list[Any]:
         return user or AnonymousUser()
 
     return each(user_of, list(zip(sessions, claims, strict=True)))
+
+
+def _reads_by_pk(backend: Any) -> bool:
+    """Whether the backend reads its users as `ModelBackend.get_user` does, by primary key."""
+    return type(backend).get_user is ModelBackend.get_user
 
 
 def _claim_of(session: SessionBase) -> tuple[Any, Any] | None:
