@@ -539,6 +539,11 @@ class Hub:
     # -- notices (presence, joined, left), batched ---------------------------
 
     def _queue_notice(self, message: dict[str, Any]) -> None:
+        if not _is_shared(message):
+            # Its audience is who is a member *now*: someone who joins the
+            # group before the flush must not hear of a join that preceded
+            # theirs (their `join` reply already lists that member).
+            message = {**message, "targets": self._targets(message)}
         self._notices.append(message)
         if self._flush_handle is None:
             delay = settings.CHAT_NOTICE_DELAY
@@ -561,18 +566,15 @@ class Hub:
         own: dict[str, set[int]] = {}
         targeted: dict[Connection, list[int]] = {}
         for index, notice in enumerate(notices):
-            if (
-                notice.get("all")
-                and notice.get("exclude_user") is None
-                and notice.get("exclude_connection") is None
-            ):
+            if "targets" not in notice:
                 shared.append(index)
                 username = notice.get("exclude_username")
                 if username is not None:
                     own.setdefault(username, set()).add(index)
             else:
-                for conn in self._targets(notice):
-                    targeted.setdefault(conn, []).append(index)
+                for conn in notice["targets"]:
+                    if conn in self.by_user.get(conn.user_id, ()):
+                        targeted.setdefault(conn, []).append(index)
         receivers = list(self.connections()) if shared else list(targeted)
         # Most sockets receive the same set of notices: it is encoded once.
         # The other sets (a user in the burst misses just their own) are kept
@@ -837,6 +839,15 @@ def _presence_notice(username: str, *, online: bool) -> dict[str, Any]:
         "exclude_username": username,
         "presence": username,
     }
+
+
+def _is_shared(notice: dict[str, Any]) -> bool:
+    """Whether a notice goes to every socket here (but perhaps its own user's)."""
+    return bool(
+        notice.get("all")
+        and notice.get("exclude_user") is None
+        and notice.get("exclude_connection") is None
+    )
 
 
 def _coalesce_presence(notices: list[dict[str, Any]]) -> list[dict[str, Any]]:

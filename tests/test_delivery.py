@@ -439,6 +439,29 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
     assert await settle(hub, carol_here, carol_there, bob_tab) == []
 
 
+async def test_a_join_notice_reaches_the_members_of_when_it_arrived_not_of_the_flush(
+    hub, fake, alice, bob, carol
+):
+    """Notices wait up to CHAT_NOTICE_DELAY; who joins meanwhile was not there yet."""
+    from chat.groups import group_join
+
+    group_id = (await database_sync_to_async(group_join)(user=alice, name="A")).group_id
+    alice_tab = await fake(alice, group_ids=[group_id])
+    bob_tab = await fake(bob)
+    await settle(hub, alice_tab, bob_tab)
+
+    carol_joined = {"type": "joined", "group": "A", "user": "carol"}
+    # As the receive loop hands it over, then bob joins before it is flushed.
+    await hub._dispatch(
+        {"type": "chat.notice", "event": carol_joined, "group": group_id, "exclude_user": carol.pk}
+    )
+    await database_sync_to_async(group_join)(user=bob, name="A")
+    await hub.note_membership(user_id=bob.pk, group_id=group_id, joined=True)
+
+    assert await settle(hub, alice_tab) == [carol_joined]
+    assert await settle(hub, bob_tab) == []
+
+
 # -- who is online, read once for a burst ------------------------------------------
 
 
