@@ -385,7 +385,9 @@ class LoadGen:
             codes = Counter(str(c.close_code) for c in self.clients)
             raise RuntimeError(f"the server closed every socket (close codes {dict(codes)})")
         members = len(open_clients)
-        sending = open_clients[: max(1, senders)]
+        # By open order the first ten could all be one worker's (W2): by index,
+        # they alternate between the workers as the sockets do.
+        sending = sorted(open_clients, key=lambda c: c.index)[: max(1, senders)]
         result = StepResult(rate=rate, seconds=seconds, members=members, senders=len(sending))
         address = self._address(everyone)
         self.seq_start = len(self.counts)
