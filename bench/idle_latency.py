@@ -20,17 +20,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from bench.servers import OUT, ROOT, _create_database
 
 GAPS = (0.1, 0.01, 0.0)
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(samples)
-    at = lambda q: ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000  # noqa: E731
-    return at(0.5), at(0.9), at(0.99)
+def _row(label: str, call: Callable[[], object], gap: float, count: int) -> str:
+    """One table row: `call` timed `count` times, each after `gap` seconds of quiet."""
+    ordered = sorted(_timed(call, gap, count))
+    p50, p90, p99 = (ordered[min(count - 1, int(count * q))] * 1000 for q in (0.5, 0.9, 0.99))
+    gap_text = f"{gap * 1000:g} ms" if gap else "none"
+    return f"| {label} | {gap_text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |"
 
 
 def _timed(call: Callable[[], object], gap: float, count: int) -> list[float]:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure(count: int) -> None:
-    sys.path.insert(0, str(Path(ROOT)))
+    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
@@ -98,15 +99,11 @@ def _measure(count: int) -> None:
     rows = [("store one message", store), ("SELECT 1", select_one)]
     for label, call in rows:
         for gap in GAPS:
-            p50, p90, p99 = _percentiles(_timed(call, gap, count))
-            gap_text = f"{gap * 1000:g} ms" if gap else "none"
-            print(f"| {label} | {gap_text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
+            print(_row(label, call, gap, count))
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")
     for gap in (0.1, 0.0):
-        p50, p90, p99 = _percentiles(_timed(store, gap, count))
-        gap_text = f"{gap * 1000:g} ms" if gap else "none"
-        print(f"| store, asynchronous commit | {gap_text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
+        print(_row("store, asynchronous commit", store, gap, count))
 
 
 if __name__ == "__main__":
