@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
-from chat.delivery import get_hub, raise_if_cancelled
+from chat.cancellation import raise_if_cancelled
+from chat.delivery import get_hub
 from chat.messaging import SendRequest, StoredMessage, message_send_many
 from chat.protocol import UNAVAILABLE, Address, ChatError
 

@@ -10,7 +10,8 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
-from chat.delivery import session_digest, user_layer_group
+from chat.delivery import session_digest
+from chat.delivery.messages import SessionEnd, to_layer, user_layer_group
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +22,7 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
     layer = get_channel_layer()
     if user is None or session_key is None or layer is None:
         return
-    message = {
-        "type": "chat.session_end",
-        "user_id": user.pk,
-        "session": session_digest(session_key),
-    }
+    message = to_layer(SessionEnd(user_id=user.pk, session=session_digest(session_key)))
     try:
         async_to_sync(layer.group_send)(user_layer_group(user.pk), message)
     except Exception:

@@ -24,7 +24,9 @@ from django.conf import LazySettings
 from django.db import OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 
-from chat import delivery, presence, ratelimit
+from chat import presence, ratelimit
+from chat.cancellation import cancel_and_wait
+from chat.delivery import hub as delivery_hub
 from chat.models import Message
 
 # Browser fixtures (Chromium + a daphne server): see tests/browser.py.
@@ -53,7 +55,7 @@ def _reset_process_state() -> None:
     presence.reset_memory_store()
     ratelimit._memory_limiter = None
     ratelimit._redis_limiters.clear()
-    delivery._hubs.clear()
+    delivery_hub._hubs.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -69,12 +71,12 @@ async def _tasks_end_with_the_test() -> AsyncIterator[None]:
 
     asyncio closes a loop by cancelling each task once and waiting for all of
     them, and a cancellation can be lost under channels_redis's receive (see
-    `delivery.cancel_and_wait`): the test then hung at teardown until
+    `chat.cancellation.cancel_and_wait`): the test then hung at teardown until
     pytest-timeout, about one run in ten of some Redis tests.
     """
     yield
     leftover = asyncio.all_tasks() - {asyncio.current_task()}
-    assert await delivery.cancel_and_wait(leftover), f"tasks would not end: {leftover}"
+    assert await cancel_and_wait(leftover), f"tasks would not end: {leftover}"
     # The test's `sync_to_async` calls ran on asgiref's database thread and
     # left its connection open: a pooled one stays checked out, and at the end
     # of the session PostgreSQL then refuses to drop the test database.

@@ -16,13 +16,9 @@ from channels.layers import get_channel_layer
 
 from chat import delivery
 from chat.coalesce import Coalescer
-from chat.delivery import (
-    Hub,
-    _coalesce_presence,
-    _presence_notice,
-    session_digest,
-    user_layer_group,
-)
+from chat.delivery import Hub, session_digest, user_layer_group
+from chat.delivery.hub import _coalesce_presence
+from chat.delivery.messages import Audience, Notice, SessionEnd, presence_notice
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
 from tests.conftest import make_user
@@ -33,49 +29,51 @@ WAIT = 5.0
 # -- coalescing presence flaps --------------------------------------------------
 
 
-def online(user: str) -> dict[str, Any]:
-    return _presence_notice(user, online=True)
+def online(user: str) -> Notice:
+    return presence_notice(user, online=True)
 
 
-def offline(user: str) -> dict[str, Any]:
-    return _presence_notice(user, online=False)
+def offline(user: str) -> Notice:
+    return presence_notice(user, online=False)
 
 
-def joined(user: str) -> dict[str, Any]:
-    return {"type": "chat.notice", "event": {"type": "joined", "group": "A", "user": user}}
+def joined(user: str) -> Notice:
+    return Notice({"type": "joined", "group": "A", "user": user}, Audience(group=1))
+
+
+def coalesced(notices: list[Notice]) -> list[Notice]:
+    return [notice for notice, _ in _coalesce_presence([(notice, None) for notice in notices])]
 
 
 def test_coalesce_keeps_a_single_transition():
     notices = [online("alice")]
 
-    assert _coalesce_presence(notices) == notices
+    assert coalesced(notices) == notices
 
 
 def test_coalesce_drops_an_even_number_of_flaps():
-    assert _coalesce_presence([online("alice"), offline("alice")]) == []
-    assert _coalesce_presence([offline("alice"), online("alice")] * 2) == []
+    assert coalesced([online("alice"), offline("alice")]) == []
+    assert coalesced([offline("alice"), online("alice")] * 2) == []
 
 
 def test_coalesce_keeps_only_the_last_of_an_odd_number_of_flaps():
-    assert _coalesce_presence([online("alice"), offline("alice"), online("alice")]) == [
-        online("alice")
-    ]
+    assert coalesced([online("alice"), offline("alice"), online("alice")]) == [online("alice")]
 
 
 def test_coalesce_treats_users_independently_and_keeps_order():
     notices = [online("alice"), online("bob"), offline("alice"), offline("carol")]
 
-    assert _coalesce_presence(notices) == [online("bob"), offline("carol")]
+    assert coalesced(notices) == [online("bob"), offline("carol")]
 
 
 def test_coalesce_never_drops_other_notices():
     notices = [online("alice"), joined("alice"), offline("alice"), joined("bob")]
 
-    assert _coalesce_presence(notices) == [joined("alice"), joined("bob")]
+    assert coalesced(notices) == [joined("alice"), joined("bob")]
 
 
 def test_coalesce_of_nothing_is_nothing():
-    assert _coalesce_presence([]) == []
+    assert coalesced([]) == []
 
 
 # -- the hub's fan-out -----------------------------------------------------------
@@ -170,7 +168,7 @@ async def settle(hub: Hub, *connections: FakeConnection) -> list[dict[str, Any]]
     leaving out older markers.
     """
     marker = {"type": "marker", "n": next(_markers)}
-    await hub.publish("chat.all", {"type": "chat.notice", "event": marker, "all": True})
+    await hub.publish("chat.all", Notice(marker, Audience(everyone=True)))
     before = []
     for conn in connections:
         while (event := await conn.next_event()) != marker:
@@ -281,7 +279,7 @@ async def test_messages_to_different_audiences_keep_their_order(hub, fake, alice
 async def test_a_long_run_is_split_into_frames_of_at_most_max_run(
     hub, fake, alice, bob, monkeypatch
 ):
-    monkeypatch.setattr("chat.delivery.MAX_RUN", 2)
+    monkeypatch.setattr("chat.delivery.hub.MAX_RUN", 2)
     bob_tab = await fake(bob)
     await settle(hub, bob_tab)
     send = database_sync_to_async(message_send)
@@ -368,7 +366,7 @@ async def test_session_end_closes_only_that_sessions_sockets(hub, fake, alice, b
 
     await hub.publish(
         f"chat.user.{alice.pk}",
-        {"type": "chat.session_end", "user_id": alice.pk, "session": session_digest("laptop")},
+        SessionEnd(user_id=alice.pk, session=session_digest("laptop")),
     )
 
     for conn in laptop:
@@ -452,9 +450,7 @@ async def test_a_join_notice_reaches_the_members_of_when_it_arrived_not_of_the_f
 
     carol_joined = {"type": "joined", "group": "A", "user": "carol"}
     # As the receive loop hands it over, then bob joins before it is flushed.
-    await hub._dispatch(
-        {"type": "chat.notice", "event": carol_joined, "group": group_id, "exclude_user": carol.pk}
-    )
+    await hub.chat_notice(Notice(carol_joined, Audience(group=group_id, exclude_user=carol.pk)))
     await database_sync_to_async(group_join)(user=bob, name="A")
     await hub.note_membership(user_id=bob.pk, group_id=group_id, joined=True)
 
@@ -664,13 +660,13 @@ async def test_presence_of_sockets_opening_together_leaves_in_one_layer_message(
     await asyncio.wait_for(opening, WAIT)
 
     assert len(published) <= 2, published
-    assert sorted(n["presence"] for n in notices_in(published)) == ["alice", "bob", "carol"]
+    assert sorted(n.presence for n in notices_in(published)) == ["alice", "bob", "carol"]
     seen = {(await watcher.next_event())["user"] for _ in range(3)}
     assert seen == {"alice", "bob", "carol"}
 
 
-def notices_in(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [n for message in published for n in message.get("notices", [message])]
+def notices_in(published: list[Any]) -> list[Notice]:
+    return [n for message in published for n in getattr(message, "notices", [message])]
 
 
 async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
@@ -678,9 +674,9 @@ async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
 ):
     await fake(await make_user("dave"))  # chat.all and dave's own group are joined
     held = FirstCallHeld(
-        delivery.group_add_many, record=lambda layer, groups, channel: list(groups)
+        delivery.hub.group_add_many, record=lambda layer, groups, channel: list(groups)
     )
-    monkeypatch.setattr(delivery, "group_add_many", held)
+    monkeypatch.setattr(delivery.hub, "group_add_many", held)
     opening = asyncio.gather(
         fake(alice, group_ids=[7]), fake(bob, group_ids=[7]), fake(carol, group_ids=[8])
     )

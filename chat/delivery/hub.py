@@ -46,14 +46,29 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from chat import presence as presence_module
+from chat.cancellation import cancel_and_wait, raise_if_cancelled
 from chat.coalesce import Coalescer
+from chat.delivery.messages import (
+    LAYER_ALL,
+    Audience,
+    Deliver,
+    LayerMessage,
+    MemberChange,
+    Notice,
+    Notices,
+    SessionEnd,
+    from_layer,
+    group_layer_group,
+    presence_notice,
+    to_layer,
+    user_layer_group,
+)
 from chat.layers import group_add_many
 from chat.messaging import StoredMessage
 from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 
 logger = logging.getLogger(__name__)
 
-LAYER_ALL = "chat.all"
 # Layer calls in flight at once per worker; well under channels_redis's pool size.
 _LAYER_CONCURRENCY = 32
 
@@ -65,14 +80,6 @@ MAX_RUN = 50
 # Seconds a shutting-down worker waits for its sockets to close and its
 # presence to be dropped before the process exits anyway.
 _STOP_TIMEOUT = 5.0
-
-
-def user_layer_group(user_id: int) -> str:
-    return f"chat.user.{user_id}"
-
-
-def group_layer_group(group_id: int) -> str:
-    return f"chat.group.{group_id}"
 
 
 def session_digest(session_key: str) -> str:
@@ -116,7 +123,9 @@ class Hub:
         self.groups_of: dict[int, set[int]] = {}
         self.members_here: dict[int, set[int]] = {}
         self._subscribed: set[str] = set()
-        self._notices: list[dict[str, Any]] = []
+        # Notices waiting for the flush, each with the sockets it goes to
+        # (None: every socket here but perhaps its own user's).
+        self._notices: list[tuple[Notice, list[Connection] | None]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._layer_failed = False
         # channels_redis's connection pool refuses calls past its size (100)
@@ -137,7 +146,7 @@ class Hub:
         # Presence changes of sockets opening or closing together travel in
         # one layer message: one `group_send` (three Redis round trips) per
         # burst instead of one per socket.
-        self._announce: Coalescer[dict[str, Any], None] = Coalescer(self._publish_notices)
+        self._announce: Coalescer[Notice, None] = Coalescer(self._publish_notices)
         # Layer groups that sockets opening together need are joined in one
         # Redis pipeline, and recorded for the reaper in one call.
         self._joining: Coalescer[str, None] = Coalescer(self._join_layer_groups)
@@ -179,7 +188,7 @@ class Hub:
                     await conn.close_with(close_code)
         offline = await self.presence.drop_worker(worker=self.worker_id)
         for username in offline:
-            await self.publish(LAYER_ALL, _presence_notice(username, online=False))
+            await self.publish(LAYER_ALL, presence_notice(username, online=False))
         for layer_group in list(self._subscribed):
             with contextlib.suppress(Exception):
                 async with self._layer_slots:
@@ -247,7 +256,7 @@ class Hub:
             self._mirror_opened[conn.connection_id] = (conn.user_id, endpoint)
             self._write_mirror()
             if await self._connecting((conn.connection_id, conn.username)):
-                await self._announce(_presence_notice(conn.username, online=True))
+                await self._announce(presence_notice(conn.username, online=True))
         except BaseException:
             # The socket will be closed (Redis down, say): do not keep it in
             # the indexes, since its consumer will not detach it.
@@ -268,7 +277,7 @@ class Hub:
             await self._unsubscribe_unused()
         try:
             if await self._disconnecting((conn.connection_id, conn.username)):
-                await self._announce(_presence_notice(conn.username, online=False))
+                await self._announce(presence_notice(conn.username, online=False))
         finally:
             if self._mirror_opened.pop(conn.connection_id, None) is None:
                 self._mirror_closed.add(conn.connection_id)
@@ -369,12 +378,12 @@ class Hub:
     # -- publishing ---------------------------------------------------------
 
     async def publish(
-        self, layer_group: str, message: dict[str, Any], *, local_fallback: bool = True
+        self, layer_group: str, message: LayerMessage, *, local_fallback: bool = True
     ) -> bool:
         """`group_send` that never raises; during a layer outage, deliver locally."""
         try:
             async with self._layer_slots:
-                await self.layer.group_send(layer_group, message)
+                await self.layer.group_send(layer_group, to_layer(message))
         except Exception:
             if not self._layer_failed:
                 logger.exception("channel layer failed; delivering locally until it is back")
@@ -384,12 +393,12 @@ class Hub:
             return False
         return True
 
-    async def _publish_notices(self, notices: list[dict[str, Any]]) -> list[None]:
+    async def _publish_notices(self, notices: list[Notice]) -> list[None]:
         """Publish notices to every worker, in order, as one layer message."""
         if len(notices) == 1:
             await self.publish(LAYER_ALL, notices[0])
         else:
-            await self.publish(LAYER_ALL, {"type": "chat.notices", "notices": notices})
+            await self.publish(LAYER_ALL, Notices(tuple(notices)))
         return [None] * len(notices)
 
     async def deliver_messages(self, messages: Sequence[StoredMessage]) -> None:
@@ -412,32 +421,27 @@ class Hub:
         for run in _audience_runs(messages):
             texts = [encode(stored.event) for stored in run]
             text = texts[0] if len(texts) == 1 else _batch_text(texts)
-            first = run[0]
+            first, origin = run[0], self.channel
             if first.everyone:
-                sends = [(LAYER_ALL, {"type": "chat.deliver", "text": text, "all": True})]
+                sends = [(LAYER_ALL, Deliver(text, Audience(everyone=True), origin))]
             elif first.group_id is not None:
                 group_id = first.group_id
                 sends = [
-                    (
-                        group_layer_group(group_id),
-                        {"type": "chat.deliver", "text": text, "group": group_id},
-                    )
+                    (group_layer_group(group_id), Deliver(text, Audience(group=group_id), origin))
                 ]
             else:
                 sends = [
-                    (user_layer_group(u), {"type": "chat.deliver", "text": text, "users": [u]})
+                    (user_layer_group(u), Deliver(text, Audience(users=(u,)), origin))
                     for u in first.user_ids
                 ]
             for layer_group, message in sends:
-                await self._dispatch(message)
-                await self.publish(
-                    layer_group, {**message, "origin": self.channel}, local_fallback=False
-                )
+                await self.chat_deliver(message)
+                await self.publish(layer_group, message, local_fallback=False)
 
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
         await self._apply_member_change(
-            {"user_id": user_id, "group_id": group_id, "joined": joined}
+            MemberChange(user_id=user_id, group_id=group_id, joined=joined)
         )
 
     async def announce_membership(
@@ -452,17 +456,15 @@ class Hub:
         """Tell the group's online members and the user's other sockets."""
         await self.publish(
             group_layer_group(group_id),
-            {"type": "chat.notice", "event": event, "group": group_id, "exclude_user": user_id},
+            Notice(event, Audience(group=group_id, exclude_user=user_id)),
         )
         await self.publish(
             user_layer_group(user_id),
-            {
-                "type": "chat.notice",
-                "event": event,
-                "users": [user_id],
-                "exclude_connection": exclude_connection,
-                "member_change": {"user_id": user_id, "group_id": group_id, "joined": joined},
-            },
+            Notice(
+                event,
+                Audience(users=(user_id,), exclude_connection=exclude_connection),
+                member_change=MemberChange(user_id=user_id, group_id=group_id, joined=joined),
+            ),
         )
 
     # -- receiving ------------------------------------------------------------
@@ -488,46 +490,50 @@ class Hub:
             # What this worker published itself was delivered here already.
             if message.get("origin") != self.channel:
                 try:
-                    await self._dispatch(message)
+                    await self._dispatch(from_layer(message))
                 except Exception:
                     logger.exception("failed to dispatch %s", message.get("type"))
             raise_if_cancelled()
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "chat.deliver":
-            text = message["text"]
-            for conn in self._targets(message):
-                if not _written_now(conn, text):
-                    await _write(conn, text)
-        elif kind == "chat.notice":
-            change = message.get("member_change")
-            if change is not None:
-                await self._apply_member_change(change)
-            self._queue_notice(message)
-        elif kind == "chat.notices":
-            for notice in message["notices"]:
-                await self._dispatch(notice)
-        elif kind == "chat.session_end":
-            for conn in list(self.by_user.get(message["user_id"], ())):
-                if conn.session_digest == message["session"]:
-                    await conn.close_with(CLOSE_POLICY_VIOLATION)
+    async def _dispatch(self, message: LayerMessage) -> None:
+        """Hand `message` to the method its type names, as Channels does for consumers."""
+        await getattr(self, message.type.replace(".", "_"))(message)
 
-    def _targets(self, message: dict[str, Any]) -> list[Connection]:
-        if message.get("all"):
+    async def chat_deliver(self, message: Deliver) -> None:
+        text = message.text
+        for conn in self._targets(message.audience):
+            if not _written_now(conn, text):
+                await _write(conn, text)
+
+    async def chat_notice(self, notice: Notice) -> None:
+        if notice.member_change is not None:
+            await self._apply_member_change(notice.member_change)
+        self._queue_notice(notice)
+
+    async def chat_notices(self, message: Notices) -> None:
+        for notice in message.notices:
+            await self.chat_notice(notice)
+
+    async def chat_session_end(self, message: SessionEnd) -> None:
+        for conn in list(self.by_user.get(message.user_id, ())):
+            if conn.session_digest == message.session:
+                await conn.close_with(CLOSE_POLICY_VIOLATION)
+
+    def _targets(self, audience: Audience) -> list[Connection]:
+        if audience.everyone:
             candidates = list(self.connections())
-        elif "users" in message:
-            candidates = [c for u in message["users"] for c in self.by_user.get(u, ())]
-        elif "group" in message:
-            members = self.members_here.get(message["group"], ())
+        elif audience.users:
+            candidates = [c for u in audience.users for c in self.by_user.get(u, ())]
+        elif audience.group is not None:
+            members = self.members_here.get(audience.group, ())
             candidates = [c for u in list(members) for c in self.by_user.get(u, ())]
         else:
             candidates = []
-        exclude_user = message.get("exclude_user")
-        exclude_username = message.get("exclude_username")
-        exclude_connection = message.get("exclude_connection")
-        if exclude_user is None and exclude_username is None and exclude_connection is None:
+        if not audience.excludes:
             return candidates  # every message; only notices exclude anyone
+        exclude_user = audience.exclude_user
+        exclude_username = audience.exclude_username
+        exclude_connection = audience.exclude_connection
         return [
             conn
             for conn in candidates
@@ -538,13 +544,12 @@ class Hub:
 
     # -- notices (presence, joined, left), batched ---------------------------
 
-    def _queue_notice(self, message: dict[str, Any]) -> None:
-        if not _is_shared(message):
-            # Its audience is who is a member *now*: someone who joins the
-            # group before the flush must not hear of a join that preceded
-            # theirs (their `join` reply already lists that member).
-            message = {**message, "targets": self._targets(message)}
-        self._notices.append(message)
+    def _queue_notice(self, notice: Notice) -> None:
+        # Its audience is who is a member *now*: someone who joins the group
+        # before the flush must not hear of a join that preceded theirs (their
+        # `join` reply already lists that member).
+        targets = None if notice.audience.shared else self._targets(notice.audience)
+        self._notices.append((notice, targets))
         if self._flush_handle is None:
             delay = settings.CHAT_NOTICE_DELAY
             loop = asyncio.get_running_loop()
@@ -554,8 +559,8 @@ class Hub:
 
     async def _flush_notices(self) -> None:
         self._flush_handle = None
-        notices, self._notices = _coalesce_presence(self._notices), []
-        if not notices:
+        pending, self._notices = _coalesce_presence(self._notices), []
+        if not pending:
             return
         # Presence goes to every socket here but the user's own: such notices
         # are `shared` by most sockets, and one socket in a burst of opening
@@ -565,14 +570,15 @@ class Hub:
         shared: list[int] = []
         own: dict[str, set[int]] = {}
         targeted: dict[Connection, list[int]] = {}
-        for index, notice in enumerate(notices):
-            if "targets" not in notice:
+        notices = [notice for notice, _ in pending]
+        for index, (notice, targets) in enumerate(pending):
+            if targets is None:
                 shared.append(index)
-                username = notice.get("exclude_username")
+                username = notice.audience.exclude_username
                 if username is not None:
                     own.setdefault(username, set()).add(index)
             else:
-                for conn in notice["targets"]:
+                for conn in targets:
                     if conn in self.by_user.get(conn.user_id, ()):
                         targeted.setdefault(conn, []).append(index)
         receivers = list(self.connections()) if shared else list(targeted)
@@ -608,12 +614,12 @@ class Hub:
 
     # -- memberships and layer groups --------------------------------------
 
-    async def _apply_member_change(self, change: dict[str, Any]) -> None:
-        user_id, group_id = change["user_id"], change["group_id"]
+    async def _apply_member_change(self, change: MemberChange) -> None:
+        user_id, group_id = change.user_id, change.group_id
         groups = self.groups_of.get(user_id)
         if groups is None:
             return
-        if change["joined"]:
+        if change.joined:
             groups.add(group_id)
             self.members_here.setdefault(group_id, set()).add(user_id)
             await self._subscribe([group_layer_group(group_id)])
@@ -715,7 +721,7 @@ class Hub:
             logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
             await database_sync_to_async(presence_module.connections_forget_workers)(reaped.workers)
         for username in reaped.offline:
-            await self.publish(LAYER_ALL, _presence_notice(username, online=False))
+            await self.publish(LAYER_ALL, presence_notice(username, online=False))
         # channels_redis would drop a dead channel from a group only after
         # `group_expiry`; meanwhile every group_send would still queue for it.
         for channel, layer_groups in reaped.layer_memberships:
@@ -738,44 +744,6 @@ class Hub:
             # the next heartbeat does not count these sockets as still open.
             with contextlib.suppress(Exception):
                 await self.detach(conn)
-
-
-def raise_if_cancelled() -> None:
-    """Raise a cancellation that a library swallowed, so a loop ends when asked.
-
-    channels_redis's `group_send` often returns normally when the task calling
-    it is cancelled, and redis-py can raise ConnectionError instead; a loop
-    that carries on would keep its event loop from closing.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, within: float = 10.0) -> bool:
-    """Cancel `tasks` and wait until they end, cancelling again those that run on.
-
-    One cancellation is not always enough: Python 3.11's `asyncio.wait_for`
-    returns the result of a call that completes as the cancellation arrives
-    and drops the cancellation, and redis-py sends every command through it
-    when a socket timeout is set. channels_redis's `receive` then goes back
-    to its blocking pop and never returns, so a loop closed by cancelling
-    each task once (asyncio's own shutdown) would wait for it for ever.
-    True if every task ended within `within` seconds.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    current = asyncio.current_task()
-    pending = {task for task in tasks if task is not current and not task.done()}
-    while pending:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            logger.warning("tasks still running after cancellation: %s", pending)
-            return False
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(0.2, remaining))
-    return True
 
 
 def _written_now(conn: Connection, text: str) -> bool:
@@ -818,9 +786,9 @@ def _audience_runs(messages: Sequence[StoredMessage]) -> Iterator[list[StoredMes
         yield run
 
 
-def _notices_text(notices: list[dict[str, Any]], indexes: list[int]) -> str:
+def _notices_text(notices: list[Notice], indexes: list[int]) -> str:
     """The frame text of these notices: the event alone, or a `batch` of them."""
-    events = [notices[i]["event"] for i in indexes]
+    events = [notices[i].event for i in indexes]
     if len(events) == 1:
         return encode(events[0])
     return encode({"type": "batch", "events": events})
@@ -831,41 +799,22 @@ def _batch_text(texts: list[str]) -> str:
     return '{"type":"batch","events":[' + ",".join(texts) + "]}"
 
 
-def _presence_notice(username: str, *, online: bool) -> dict[str, Any]:
-    return {
-        "type": "chat.notice",
-        "event": {"type": "presence", "user": username, "online": online},
-        "all": True,
-        "exclude_username": username,
-        "presence": username,
-    }
-
-
-def _is_shared(notice: dict[str, Any]) -> bool:
-    """Whether a notice goes to every socket here (but perhaps its own user's)."""
-    return bool(
-        notice.get("all")
-        and notice.get("exclude_user") is None
-        and notice.get("exclude_connection") is None
-    )
-
-
-def _coalesce_presence(notices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _coalesce_presence(
+    pending: list[tuple[Notice, list[Connection] | None]],
+) -> list[tuple[Notice, list[Connection] | None]]:
     """Drop presence flaps: an even number of transitions in a window cancels out."""
     counts: dict[str, int] = {}
-    for notice in notices:
-        if "presence" in notice:
-            counts[notice["presence"]] = counts.get(notice["presence"], 0) + 1
     last_index: dict[str, int] = {}
-    for index, notice in enumerate(notices):
-        if "presence" in notice:
-            last_index[notice["presence"]] = index
-    kept = []
-    for index, notice in enumerate(notices):
-        user = notice.get("presence")
-        if user is None or (counts[user] % 2 == 1 and last_index[user] == index):
-            kept.append(notice)
-    return kept
+    for index, (notice, _) in enumerate(pending):
+        if notice.presence is not None:
+            counts[notice.presence] = counts.get(notice.presence, 0) + 1
+            last_index[notice.presence] = index
+    return [
+        entry
+        for index, entry in enumerate(pending)
+        if (user := entry[0].presence) is None
+        or (counts[user] % 2 == 1 and last_index[user] == index)
+    ]
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
@@ -886,10 +835,3 @@ async def get_hub() -> Hub:
     else:
         await asyncio.shield(hub._started)
     return hub
-
-
-def running_hub() -> Hub | None:
-    """The running loop's hub if one was started (for shutdown)."""
-    with contextlib.suppress(RuntimeError):
-        return _hubs.get(asyncio.get_running_loop())
-    return None

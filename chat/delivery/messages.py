@@ -1,0 +1,260 @@
+"""Every message that travels between workers on the channel layer, typed.
+
+On the layer a message is a flat dict (what channels_redis serialises), with a
+`type` that names the hub's handler the way Channels names a consumer's:
+`chat.deliver` is handled by `Hub.chat_deliver`. In the code it is one of the
+frozen dataclasses below; `to_layer` and `from_layer` are the only places that
+know the dict's keys, so a worker never reads an optional key by hand.
+
+The dict keys are those of earlier versions, so workers of two versions can
+share one Redis while a deployment rolls.
+
+To add a message type:
+
+1. Write a frozen, slotted dataclass here with a `type` class variable
+   (`"chat.something"`), `layer_fields` (its dict, minus `type`) and
+   `from_fields` (the reverse), and decorate it with `@layer_message`.
+2. Give the hub (`chat.delivery.hub.Hub`) a method named after the type with
+   dots as underscores (`chat_something`) that takes the dataclass.
+3. Publish it with `hub.publish(layer_group, message)`; a test in
+   tests/test_layer_messages.py checks that it comes back from `from_layer`
+   equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+# The layer group every worker with a socket joins: broadcasts and presence.
+LAYER_ALL = "chat.all"
+
+
+def user_layer_group(user_id: int) -> str:
+    return f"chat.user.{user_id}"
+
+
+def group_layer_group(group_id: int) -> str:
+    return f"chat.group.{group_id}"
+
+
+class LayerMessage(Protocol):
+    """What every message type below provides."""
+
+    type: ClassVar[str]
+
+    def layer_fields(self) -> dict[str, Any]:
+        """Its fields on the layer, `type` aside."""
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> LayerMessage:
+        """The message that `layer_fields` gave `data`."""
+
+
+_M = TypeVar("_M", bound=type[LayerMessage])
+_readers: dict[str, Callable[[Mapping[str, Any]], LayerMessage]] = {}
+
+
+def layer_message(cls: _M) -> _M:
+    """Register a message class so that `from_layer` reads its `type`."""
+    _readers[cls.type] = cls.from_fields
+    return cls
+
+
+def to_layer(message: LayerMessage) -> dict[str, Any]:
+    """The dict that carries `message` on the channel layer."""
+    return {"type": message.type, **message.layer_fields()}
+
+
+def from_layer(data: Mapping[str, Any]) -> LayerMessage:
+    """The message a layer dict carries; `UnknownMessage` for a type nobody registered."""
+    reader = _readers.get(data.get("type", ""))
+    if reader is None:
+        raise UnknownMessage(data.get("type"))
+    return reader(data)
+
+
+class UnknownMessage(ValueError):
+    """A layer dict of a type this worker does not know (a newer worker's, say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Which of a worker's sockets a message is for.
+
+    One of `everyone`, `users` and `group` chooses the sockets; the exclusions
+    then leave some out (notices only: a message goes to all it is for).
+    """
+
+    everyone: bool = False
+    users: tuple[int, ...] = ()
+    group: int | None = None
+    exclude_user: int | None = None
+    exclude_username: str | None = None
+    exclude_connection: str | None = None
+
+    @property
+    def excludes(self) -> bool:
+        return (
+            self.exclude_user is not None
+            or self.exclude_username is not None
+            or self.exclude_connection is not None
+        )
+
+    @property
+    def shared(self) -> bool:
+        """Every socket here, but perhaps its own user's: presence notices are."""
+        return self.everyone and self.exclude_user is None and self.exclude_connection is None
+
+    def layer_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.everyone:
+            fields["all"] = True
+        if self.users:
+            fields["users"] = list(self.users)
+        if self.group is not None:
+            fields["group"] = self.group
+        if self.exclude_user is not None:
+            fields["exclude_user"] = self.exclude_user
+        if self.exclude_username is not None:
+            fields["exclude_username"] = self.exclude_username
+        if self.exclude_connection is not None:
+            fields["exclude_connection"] = self.exclude_connection
+        return fields
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Audience:
+        users = data.get("users")
+        return cls(
+            everyone=bool(data.get("all")),
+            users=tuple(users) if users else (),
+            group=data.get("group"),
+            exclude_user=data.get("exclude_user"),
+            exclude_username=data.get("exclude_username"),
+            exclude_connection=data.get("exclude_connection"),
+        )
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Stored messages, already encoded as one frame's text, for their audience.
+
+    `origin` is the channel of the worker that published it: that worker
+    wrote it to its own sockets before publishing, and drops the copy.
+    """
+
+    type: ClassVar[str] = "chat.deliver"
+    text: str
+    audience: Audience
+    origin: str = ""
+
+    def layer_fields(self) -> dict[str, Any]:
+        fields = {"text": self.text, **self.audience.layer_fields()}
+        if self.origin:
+            fields["origin"] = self.origin
+        return fields
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Deliver:
+        return cls(
+            text=data["text"], audience=Audience.from_fields(data), origin=data.get("origin", "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A user joined or left a group: workers with that user's sockets update their index."""
+
+    user_id: int
+    group_id: int
+    joined: bool
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An event about people (presence, joined, left), held and batched before it is sent.
+
+    `presence` names the user of a presence notice, so that a user's flaps
+    within one batch cancel out.
+    """
+
+    type: ClassVar[str] = "chat.notice"
+    event: dict[str, Any]
+    audience: Audience
+    presence: str | None = None
+    member_change: MemberChange | None = None
+
+    def layer_fields(self) -> dict[str, Any]:
+        fields = {"event": self.event, **self.audience.layer_fields()}
+        if self.presence is not None:
+            fields["presence"] = self.presence
+        change = self.member_change
+        if change is not None:
+            fields["member_change"] = {
+                "user_id": change.user_id,
+                "group_id": change.group_id,
+                "joined": change.joined,
+            }
+        return fields
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Notice:
+        change = data.get("member_change")
+        return cls(
+            event=data["event"],
+            audience=Audience.from_fields(data),
+            presence=data.get("presence"),
+            member_change=None
+            if change is None
+            else MemberChange(
+                user_id=change["user_id"], group_id=change["group_id"], joined=change["joined"]
+            ),
+        )
+
+
+def presence_notice(username: str, *, online: bool) -> Notice:
+    """Tell every socket but the user's own that the user came online or went offline."""
+    return Notice(
+        event={"type": "presence", "user": username, "online": online},
+        audience=Audience(everyone=True, exclude_username=username),
+        presence=username,
+    )
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class Notices:
+    """Notices of sockets opening or closing together, in order: one layer message for all."""
+
+    type: ClassVar[str] = "chat.notices"
+    notices: tuple[Notice, ...]
+
+    def layer_fields(self) -> dict[str, Any]:
+        return {"notices": [to_layer(notice) for notice in self.notices]}
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Notices:
+        return cls(notices=tuple(Notice.from_fields(notice) for notice in data["notices"]))
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """A session logged out: its sockets close with 1008 on every worker.
+
+    `session` is the session key's digest (`session_digest`), never the key.
+    """
+
+    type: ClassVar[str] = "chat.session_end"
+    user_id: int
+    session: str
+
+    def layer_fields(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "session": self.session}
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> SessionEnd:
+        return cls(user_id=data["user_id"], session=data["session"])

@@ -1,0 +1,66 @@
+"""chat.delivery.messages: every layer message survives the trip through the layer's dict."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from chat.delivery.messages import (
+    Audience,
+    Deliver,
+    MemberChange,
+    Notice,
+    Notices,
+    SessionEnd,
+    UnknownMessage,
+    from_layer,
+    presence_notice,
+    to_layer,
+)
+
+joined = Notice(
+    {"type": "joined", "group": "A", "user": "carol"},
+    Audience(users=(3,), exclude_connection="c-1"),
+    member_change=MemberChange(user_id=3, group_id=7, joined=True),
+)
+
+EVERY_KIND = [
+    Deliver('{"type":"message"}', Audience(everyone=True), origin="chatworker.abc"),
+    Deliver('{"type":"message"}', Audience(group=7)),
+    Deliver('{"type":"message"}', Audience(users=(1, 2))),
+    presence_notice("alice", online=True),
+    Notice({"type": "left", "group": "A", "user": "bob"}, Audience(group=7, exclude_user=2)),
+    joined,
+    Notices((presence_notice("alice", online=False), joined)),
+    SessionEnd(user_id=1, session="0" * 32),
+]
+
+
+@pytest.mark.parametrize("message", EVERY_KIND, ids=lambda m: m.type)
+def test_a_message_comes_back_from_the_layer_equal(message):
+    # msgpack is what channels_redis puts on the wire: lists for tuples.
+    wire = msgpack.unpackb(msgpack.packb(to_layer(message)))
+
+    assert from_layer(wire) == message
+
+
+def test_the_layer_dict_keeps_the_keys_of_earlier_versions():
+    """Workers of two versions share one Redis while a deployment rolls."""
+    assert to_layer(Deliver("t", Audience(group=7), origin="o")) == {
+        "type": "chat.deliver",
+        "text": "t",
+        "group": 7,
+        "origin": "o",
+    }
+    assert to_layer(presence_notice("alice", online=True)) == {
+        "type": "chat.notice",
+        "event": {"type": "presence", "user": "alice", "online": True},
+        "all": True,
+        "exclude_username": "alice",
+        "presence": "alice",
+    }
+
+
+def test_a_type_nobody_registered_is_refused_by_name():
+    with pytest.raises(UnknownMessage, match=r"chat\.future"):
+        from_layer({"type": "chat.future", "x": 1})
