@@ -157,7 +157,7 @@ class ChatSocket(AsyncWebsocketConsumer):
             except Exception:
                 logger.exception("failed to clean up after %s's socket", self.username)
 
-    # -- the hub's side (chat.delivery.Connection) --------------------------
+    # -- the hub's side (chat.delivery.LocalSocket) ------------------------
 
     async def write(self, text: str) -> None:
         if self.write_now(text):

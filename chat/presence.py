@@ -20,10 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
 from chat import redis_client
-from chat.models import Connection
 
 
 @dataclass
@@ -312,44 +310,3 @@ def reset_memory_store() -> None:
     """Forget in-memory presence (tests start each case from nobody online)."""
     global _memory_store
     _memory_store = None
-
-
-# The admin's mirror of open sockets (chat.models.Connection). Synchronous:
-# the hub calls these through database_sync_to_async.
-
-
-def connection_record(*, user_id: int, worker: str, connection_id: str, endpoint: str) -> None:
-    Connection.objects.create(
-        user_id=user_id, worker=worker, connection_id=connection_id, endpoint=endpoint
-    )
-
-
-def connections_mirror(
-    *, worker: str, opened: dict[str, tuple[int, str]], closed: Iterable[str]
-) -> None:
-    """Apply a batch of socket changes in one go: `opened` maps id to (user id, endpoint).
-
-    Sockets of users deleted meanwhile are skipped, and ids already recorded
-    are left as they are, so that a batch never fails for one of its rows.
-    """
-    closed = list(closed)
-    if closed:
-        Connection.objects.filter(connection_id__in=closed).delete()
-    if opened:
-        users = set(
-            get_user_model()
-            ._default_manager.filter(pk__in={user_id for user_id, _ in opened.values()})
-            .values_list("pk", flat=True)
-        )
-        Connection.objects.bulk_create(
-            [
-                Connection(user_id=user_id, worker=worker, connection_id=cid, endpoint=endpoint)
-                for cid, (user_id, endpoint) in opened.items()
-                if user_id in users
-            ],
-            ignore_conflicts=True,
-        )
-
-
-def connections_forget_workers(workers: list[str]) -> None:
-    Connection.objects.filter(worker__in=workers).delete()

@@ -9,10 +9,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
+from chat.delivery.mirror import connection_record
 from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ChatGroup, Connection, Message
-from chat.presence import connection_record
 from chat.protocol import Address
 
 pytestmark = pytest.mark.django_db(transaction=True)

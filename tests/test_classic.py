@@ -129,7 +129,7 @@ class ClassicClient:
 
 async def _sockets_of(username: str) -> set:
     hub = await delivery.get_hub()
-    return {conn for conn in hub.connections() if conn.username == username}
+    return {conn for conn in hub.sockets if conn.username == username}
 
 
 async def try_classic(

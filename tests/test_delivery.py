@@ -17,8 +17,8 @@ from channels.layers import get_channel_layer
 from chat import delivery
 from chat.coalesce import Coalescer
 from chat.delivery import Hub, session_digest, user_layer_group
-from chat.delivery.hub import _coalesce_presence
 from chat.delivery.messages import Audience, Notice, SessionEnd, presence_notice
+from chat.delivery.notices import drop_flaps
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
 from tests.conftest import make_user
@@ -42,7 +42,7 @@ def joined(user: str) -> Notice:
 
 
 def coalesced(notices: list[Notice]) -> list[Notice]:
-    return [notice for notice, _ in _coalesce_presence([(notice, None) for notice in notices])]
+    return [notice for notice, _ in drop_flaps([(notice, None) for notice in notices])]
 
 
 def test_coalesce_keeps_a_single_transition():
@@ -279,7 +279,7 @@ async def test_messages_to_different_audiences_keep_their_order(hub, fake, alice
 async def test_a_long_run_is_split_into_frames_of_at_most_max_run(
     hub, fake, alice, bob, monkeypatch
 ):
-    monkeypatch.setattr("chat.delivery.hub.MAX_RUN", 2)
+    monkeypatch.setattr("chat.delivery.publishing.MAX_RUN", 2)
     bob_tab = await fake(bob)
     await settle(hub, bob_tab)
     send = database_sync_to_async(message_send)
@@ -299,13 +299,13 @@ async def test_sockets_here_get_a_message_once_without_waiting_for_the_layer(
     await settle(hub, bob_tab)
     stored = await database_sync_to_async(message_send)(sender=alice, to=Address("all"), body="x")
     release = asyncio.Event()
-    group_send = hub.layer.group_send
+    group_send = hub.channel.layer.group_send
 
     async def held_group_send(layer_group, message):
         await release.wait()
         await group_send(layer_group, message)
 
-    monkeypatch.setattr(hub.layer, "group_send", held_group_send)
+    monkeypatch.setattr(hub.channel.layer, "group_send", held_group_send)
     delivering = asyncio.ensure_future(hub.deliver_messages([stored]))
 
     assert (await bob_tab.next_message())["id"] == stored.id
@@ -480,7 +480,7 @@ class CountingPresence:
 
 
 async def test_a_burst_of_online_calls_shares_reads_made_after_each_call(hub, fake, alice, bob):
-    counting = hub.presence = CountingPresence(hub.presence)
+    counting = hub.online_reader.presence = CountingPresence(hub.presence)
     await fake(alice)
     counting.release.clear()
     first = asyncio.ensure_future(hub.online())
@@ -508,7 +508,7 @@ async def test_online_names_are_sorted_once_for_the_calls_that_share_a_read(hub,
 
 
 async def test_a_cancelled_online_call_does_not_cancel_the_others(hub, fake, alice):
-    counting = hub.presence = CountingPresence(hub.presence)
+    counting = hub.online_reader.presence = CountingPresence(hub.presence)
     await fake(alice)
     counting.release.clear()
     impatient = asyncio.ensure_future(hub.online())
@@ -522,7 +522,7 @@ async def test_a_cancelled_online_call_does_not_cancel_the_others(hub, fake, ali
 
 
 async def test_a_failed_online_read_reaches_its_callers_and_the_next_read_works(hub, fake, alice):
-    counting = hub.presence = CountingPresence(hub.presence)
+    counting = hub.online_reader.presence = CountingPresence(hub.presence)
     await fake(alice)
     store = counting.store
 
@@ -558,17 +558,17 @@ async def mirrored(hub: Hub, expected: set[str]) -> set[str]:
 
 
 async def test_sockets_are_mirrored_for_the_admin_in_batches(hub, fake, alice, bob, monkeypatch):
-    from chat import presence
+    from chat.delivery import mirror
 
     calls = 0
-    real = presence.connections_mirror
+    real = mirror.connections_mirror
 
     def counting(**kwargs: Any) -> None:
         nonlocal calls
         calls += 1
         real(**kwargs)
 
-    monkeypatch.setattr(presence, "connections_mirror", counting)
+    monkeypatch.setattr(mirror, "connections_mirror", counting)
     conns = await asyncio.gather(*(fake(alice if n % 2 else bob) for n in range(40)))
     everyone = {c.connection_id for c in conns}
     assert await mirrored(hub, everyone) == everyone
@@ -607,7 +607,7 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
     layer = SwallowingLayer()
     # A hub of its own, never started: no other loop reads a real layer here.
     hub = Hub(layer)  # type: ignore[arg-type]
-    loop_task = asyncio.ensure_future(hub._receive_loop())
+    loop_task = asyncio.ensure_future(hub.channel.receive_loop(hub._dispatch))
     await asyncio.wait_for(layer.reading.wait(), WAIT)
     loop_task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -656,7 +656,7 @@ async def test_presence_of_sockets_opening_together_leaves_in_one_layer_message(
     # The first trip is held until every socket has announced itself:
     # whatever did not make it into the first goes together in the next.
     published = held.recorded
-    await held.release_once(hub._announce, 3, lambda: len(notices_in(published)))
+    await held.release_once(hub.announcing, 3, lambda: len(notices_in(published)))
     await asyncio.wait_for(opening, WAIT)
 
     assert len(published) <= 2, published
@@ -674,14 +674,14 @@ async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
 ):
     await fake(await make_user("dave"))  # chat.all and dave's own group are joined
     held = FirstCallHeld(
-        delivery.hub.group_add_many, record=lambda layer, groups, channel: list(groups)
+        delivery.channel.group_add_many, record=lambda layer, groups, channel: list(groups)
     )
-    monkeypatch.setattr(delivery.hub, "group_add_many", held)
+    monkeypatch.setattr(delivery.channel, "group_add_many", held)
     opening = asyncio.gather(
         fake(alice, group_ids=[7]), fake(bob, group_ids=[7]), fake(carol, group_ids=[8])
     )
     trips = held.recorded
-    await held.release_once(hub._joining, 5, lambda: sum(map(len, trips)))
+    await held.release_once(hub.subscriptions.joining, 5, lambda: sum(map(len, trips)))
     alice1, bob1, carol1 = await asyncio.wait_for(opening, WAIT)
 
     assert len(trips) <= 2, trips
@@ -697,7 +697,9 @@ async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
         ("chat.group.7", {"group": 7}, "to group 7"),
     ]:
         text = json.dumps({"type": "message", "body": body})
-        await hub.layer.group_send(layer_group, {"type": "chat.deliver", "text": text, **audience})
+        await hub.channel.layer.group_send(
+            layer_group, {"type": "chat.deliver", "text": text, **audience}
+        )
     assert (await next_with_body(carol1))["body"] == "to carol"
     assert (await next_with_body(alice1))["body"] == "to group 7"
     assert (await next_with_body(bob1))["body"] == "to group 7"
@@ -718,7 +720,7 @@ async def test_presence_of_sockets_opening_together_is_recorded_in_one_trip(
     monkeypatch.setattr(hub.presence, "connect_many", held)
     opening = asyncio.gather(fake(alice), fake(alice), fake(bob))
     trips = held.recorded
-    await held.release_once(hub._connecting, 3, lambda: sum(map(len, trips)))
+    await held.release_once(hub.recorder.connecting, 3, lambda: sum(map(len, trips)))
     await asyncio.wait_for(opening, WAIT)
 
     assert len(trips) <= 2, trips

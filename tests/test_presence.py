@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from chat import presence
+from chat.delivery import mirror
 from chat.models import Connection
 from chat.presence import MemoryPresenceStore, RedisPresenceStore, get_presence_store
 from tests.conftest import REDIS_URL, require_redis
@@ -323,9 +324,9 @@ async def test_two_redis_store_objects_with_one_prefix_share_presence(settings, 
 
 @pytest.mark.django_db(transaction=True)
 def test_connections_mirror_applies_a_batch_of_opened_and_closed_sockets(alice, bob):
-    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
+    mirror.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
 
-    presence.connections_mirror(
+    mirror.connections_mirror(
         worker="w1",
         opened={"c2": (alice.pk, "plain"), "c3": (bob.pk, "json")},
         closed=["c1", "never-recorded"],
@@ -339,11 +340,11 @@ def test_connections_mirror_applies_a_batch_of_opened_and_closed_sockets(alice, 
 
 @pytest.mark.django_db(transaction=True)
 def test_connections_mirror_skips_rows_that_would_fail_the_batch(alice, bob):
-    presence.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
+    mirror.connection_record(user_id=alice.pk, worker="w1", connection_id="c1", endpoint="json")
     gone = bob.pk
     bob.delete()
 
-    presence.connections_mirror(
+    mirror.connections_mirror(
         worker="w1", opened={"c1": (alice.pk, "plain"), "c2": (gone, "json")}, closed=[]
     )
 
@@ -353,11 +354,11 @@ def test_connections_mirror_skips_rows_that_would_fail_the_batch(alice, bob):
 
 @pytest.mark.django_db(transaction=True)
 def test_connections_forget_workers_removes_only_those_workers(alice, bob):
-    presence.connection_record(user_id=alice.pk, worker="dead", connection_id="c1", endpoint="json")
-    presence.connection_record(user_id=bob.pk, worker="dead2", connection_id="c2", endpoint="json")
-    presence.connection_record(user_id=bob.pk, worker="alive", connection_id="c3", endpoint="json")
+    mirror.connection_record(user_id=alice.pk, worker="dead", connection_id="c1", endpoint="json")
+    mirror.connection_record(user_id=bob.pk, worker="dead2", connection_id="c2", endpoint="json")
+    mirror.connection_record(user_id=bob.pk, worker="alive", connection_id="c3", endpoint="json")
 
-    presence.connections_forget_workers(["dead", "dead2"])
+    mirror.connections_forget_workers(["dead", "dead2"])
 
     assert list(Connection.objects.values_list("worker", flat=True)) == ["alive"]
 

@@ -1,15 +1,17 @@
 """Live delivery: each worker's hub, its parts, and the messages workers exchange.
 
-`hub` coordinates; `messages` types what travels on the channel layer.
+`hub` coordinates and its docstring lists the parts; `messages` types what
+travels on the channel layer (and says how to add a message type).
 """
 
-from chat.delivery.hub import Connection, Hub, get_hub, session_digest
+from chat.delivery.hub import Hub, get_hub
 from chat.delivery.messages import LAYER_ALL, group_layer_group, user_layer_group
+from chat.delivery.sockets import LocalSocket, session_digest
 
 __all__ = [
     "LAYER_ALL",
-    "Connection",
     "Hub",
+    "LocalSocket",
     "get_hub",
     "group_layer_group",
     "session_digest",

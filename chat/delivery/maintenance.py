@@ -1,0 +1,95 @@
+"""Keeping a worker's presence honest: heartbeat, refresh, reaping and outage recovery.
+
+Every few seconds the worker tells the presence store it is alive (with its
+layer channel and groups, for whoever reaps it), renews its layer group
+memberships (so a killed worker's channel expires from them), and reaps the
+workers that stopped heartbeating. After a layer or Redis outage it closes its
+sockets so that clients reconnect and `sync` what they may have missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from chat.cancellation import raise_if_cancelled
+from chat.delivery.channel import WorkerChannel
+from chat.delivery.mirror import ConnectionMirror, connections_forget_workers
+from chat.delivery.subscriptions import LayerSubscriptions
+from chat.presence import PresenceStore
+
+logger = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """The worker's periodic upkeep; `run` until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        presence: PresenceStore,
+        worker_id: str,
+        channel: WorkerChannel,
+        subscriptions: LayerSubscriptions,
+        mirror: ConnectionMirror,
+        has_sockets: Callable[[], bool],
+        reset_sockets: Callable[[], Awaitable[None]],
+        announce_offline: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self.presence = presence
+        self.worker_id = worker_id
+        self.channel = channel
+        self.subscriptions = subscriptions
+        self.mirror = mirror
+        self._has_sockets = has_sockets
+        self._reset_sockets = reset_sockets
+        self._announce_offline = announce_offline
+
+    async def run(self) -> None:
+        interval = min(settings.CHAT_PRESENCE_TIMEOUT / 3, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                raise_if_cancelled()
+                self.channel.failed = True
+                logger.warning("presence maintenance failed; retrying", exc_info=True)
+
+    async def heartbeat(self) -> bool:
+        """Heartbeat, recording the layer channel and groups; False if the store forgot us."""
+        return await self.presence.heartbeat(
+            worker=self.worker_id,
+            channel=self.channel.name,
+            layer_groups=list(self.subscriptions.names),
+        )
+
+    async def maintain(self) -> None:
+        self.mirror.write()
+        known = await self.heartbeat()
+        if self.channel.failed or (not known and self._has_sockets()):
+            # Redis answers again, but live messages may have been dropped while
+            # it was down, and a Redis that restarted empty (or other workers
+            # that reaped this one while it was cut off) no longer lists these
+            # sockets: close them so clients reconnect, `sync` what they missed
+            # and are announced afresh.
+            self.channel.failed = False
+            await self._reset_sockets()
+        await self.subscriptions.refresh()
+        reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
+        if reaped.workers:
+            logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
+            await database_sync_to_async(connections_forget_workers)(reaped.workers)
+        for username in reaped.offline:
+            await self._announce_offline(username)
+        # channels_redis would drop a dead channel from a group only after
+        # `group_expiry`; meanwhile every group_send would still queue for it.
+        for dead_channel, layer_groups in reaped.layer_memberships:
+            for layer_group in layer_groups:
+                await self.channel.leave(layer_group, dead_channel)

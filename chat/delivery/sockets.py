@@ -1,0 +1,188 @@
+"""The sockets open on this worker, found by user and by chat group.
+
+The hub writes one text to every socket of an audience: this index answers
+"which sockets here" from memory, so a fan-out costs no I/O. It knows the
+group memberships of the users connected here only, which is all a worker
+needs to route a group message it was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from chat.delivery.messages import (
+    LAYER_ALL,
+    Audience,
+    MemberChange,
+    group_layer_group,
+    user_layer_group,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def session_digest(session_key: str) -> str:
+    """A session key as it travels between workers (never the key itself)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+class LocalSocket(Protocol):
+    """What the hub needs of a socket open on this worker; the consumers implement it.
+
+    (Not `chat.models.Connection`, which is the admin's row for a socket.)
+    """
+
+    connection_id: str
+    user_id: int
+    username: str
+    session_digest: str
+
+    async def write(self, text: str) -> None:
+        """Send one frame of text; must not block on the network."""
+
+    def write_now(self, text: str) -> bool:
+        """`write` without a coroutine when nothing needs awaiting; False if it did nothing.
+
+        A fan-out calls this for every member: a coroutine per socket would
+        be paid for every socket at every message.
+        """
+
+    async def close_with(self, code: int) -> None:
+        """Close the socket with this code."""
+
+
+class SocketIndex:
+    """Open sockets by user, and the chat groups of the users who have one here."""
+
+    def __init__(self) -> None:
+        self.by_user: dict[int, set[LocalSocket]] = {}
+        self.groups_of: dict[int, set[int]] = {}
+        self.members_here: dict[int, set[int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_user)
+
+    def __len__(self) -> int:
+        return sum(len(sockets) for sockets in self.by_user.values())
+
+    def __iter__(self) -> Iterator[LocalSocket]:
+        for sockets in self.by_user.values():
+            yield from sockets
+
+    def __contains__(self, conn: LocalSocket) -> bool:
+        return conn in self.by_user.get(conn.user_id, ())
+
+    def add(self, conn: LocalSocket, *, group_ids: Iterable[int]) -> list[str]:
+        """Index an open socket; the layer groups its user needs.
+
+        A user's groups are taken from their first socket here; later ones
+        share them (memberships then change through `apply`).
+        """
+        first_here = conn.user_id not in self.by_user
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        if first_here:
+            self.groups_of[conn.user_id] = set(group_ids)
+        wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
+        for group_id in self.groups_of[conn.user_id]:
+            self.members_here.setdefault(group_id, set()).add(conn.user_id)
+            wanted.append(group_layer_group(group_id))
+        return wanted
+
+    def remove(self, conn: LocalSocket) -> bool:
+        """Forget a socket; True if it was indexed (False: already forgotten)."""
+        sockets = self.by_user.get(conn.user_id)
+        if sockets is None or conn not in sockets:
+            return False
+        sockets.discard(conn)
+        if not sockets:
+            del self.by_user[conn.user_id]
+            for group_id in self.groups_of.pop(conn.user_id, set()):
+                self._forget_member(group_id, conn.user_id)
+        return True
+
+    def apply(self, change: MemberChange) -> bool:
+        """Record a membership change of a user connected here; False if none is."""
+        groups = self.groups_of.get(change.user_id)
+        if groups is None:
+            return False
+        if change.joined:
+            groups.add(change.group_id)
+            self.members_here.setdefault(change.group_id, set()).add(change.user_id)
+        else:
+            groups.discard(change.group_id)
+            self._forget_member(change.group_id, change.user_id)
+        return True
+
+    def _forget_member(self, group_id: int, user_id: int) -> None:
+        members = self.members_here.get(group_id)
+        if members is not None:
+            members.discard(user_id)
+            if not members:
+                del self.members_here[group_id]
+
+    def sockets_of(self, user_id: int) -> list[LocalSocket]:
+        return list(self.by_user.get(user_id, ()))
+
+    def wanted_layer_groups(self) -> set[str]:
+        """The layer groups this worker's channel must be in for the sockets here."""
+        wanted = {user_layer_group(u) for u in self.by_user}
+        wanted.update(group_layer_group(g) for g in self.members_here)
+        if self.by_user:
+            wanted.add(LAYER_ALL)
+        return wanted
+
+    def targets(self, audience: Audience) -> list[LocalSocket]:
+        """The sockets here that `audience` is for."""
+        by_user = self.by_user
+        if audience.everyone:
+            candidates = [conn for sockets in by_user.values() for conn in sockets]
+        elif audience.users:
+            candidates = [c for u in audience.users for c in by_user.get(u, ())]
+        elif audience.group is not None:
+            members = self.members_here.get(audience.group, ())
+            candidates = [c for u in list(members) for c in by_user.get(u, ())]
+        else:
+            candidates = []
+        if not audience.excludes:
+            return candidates  # every message; only notices exclude anyone
+        exclude_user = audience.exclude_user
+        exclude_username = audience.exclude_username
+        exclude_connection = audience.exclude_connection
+        return [
+            conn
+            for conn in candidates
+            if conn.user_id != exclude_user
+            and conn.username != exclude_username
+            and conn.connection_id != exclude_connection
+        ]
+
+
+def written_now(conn: LocalSocket, text: str) -> bool:
+    """`conn.write_now`, with the frame dropped if the socket fails: False when `write` must.
+
+    Synchronous, so that a fan-out to every socket does not run a coroutine
+    per socket; `write_to` is the slow path, for sockets that must wait.
+    """
+    try:
+        return conn.write_now(text)
+    except Exception:
+        logger.debug("dropping a frame for connection %s", conn.connection_id)
+        return True
+
+
+async def write_to(conn: LocalSocket, text: str) -> None:
+    """`conn.write`; a socket that fails is closing, and its frame is dropped."""
+    try:
+        await conn.write(text)
+    except Exception:
+        logger.debug("dropping a frame for closed connection %s", conn.connection_id)
+
+
+async def write_to_all(sockets: Iterable[LocalSocket], text: str) -> None:
+    """Write one text to each socket, without a coroutine for those that take it at once."""
+    for conn in sockets:
+        if not written_now(conn, text):
+            await write_to(conn, text)

@@ -1,0 +1,88 @@
+"""The hub's parts on their own, without a hub, a layer or a socket."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from chat.delivery.messages import LAYER_ALL, Audience, MemberChange
+from chat.delivery.publishing import deliveries
+from chat.delivery.sockets import SocketIndex
+from chat.messaging import StoredMessage
+
+
+@dataclass(eq=False)
+class Tab:
+    user_id: int
+    username: str
+    connection_id: str
+    session_digest: str = ""
+
+    async def write(self, text: str) -> None:
+        raise AssertionError("not written in these tests")
+
+    def write_now(self, text: str) -> bool:
+        return False
+
+    async def close_with(self, code: int) -> None:
+        raise AssertionError("not closed in these tests")
+
+
+def test_the_index_finds_an_audiences_sockets_and_leaves_out_the_excluded():
+    index = SocketIndex()
+    alice1, alice2, bob = Tab(1, "alice", "a1"), Tab(1, "alice", "a2"), Tab(2, "bob", "b1")
+    index.add(alice1, group_ids=[7])
+    index.add(alice2, group_ids=[])
+    index.add(bob, group_ids=[8])
+
+    assert set(index.targets(Audience(everyone=True))) == {alice1, alice2, bob}
+    assert set(index.targets(Audience(group=7))) == {alice1, alice2}
+    assert index.targets(Audience(users=(2,))) == [bob]
+    assert index.targets(Audience(everyone=True, exclude_username="alice")) == [bob]
+    assert index.targets(Audience(users=(1,), exclude_connection="a1")) == [alice2]
+    assert index.targets(Audience(group=9)) == []
+
+
+def test_the_index_wants_the_layer_groups_of_whoever_is_connected():
+    index = SocketIndex()
+    alice, bob = Tab(1, "alice", "a1"), Tab(2, "bob", "b1")
+    assert index.add(alice, group_ids=[7]) == [LAYER_ALL, "chat.user.1", "chat.group.7"]
+    index.add(bob, group_ids=[7, 8])
+
+    assert index.remove(bob)
+    assert not index.remove(bob)
+    assert index.wanted_layer_groups() == {LAYER_ALL, "chat.user.1", "chat.group.7"}
+    index.apply(MemberChange(user_id=1, group_id=7, joined=False))
+    assert index.wanted_layer_groups() == {LAYER_ALL, "chat.user.1"}
+    assert not index.apply(MemberChange(user_id=2, group_id=7, joined=True))  # not here
+    index.remove(alice)
+    assert index.wanted_layer_groups() == set()
+    assert not index
+
+
+def stored(number: int, **audience: object) -> StoredMessage:
+    return StoredMessage(number, "ts", {"type": "message", "id": number}, **audience)  # type: ignore[arg-type]
+
+
+def test_messages_to_one_audience_in_a_row_travel_as_one_batch():
+    sends = deliveries(
+        [stored(1, group_id=7), stored(2, group_id=7), stored(3, everyone=True)], origin="me"
+    )
+
+    assert [(group, message.audience) for group, message in sends] == [
+        ("chat.group.7", Audience(group=7)),
+        (LAYER_ALL, Audience(everyone=True)),
+    ]
+    batch = json.loads(sends[0][1].text)
+    assert [event["id"] for event in batch["events"]] == [1, 2]
+    assert json.loads(sends[1][1].text) == {"type": "message", "id": 3}
+    assert {message.origin for _, message in sends} == {"me"}
+
+
+def test_a_direct_message_goes_to_each_of_its_users_layer_groups():
+    sends = deliveries([stored(1, user_ids=(1, 2))], origin="me")
+
+    assert [(group, message.audience.users) for group, message in sends] == [
+        ("chat.user.1", (1,)),
+        ("chat.user.2", (2,)),
+    ]
