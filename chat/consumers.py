@@ -22,13 +22,10 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
-from chat.coalesce import Coalescer, bulk_on_database_thread
-from chat.delivery import Hub, get_hub, session_digest
-from chat.groups import group_join, group_leave, group_member_names, groups_of_users
-from chat.messaging import last_visible_ids, message_history, message_sync
+from chat.delivery import Hub, session_digest
+from chat.groups import group_join, group_leave, group_member_names
+from chat.messaging import message_history, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
-from chat.ratelimit import get_rate_limiter
-from chat.send_queue import get_send_queue
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
@@ -37,15 +34,12 @@ from chat.transport import (
     text_frame,
     watch_send_buffer,
 )
+from chat.worker import current_worker
 
 logger = logging.getLogger(__name__)
 
 # Seconds over which errors are counted against CHAT_MAX_ERRORS_PER_MINUTE.
 _ERROR_WINDOW = 60.0
-
-# What a socket reads when it opens; sockets opening together share the trips.
-_groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_on_database_thread(groups_of_users)
-_last_id_of: Coalescer[int, int] = bulk_on_database_thread(last_visible_ids)
 
 
 class ChatSocket(AsyncWebsocketConsumer):
@@ -111,8 +105,9 @@ class ChatSocket(AsyncWebsocketConsumer):
         self._frames = frame_writer(self._wire)
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         try:
-            self.hub = await get_hub()
-            groups = await _groups_of(user.pk)
+            worker = current_worker()
+            self.hub = await worker.hub()
+            groups = await worker.groups_of(user.pk)
             await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
             self._attached = True
             await self.greet(groups)
@@ -224,14 +219,14 @@ class ChatSocket(AsyncWebsocketConsumer):
         assert command.to is not None
         if not await self._allowed_to_send():
             raise ChatError(protocol.RATE_LIMITED, "you are sending too fast; nothing was stored")
-        stored = await get_send_queue().submit(self.user, command.to, command.body)
+        stored = await current_worker().send_queue.submit(self.user, command.to, command.body)
         ack = _reply("ack", command.ref, id=stored.id, ts=stored.ts)
         await self.write(encode(ack))
         return ack
 
     async def _allowed_to_send(self) -> bool:
         try:
-            return await get_rate_limiter().allow(f"user:{self.user_id}")
+            return await current_worker().rate_limiter.allow(f"user:{self.user_id}")
         except Exception:
             # The limiter lives in Redis; an outage must not stop messages
             # from being stored (docs/protocol.md, guarantees).
@@ -281,7 +276,7 @@ class ChatConsumer(ChatSocket):
             online = await self.online_now()
         except ChatError:
             online = ()
-        last_id = await _last_id_of(self.user_id)
+        last_id = await current_worker().last_id_of(self.user_id)
         hello = {
             "type": "hello",
             "user": self.username,

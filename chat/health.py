@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from chat import redis_client
+from chat.worker import current_worker
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ async def _layer_ok() -> bool:
     if not settings.REDIS_URL:
         return True  # the in-memory layer cannot be down while this process is up
     try:
-        return bool(await asyncio.wait_for(redis_client.get_redis().ping(), _TIMEOUT))
+        return bool(await asyncio.wait_for(current_worker().redis.ping(), _TIMEOUT))
     except Exception:
         logger.warning("health check: channel layer (Redis) failed", exc_info=True)
         return False

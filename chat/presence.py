@@ -9,7 +9,8 @@ same moment.
 Workers heartbeat; a worker that stops heartbeating (killed, frozen, cut off)
 is reaped by any other worker after `CHAT_PRESENCE_TIMEOUT`, and its users who
 have no other socket go offline. The in-memory store serves a single process
-(development, tests); `RedisPresenceStore` is picked when `REDIS_URL` is set.
+(development, tests); `RedisPresenceStore` is picked when `REDIS_URL` is set
+(`chat.worker.Worker.presence`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
-from chat import redis_client
+from chat.worker import current_worker
 
 
 @dataclass
@@ -237,7 +236,7 @@ class RedisPresenceStore(PresenceStore):
         self, script: str, worker: str, sockets: Sequence[tuple[str, str]]
     ) -> list[bool]:
         """The script once per socket, in order, in one pipeline (each run is atomic)."""
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         async with redis.pipeline(transaction=False) as pipe:
             for connection_id, username in sockets:
                 keys = [self._user_key(username), self._worker_key(worker), self._online_key]
@@ -245,13 +244,13 @@ class RedisPresenceStore(PresenceStore):
             return [bool(changed) for changed in await pipe.execute()]
 
     async def online(self) -> set[str]:
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         return {str(m) for m in await redis.smembers(self._online_key)}
 
     async def heartbeat(
         self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
     ) -> bool:
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         groups = list(layer_groups)
         groups_key = f"{self.prefix}presence:layergroups:{worker}"
         async with redis.pipeline(transaction=True) as pipe:
@@ -266,11 +265,11 @@ class RedisPresenceStore(PresenceStore):
     async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
         groups = list(layer_groups)
         if groups:
-            redis = redis_client.get_redis()
+            redis = current_worker().redis
             await redis.sadd(f"{self.prefix}presence:layergroups:{worker}", *groups)
 
     async def reap(self, *, max_silence: float) -> Reaped:
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         dead = await redis.zrangebyscore(self._workers_key, "-inf", time.time() - max_silence)
         reaped = Reaped()
         for raw in dead:
@@ -286,27 +285,8 @@ class RedisPresenceStore(PresenceStore):
         return reaped
 
     async def drop_worker(self, *, worker: str) -> list[str]:
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         result = await redis.eval(
             _DROP_WORKER, 2, self._workers_key, self._online_key, self.prefix, worker
         )
         return [str(u) for u in result]
-
-
-_memory_store: MemoryPresenceStore | None = None
-
-
-def get_presence_store() -> PresenceStore:
-    """The store chosen by settings: Redis when `REDIS_URL` is set, else memory."""
-    global _memory_store
-    if settings.REDIS_URL:
-        return RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:")
-    if _memory_store is None:
-        _memory_store = MemoryPresenceStore()
-    return _memory_store
-
-
-def reset_memory_store() -> None:
-    """Forget in-memory presence (tests start each case from nobody online)."""
-    global _memory_store
-    _memory_store = None

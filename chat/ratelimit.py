@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from django.conf import settings
-
-from chat import redis_client
+from chat.worker import current_worker
 
 
 class RateLimiter(ABC):
@@ -124,7 +121,7 @@ class RedisRateLimiter(RateLimiter):
         return taken > 0
 
     async def _take(self, key: str, *, need: int, extra: int) -> int:
-        redis = redis_client.get_redis()
+        redis = current_worker().redis
         bucket = f"{self.prefix}rate:{key}"
         args = (self.burst, self.per_second, need, extra)
         return int(await redis.eval(_TAKE_TOKENS, 1, bucket, *args))
@@ -156,42 +153,3 @@ class RedisRateLimiter(RateLimiter):
         for key in [k for k, r in self._reserves.items() if now >= r.expires and not r.topping_up]:
             del self._reserves[key]
         self._prune_at = max(1024, 2 * len(self._reserves))
-
-
-# One Redis limiter per event loop (its reserves and tasks belong to the
-# loop), rebuilt when the settings change.
-_redis_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisRateLimiter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_memory_limiter: MemoryRateLimiter | None = None
-
-
-def get_rate_limiter() -> RateLimiter:
-    """The limiter chosen by settings: Redis when `REDIS_URL` is set, else memory."""
-    global _memory_limiter
-    burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
-    if settings.REDIS_URL:
-        return _redis_limiter(burst, rate, f"{settings.REDIS_PREFIX}:")
-    limiter = _memory_limiter
-    if limiter is None or (limiter.burst, limiter.per_second) != (burst, rate):
-        limiter = _memory_limiter = MemoryRateLimiter(burst=burst, per_second=rate)
-    return limiter
-
-
-def _redis_limiter(burst: int, rate: float, prefix: str) -> RedisRateLimiter:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return RedisRateLimiter(burst=burst, per_second=rate, prefix=prefix)
-    limiter = _redis_limiters.get(loop)
-    if limiter is None or (limiter.burst, limiter.per_second, limiter.prefix) != (
-        burst,
-        rate,
-        prefix,
-    ):
-        limiter = _redis_limiters[loop] = RedisRateLimiter(
-            burst=burst, per_second=rate, prefix=prefix
-        )
-    return limiter

@@ -1,8 +1,7 @@
-"""One Redis client per event loop, for presence and rate limits.
+"""The Redis client of presence, rate limits and health checks.
 
-redis-py's asyncio connections belong to the loop that opened them; tests and
-management commands run several loops in one process, so the client is kept
-per loop rather than per process.
+redis-py's asyncio connections belong to the loop that opened them, so the
+client is made once per loop, by `chat.worker`.
 
 The pool *waits* for a free connection when all are busy: redis-py's default
 pool raises `MaxConnectionsError` past 100 calls in flight, and a burst of
@@ -12,34 +11,24 @@ queue, not look like a Redis outage.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 import redis.asyncio as aioredis
-from django.conf import settings
 
 # Connections per worker process; calls beyond wait up to _POOL_WAIT_SECONDS.
 _MAX_CONNECTIONS = 50
 _POOL_WAIT_SECONDS = 5
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
-    weakref.WeakKeyDictionary()
-)
 
+def redis_connect(url: str) -> aioredis.Redis:
+    """A client for `url` whose pool waits rather than fails when all connections are busy.
 
-def get_redis() -> aioredis.Redis:
-    """The running loop's client for `settings.REDIS_URL`."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            max_connections=_MAX_CONNECTIONS,
-            timeout=_POOL_WAIT_SECONDS,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            decode_responses=True,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        _clients[loop] = client
-    return client
+    Its connections belong to the running loop: `chat.worker` keeps one per loop.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=_MAX_CONNECTIONS,
+        timeout=_POOL_WAIT_SECONDS,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        decode_responses=True,
+    )
+    return aioredis.Redis(connection_pool=pool)

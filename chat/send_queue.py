@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
 from chat.cancellation import raise_if_cancelled
-from chat.delivery import get_hub
 from chat.messaging import SendRequest, StoredMessage, message_send_many
 from chat.protocol import UNAVAILABLE, Address, ChatError
 
@@ -53,10 +53,12 @@ class _Send:
 
 
 class SendQueue:
-    """The running loop's sends: stored in batches, then delivered in id order."""
+    """The worker's sends (`chat.worker`): stored in batches, then delivered in id order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, deliver: Callable[[list[StoredMessage]], Awaitable[None]]) -> None:
+        """`deliver` takes stored messages, in id order, to their audiences (the hub)."""
         loop = asyncio.get_running_loop()
+        self._deliver = deliver
         self._sends: asyncio.Queue[_Send] = asyncio.Queue()
         self._stored: asyncio.Queue[StoredMessage] = asyncio.Queue()
         # Fresh contexts, not the first sender's: a consumer's context can say
@@ -132,8 +134,7 @@ class SendQueue:
             while not self._stored.empty():
                 messages.append(self._stored.get_nowait())
             try:
-                hub = await get_hub()
-                await hub.deliver_messages(messages)
+                await self._deliver(messages)
             except Exception:
                 # Stored and acked: recipients get them when they next sync.
                 logger.exception(
@@ -144,19 +145,3 @@ class SendQueue:
 
 def _unavailable() -> ChatError:
     return ChatError(UNAVAILABLE, "the server failed; try again")
-
-
-_queues: dict[asyncio.AbstractEventLoop, SendQueue] = {}
-
-
-def get_send_queue() -> SendQueue:
-    """The running loop's send queue, started on first use."""
-    loop = asyncio.get_running_loop()
-    queue = _queues.get(loop)
-    if queue is None or not queue.running:
-        if queue is not None:
-            queue.close()
-        queue = _queues[loop] = SendQueue()
-        for other in [other for other in _queues if other.is_closed()]:
-            del _queues[other]
-    return queue

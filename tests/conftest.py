@@ -24,10 +24,9 @@ from django.conf import LazySettings
 from django.db import OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 
-from chat import presence, ratelimit
 from chat.cancellation import cancel_and_wait
-from chat.delivery import hub as delivery_hub
 from chat.models import Message
+from chat.worker import forget_workers
 
 # Browser fixtures (Chromium + a daphne server): see tests/browser.py.
 from tests.browser import browser, chat_server, chat_user  # noqa: F401
@@ -52,10 +51,7 @@ def require_redis() -> redis.Redis:
 
 def _reset_process_state() -> None:
     channel_layers.backends.clear()
-    presence.reset_memory_store()
-    ratelimit._memory_limiter = None
-    ratelimit._redis_limiters.clear()
-    delivery_hub._hubs.clear()
+    forget_workers()
 
 
 @pytest.fixture(autouse=True)

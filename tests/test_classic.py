@@ -15,9 +15,10 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from chat import delivery, protocol
+from chat import protocol
 from chat.classic import classic_command, classic_frames, guest_suffix
 from chat.protocol import Address, ChatError
+from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user
 
@@ -128,7 +129,7 @@ class ClassicClient:
 
 
 async def _sockets_of(username: str) -> set:
-    hub = await delivery.get_hub()
+    hub = await current_worker().hub()
     return {conn for conn in hub.sockets if conn.username == username}
 
 

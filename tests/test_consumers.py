@@ -19,11 +19,11 @@ from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
 from chat import auth, protocol
-from chat.delivery import get_hub
 from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
+from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user, refusing_message_inserts
 
@@ -906,7 +906,7 @@ async def test_who_and_members_when_presence_fails_are_unavailable(
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 1
     client = await connect(alice)
     await join(client, "A")
-    hub = await get_hub()
+    hub = await current_worker().hub()
 
     async def failing_online():
         raise ConnectionError("presence store is down")

@@ -21,6 +21,7 @@ from chat.delivery.messages import Audience, Notice, SessionEnd, presence_notice
 from chat.delivery.notices import drop_flaps
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
+from chat.worker import current_worker
 from tests.conftest import make_user
 
 WAIT = 5.0
@@ -131,7 +132,7 @@ class BrokenConnection(FakeConnection):
 
 @pytest.fixture
 async def hub(layer, transactional_db):
-    started = Hub(get_channel_layer())
+    started = Hub(get_channel_layer(), presence=current_worker().presence)
     await started.start()
     yield started
     await started.stop()
@@ -606,7 +607,7 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
 
     layer = SwallowingLayer()
     # A hub of its own, never started: no other loop reads a real layer here.
-    hub = Hub(layer)  # type: ignore[arg-type]
+    hub = Hub(layer, presence=current_worker().presence)  # type: ignore[arg-type]
     loop_task = asyncio.ensure_future(hub.channel.receive_loop(hub._dispatch))
     await asyncio.wait_for(layer.reading.wait(), WAIT)
     loop_task.cancel()

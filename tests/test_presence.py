@@ -15,7 +15,8 @@ import pytest
 from chat import presence
 from chat.delivery import mirror
 from chat.models import Connection
-from chat.presence import MemoryPresenceStore, RedisPresenceStore, get_presence_store
+from chat.presence import MemoryPresenceStore, RedisPresenceStore
+from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
 SILENCE = 30.0
@@ -288,22 +289,20 @@ async def test_a_dropped_worker_leaves_no_layer_groups_to_reap(store, long_ago):
 # -- choosing the store --------------------------------------------------------
 
 
-def test_settings_without_redis_share_one_memory_store(settings):
+def test_settings_without_redis_give_the_worker_one_memory_store(settings):
     settings.REDIS_URL = ""
-    presence.reset_memory_store()
 
-    first = get_presence_store()
+    first = current_worker().presence
 
     assert isinstance(first, MemoryPresenceStore)
-    assert get_presence_store() is first
-    presence.reset_memory_store()
+    assert current_worker().presence is first
 
 
 def test_settings_with_redis_pick_the_redis_store_under_the_prefix(settings):
     settings.REDIS_URL = REDIS_URL
     settings.REDIS_PREFIX = "deployment"
 
-    store = get_presence_store()
+    store = current_worker().presence
 
     assert isinstance(store, RedisPresenceStore)
     assert store.prefix == "deployment:"

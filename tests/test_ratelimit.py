@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from chat import ratelimit
-from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter, get_rate_limiter
+from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
 # Slow enough that no token comes back while a test runs.
@@ -113,7 +114,7 @@ async def test_redis_bucket_never_holds_more_than_the_burst(settings, redis_pref
     settings.REDIS_URL = REDIS_URL
     # At this rate any gap between two takes refills far more than the burst.
     limiter = RedisRateLimiter(burst=3, per_second=1e9, prefix=f"{redis_prefix}:")
-    redis = ratelimit.redis_client.get_redis()
+    redis = current_worker().redis
 
     for _ in range(5):
         assert await limiter.allow("user:1") is True
@@ -176,7 +177,7 @@ async def topped_up(*limiters: RedisRateLimiter) -> None:
 
 async def bucket_tokens(prefix: str, key: str) -> int:
     """Whole tokens left in the shared bucket (NO_REFILL still adds a trickle)."""
-    redis = ratelimit.redis_client.get_redis()
+    redis = current_worker().redis
     return int(float(await redis.hget(f"{prefix}:rate:{key}", "tokens")))
 
 
@@ -252,11 +253,11 @@ async def test_a_failed_top_up_leaves_the_next_send_to_ask_redis(
 async def test_one_redis_limiter_per_loop_until_the_settings_change(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
     settings.REDIS_PREFIX = redis_prefix
-    first = get_rate_limiter()
-    assert get_rate_limiter() is first
+    first = current_worker().rate_limiter
+    assert current_worker().rate_limiter is first
 
     settings.CHAT_RATE_BURST = first.burst + 1
-    second = get_rate_limiter()
+    second = current_worker().rate_limiter
 
     assert second is not first and second.burst == first.burst + 1
 
@@ -266,43 +267,39 @@ async def test_redis_bucket_key_expires_once_it_would_be_full_again(settings, re
     limiter = RedisRateLimiter(burst=10, per_second=2.0, prefix=f"{redis_prefix}:")
     await limiter.allow("user:1")
 
-    ttl = await ratelimit.redis_client.get_redis().ttl(f"{redis_prefix}:rate:user:1")
+    ttl = await current_worker().redis.ttl(f"{redis_prefix}:rate:user:1")
 
     assert 0 < ttl <= 6  # 10 tokens at 2/s refill in 5 s
 
 
-def test_settings_without_redis_give_one_shared_memory_limiter(settings):
+def test_settings_without_redis_give_the_worker_one_memory_limiter(settings):
     settings.REDIS_URL = ""
     settings.CHAT_RATE_BURST = 7
     settings.CHAT_RATE_PER_SECOND = 2.0
-    ratelimit._memory_limiter = None
 
-    limiter = get_rate_limiter()
+    limiter = current_worker().rate_limiter
 
     assert isinstance(limiter, MemoryRateLimiter)
     assert (limiter.burst, limiter.per_second) == (7, 2.0)
-    assert get_rate_limiter() is limiter
-    ratelimit._memory_limiter = None
+    assert current_worker().rate_limiter is limiter
 
 
 def test_changed_settings_give_a_new_memory_limiter(settings):
     settings.REDIS_URL = ""
-    ratelimit._memory_limiter = None
     settings.CHAT_RATE_BURST = 7
-    first = get_rate_limiter()
+    first = current_worker().rate_limiter
 
     settings.CHAT_RATE_BURST = 8
-    second = get_rate_limiter()
+    second = current_worker().rate_limiter
 
     assert second is not first and second.burst == 8
-    ratelimit._memory_limiter = None
 
 
 def test_settings_with_redis_give_a_redis_limiter_under_the_prefix(settings):
     settings.REDIS_URL = REDIS_URL
     settings.REDIS_PREFIX = "deployment"
 
-    limiter = get_rate_limiter()
+    limiter = current_worker().rate_limiter
 
     assert isinstance(limiter, RedisRateLimiter)
     assert limiter.prefix == "deployment:"

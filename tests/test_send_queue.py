@@ -17,7 +17,7 @@ from chat import send_queue
 from chat.messaging import message_send_many
 from chat.models import Message
 from chat.protocol import NO_SUCH_USER, UNAVAILABLE, Address, ChatError
-from chat.send_queue import get_send_queue
+from chat.worker import current_worker
 from tests.chatclient import TIMEOUT
 from tests.conftest import refusing_message_inserts
 
@@ -85,7 +85,7 @@ async def received_messages(client, count: int) -> list[dict]:
 
 
 async def test_a_lone_send_is_stored_at_once_as_a_batch_of_one(layer, store, alice, bob):
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     for n in range(3):
         await asyncio.wait_for(queue.submit(alice, TO_BOB, f"m{n}"), TIMEOUT)
 
@@ -96,7 +96,7 @@ async def test_sends_arriving_during_a_batch_form_the_next_one_and_are_delivered
     layer, connect, store, alice, bob
 ):
     bob1 = await connect(bob)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     first, rest = await store.submit_behind_held_batch(
         queue, alice, (TO_ALL, "first"), [(TO_BOB if n % 2 else TO_ALL, f"m{n}") for n in range(49)]
     )
@@ -116,7 +116,7 @@ async def test_sends_arriving_during_a_batch_form_the_next_one_and_are_delivered
 
 async def test_a_batch_takes_at_most_max_batch_sends(layer, store, monkeypatch, alice):
     monkeypatch.setattr(send_queue, "MAX_BATCH", 4)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     first, rest = await store.submit_behind_held_batch(
         queue, alice, (TO_ALL, "first"), [(TO_ALL, f"m{n}") for n in range(10)]
     )
@@ -138,7 +138,7 @@ async def test_a_refused_send_gets_its_error_and_the_rest_of_its_batch_is_stored
     layer, connect, store, alice, bob
 ):
     bob1 = await connect(bob)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     first, (refused, kept) = await store.submit_behind_held_batch(
         queue, alice, (TO_BOB, "first"), [(Address("user", "nobody"), "refused"), (TO_BOB, "kept")]
     )
@@ -158,7 +158,7 @@ async def test_a_cancelled_sender_still_has_its_message_stored_and_delivered(
     layer, connect, store, alice, bob
 ):
     bob1 = await connect(bob)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     # Cancelled only once both are queued.
     in_database, (waiting, kept) = await store.submit_behind_held_batch(
         queue,
@@ -192,7 +192,7 @@ async def test_the_writer_survives_a_failing_batch(layer, connect, monkeypatch, 
         return message_send_many(requests)
 
     monkeypatch.setattr(send_queue, "message_send_many", fail_once)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
 
     with pytest.raises(ChatError) as failed:
         await asyncio.wait_for(queue.submit(alice, TO_BOB, "lost"), TIMEOUT)
@@ -208,7 +208,7 @@ async def test_a_database_failure_fails_the_whole_batch_and_stores_nothing(
     layer, connect, store, monkeypatch, alice, bob
 ):
     bob1 = await connect(bob)
-    queue = get_send_queue()
+    queue = current_worker().send_queue
     first, batch = await store.submit_behind_held_batch(
         queue, alice, (TO_BOB, "first"), [(TO_BOB, f"m{n}") for n in range(3)]
     )

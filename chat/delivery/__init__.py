@@ -4,7 +4,7 @@
 travels on the channel layer (and says how to add a message type).
 """
 
-from chat.delivery.hub import Hub, get_hub
+from chat.delivery.hub import Hub
 from chat.delivery.messages import LAYER_ALL, group_layer_group, user_layer_group
 from chat.delivery.sockets import LocalSocket, session_digest
 
@@ -12,7 +12,6 @@ __all__ = [
     "LAYER_ALL",
     "Hub",
     "LocalSocket",
-    "get_hub",
     "group_layer_group",
     "session_digest",
     "user_layer_group",

@@ -41,7 +41,6 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from chat import presence as presence_module
 from chat.cancellation import cancel_and_wait
 from chat.coalesce import Coalescer
 from chat.delivery.channel import WorkerChannel
@@ -66,6 +65,7 @@ from chat.delivery.publishing import deliveries
 from chat.delivery.sockets import LocalSocket, SocketIndex, write_to_all
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
+from chat.presence import PresenceStore
 from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART
 from chat.upstream.twisted import run_before_reactor_shutdown
 
@@ -79,8 +79,8 @@ _STOP_TIMEOUT = 5.0
 class Hub:
     """Opens and closes sockets, publishes what was stored, and handles layer messages."""
 
-    def __init__(self, layer: BaseChannelLayer) -> None:
-        self.presence = presence_module.get_presence_store()
+    def __init__(self, layer: BaseChannelLayer, *, presence: PresenceStore) -> None:
+        self.presence = presence
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.channel = WorkerChannel(layer)
         self.sockets = SocketIndex()
@@ -291,25 +291,3 @@ class Hub:
         for conn in self.sockets.sockets_of(message.user_id):
             if conn.session_digest == message.session:
                 await conn.close_with(CLOSE_POLICY_VIOLATION)
-
-
-_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
-
-
-async def get_hub() -> Hub:
-    """The running loop's hub, started on first use."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None or (hub.started.done() and hub.started.exception() is not None):
-        from channels.layers import get_channel_layer
-
-        layer = get_channel_layer()
-        if layer is None:
-            raise RuntimeError("CHANNEL_LAYERS must configure a default layer")
-        hub = _hubs[loop] = Hub(layer)
-        for other in [other for other in _hubs if other.is_closed()]:
-            del _hubs[other]
-        await hub.start()
-    else:
-        await asyncio.shield(hub.started)
-    return hub

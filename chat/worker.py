@@ -1,0 +1,150 @@
+"""What one worker keeps for all its sockets, owned by one object per event loop.
+
+A worker process serves every socket from one event loop, and some things
+exist once for all of them: the hub (its one layer subscriber), the send queue
+(one writer storing every send in batches), the rate limiter (with its
+reserves), the Redis client (its connections belong to the loop that opened
+them) and the shared trips of sockets opening together. `current_worker()`
+returns the running loop's `Worker`, which makes each on first use.
+
+Keyed by loop rather than by process because tests and management commands
+run several loops in one process; code outside a loop (a sync test, say)
+gets a worker of its own.
+
+A new per-worker thing: a lazily made attribute here, built from settings
+and from the worker's other parts, and closed in `close` if it runs tasks.
+Hub parts (chat.delivery) belong to the hub instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from chat.coalesce import Coalescer, bulk_on_database_thread
+from chat.groups import groups_of_users
+from chat.messaging import last_visible_ids
+from chat.redis_client import redis_connect
+
+if TYPE_CHECKING:
+    from chat.delivery.hub import Hub
+    from chat.messaging import StoredMessage
+    from chat.presence import PresenceStore
+    from chat.ratelimit import RateLimiter
+    from chat.send_queue import SendQueue
+
+
+class Worker:
+    """The running loop's hub, send queue, rate limiter, Redis client and shared trips."""
+
+    def __init__(self) -> None:
+        self._redis: aioredis.Redis | None = None
+        self._presence: tuple[tuple[str, str], PresenceStore] | None = None
+        self._limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
+        self._hub: Hub | None = None
+        self._send_queue: SendQueue | None = None
+        # What a socket reads when it opens; sockets opening together share the trips.
+        self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_on_database_thread(
+            groups_of_users
+        )
+        self.last_id_of: Coalescer[int, int] = bulk_on_database_thread(last_visible_ids)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client for `REDIS_URL` (presence, rate limits, health)."""
+        if self._redis is None:
+            self._redis = redis_connect(settings.REDIS_URL)
+        return self._redis
+
+    # The presence store, the rate limiter, the hub and the send queue come
+    # from modules that use the worker themselves (for Redis): they are
+    # imported when first made, not when this module is.
+
+    @property
+    def presence(self) -> PresenceStore:
+        """The presence store chosen by settings: Redis when `REDIS_URL` is set, else memory."""
+        from chat.presence import MemoryPresenceStore, RedisPresenceStore
+
+        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX)
+        if self._presence is None or self._presence[0] != chosen:
+            store: PresenceStore = (
+                RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:")
+                if settings.REDIS_URL
+                else MemoryPresenceStore()
+            )
+            self._presence = (chosen, store)
+        return self._presence[1]
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The limiter chosen by settings, made again when they change."""
+        from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
+
+        burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
+        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, burst, rate)
+        if self._limiter is None or self._limiter[0] != chosen:
+            limiter: RateLimiter = (
+                RedisRateLimiter(burst=burst, per_second=rate, prefix=f"{settings.REDIS_PREFIX}:")
+                if settings.REDIS_URL
+                else MemoryRateLimiter(burst=burst, per_second=rate)
+            )
+            self._limiter = (chosen, limiter)
+        return self._limiter[1]
+
+    async def hub(self) -> Hub:
+        """The hub, started on first use (and again if starting it failed)."""
+        hub = self._hub
+        if hub is None or (hub.started.done() and hub.started.exception() is not None):
+            from channels.layers import get_channel_layer
+
+            from chat.delivery.hub import Hub
+
+            layer = get_channel_layer()
+            if layer is None:
+                raise RuntimeError("CHANNEL_LAYERS must configure a default layer")
+            hub = self._hub = Hub(layer, presence=self.presence)
+            await hub.start()
+        else:
+            await asyncio.shield(hub.started)
+        return hub
+
+    @property
+    def send_queue(self) -> SendQueue:
+        """The send queue, started on first use (and again if its tasks ended)."""
+        from chat.send_queue import SendQueue
+
+        queue = self._send_queue
+        if queue is None or not queue.running:
+            if queue is not None:
+                queue.close()
+            queue = self._send_queue = SendQueue(deliver=self._deliver)
+        return queue
+
+    async def _deliver(self, messages: list[StoredMessage]) -> None:
+        await (await self.hub()).deliver_messages(messages)
+
+
+_workers: dict[asyncio.AbstractEventLoop | None, Worker] = {}
+
+
+def current_worker() -> Worker:
+    """The running loop's worker (outside a loop, the process's loop-less one)."""
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    worker = _workers.get(loop)
+    if worker is None:
+        worker = _workers[loop] = Worker()
+        # Not a WeakKeyDictionary: a worker's futures refer to their loop.
+        for closed in [other for other in _workers if other is not None and other.is_closed()]:
+            del _workers[closed]
+    return worker
+
+
+def forget_workers() -> None:
+    """Drop every worker (tests start each case from a fresh process state)."""
+    _workers.clear()
