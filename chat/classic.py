@@ -169,6 +169,7 @@ class ClassicConsumer(ChatSocket):
     async def send_classic(self, command: Command) -> None:
         """Send a message, joining its group first if needed (as classic servers did)."""
         assert command.to is not None
+        await self.spend("send")
         if command.to.kind != "group":
             await self.send_message(command)
             return

@@ -26,6 +26,7 @@ from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names
 from chat.messaging import message_history, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
+from chat.ratelimit import command_cost
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
@@ -214,24 +215,31 @@ class ChatSocket(AsyncWebsocketConsumer):
 
     # -- commands shared by every wire format -------------------------------
 
+    async def spend(self, kind: str) -> None:
+        """Take a command's cost from the user's budget; `rate_limited` past it."""
+        try:
+            allowed = await current_worker().rate_limiter.allow(
+                f"user:{self.user_id}", command_cost(kind)
+            )
+        except Exception:
+            # The limiter lives in Redis; an outage must not stop messages
+            # from being stored (docs/protocol.md, guarantees).
+            logger.warning("rate limiter unavailable; letting a %s through", kind)
+            return
+        if not allowed:
+            done = "nothing was stored" if kind == "send" else f"this {kind} was not carried out"
+            raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
+
     async def send_message(self, command: Command) -> dict[str, Any]:
-        """Store a message and ack it; the send queue delivers it to its audience."""
+        """Store a message and ack it; the send queue delivers it to its audience.
+
+        The caller has spent the command's cost (`spend`).
+        """
         assert command.to is not None
-        if not await self._allowed_to_send():
-            raise ChatError(protocol.RATE_LIMITED, "you are sending too fast; nothing was stored")
         stored = await current_worker().send_queue.submit(self.user, command.to, command.body)
         ack = _reply("ack", command.ref, id=stored.id, ts=stored.ts)
         await self.write(encode(ack))
         return ack
-
-    async def _allowed_to_send(self) -> bool:
-        try:
-            return await current_worker().rate_limiter.allow(f"user:{self.user_id}")
-        except Exception:
-            # The limiter lives in Redis; an outage must not stop messages
-            # from being stored (docs/protocol.md, guarantees).
-            logger.warning("rate limiter unavailable; letting a message through")
-            return True
 
     async def join_group(self, command: Command) -> dict[str, Any]:
         change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
@@ -294,6 +302,7 @@ class ChatConsumer(ChatSocket):
             data = protocol.decode_frame(text_data, max_bytes=settings.CHAT_MAX_FRAME_BYTES)
             ref = protocol.read_ref(data)
             command = protocol.parse_command(data, max_body_chars=settings.CHAT_MAX_BODY_CHARS)
+            await self.spend(command.type)
             reply = await getattr(self, f"command_{command.type}")(command)
         except ChatError as error:
             await self.write(encode(error_event(error.code, error.message, ref)))

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
-from chat.models import ChatGroup, Membership
+from chat.models import ChatGroup, Membership, Message
 from chat.protocol import NOT_MEMBER, ChatError
 
 
@@ -24,23 +24,57 @@ class MembershipChange:
 
 def group_join(*, user: User, name: str) -> MembershipChange:
     """Make the user a member, creating the group on first join."""
-    group, _ = ChatGroup.objects.get_or_create(name=name)
-    try:
-        with transaction.atomic():
-            _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
-    except IntegrityError:
-        # Two sockets of the same user joined at the same moment.
-        created = False
+    while True:
+        group, _ = ChatGroup.objects.get_or_create(name=name)
+        try:
+            with transaction.atomic():
+                _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
+            break
+        except IntegrityError:
+            if ChatGroup.objects.filter(pk=group.pk).exists():
+                # Two sockets of the same user joined at the same moment.
+                created = False
+                break
+            # Its last member left, and it was removed, while this join ran.
     return MembershipChange(group.pk, group.name, user.pk, user.get_username(), created)
 
 
 def group_leave(*, user: User, name: str) -> MembershipChange:
-    """End a membership; `not_member` if there was none."""
-    deleted, _ = Membership.objects.filter(group__name=name, user_id=user.pk).delete()
+    """End a membership; `not_member` if there was none.
+
+    A group left with no members and no messages is removed: otherwise anyone
+    could fill the table with groups by joining and leaving made-up names.
+    """
+    group = ChatGroup.objects.filter(name=name).first()
+    deleted = 0
+    if group is not None:
+        deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
-    group = ChatGroup.objects.get(name=name)
+    assert group is not None
+    remove_if_empty(group.pk)
     return MembershipChange(group.pk, group.name, user.pk, user.get_username(), True)
+
+
+def remove_if_empty(group_id: int) -> bool:
+    """Delete the group if it has no members and no messages; True if it did.
+
+    One statement, so a join or a message arriving at the same moment either
+    keeps the group or fails on its foreign key (and `group_join` retries).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_remove_if_empty_sql(), [group_id, group_id, group_id])
+        return bool(cursor.rowcount)
+
+
+def _remove_if_empty_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"DELETE FROM {quote(ChatGroup._meta.db_table)} WHERE id = %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {quote(Membership._meta.db_table)}"
+        " WHERE group_id = %s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {quote(Message._meta.db_table)} WHERE group_id = %s)"
+    )
 
 
 def group_member_names(*, user: User, name: str) -> list[str]:

@@ -1,7 +1,9 @@
-"""Per-user send rate: a token bucket, in memory or shared through Redis.
+"""Per-user command budget: a token bucket, in memory or shared through Redis.
 
-A user holds `CHAT_RATE_BURST` tokens, refilled at `CHAT_RATE_PER_SECOND`; a
-send takes one. With Redis the bucket is one key per user, so a user cannot
+A user holds `CHAT_RATE_BURST` tokens, refilled at `CHAT_RATE_PER_SECOND`;
+every command takes its cost from `COMMAND_COSTS` (a send, one), so that a
+client cannot make the server read hundreds of messages for it as often as it
+may send one. With Redis the bucket is one key per user, so a user cannot
 multiply the rate by opening sockets on several workers.
 
 A call to Redis per send was half a millisecond of every send's latency at
@@ -26,6 +28,29 @@ from dataclasses import dataclass
 
 from chat.worker import current_worker
 
+# Tokens each command takes, by what it costs the server: a send stores one
+# row and fans out; `join` and `leave` write and notify the group's members;
+# `history` and `sync` read and encode up to 100 and 500 messages. Reads cost
+# a few sends, not dozens: a page opening conversations one after another
+# must stay well inside the default burst. A command type missing here costs
+# `DEFAULT_COST`; new commands add their line.
+COMMAND_COSTS: dict[str, int] = {
+    "send": 1,
+    "ping": 1,
+    "who": 1,
+    "members": 1,
+    "join": 2,
+    "leave": 2,
+    "history": 2,
+    "sync": 3,
+}
+DEFAULT_COST = 1
+
+
+def command_cost(kind: str) -> int:
+    """Tokens a command of type `kind` takes from its user's budget."""
+    return COMMAND_COSTS.get(kind, DEFAULT_COST)
+
 
 class RateLimiter(ABC):
     def __init__(self, *, burst: int, per_second: float) -> None:
@@ -33,35 +58,54 @@ class RateLimiter(ABC):
         self.per_second = per_second
 
     @abstractmethod
-    async def allow(self, key: str) -> bool:
-        """Take one token for `key`; False when the bucket is empty."""
+    async def allow(self, key: str, cost: int = 1) -> bool:
+        """Take `cost` tokens for `key`; False (taking none) when fewer are left."""
 
 
 class MemoryRateLimiter(RateLimiter):
+    """Buckets in this process's memory, one per user who spent recently."""
+
     def __init__(self, *, burst: int, per_second: float) -> None:
         super().__init__(burst=burst, per_second=per_second)
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._prune_at = _PRUNE_AT
 
-    async def allow(self, key: str) -> bool:
+    async def allow(self, key: str, cost: int = 1) -> bool:
         now = time.monotonic()
         tokens, stamp = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - stamp) * self.per_second)
-        if tokens < 1.0:
+        if tokens < cost:
             self._buckets[key] = (tokens, now)
             return False
-        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets[key] = (tokens - cost, now)
+        if len(self._buckets) > self._prune_at:
+            self._prune(now)
         return True
+
+    def _prune(self, now: float) -> None:
+        """Forget the buckets that have refilled: a full bucket is the default."""
+        burst, rate = self.burst, self.per_second
+        full = [k for k, (t, s) in self._buckets.items() if t + (now - s) * rate >= burst]
+        for key in full:
+            del self._buckets[key]
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 logger = logging.getLogger(__name__)
 
+# Tables keyed by user are pruned once they pass this many entries (and then
+# twice what is left), so each prune costs little per entry added.
+_PRUNE_AT = 1024
 # A reserve unused this long lapses (its tokens are not given back).
 _RESERVE_SECONDS = 2.0
 # Most tokens a worker holds ahead for one user.
 _MAX_RESERVE = 8
 
 # KEYS[1]: the bucket hash. ARGV: burst, refill per second, tokens needed now
-# (1 for a send, 0 to top up a reserve), most extra tokens wanted. Returns the
+# (the command's cost, 0 to top up a reserve), most extra tokens wanted. Returns the
 # tokens taken: 0 when fewer than needed are left, extras only from above half
 # the burst. Redis's own clock is used, so workers with skewed clocks agree.
 _TAKE_TOKENS = """
@@ -102,12 +146,14 @@ class RedisRateLimiter(RateLimiter):
         self.prefix = prefix
         self.reserve_size = min(_MAX_RESERVE, burst // 4)
         self._reserves: dict[str, _Reserve] = {}
-        self._prune_at = 1024
+        self._prune_at = _PRUNE_AT
 
-    async def allow(self, key: str) -> bool:
+    async def allow(self, key: str, cost: int = 1) -> bool:
+        if cost <= 0:
+            return True
         reserve = self._reserves.get(key)
-        if reserve is not None and reserve.tokens and time.monotonic() < reserve.expires:
-            reserve.tokens -= 1
+        if reserve is not None and reserve.tokens >= cost and time.monotonic() < reserve.expires:
+            reserve.tokens -= cost
             if not reserve.tokens and reserve.topping_up is None:
                 reserve.topping_up = asyncio.get_running_loop().create_task(
                     self._top_up(key, reserve)
@@ -115,10 +161,10 @@ class RedisRateLimiter(RateLimiter):
             return True
         # While a top-up is on its way, take nothing more ahead.
         ahead = 0 if reserve is not None and reserve.topping_up else self.reserve_size
-        taken = await self._take(key, need=1, extra=ahead)
-        if taken > 1:
-            self._keep(key, taken - 1)
-        return taken > 0
+        taken = await self._take(key, need=cost, extra=ahead)
+        if taken > cost:
+            self._keep(key, taken - cost)
+        return taken >= cost
 
     async def _take(self, key: str, *, need: int, extra: int) -> int:
         redis = current_worker().redis
@@ -152,4 +198,7 @@ class RedisRateLimiter(RateLimiter):
         """Forget lapsed reserves (users who stopped sending)."""
         for key in [k for k, r in self._reserves.items() if now >= r.expires and not r.topping_up]:
             del self._reserves[key]
-        self._prune_at = max(1024, 2 * len(self._reserves))
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._reserves))
+
+    def __len__(self) -> int:
+        return len(self._reserves)

@@ -111,6 +111,18 @@ class BaseChatClient:
         await self.send(ref=ref, **command)
         return await self._wait_for(lambda e: e.get("ref") == ref, timeout, f"reply to {command}")
 
+    async def answer(self, ref: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The reply, ack or error carrying `ref`."""
+        return await self._wait_for(lambda e: e.get("ref") == ref, timeout, f"reply {ref!r}")
+
+    async def collect(self, seconds: float) -> list[dict[str, Any]]:
+        """Every event that arrives within `seconds` (and any still queued), in order."""
+        with contextlib.suppress(AssertionError):
+            await self.assert_nothing(timeout=seconds)
+        events = list(self.inbox)
+        self.inbox.clear()
+        return events
+
     async def expect_close(self, timeout: float = TIMEOUT) -> int | None:
         event = await self.expect("__close__", timeout)
         return event["code"]

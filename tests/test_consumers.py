@@ -23,6 +23,7 @@ from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
+from chat.ratelimit import command_cost
 from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user, refusing_message_inserts
@@ -864,7 +865,65 @@ async def test_sending_faster_than_the_rate_is_rate_limited_and_stores_nothing(
     await bob1.expect("message", id=first["id"])
     await bob1.expect("message", id=second["id"])
     await bob1.assert_nothing("message")
-    await still_usable(alice1)
+    # The socket stays open and answers; every command spends from the budget.
+    await expect_error(alice1, protocol.RATE_LIMITED, type="ping", ref="p")
+
+
+async def test_every_command_spends_from_the_budget_reads_cost_more(
+    layer, connect, settings, alice
+):
+    """300 requests for 100 messages each: the budget answers a few, not all."""
+    settings.CHAT_RATE_BURST = 20
+    settings.CHAT_RATE_PER_SECOND = 0.001
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 1000
+    client = await connect(alice)
+    for index in range(300):
+        await client.send(type="history", of=ALL, limit=100, ref=f"h{index}")
+    replies = [await client.answer(f"h{index}") for index in range(300)]
+    answered = [r for r in replies if r["type"] == "history"]
+    refused = [r for r in replies if r["type"] == "error"]
+    assert len(answered) == 20 // command_cost("history")
+    assert {r["code"] for r in refused} == {protocol.RATE_LIMITED}
+    assert command_cost("sync") > command_cost("ping") < command_cost("history")
+
+
+async def test_a_command_past_the_budget_is_rate_limited_and_does_nothing(
+    layer, connect, settings, alice, bob
+):
+    settings.CHAT_RATE_BURST = command_cost("join")
+    settings.CHAT_RATE_PER_SECOND = 0.001
+    alice1, bob1 = await connect(alice), await connect(bob)
+    await join(bob1, "A")
+    await join(alice1, "A")
+    await expect_error(alice1, protocol.RATE_LIMITED, type="leave", group="A")
+    await expect_error(alice1, protocol.RATE_LIMITED, type="sync", since=0, ref="s")
+    await expect_error(alice1, protocol.RATE_LIMITED, type="ping", ref="p")
+    assert await member_names("A") == ["alice", "bob"]
+
+
+async def test_join_and_leave_cycles_cannot_flood_a_groups_members(
+    layer, connect, settings, alice, bob
+):
+    """100 join/leave cycles: the budget, not the client, sets how many notices go out."""
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 1000
+    alice1, bob1 = await connect(alice), await connect(bob)
+    await join(bob1, "A")
+    started = asyncio.get_running_loop().time()
+    for index in range(100):
+        await alice1.send(type="join", group="A", ref=f"j{index}")
+        await alice1.send(type="leave", group="A", ref=f"l{index}")
+    await alice1.answer("l99")
+    took = asyncio.get_running_loop().time() - started
+    events = await bob1.collect(max(0.5, settings.CHAT_NOTICE_DELAY * 10))
+    notices = [e for e in events if e["type"] in ("joined", "left")]
+    tokens = settings.CHAT_RATE_BURST + settings.CHAT_RATE_PER_SECOND * (took + 1)
+    assert 0 < len(notices) <= tokens / command_cost("join"), (len(notices), took)
+    assert await member_names("A") == ["bob"]
+
+
+@sync_to_async
+def member_names(group: str) -> list[str]:
+    return sorted(ChatGroup.objects.get(name=group).members.values_list("username", flat=True))
 
 
 async def test_rate_is_per_user_across_sockets(layer, connect, settings, alice, bob):
@@ -1014,6 +1073,7 @@ async def test_hostile_frames_get_an_error_and_never_crash_the_socket(
 ):
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 1000
     settings.CHAT_MAX_FRAME_BYTES = 1_000_000
+    settings.CHAT_RATE_BURST = 10_000  # a ping after each frame: not what is tested here
     alice1, bob1 = await connect(alice), await connect(bob)
     for text, code in HOSTILE_FRAMES:
         await alice1.send_text(text)

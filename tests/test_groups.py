@@ -16,8 +16,9 @@ from chat.groups import (
     groups_of_users,
     user_groups,
 )
-from chat.models import ChatGroup, Membership
-from chat.protocol import NOT_MEMBER, ChatError
+from chat.messaging import message_send
+from chat.models import ChatGroup, Membership, Message
+from chat.protocol import NOT_MEMBER, Address, ChatError
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -196,3 +197,54 @@ def test_concurrent_first_joins_by_different_users_create_one_group(alice, bob, 
     assert all(isinstance(r, MembershipChange) and r.changed for r in results), results
     assert ChatGroup.objects.filter(name="new").count() == 1
     assert group_member_names(user=alice, name="new") == ["alice", "bob", "carol"]
+
+
+def test_the_last_member_leaving_an_empty_group_removes_it(alice, bob):
+    group_join(user=alice, name="A")
+    group_join(user=bob, name="A")
+    group_leave(user=alice, name="A")
+    assert ChatGroup.objects.filter(name="A").exists()  # bob is still in it
+
+    group_leave(user=bob, name="A")
+
+    assert not ChatGroup.objects.filter(name="A").exists()
+
+
+def test_join_and_leave_cycles_leave_no_groups_behind(alice):
+    for index in range(20):
+        group_join(user=alice, name=f"spam {index}")
+        group_leave(user=alice, name=f"spam {index}")
+
+    assert ChatGroup.objects.count() == 0
+
+
+def test_a_group_with_messages_stays_after_its_last_member_leaves(alice):
+    group_join(user=alice, name="A")
+    message_send(sender=alice, to=Address("group", "A"), body="kept for the record")
+
+    group_leave(user=alice, name="A")
+
+    assert ChatGroup.objects.filter(name="A").exists()
+    assert Message.objects.filter(group__name="A").count() == 1
+
+
+def test_joining_a_group_removed_meanwhile_creates_it_again(alice, bob, monkeypatch):
+    """A join that found the group just before its last member left still joins."""
+    group_join(user=bob, name="A")
+    real = ChatGroup.objects.get_or_create
+    calls = 0
+
+    def found_then_emptied(**kwargs):
+        nonlocal calls
+        calls += 1
+        found = real(**kwargs)
+        if calls == 1:
+            group_leave(user=bob, name="A")  # removes the group under this join
+        return found
+
+    monkeypatch.setattr(ChatGroup.objects, "get_or_create", found_then_emptied)
+
+    change = group_join(user=alice, name="A")
+
+    assert change.changed is True
+    assert list(ChatGroup.objects.get(name="A").members.all()) == [alice]

@@ -307,3 +307,32 @@ def test_settings_with_redis_give_a_redis_limiter_under_the_prefix(settings):
         settings.CHAT_RATE_BURST,
         settings.CHAT_RATE_PER_SECOND,
     )
+
+
+async def test_a_command_takes_its_cost_and_is_refused_whole(make_limiter):
+    limiter = make_limiter(burst=10, per_second=NO_REFILL)
+
+    assert await limiter.allow("user:1", cost=4) is True
+    assert await limiter.allow("user:1", cost=4) is True
+    assert await limiter.allow("user:1", cost=4) is False  # 2 left: none taken
+    assert await take(limiter, "user:1", 3) == [True, True, False]
+
+
+async def test_reads_cost_more_than_a_ping_and_unknown_commands_cost_the_default():
+    assert ratelimit.command_cost("history") > ratelimit.command_cost("ping")
+    assert ratelimit.command_cost("sync") > ratelimit.command_cost("ping")
+    assert ratelimit.command_cost("some-new-command") == ratelimit.DEFAULT_COST
+
+
+async def test_memory_buckets_of_users_who_stopped_are_pruned(clock):
+    """One entry per user ever seen would grow a long-running worker without end."""
+    limiter = MemoryRateLimiter(burst=5, per_second=1.0)
+    await take(limiter, "user:busy", 5)
+    for user in range(3000):
+        assert await limiter.allow(f"user:{user}") is True
+        clock.now += 0.001  # each bucket is full again after a second: forgettable
+
+    assert len(limiter) <= 2 * ratelimit._PRUNE_AT
+    clock.now += 0.1
+    # 3.1 s have passed: the busy user got 3 tokens back, not a fresh bucket of 5.
+    assert await take(limiter, "user:busy", 4) == [True, True, True, False]
