@@ -24,7 +24,7 @@ from django.conf import settings
 from chat import protocol
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names
-from chat.messaging import message_history, message_sync
+from chat.messaging import message_history_page, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import command_cost
 from chat.transport import (
@@ -328,14 +328,18 @@ class ChatConsumer(ChatSocket):
 
     async def command_history(self, command: Command) -> dict[str, Any]:
         assert command.to is not None
-        messages = await database_sync_to_async(message_history)(
-            user=self.user, of=command.to, before=command.before, limit=command.limit
+        messages, more = await database_sync_to_async(message_history_page)(
+            user=self.user,
+            of=command.to,
+            before=command.before,
+            limit=command.limit,
+            max_bytes=_reply_room(),
         )
-        return _reply("history", command.ref, of=command.to.as_json(), messages=messages)
+        return _reply("history", command.ref, of=command.to.as_json(), messages=messages, more=more)
 
     async def command_sync(self, command: Command) -> dict[str, Any]:
         messages, more = await database_sync_to_async(message_sync)(
-            user=self.user, since=command.since
+            user=self.user, since=command.since, max_bytes=_reply_room()
         )
         return _reply("sync", command.ref, messages=messages, more=more)
 
@@ -350,6 +354,16 @@ class ChatConsumer(ChatSocket):
 
     async def command_ping(self, command: Command) -> dict[str, Any]:
         return _reply("pong", command.ref)
+
+
+# Bytes of a history or sync reply that are not its messages: the type, `of`
+# (an address), `ref` (64 characters, 6 bytes each when escaped), `more`.
+_REPLY_ENVELOPE_BYTES = 1024
+
+
+def _reply_room() -> int:
+    """Bytes the messages of one reply may take (`CHAT_MAX_REPLY_BYTES`)."""
+    return int(settings.CHAT_MAX_REPLY_BYTES) - _REPLY_ENVELOPE_BYTES
 
 
 def _reply(kind: str, ref: str | None, **fields: Any) -> dict[str, Any]:

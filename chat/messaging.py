@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, models, transaction
@@ -360,6 +361,17 @@ def message_history(
     *, user: User, of: Address, before: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """The newest `limit` messages of one conversation (ids below `before`), oldest first."""
+    return message_history_page(user=user, of=of, before=before, limit=limit)[0]
+
+
+def message_history_page(
+    *, user: User, of: Address, before: int | None, limit: int, max_bytes: int = 0
+) -> tuple[list[dict[str, Any]], bool]:
+    """`message_history`, kept within `max_bytes` of JSON (0: unbounded), and `more`.
+
+    `more` is True when older messages than the first one listed exist: the
+    client asks again with `before` set to that message's id.
+    """
     if of.kind == "user":
         messages = Message.objects.between(user.pk, _find_user(of.name).pk)
     elif of.kind == "group":
@@ -368,20 +380,43 @@ def message_history(
         messages = Message.objects.broadcasts()
     if before is not None:
         messages = messages.filter(id__lt=before)
-    newest = messages.select_related("sender", "recipient", "group").order_by("-id")[:limit]
-    return [message_json(m) for m in reversed(newest)]
+    newest = messages.select_related("sender", "recipient", "group").order_by("-id")
+    rows = list(newest[: limit + 1])
+    kept = fit_in_bytes([message_json(m) for m in rows[:limit]], max_bytes)
+    return kept[::-1], len(rows) > len(kept)
 
 
-def message_sync(*, user: User, since: int) -> tuple[list[dict[str, Any]], bool]:
-    """Every message the user may see with id > `since`, oldest first, and whether more wait."""
+def message_sync(
+    *, user: User, since: int, max_bytes: int = 0
+) -> tuple[list[dict[str, Any]], bool]:
+    """Every message the user may see with id > `since`, oldest first, and whether more wait.
+
+    At most `SYNC_MAX_MESSAGES`, and at most `max_bytes` of JSON (0: unbounded).
+    """
     rows = list(
         Message.objects.visible_to(user.pk)
         .filter(id__gt=since)
         .select_related("sender", "recipient", "group")
         .order_by("id")[: SYNC_MAX_MESSAGES + 1]
     )
-    more = len(rows) > SYNC_MAX_MESSAGES
-    return [message_json(m) for m in rows[:SYNC_MAX_MESSAGES]], more
+    kept = fit_in_bytes([message_json(m) for m in rows[:SYNC_MAX_MESSAGES]], max_bytes)
+    return kept, len(rows) > len(kept)
+
+
+def fit_in_bytes(messages: list[dict[str, Any]], max_bytes: int) -> list[dict[str, Any]]:
+    """The first of `messages` whose JSON together stays within `max_bytes` (0: all).
+
+    The first message is always kept, so that a client paging through never
+    gets stuck (one message is far below any allowed bound).
+    """
+    if not max_bytes:
+        return messages
+    total = 0
+    for index, message in enumerate(messages):
+        total += len(orjson.dumps(message)) + 1  # and its comma
+        if total > max_bytes and index:
+            return messages[:index]
+    return messages
 
 
 def last_visible_id(*, user: User) -> int:

@@ -248,3 +248,8 @@ CHAT_GUEST_LOGIN = env_bool("CHAT_GUEST_LOGIN", True)
 # (64 KiB) before it is closed with 1013 so that its client reconnects and
 # syncs: one client that stops reading must not grow the worker's memory.
 CHAT_MAX_BUFFERED_BYTES = env_int("CHAT_MAX_BUFFERED_BYTES", 1024 * 1024, minimum=1024)
+# Bytes of JSON one reply frame may hold: `sync` and `history` stop early and
+# say `more`. A reply must fit in what a socket may have waiting unread.
+CHAT_MAX_REPLY_BYTES = env_int("CHAT_MAX_REPLY_BYTES", 512 * 1024, minimum=64 * 1024)
+if CHAT_MAX_REPLY_BYTES > CHAT_MAX_BUFFERED_BYTES:
+    raise ImproperlyConfigured("CHAT_MAX_REPLY_BYTES must be at most CHAT_MAX_BUFFERED_BYTES")

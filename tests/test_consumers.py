@@ -499,7 +499,7 @@ async def test_history_when_the_store_fails_is_unavailable(layer, connect, alice
     def failing_history(**kwargs):
         raise DatabaseError("database is down")
 
-    monkeypatch.setattr("chat.consumers.message_history", failing_history)
+    monkeypatch.setattr("chat.consumers.message_history_page", failing_history)
     await expect_error(client, protocol.UNAVAILABLE, type="history", of=ALL)
     await still_usable(client)
 
@@ -538,6 +538,63 @@ async def test_sync_lists_at_most_500_and_says_more(layer, connect, alice):
     rest = await client.request(type="sync", since=first["messages"][-1]["id"])
     assert [m["id"] for m in rest["messages"]] == ids[500:]
     assert rest["more"] is False
+
+
+# 4,000 control characters: each is written \u00XX, so one body is 24 KB of JSON.
+ESCAPED_BODY = "\x01" * 4000
+
+
+@sync_to_async
+def store_escaped_broadcasts(sender, count: int) -> list[int]:
+    now = datetime.now(UTC)
+    Message.objects.bulk_create(
+        Message(kind=Message.Kind.ALL, sender=sender, body=ESCAPED_BODY, created_at=now)
+        for _ in range(count)
+    )
+    return list(Message.objects.order_by("id").values_list("id", flat=True))
+
+
+async def test_sync_reply_stays_within_the_byte_bound_and_pages_with_more(
+    layer, connect, settings, alice
+):
+    """500 messages of 24 KB of JSON each asked for at once: 12 MB before the bound."""
+    settings.CHAT_MAX_REPLY_BYTES = 256 * 1024
+    settings.CHAT_RATE_BURST = 1000  # some 50 pages in a row
+    ids = await store_escaped_broadcasts(alice, 500)
+    client = await connect(alice)
+    seen: list[int] = []
+    since = 0
+    while True:
+        await client.send(type="sync", since=since, ref="s")
+        reply = await client.expect("sync", ref="s")
+        assert len(client.frames[-1].encode()) <= settings.CHAT_MAX_REPLY_BYTES
+        assert reply["messages"], reply
+        seen += [m["id"] for m in reply["messages"]]
+        since = seen[-1]
+        if not reply["more"]:
+            break
+    assert seen == ids
+    assert len(client.frames) > 3  # it did take several pages
+
+
+async def test_history_reply_stays_within_the_byte_bound_and_says_more(
+    layer, connect, settings, alice
+):
+    settings.CHAT_MAX_REPLY_BYTES = 128 * 1024
+    ids = await store_escaped_broadcasts(alice, 30)
+    client = await connect(alice)
+    await client.send(type="history", of=ALL, limit=30, ref="h")
+    page = await client.expect("history", ref="h")
+    assert len(client.frames[-1].encode()) <= settings.CHAT_MAX_REPLY_BYTES
+    got = [m["id"] for m in page["messages"]]
+    assert got == ids[-len(got) :] and len(got) < 30  # the newest, oldest first
+    assert page["more"] is True
+    older = await client.request(type="history", of=ALL, limit=30, before=got[0])
+    older_ids = [m["id"] for m in older["messages"]]
+    assert older_ids == ids[-len(got) - len(older_ids) : -len(got)]
+    whole = await client.request(type="history", of=ALL, limit=2, before=ids[2])
+    assert [m["id"] for m in whole["messages"]] == ids[:2]
+    assert whole["more"] is False
 
 
 async def test_sync_after_a_disconnect_returns_what_was_missed(layer, connect, alice, bob):
