@@ -6,4 +6,4 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat import signals  # noqa: F401  (connects the logout handler)
+        from chat import checks, signals  # noqa: F401  (registers the checks, the logout handler)

@@ -36,27 +36,26 @@ Left out because nothing here needs it:
 from __future__ import annotations
 
 import copy
-import functools
 from importlib import import_module
 from typing import Any
 
-from channels.auth import _get_user_session_key, get_user
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.base import SessionBase
-from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.http.cookie import parse_cookie
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chat.coalesce import Coalescer, each
+from chat.upstream.channels import get_user_sync, user_session_key
+from chat.upstream.django import preloading
 
 # Channels' `get_user` without its `database_sync_to_async` wrapper, so that
 # the session and the user load in one trip to the database thread.
-_get_user = get_user.__wrapped__
+_get_user = get_user_sync()
 
 
 def session_key_of(headers: Any) -> str | None:
@@ -91,7 +90,7 @@ def sessions_and_users(
     in `session_and_user`. A key whose load fails gets its exception.
     """
     engine = import_module(settings.SESSION_ENGINE).SessionStore
-    preloaded = _preloading(engine)
+    preloaded = preloading(engine)
     if preloaded is None:
         return each(session_and_user, session_keys)
     model = engine.get_model_class()
@@ -166,43 +165,13 @@ def _reads_by_pk(backend: Any) -> bool:
 def _claim_of(session: SessionBase) -> tuple[Any, Any] | None:
     """The user id and backend a session names, as `get_user` reads them; None if none."""
     try:
-        user_id = _get_user_session_key(session)
+        user_id = user_session_key(session)
         backend_path = session[BACKEND_SESSION_KEY]
     except KeyError:
         return None
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
         return None
     return user_id, load_backend(backend_path)
-
-
-@functools.cache
-def _preloading(engine: type[Any]) -> type[Any] | None:
-    """`engine` reading its session from a row given beforehand; None if it cannot.
-
-    Only for the database engine and subclasses that read their row as it
-    does (not cached_db, which asks its cache first).
-    """
-    reads_rows = "_get_session_from_db"
-    if not issubclass(engine, DatabaseSessionStore) or (
-        engine.load is not DatabaseSessionStore.load
-        or getattr(engine, reads_rows) is not getattr(DatabaseSessionStore, reads_rows)
-    ):
-        return None
-
-    class Preloaded(engine):  # type: ignore[valid-type, misc]
-        row: Any = None
-
-        def _get_session_from_db(self) -> Any:
-            # As the database engine does when its query finds no live row:
-            # the key is dropped (a new one would be made on saving).
-            if self.row is None:
-                self._session_key = None
-            return self.row
-
-    # Django salts a session's signed data with its store's class name:
-    # named as the engine, this subclass reads (and writes) what it does.
-    Preloaded.__qualname__ = engine.__qualname__
-    return Preloaded
 
 
 # Sockets opening together load their sessions and users in one trip

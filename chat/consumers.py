@@ -175,7 +175,11 @@ class ChatSocket(AsyncWebsocketConsumer):
             logger.warning("closing %s's socket: it is not reading", self.username)
             await self.close_with(CLOSE_TRY_AGAIN_LATER)
             return
-        self._frames.write(frame)
+        try:
+            self._frames.write(frame)
+        except Exception:
+            self._stop_writing_frames()
+            await self.base_send({"type": "websocket.send", "text": text})
 
     def write_now(self, text: str) -> bool:
         frames, buffer = self._frames, self._send_buffer
@@ -186,8 +190,26 @@ class ChatSocket(AsyncWebsocketConsumer):
             or (buffer is not None and buffer.paused)
         ):
             return False  # `write` handles these
-        frames.write(text_frame(text))
+        try:
+            frames.write(text_frame(text))
+        except Exception:
+            self._stop_writing_frames()
+            return False  # not written: `write` sends it through ASGI
         return True
+
+    def _stop_writing_frames(self) -> None:
+        """Send this socket's frames through ASGI from now on: the fast path failed.
+
+        A library upgrade that breaks `FrameWriter` must cost speed, never
+        frames. Such a break is an attribute it reads being gone, which fails
+        before any byte is written, so the frame is sent again through ASGI.
+        """
+        logger.warning(
+            "writing frames straight to %s's socket failed; sending them through ASGI",
+            self.username,
+            exc_info=True,
+        )
+        self._frames = None
 
     async def close_with(self, code: int) -> None:
         if not self._closed:

@@ -29,9 +29,12 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.auth import SessionAuthMiddleware  # noqa: E402
+from chat.checks import report_fast_paths  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
 from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
 
+# Daphne runs no system checks: say which fast paths are on, and why any is off.
+report_fast_paths()
 # Under daphne: autobahn's per-connection debug line is formatted only if written.
 defer_autobahn_debug_formatting()
 

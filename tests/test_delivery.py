@@ -675,7 +675,7 @@ async def test_layer_groups_of_sockets_opening_together_are_joined_in_one_trip(
 ):
     await fake(await make_user("dave"))  # chat.all and dave's own group are joined
     held = FirstCallHeld(
-        delivery.channel.group_add_many, record=lambda layer, groups, channel: list(groups)
+        delivery.channel.group_add_many, record=lambda layer, groups, channel, **_: list(groups)
     )
     monkeypatch.setattr(delivery.channel, "group_add_many", held)
     opening = asyncio.gather(

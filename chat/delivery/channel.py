@@ -17,9 +17,10 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
+from chat import upstream
 from chat.cancellation import raise_if_cancelled
 from chat.delivery.messages import LayerMessage, from_layer, to_layer
-from chat.layers import group_add_many
+from chat.upstream.channels_redis import group_add_many
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,12 @@ class WorkerChannel:
     async def join(self, layer_groups: Iterable[str]) -> None:
         """Add this channel to the layer groups, in one trip per Redis shard."""
         async with self._slots:
-            await group_add_many(self.layer, layer_groups, self.name)
+            await group_add_many(
+                self.layer,
+                layer_groups,
+                self.name,
+                pipelined=upstream.is_on(upstream.PIPELINED_JOINS),
+            )
 
     async def leave(self, layer_group: str, channel: str | None = None) -> None:
         """Remove this channel (or a dead worker's) from a layer group."""

@@ -161,16 +161,18 @@ class SocketIndex:
 
 
 def written_now(conn: LocalSocket, text: str) -> bool:
-    """`conn.write_now`, with the frame dropped if the socket fails: False when `write` must.
+    """`conn.write_now`: True only if the frame was written, False when `write` must.
 
     Synchronous, so that a fan-out to every socket does not run a coroutine
-    per socket; `write_to` is the slow path, for sockets that must wait.
+    per socket; `write_to` is the slow path, for sockets that must wait (and
+    for those whose `write_now` failed: a frame is never taken as written
+    when it was not).
     """
     try:
         return conn.write_now(text)
     except Exception:
-        logger.debug("dropping a frame for connection %s", conn.connection_id)
-        return True
+        logger.warning("write_now failed for connection %s", conn.connection_id, exc_info=True)
+        return False
 
 
 async def write_to(conn: LocalSocket, text: str) -> None:

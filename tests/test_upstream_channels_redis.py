@@ -1,4 +1,4 @@
-"""chat.layers.group_add_many: what it writes is what channels_redis's group_add writes."""
+"""chat.upstream.channels_redis.group_add_many writes what channels_redis's group_add writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 
-from chat.layers import group_add_many
+from chat.upstream.channels_redis import group_add_many
 from tests.conftest import REDIS_URL
 
 WAIT = 5.0

@@ -1,10 +1,10 @@
-"""Channel layer calls that channels_redis makes one at a time, made for many at once.
+"""channels_redis: layer group joins for many groups at once, in one pipeline.
 
 A worker's hub subscribes its one layer channel to a layer group per user
 connected there. channels_redis's `group_add` is two Redis round trips
 (`ZADD`, then `EXPIRE`), and redis-py spends more CPU on each round trip than
-Redis does: while 200 sockets opened together these subscriptions were a sixth
-of the worker's CPU, and the hub refreshes every group it holds every few
+Redis does: while sockets open in a burst these subscriptions were a large
+share of the worker's CPU, and the hub renews every group it holds every few
 seconds. `group_add_many` sends them in one pipeline per Redis shard.
 """
 
@@ -17,15 +17,31 @@ from collections.abc import Iterable
 from channels.layers import BaseChannelLayer
 from channels_redis.core import RedisChannelLayer
 
+from chat.upstream.reaches import missing_assignments, missing_attributes
 
-async def group_add_many(layer: BaseChannelLayer, groups: Iterable[str], channel: str) -> None:
+
+def group_key_problem() -> str | None:
+    """`group_add_many` writes the keys that `_group_key` names, as `group_add` does."""
+    return missing_attributes(
+        RedisChannelLayer,
+        "_group_key",
+        "consistent_hash",
+        "connection",
+        "require_valid_group_name",
+        "require_valid_channel_name",
+    ) or missing_assignments(RedisChannelLayer.__init__, "group_expiry")
+
+
+async def group_add_many(
+    layer: BaseChannelLayer, groups: Iterable[str], channel: str, *, pipelined: bool = True
+) -> None:
     """`layer.group_add(group, channel)` for each group, in one trip per shard on Redis.
 
     What lands in Redis is what `group_add` writes: the channel in the
     group's sorted set scored with the time, and the group's expiry renewed.
-    Other layers get their own `group_add`, one by one.
+    Other layers (or `pipelined=False`) get their own `group_add`, one by one.
     """
-    if not isinstance(layer, RedisChannelLayer):
+    if not pipelined or not isinstance(layer, RedisChannelLayer):
         for group in groups:
             await layer.group_add(group, channel)
         return

@@ -1,0 +1,116 @@
+"""autobahn: daphne's websocket protocol, written to beneath its `sendMessage`."""
+
+from __future__ import annotations
+
+import logging
+import pprint
+from typing import Any
+
+from autobahn.websocket import protocol as websocket_protocol
+
+from chat.upstream import twisted
+from chat.upstream.reaches import missing_assignments, missing_attributes
+
+logger = logging.getLogger(__name__)
+
+_Protocol = websocket_protocol.WebSocketProtocol
+
+
+def frame_problem() -> str | None:
+    """`FrameWriter` writes only while autobahn has nothing of its own under way."""
+    return missing_attributes(
+        _Protocol, "STATE_OPEN", "SEND_STATE_GROUND", "sendMessage"
+    ) or missing_assignments(
+        _Protocol._connectionMade, "state", "send_state", "send_queue", "_perMessageCompress"
+    )
+
+
+def close_problem() -> str | None:
+    """`close_frame` sends the close frame that `sendClose` refuses for 1008, 1011 and 1012."""
+    return missing_attributes(_Protocol, "STATE_OPEN", "sendCloseFrame") or missing_assignments(
+        _Protocol._connectionMade, "state"
+    )
+
+
+def formatting_problem() -> str | None:
+    """`defer_debug_formatting` swaps the module's `pformat` and `Timings.__str__`."""
+    if getattr(websocket_protocol, "pformat", None) not in (pprint.pformat, _Pretty):
+        return f"{websocket_protocol.__name__} no longer formats with pprint.pformat"
+    return missing_assignments(websocket_protocol.Timings.__init__, "_timings")
+
+
+class FrameWriter:
+    """Writes frames built by `chat.transport.text_frame` to one daphne socket.
+
+    Every frame through ASGI goes through the consumer's `send`, daphne's
+    reply dispatch and autobahn's `sendMessage`, which builds the frame in
+    Python and formats a debug log line for it. A server-to-client frame is
+    not masked, so the same bytes are valid on every socket: this writes them
+    straight to the transport.
+    """
+
+    # One per socket: slots keep idle sockets small.
+    __slots__ = ("_handle", "protocol")
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self._handle = twisted.direct_socket(protocol.transport)
+
+    def write(self, frame: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return  # closing: what autobahn would refuse to send anyway
+        if (
+            protocol.send_queue
+            or protocol.send_state != protocol.SEND_STATE_GROUND
+            or protocol._perMessageCompress is not None
+        ):
+            # Autobahn has bytes of its own queued, is mid-message, or
+            # compresses: let it frame this one so nothing is reordered.
+            protocol.sendMessage(_payload(frame), isBinary=False)
+            return
+        twisted.write_frame(protocol.transport, self._handle, frame)
+
+
+def _payload(frame: bytes) -> bytes:
+    size = frame[1] & 0x7F
+    return frame[2 + {126: 2, 127: 8}.get(size, 0) :]
+
+
+def close_frame(protocol: Any, code: int) -> None:
+    """Start the closing handshake with `code`, whatever autobahn's `sendClose` allows."""
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendCloseFrame(code=code, isReply=False)
+
+
+class _Pretty:
+    """`pprint.pformat(value)`, worked out only when a log line is written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _timings_text(timings: Any) -> str:
+    return pprint.pformat(timings._timings)
+
+
+def defer_debug_formatting() -> None:
+    """Have autobahn's websocket protocol format its debug arguments lazily.
+
+    Autobahn pretty-prints its 29 copied options for a debug log line on
+    every connection, whether debug logging is on or not (`pformat` runs
+    before the log call is reached). It calls its module's `pformat` only to
+    build debug log arguments (with `{}` fields, which `__format__` serves)
+    and in `Timings.__str__`, which must return a str and gets its own
+    function. The log lines read the same when debug logging is on.
+    """
+    websocket_protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
+    websocket_protocol.pformat = _Pretty  # type: ignore[assignment]

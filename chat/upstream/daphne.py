@@ -1,0 +1,43 @@
+"""daphne: the websocket protocol object behind its ASGI `send`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from daphne import server
+
+from chat.upstream.reaches import missing_attributes
+
+# Middleware layers that may wrap `send` (as Channels' session middleware does).
+_MAX_WRAPPERS = 5
+
+
+def send_problem() -> str | None:
+    """`protocol_behind` takes the protocol out of `partial(server.handle_reply, protocol)`."""
+    try:
+        source = inspect.getsource(server.Server.create_application)
+    except (OSError, TypeError):
+        return "the source of daphne.server.Server.create_application cannot be read"
+    if "partial(self.handle_reply, protocol)" not in source:
+        return "daphne's ASGI send is no longer partial(Server.handle_reply, protocol)"
+    return missing_attributes(server.Server, "handle_reply")
+
+
+def protocol_behind(send: Any) -> Any | None:
+    """The daphne WebSocketProtocol behind an ASGI `send`, or None elsewhere.
+
+    A middleware that wraps `send` the way Channels' session middleware does
+    (a method whose object keeps the original as `real_send`) is looked
+    through, so that adding one does not silently lose the fast paths.
+    """
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(send, functools.partial):
+            protocol = send.args[0] if send.args else None
+            return protocol if hasattr(protocol, "sendCloseFrame") else None
+        wrapper = getattr(send, "__self__", None)
+        send = getattr(wrapper, "real_send", None)
+        if send is None:
+            return None
+    return None

@@ -1,0 +1,196 @@
+"""chat.upstream against the installed daphne, Twisted, autobahn, channels_redis,
+Channels and Django: every reach is still there, and when one is gone the fast
+path that needs it turns off, the system check says why, and the plain way is used."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
+from channels import auth as channels_auth
+from channels_redis.core import RedisChannelLayer
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from twisted.internet import abstract
+from twisted.web import http
+
+from chat import upstream
+from chat.checks import check_fast_paths, report_fast_paths
+from chat.consumers import ChatConsumer
+from chat.delivery.channel import WorkerChannel
+from chat.delivery.sockets import written_now
+from chat.transport import close_frame, frame_writer, watch_send_buffer
+from tests.conftest import REDIS_URL
+
+WAIT = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _checked_afresh() -> Iterator[None]:
+    """Each test sees the libraries as it left them, and the next as they really are."""
+    upstream.check_again()
+    yield
+    upstream.check_again()
+
+
+@pytest.mark.parametrize("fast_path", list(upstream.FAST_PATHS))
+def test_every_fast_path_is_on_with_the_installed_libraries(fast_path: str) -> None:
+    assert upstream.problem(fast_path) is None
+
+
+def test_the_system_check_lists_every_fast_path_as_on() -> None:
+    [message] = check_fast_paths()
+
+    assert message.id == "chat.I001"
+    assert all(name in message.msg for name in upstream.FAST_PATHS)
+
+
+# (the library's object, the attribute a reach needs, the fast path it belongs to)
+REACHES = [
+    (abstract.FileDescriptor, "dataBuffer", upstream.FRAMES),
+    (WebSocketProtocol, "SEND_STATE_GROUND", upstream.FRAMES),
+    (WebSocketProtocol, "sendCloseFrame", upstream.CLOSE_CODES),
+    (http.HTTPChannel, "_requestProducer", upstream.SEND_BUFFER),
+    (RedisChannelLayer, "_group_key", upstream.PIPELINED_JOINS),
+    (DatabaseSessionStore, "_get_session_from_db", upstream.SESSIONS_IN_ONE_QUERY),
+    (channels_auth, "_get_user_session_key", upstream.USER_IN_ONE_TRIP),
+]
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "fast_path"), REACHES, ids=[name for _, name, _ in REACHES]
+)
+def test_a_renamed_attribute_turns_its_fast_path_off_and_the_check_says_why(
+    owner: Any, name: str, fast_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(owner, name)
+
+    assert name in (upstream.problem(fast_path) or "")
+    warnings = [m for m in check_fast_paths() if m.id == "chat.W001"]
+    assert [fast_path in m.msg and name in m.msg for m in warnings] == [True]
+    assert upstream.FALLBACKS[fast_path] in (warnings[0].hint or "")
+
+
+def test_the_start_up_report_logs_a_fast_path_that_fell_back_as_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(abstract.FileDescriptor, "dataBuffer")
+
+    with caplog.at_level(logging.INFO, logger="chat.checks"):
+        report_fast_paths()
+
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "chat.W001" in warning.getMessage() and "dataBuffer" in warning.getMessage()
+    assert any(r.levelno == logging.INFO and "chat.I001" in r.getMessage() for r in caplog.records)
+
+
+class Wire:
+    """Stands for daphne's protocol: only whether the fallbacks touch it matters here."""
+
+    transport = object()
+    state = WebSocketProtocol.STATE_OPEN
+    STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def test_with_a_reach_gone_a_socket_gets_the_plain_asgi_behaviour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(abstract.FileDescriptor, "dataBuffer")
+    monkeypatch.delattr(WebSocketProtocol, "sendCloseFrame")
+    monkeypatch.delattr(http.HTTPChannel, "_requestProducer")
+
+    assert frame_writer(Wire()) is None
+    assert close_frame(Wire(), 1008) is False  # the consumer closes through ASGI
+    assert watch_send_buffer(Wire(), 1024) is None
+
+
+async def test_with_pipelined_joins_off_layer_groups_are_joined_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, redis_prefix: str
+) -> None:
+    # channels_redis uses `_group_key` itself, so here the check is told it is gone.
+    monkeypatch.setitem(
+        upstream.FAST_PATHS, upstream.PIPELINED_JOINS, (lambda: "_group_key is gone",)
+    )
+    layer = RedisChannelLayer(hosts=[REDIS_URL], prefix=f"{redis_prefix}:layer")
+    added: list[str] = []
+    group_add = layer.group_add
+
+    async def counted_group_add(group: str, channel: str) -> None:
+        added.append(group)
+        await group_add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", counted_group_add)
+    channel = WorkerChannel(layer)
+    await channel.open()
+    try:
+        await channel.join(["chat.group.1", "chat.group.2"])
+        await layer.group_send("chat.group.2", {"type": "chat.marker"})
+
+        message = await asyncio.wait_for(layer.receive(channel.name), WAIT)
+        assert message["type"] == "chat.marker"
+        assert added == ["chat.group.1", "chat.group.2"]
+    finally:
+        await layer.flush()
+
+
+# -- a fast-path write that fails -------------------------------------------------
+
+
+class BrokenFrameWriter:
+    """A `FrameWriter` after an upgrade renamed what it reads."""
+
+    def write(self, frame: bytes) -> None:
+        raise AttributeError("'WebSocketServerProtocol' object has no attribute 'send_queue'")
+
+
+def socket_with_broken_frames(sent: list[dict[str, Any]]) -> ChatConsumer:
+    consumer = ChatConsumer()
+
+    async def base_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    consumer.base_send = base_send
+    consumer.username = "alice"
+    consumer.connection_id = "alice-1"
+    consumer._closed = False
+    consumer._pending = None
+    consumer._send_buffer = None
+    consumer._frames = BrokenFrameWriter()  # type: ignore[assignment]
+    return consumer
+
+
+async def test_a_failing_fast_path_write_goes_through_asgi_send_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent: list[dict[str, Any]] = []
+    consumer = socket_with_broken_frames(sent)
+
+    with caplog.at_level(logging.WARNING, logger="chat.consumers"):
+        assert written_now(consumer, "first") is False  # not reported as written
+        await consumer.write("first")
+        await consumer.write("second")
+
+    assert sent == [
+        {"type": "websocket.send", "text": "first"},
+        {"type": "websocket.send", "text": "second"},
+    ]
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "through ASGI" in warning.getMessage()
+
+
+class RaisingSocket:
+    connection_id = "x"
+
+    def write_now(self, text: str) -> bool:
+        raise RuntimeError("broken")
+
+
+def test_a_write_now_that_raises_is_never_taken_as_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="chat.delivery.sockets"):
+        assert written_now(RaisingSocket(), "text") is False  # type: ignore[arg-type]
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
