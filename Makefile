@@ -5,31 +5,65 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: install run test lint format check-migrations
+.PHONY: install install-dev install-bench run test lint format check-migrations lock audit
 
-install: $(VENV)/.installed
+# Installs take the lock files as they are: every package pinned, every
+# download checked against its hash.
+PIP_INSTALL := $(VENV)/bin/pip install --quiet --require-hashes
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+install: $(VENV)/.installed-runtime
+
+install-dev: $(VENV)/.installed-dev
+
+install-bench: $(VENV)/.installed-bench
+
+$(VENV)/bin/pip:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+
+$(VENV)/.installed-runtime: requirements.txt | $(VENV)/bin/pip
+	$(PIP_INSTALL) -r requirements.txt
 	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/pip
+	$(PIP_INSTALL) -r requirements.txt -r requirements-dev.txt
+	touch $(VENV)/.installed-runtime $@
+
+$(VENV)/.installed-bench: requirements.txt requirements-dev.txt bench/requirements.txt | $(VENV)/bin/pip
+	$(PIP_INSTALL) -r requirements.txt -r requirements-dev.txt -r bench/requirements.txt
+	touch $(VENV)/.installed-runtime $(VENV)/.installed-dev $@
+
+# Regenerates every lock file from its .in file (edit those, never the locks).
+# Versions already locked are kept unless an input pins another; add
+# UPGRADE=--upgrade to move everything to the newest allowed releases.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 $(UPGRADE)
+
+lock: install-dev
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
+	cd bench && ../$(UV_COMPILE) requirements.in -o requirements.txt
+
+# Known vulnerabilities in every locked package (pip-audit, against the
+# advisory database of the package index). --strict: a package that could
+# not be checked fails the audit instead of passing silently.
+audit: install-dev
+	$(VENV)/bin/pip-audit --progress-spinner off --disable-pip --strict \
+		-r requirements.txt -r requirements-dev.txt -r bench/requirements.txt
 
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
-test: install
+test: install-dev
 	$(PY) -m pytest
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy chat chatsite
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-check-migrations: install
+check-migrations: install-dev
 	$(PY) manage.py makemigrations --check --dry-run

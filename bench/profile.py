@@ -208,7 +208,7 @@ def _py_spy() -> str:
         return str(candidate)
     found = shutil.which("py-spy")
     if not found:
-        raise SystemExit("py-spy is missing: .venv/bin/pip install -r bench/requirements.txt")
+        raise SystemExit("py-spy is missing: make install-bench")
     return found
 
 
