@@ -31,7 +31,7 @@ from django.conf import settings
 from chat import protocol
 from chat.accounts import GUEST_PREFIX, guest_create
 from chat.consumers import ChatSocket
-from chat.protocol import Address, ChatError, Command, encode, error_event
+from chat.protocol import Address, ChatError, Command, error_event
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ class ClassicConsumer(ChatSocket):
         return False  # each event is translated for this socket by `write`
 
     async def write(self, text: str) -> None:
-        if self._closed or self._pending is not None:
-            await super().write(text)  # dropped, or kept as JSON until greeted
+        """Translate one JSON frame of the hub (from the layer: already encoded)."""
+        if self._closed:
             return
         try:
             frames = classic_frames(text)
@@ -144,6 +144,12 @@ class ClassicConsumer(ChatSocket):
             return
         for frame in frames:
             # Through the base class, so its limits on sending apply to frames.
+            await super().write(frame)
+
+    async def write_event(self, event: dict[str, Any]) -> None:
+        """This socket's own events, translated as they are: never encoded to JSON first."""
+        frame = _classic_frame(event)
+        if frame is not None:
             await super().write(frame)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -158,12 +164,12 @@ class ClassicConsumer(ChatSocket):
             if command is not None:
                 await self.send_classic(command)
         except ChatError as error:
-            await self.write(encode(error_event(error.code, error.message)))
+            await self.write_event(error_event(error.code, error.message))
             await self.count_error(error.code)
         except Exception:
             logger.exception("classic command failed for %s", self.username)
-            await self.write(
-                encode(error_event(protocol.UNAVAILABLE, "the server failed; try again"))
+            await self.write_event(
+                error_event(protocol.UNAVAILABLE, "the server failed; try again")
             )
 
     async def send_classic(self, command: Command) -> None:

@@ -118,7 +118,7 @@ class ChatSocket(AsyncWebsocketConsumer):
             return
         pending, self._pending = self._pending or [], None
         for text in pending:
-            await self.write(text)
+            await ChatSocket.write(self, text)  # frames as they will go out
 
     async def greet(self, groups: list[tuple[int, str]]) -> None:
         """Send the first frame (pending events wait until it is out)."""
@@ -180,6 +180,10 @@ class ChatSocket(AsyncWebsocketConsumer):
         except Exception:
             self._stop_writing_frames()
             await self.base_send({"type": "websocket.send", "text": text})
+
+    async def write_event(self, event: dict[str, Any]) -> None:
+        """Send one of this socket's own events (a reply, an error) in its wire format."""
+        await self.write(encode(event))
 
     def write_now(self, text: str) -> bool:
         frames, buffer = self._frames, self._send_buffer
@@ -253,15 +257,14 @@ class ChatSocket(AsyncWebsocketConsumer):
             raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
 
     async def send_message(self, command: Command) -> dict[str, Any]:
-        """Store a message and ack it; the send queue delivers it to its audience.
+        """Store a message and return its ack; the send queue delivers it to its audience.
 
-        The caller has spent the command's cost (`spend`).
+        The caller has spent the command's cost (`spend`) and writes the ack
+        (the classic endpoint has none to write).
         """
         assert command.to is not None
         stored = await current_worker().send_queue.submit(self.user, command.to, command.body)
-        ack = _reply("ack", command.ref, id=stored.id, ts=stored.ts)
-        await self.write(encode(ack))
-        return ack
+        return _reply("ack", command.ref, id=stored.id, ts=stored.ts)
 
     async def join_group(self, command: Command) -> dict[str, Any]:
         change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
@@ -327,20 +330,20 @@ class ChatConsumer(ChatSocket):
             await self.spend(command.type)
             reply = await getattr(self, f"command_{command.type}")(command)
         except ChatError as error:
-            await self.write(encode(error_event(error.code, error.message, ref)))
+            await self.write_event(error_event(error.code, error.message, ref))
             await self.count_error(error.code)
             return
         except Exception:
             logger.exception("command failed for %s", self.username)
-            await self.write(
-                encode(error_event(protocol.UNAVAILABLE, "the server failed; try again", ref))
+            await self.write_event(
+                error_event(protocol.UNAVAILABLE, "the server failed; try again", ref)
             )
             return
         if reply is not None:
-            await self.write(encode(reply))
+            await self.write_event(reply)
 
-    async def command_send(self, command: Command) -> None:
-        await self.send_message(command)
+    async def command_send(self, command: Command) -> dict[str, Any]:
+        return await self.send_message(command)
 
     async def command_join(self, command: Command) -> dict[str, Any]:
         return await self.join_group(command)
