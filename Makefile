@@ -49,9 +49,11 @@ audit: install-dev
 	$(VENV)/bin/pip-audit --progress-spinner off --disable-pip --strict \
 		-r requirements.txt -r requirements-dev.txt -r bench/requirements.txt
 
+# Development: DEBUG on (the development SECRET_KEY, plain HTTP, static files
+# from the apps). Production sets its environment instead: README.
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	DEBUG=true $(PY) manage.py migrate --noinput
+	DEBUG=true $(PY) manage.py runserver $(HOST):$(PORT)
 
 test: install-dev
 	$(PY) -m pytest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -267,7 +268,11 @@ def start_ours(
         REDIS_URL=f"redis://{REDIS_HOST}/{OUR_REDIS_DB}",
         REDIS_PREFIX=prefix,
         DEBUG="false",
-        SECRET_KEY="bench-" + run_id + "-not-a-secret-but-long-enough-0123456789",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        # The benchmark talks plain HTTP to the workers, as behind a proxy.
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         # The benchmark's senders send far faster than a person: raise the
         # per-user send rate. Nothing else is switched off.

@@ -66,12 +66,50 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: `make run` turns it on for development.
+DEBUG = env_bool("DEBUG", False)
+DEVELOPMENT_SECRET_KEY = "insecure-local-development-key-do-not-deploy"
+MAKE_A_SECRET_KEY = (
+    "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))' "
+    "and keep it secret (sessions and password resets are signed with it)"
+)
 SECRET_KEY = env_str("SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-local-development-key-do-not-deploy"
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
+elif not DEBUG:
+    if not SECRET_KEY or SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+        raise ImproperlyConfigured(f"SECRET_KEY must be set when DEBUG is off: {MAKE_A_SECRET_KEY}")
+    # Django's own bar for a strong key (check --deploy, security.W009).
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure"):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is too weak (it needs 50 or more characters, 5 or more of them "
+            f"different): {MAKE_A_SECRET_KEY}"
+        )
+
+# HTTPS. Each variable sets the Django setting of the same name; the defaults
+# are production's (DEBUG off) and plain HTTP's (DEBUG on). A test or a trusted
+# local network runs over plain HTTP by setting the first three to false.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Sent only over HTTPS; a year once a browser has seen the site over it.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# "HEADER,value", e.g. HTTP_X_FORWARDED_PROTO,https behind a TLS proxy that
+# sets that header (deploy/nginx.conf does). Unset by default: without a
+# proxy that overwrites it, a client could claim HTTPS itself.
+_proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", [])
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER must be 'HEADER,value', e.g. HTTP_X_FORWARDED_PROTO,https"
+    )
+SECURE_PROXY_SSL_HEADER = (
+    (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy_ssl_header else None
+)
+# Debug pages and error reports show settings and variables with the
+# password of every URL (DATABASE_URL, REDIS_URL, CHANNEL_LAYERS) masked.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "chatsite.error_reports.SecretsHidingFilter"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

@@ -80,7 +80,10 @@ def production_env(redis_prefix):
         redis_url=REDIS_URL,
         redis_prefix=redis_prefix,
         DEBUG="false",
-        SECRET_KEY="deploy-test-secret-key-" + "x" * 30,
+        # nginx here listens on plain HTTP.
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         STATIC_ROOT=str(static_root),
     )
