@@ -21,7 +21,7 @@ def is_guest_name(username: str) -> bool:
     return username.lower().startswith(GUEST_PREFIX)
 
 
-class SignupForm(UserCreationForm):
+class SignupForm(UserCreationForm):  # type: ignore[type-arg]
     def clean_username(self) -> str:
         username = super().clean_username()
         # Django's own check returns None (despite its type) once it has

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from chat.models import ChatGroup, Connection, Membership, Message
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Membership
     extra = 0
     readonly_fields = ("user", "joined_at")
@@ -24,7 +24,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(ChatGroup)
-class ChatGroupAdmin(admin.ModelAdmin):
+class ChatGroupAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("name", "member_count", "online_count", "created_at")
     search_fields = ("name",)
     readonly_fields = ("created_at",)
@@ -34,7 +34,7 @@ class ChatGroupAdmin(admin.ModelAdmin):
     ordering = ("name",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatGroup]:
-        return (
+        groups: QuerySet[ChatGroup] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -46,18 +46,19 @@ class ChatGroupAdmin(admin.ModelAdmin):
                 ),
             )
         )
+        return groups
 
     @admin.display(description="members", ordering="members_total")
     def member_count(self, group: ChatGroup) -> int:
-        return group.members_total  # type: ignore[attr-defined]
+        return int(group.members_total)  # type: ignore[attr-defined]
 
     @admin.display(description="online", ordering="members_online")
     def online_count(self, group: ChatGroup) -> int:
-        return group.members_online  # type: ignore[attr-defined]
+        return int(group.members_online)  # type: ignore[attr-defined]
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("group", "user", "joined_at")
     list_filter = ("group",)
     search_fields = ("group__name", "user__username")
@@ -68,7 +69,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("id", "sender", "kind", "audience_label", "short_body", "created_at")
     list_filter = ("kind", "created_at")
     date_hierarchy = "created_at"
@@ -87,7 +88,7 @@ class MessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("user", "worker", "endpoint", "opened_at")
     list_filter = ("worker", "endpoint")
     search_fields = ("user__username", "worker")

@@ -3,9 +3,9 @@
 Channels' `AuthMiddlewareStack` is three layers (cookies, session, user). Each
 keeps a copy of the scope and a suspended coroutine frame for the socket's
 whole life, and the session layer wraps `send` in an `InstanceSessionWrapper`
-that checks the session on every frame: 3.8 KB per idle socket (tracemalloc,
-300 sockets under daphne). `SessionAuthMiddleware` does their work with one
-scope copy and one frame (under 1 KB), and passes the server's `send` on untouched.
+that checks the session on every frame: kilobytes per idle socket (figures
+in bench/RESULTS.md). `SessionAuthMiddleware` does their work with one scope
+copy and one frame, and passes the server's `send` on untouched.
 
 What decides who a socket belongs to is Channels' own: the first `cookie`
 header parsed by Django's `parse_cookie`, the session from
@@ -26,7 +26,7 @@ Left out because nothing here needs it:
   sockets of a session that logs out), so the scope gets `session_key`, the
   key as Channels' session would hold it once the user is loaded (None when
   there is no session or it was flushed). The session object and its decoded
-  data would stay in memory for the socket's life: 0.5 KB per idle socket.
+  data would stay in memory for the socket's life.
 - The lazy wrapper around `scope["user"]`: it is resolved before the consumer runs.
 - Saving the session. Channels saves a modified session only when an
   `http.response.start` goes out, which never happens on a websocket, and the

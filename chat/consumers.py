@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 _ERROR_WINDOW = 60.0
 
 
-class ChatSocket(AsyncWebsocketConsumer):
+class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
     """A logged-in user's socket, registered with the worker's hub.
 
     Subclasses speak a wire format: they turn frames into commands and the

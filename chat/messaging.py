@@ -108,8 +108,8 @@ def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Cha
     """For each (user id, group name) pair whose user is a member: the group, in one query.
 
     Hand-written: the same query through the ORM (select_related, two `__in`)
-    cost about 1.2 ms of CPU per send batch on the single database thread,
-    more than the insert itself; this one about 0.2 ms.
+    cost more CPU per send batch on the single database thread than the
+    insert itself (figures in bench/RESULTS.md).
     """
     if not pairs:
         return {}
@@ -243,8 +243,8 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     """PostgreSQL: check, lock, timestamp and insert a batch in one statement.
 
     Separate statements (the audience checks, BEGIN, the order lock, INSERT,
-    COMMIT) were five round trips, each paying the database process's wake-up
-    at light load: 2.8 ms of a 7.5 ms delivery at ten sends a second. Outside
+    COMMIT) were five round trips, each paying the database process's wake-up:
+    at light load, over a third of a delivery's latency. Outside
     a transaction one statement commits on its own, holding the advisory lock
     until then; the timestamp is read after the lock and ids are allocated as
     the sorted rows go in, so ids ascend in request order, become visible in id
@@ -300,7 +300,7 @@ def _refusal(to: Address) -> ChatError:
 
 @functools.lru_cache(maxsize=128)
 def _send_sql(rows: int) -> str:
-    """The statement for `rows` requests (PostgreSQL; built once per size: 85 µs)."""
+    """The statement for `rows` requests (PostgreSQL; built once per batch size)."""
     user_model = get_user_model()
     quote = connection.ops.quote_name
     message, group = quote(Message._meta.db_table), quote(ChatGroup._meta.db_table)
@@ -462,7 +462,3 @@ def _last_ids_sql(count: int) -> str:
         FROM {users} u
         WHERE u.id IN ({", ".join(["%s"] * count)})
     """
-
-
-def is_member(*, user_id: int, group_id: int) -> bool:
-    return Membership.objects.filter(user_id=user_id, group_id=group_id).exists()

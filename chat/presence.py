@@ -260,7 +260,7 @@ class RedisPresenceStore(PresenceStore):
             if groups:
                 pipe.sadd(groups_key, *groups)
             results = await pipe.execute()
-        return results[0] == 0
+        return bool(results[0] == 0)
 
     async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
         groups = list(layer_groups)

@@ -2,8 +2,8 @@
 
 URLRouter keeps, for each socket's whole life, its own copy of the scope (with
 `path_remaining` and `url_route`) and a suspended coroutine frame, and
-`as_asgi()` adds another frame: 1.3 KB per idle socket (tracemalloc, 300
-sockets under daphne). Two fixed paths need none of it: `websocket_router`
+`as_asgi()` adds another frame: memory per idle socket (measured in
+bench/RESULTS.md). Two fixed paths need none of it: `websocket_router`
 looks the path up and returns the consumer's coroutine for the layer above
 to await, so the consumer gets that layer's scope as it is.
 """

@@ -39,10 +39,9 @@ from chat.protocol import UNAVAILABLE, Address, ChatError
 logger = logging.getLogger(__name__)
 
 # Most messages stored in one transaction: it bounds how long a batch holds the
-# order lock, which every other worker's sends wait for. Roughly, on a local
-# PostgreSQL: 2.6 ms for a batch of 1, 17 ms for 100 (0.17 ms a message), 40 ms
-# for 300 (0.13 ms a message). Past a hundred, a message gets little cheaper
-# while the lock is held proportionally longer.
+# order lock, which every other worker's sends wait for. Past about a hundred
+# a message gets little cheaper while the lock is held proportionally longer
+# (batch timings in bench/RESULTS.md).
 MAX_BATCH = 100
 
 

@@ -113,4 +113,5 @@ def defer_debug_formatting() -> None:
     function. The log lines read the same when debug logging is on.
     """
     websocket_protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
-    websocket_protocol.pformat = _Pretty  # type: ignore[assignment]
+    # setattr: the module imports `pformat` from pprint rather than exporting it.
+    setattr(websocket_protocol, "pformat", _Pretty)  # noqa: B010

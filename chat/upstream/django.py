@@ -46,7 +46,7 @@ def preloading(engine: type[Any]) -> type[Any] | None:
     ):
         return None
 
-    class Preloaded(engine):  # type: ignore[valid-type, misc]
+    class Preloaded(engine):  # type: ignore[misc]
         row: Any = None
 
         def _get_session_from_db(self) -> Any:
