@@ -36,6 +36,7 @@ Left out because nothing here needs it:
 from __future__ import annotations
 
 import copy
+import re
 from importlib import import_module
 from typing import Any
 
@@ -58,11 +59,23 @@ from chat.upstream.django import preloading
 _get_user = get_user_sync()
 
 
+# What any of Django's session engines makes a key of: letters and digits
+# (database, cache, file), and signing's URL-safe base64, ':' and '.'
+# (signed cookies); Django itself refuses keys under 8 characters. A cookie
+# of anything else (a NUL, which PostgreSQL refuses in a query) is no session.
+_WELL_FORMED_KEY = re.compile(r"[A-Za-z0-9_:.\-]{8,4096}")
+
+
 def session_key_of(headers: Any) -> str | None:
-    """The session key in the first `cookie` header, as Channels' CookieMiddleware reads it."""
+    """The session key in the first `cookie` header, as Channels' CookieMiddleware reads it.
+
+    None when there is none or it is not well formed: such a key is never
+    looked up, so it costs no query and cannot fail anyone else's.
+    """
     for name, value in headers:
         if name == b"cookie":
-            return parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+            key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+            return key if key is not None and _WELL_FORMED_KEY.fullmatch(key) else None
     return None
 
 
@@ -95,7 +108,8 @@ def sessions_and_users(
         return each(session_and_user, session_keys)
     model = engine.get_model_class()
     live = model.objects.filter(
-        session_key__in={key for key in session_keys if key}, expire_date__gt=timezone.now()
+        session_key__in={key for key in session_keys if key and _WELL_FORMED_KEY.fullmatch(key)},
+        expire_date__gt=timezone.now(),
     )
     rows = {row.session_key: row for row in live}
     sessions = []

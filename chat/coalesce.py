@@ -6,7 +6,8 @@ paid its own hop to that thread and back and waited behind all the others'.
 `Coalescer` keeps at most one trip out per loop; whoever calls while it is out
 joins the next one, so at rest a call goes alone and at once, and under a burst
 the trips get fewer and fuller instead of longer queues. Every call still gets
-its own answer, or its own exception.
+its own answer, or its own exception: a trip that fails as a whole is made
+again one call at a time, so one caller's bad argument fails only that caller.
 """
 
 from __future__ import annotations
@@ -56,10 +57,7 @@ class Coalescer(Generic[A, R]):
                 calls = [(arg, answer) for arg, answer in calls if not answer.done()]
                 if not calls:
                     continue
-                try:
-                    outcomes = await self._run_many([arg for arg, _ in calls])
-                except Exception as exc:
-                    outcomes = [exc] * len(calls)
+                outcomes = await self._outcomes([arg for arg, _ in calls])
                 for (_, answer), outcome in zip(calls, outcomes, strict=True):
                     if answer.done():
                         continue  # its caller gave up
@@ -73,6 +71,25 @@ class Coalescer(Generic[A, R]):
             for _, answer in [*calls, *self._waiting]:
                 answer.cancel()
             self._waiting = []
+
+    async def _outcomes(self, args: list[A]) -> Sequence[R | BaseException]:
+        """`run_many` of `args`; if the trip fails, each call again on a trip of its own.
+
+        One bad argument (a key the database refuses, say) must fail only its
+        own caller, not everyone who happened to share its trip.
+        """
+        try:
+            return await self._run_many(args)
+        except Exception as exc:
+            if len(args) == 1:
+                return [exc]
+        outcomes: list[R | BaseException] = []
+        for arg in args:
+            try:
+                outcomes.extend(await self._run_many([arg]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 def each(call: Callable[[A], R], args: Iterable[A]) -> list[R | BaseException]:

@@ -7,6 +7,7 @@ that Channels would accept opens a socket.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Callable
@@ -363,3 +364,63 @@ async def test_any_session_engine_is_used(settings, alice, engine):
     # Another engine could not have read this key: its session says alice.
     assert who(seen["scope"]) == "alice"
     assert seen["scope"]["session_key"] == session_key
+
+
+# A quoted cookie value's `\000` is a NUL once unquoted, as any HTTP client can send it.
+POISONED_COOKIE = cookie_header(f'{settings.SESSION_COOKIE_NAME}="abcd\\000efghij"')
+
+
+@pytest.mark.parametrize(
+    "key", ["abcd\x00efghij", "short", "a" * 31 + " ", "é" * 32, "x" * 5000, "k" * 31 + "\n"]
+)
+async def test_a_malformed_session_key_is_no_session_and_is_never_looked_up(key, monkeypatch):
+    looked_up: list[list[str | None]] = []
+    loader = auth.sessions_and_users
+
+    def recording_loader(keys: list[str | None]) -> Any:
+        looked_up.append(keys)
+        with CaptureQueriesContext(connection) as captured:
+            result = loader(keys)
+        assert not captured.captured_queries
+        return result
+
+    monkeypatch.setattr(auth, "sessions_and_users", recording_loader)
+    quoted = key.replace("\\", "\\\\").replace('"', '\\"')
+    headers = [cookie_header(f'{settings.SESSION_COOKIE_NAME}="{quoted}"')]
+
+    seen = await through(SessionAuthMiddleware, headers)
+
+    assert who(seen["scope"]) is None
+    assert seen["scope"]["session_key"] is None
+    assert looked_up == [[None]]
+
+
+async def test_poisoned_cookies_opening_with_real_ones_fail_only_themselves(memory_layer):
+    """40 real handshakes interleaved with 40 whose cookie holds a NUL (PostgreSQL refuses it)."""
+    from chatsite.asgi import application
+
+    users = [await sync_to_async(new_user)() for _ in range(40)]
+    keys = [await sync_to_async(session_cookie_for)(user) for user in users]
+    real = [[session_header(key), ORIGIN] for key in keys]
+    poisoned = [[POISONED_COOKIE, ORIGIN] for _ in keys]
+    interleaved = [headers for pair in zip(real, poisoned, strict=True) for headers in pair]
+    communicators = [
+        WebsocketCommunicator(application, "/ws/chat/", headers=headers) for headers in interleaved
+    ]
+
+    async def hello_of(communicator: WebsocketCommunicator) -> str | None:
+        connected, _ = await communicator.connect(timeout=TIMEOUT * 4)
+        if not connected:
+            return None
+        hello = await communicator.receive_json_from(timeout=TIMEOUT * 4)
+        return hello["user"]
+
+    try:
+        outcomes = await asyncio.gather(
+            *(hello_of(c) for c in communicators), return_exceptions=True
+        )
+    finally:
+        await asyncio.gather(*(c.disconnect() for c in communicators), return_exceptions=True)
+
+    assert outcomes[0::2] == [user.username for user in users]
+    assert outcomes[1::2] == [None] * 40

@@ -152,3 +152,27 @@ async def test_callers_are_not_left_waiting_when_the_trips_are_cancelled():
     for caller in (out, queued):
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(caller, 5)
+
+
+async def test_a_trip_failing_as_a_whole_fails_only_the_call_that_broke_it():
+    """As a batched query that the database refuses for one bad key among many."""
+    run_many, coalescer, first = await held_first_trip()
+    trips_after: list[list[str]] = []
+
+    async def refusing_poison(args: list[str]) -> list[str | BaseException]:
+        trips_after.append(args)
+        if any("\x00" in arg for arg in args):
+            raise ValueError("the database refuses NUL")
+        return [arg.upper() for arg in args]
+
+    calls = [asyncio.create_task(coalescer(arg)) for arg in ("b", "bad\x00", "c")]
+    await asyncio.sleep(0)
+    coalescer._run_many = refusing_poison
+    run_many.release.set()
+
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    assert await asyncio.wait_for(first, 5) == "A"
+    assert results[0] == "B" and results[2] == "C"
+    assert isinstance(results[1], ValueError)
+    assert trips_after == [["b", "bad\x00", "c"], ["b"], ["bad\x00"], ["c"]]
