@@ -1,9 +1,10 @@
 """ASGI entry point: `daphne chatsite.asgi:application`.
 
-HTTP goes to Django; websockets must come from an allowed origin, get their
-Django session and user from `chat.auth` (one layer where Channels'
-`AuthMiddlewareStack` has three), then are routed to the chat consumers by
-`chat.routing` (no scope copy or frame of its own, unlike Channels' URLRouter).
+HTTP goes to Django; websockets must come from the site's own origin
+(`chat.origins`: Django's CSRF rule), get their Django session and user from
+`chat.auth` (one layer where Channels' `AuthMiddlewareStack` has three), then
+are routed to the chat consumers by `chat.routing` (no scope copy or frame of
+its own, unlike Channels' URLRouter).
 """
 
 import os
@@ -26,10 +27,10 @@ if settings.DEBUG:
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.auth import SessionAuthMiddleware  # noqa: E402
 from chat.checks import report_fast_paths  # noqa: E402
+from chat.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
 from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
 
@@ -37,10 +38,12 @@ from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
 report_fast_paths()
 # Under daphne: autobahn's per-connection debug line is formatted only if written.
 defer_autobahn_debug_formatting()
+# Under daphne: an Origin autobahn cannot parse is refused with 403 too.
+answer_malformed_origins_with_403()
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(SessionAuthMiddleware(websocket_router)),
+        "websocket": SiteOriginValidator(SessionAuthMiddleware(websocket_router)),
     }
 )

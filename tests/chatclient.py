@@ -30,8 +30,10 @@ def session_cookie_for(user) -> str:
     return client.cookies["sessionid"].value
 
 
-def socket_headers(cookie: str | None, origin: str | None = "http://localhost") -> list:
-    headers = []
+def socket_headers(
+    cookie: str | None, origin: str | None = "http://localhost", host: str = "localhost"
+) -> list:
+    headers = [(b"host", host.encode())]
     if cookie is not None:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     if origin is not None:

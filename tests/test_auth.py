@@ -35,6 +35,7 @@ from tests.conftest import _make_user
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")
 
 
 def cookie_header(value: str) -> tuple[bytes, bytes]:
@@ -182,7 +183,7 @@ async def test_only_a_session_channels_accepts_opens_a_socket(memory_layer, case
     from chatsite.asgi import application
 
     headers, expected = await sync_to_async(case)()
-    communicator = WebsocketCommunicator(application, path, headers=[*headers, ORIGIN])
+    communicator = WebsocketCommunicator(application, path, headers=[*headers, HOST, ORIGIN])
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     try:
         assert connected is (expected is not None)
