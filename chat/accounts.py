@@ -14,6 +14,8 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
+from chat.lookalikes import lookalike_of, looks_like_prefix
+
 GUEST_PREFIX = "guest-"
 
 
@@ -26,10 +28,16 @@ class SignupForm(UserCreationForm):  # type: ignore[type-arg]
         username = super().clean_username()
         # Django's own check returns None (despite its type) once it has
         # recorded "name taken"; that error is enough.
-        if username and is_guest_name(username):
+        if username and (is_guest_name(username) or looks_like_prefix(username, GUEST_PREFIX)):
             raise forms.ValidationError(
                 f"Names starting with “{GUEST_PREFIX}” are kept for guests."
             )
+        if username:
+            names = User._default_manager.values_list("username", flat=True)
+            if lookalike_of(username, names.iterator(chunk_size=2000)) is not None:
+                raise forms.ValidationError(
+                    "This name looks the same as an existing user's. Please choose another."
+                )
         return username
 
 

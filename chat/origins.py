@@ -113,4 +113,4 @@ def answer_malformed_origins_with_403() -> None:
         original(self, reason, code, responseHeaders)
 
     failHandshake.answers_malformed_origins_with_403 = True  # type: ignore[attr-defined]
-    WebSocketProtocol.failHandshake = failHandshake  # type: ignore[method-assign]
+    WebSocketProtocol.failHandshake = failHandshake

@@ -77,3 +77,36 @@ def test_guest_create_with_a_taken_suffix_returns_none():
 
     assert guest_create(suffix="12345") is None
     assert get_user_model().objects.filter(username="guest-12345").count() == 1
+
+
+# Look-alike names (Unicode TR39 skeletons): each was accepted before.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0430lice",  # Cyrillic small a
+        "alic\u0435",  # Cyrillic small ie
+        "\u0410LICE",  # Cyrillic capital A
+        "aIice",  # capital I for l
+        "\u0251lice",  # Latin alpha
+    ],
+)
+def test_signup_refuses_a_name_that_looks_like_an_existing_users(alice, name):
+    form = signup_form(name)
+
+    assert not form.is_valid()
+    assert "looks the same" in " ".join(form.errors["username"])
+
+
+@pytest.mark.parametrize("name", ["gu\u0435st-123", "\u0261uest-1", "GU\u0415ST-x"])
+def test_signup_refuses_a_name_that_looks_like_the_guest_prefix(name):
+    form = signup_form(name)
+
+    assert not form.is_valid()
+    assert "kept for guests" in " ".join(form.errors["username"])
+
+
+@pytest.mark.parametrize("name", ["alicia", "\u0430\u043b\u0438\u0441\u0430", "bob"])
+def test_signup_accepts_names_that_only_resemble_in_meaning(alice, name):
+    form = signup_form(name)
+
+    assert form.is_valid(), form.errors
