@@ -1,4 +1,4 @@
-"""Admin: inspect groups, memberships, messages and who is online.
+"""Admin: inspect groups, memberships, messages and who is online; log users out everywhere.
 
 Messages and connections are read-only: editing a stored message would change
 history that clients have already synced, and connections mirror live sockets.
@@ -6,11 +6,16 @@ history that clients have already synced, and connections mirror live sockets.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
 from chat.models import ChatGroup, Connection, Membership, Message
+from chat.revocation import log_out_everywhere
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -99,3 +104,23 @@ class ConnectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class ChatUserAdmin(UserAdmin):  # type: ignore[type-arg]
+    """Django's user admin, plus ending a user's sessions and sockets everywhere."""
+
+    actions = ("log_out_everywhere",)
+
+    @admin.action(description="Log out everywhere (end every session, close every socket)")
+    def log_out_everywhere(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        users = list(queryset)
+        sessions = sum(log_out_everywhere(user) for user in users)
+        self.message_user(
+            request,
+            f"{sessions} session{'s' if sessions != 1 else ''} of {len(users)} "
+            f"user{'s' if len(users) != 1 else ''} ended; their sockets are closing.",
+        )
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), ChatUserAdmin)

@@ -7,3 +7,6 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import checks, signals  # noqa: F401  (registers the checks, the logout handler)
+        from chat.revocation import connect_revocation_signals
+
+        connect_revocation_signals()

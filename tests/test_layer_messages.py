@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from chat.delivery.messages import (
+    AccessEnd,
     Audience,
     Deliver,
     MemberChange,
@@ -33,6 +34,7 @@ EVERY_KIND = [
     joined,
     Notices((presence_notice("alice", online=False), joined)),
     SessionEnd(user_id=1, session="0" * 32),
+    AccessEnd(user_id=1),
 ]
 
 

@@ -19,9 +19,11 @@ import urllib.request
 
 import pytest
 import redis
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
 
 from tests.chatclient import WsClient, open_real_socket
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, use_redis_layer
 from tests.servers import HttpSession, Worker, private_redis, running_workers, worker_env
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -408,3 +410,39 @@ def _open_non_reading_socket(worker: Worker, cookie: str) -> socket.socket:
         response += chunk
     assert response.startswith(b"HTTP/1.1 101"), response
     return sock
+
+
+async def test_revoking_access_closes_the_users_sockets_on_every_worker(
+    two_workers, sockets, settings, redis_prefix
+):
+    first, second = two_workers
+    browser = HttpSession(first.base_url)
+    cookie = browser.signup("alice")
+    bob = await sockets.open(first, sign_up(second, "bob"), "bob")
+
+    tabs = [await sockets.open(w, cookie, "alice") for w in (first, second)]
+    status, _ = await asyncio.to_thread(
+        browser.post,
+        "/accounts/password_change/",
+        {
+            "old_password": "a-Long-passw0rd!",
+            "new_password1": "another-Long-passw0rd!",
+            "new_password2": "another-Long-passw0rd!",
+        },
+    )
+    assert status == 200, "the password change did not go through"
+    for tab in tabs:
+        assert await tab.expect_close(timeout=5) == 1008
+
+    # The browser that changed it kept its login; its new sockets live until
+    # the user is deactivated, from any process sharing the Redis.
+    cookie = browser.cookie("sessionid")
+    assert cookie
+    tabs = [await sockets.open(w, cookie, "alice") for w in (first, second)]
+    use_redis_layer(settings, redis_prefix)
+    alice = await sync_to_async(get_user_model().objects.get)(username="alice")
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    for tab in tabs:
+        assert await tab.expect_close(timeout=5) == 1008
+    assert (await bob.request(type="ping"))["type"] == "pong"

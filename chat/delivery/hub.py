@@ -47,6 +47,7 @@ from chat.delivery.channel import WorkerChannel
 from chat.delivery.maintenance import Maintenance
 from chat.delivery.messages import (
     LAYER_ALL,
+    AccessEnd,
     Audience,
     Deliver,
     LayerMessage,
@@ -291,3 +292,7 @@ class Hub:
         for conn in self.sockets.sockets_of(message.user_id):
             if conn.session_digest == message.session:
                 await conn.close_with(CLOSE_POLICY_VIOLATION)
+
+    async def chat_access_end(self, message: AccessEnd) -> None:
+        for conn in self.sockets.sockets_of(message.user_id):
+            await conn.close_with(CLOSE_POLICY_VIOLATION)

@@ -258,3 +258,23 @@ class SessionEnd:
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> SessionEnd:
         return cls(user_id=data["user_id"], session=data["session"])
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class AccessEnd:
+    """A user's access was revoked: every socket of theirs closes with 1008 on every worker.
+
+    Sent when the user is deactivated or deleted, changes password, or is
+    logged out everywhere (chat.revocation).
+    """
+
+    type: ClassVar[str] = "chat.access_end"
+    user_id: int
+
+    def layer_fields(self) -> dict[str, Any]:
+        return {"user_id": self.user_id}
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> AccessEnd:
+        return cls(user_id=data["user_id"])
