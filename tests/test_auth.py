@@ -402,8 +402,8 @@ async def test_poisoned_cookies_opening_with_real_ones_fail_only_themselves(memo
 
     users = [await sync_to_async(new_user)() for _ in range(40)]
     keys = [await sync_to_async(session_cookie_for)(user) for user in users]
-    real = [[session_header(key), ORIGIN] for key in keys]
-    poisoned = [[POISONED_COOKIE, ORIGIN] for _ in keys]
+    real = [[session_header(key), HOST, ORIGIN] for key in keys]
+    poisoned = [[POISONED_COOKIE, HOST, ORIGIN] for _ in keys]
     interleaved = [headers for pair in zip(real, poisoned, strict=True) for headers in pair]
     communicators = [
         WebsocketCommunicator(application, "/ws/chat/", headers=headers) for headers in interleaved
