@@ -16,16 +16,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # touches models.
 django_asgi_app = get_asgi_application()
 
-from django.conf import settings  # noqa: E402
-
-if settings.DEBUG:
-    # Development serves /static/ straight from the apps (no collectstatic),
-    # under daphne as under runserver. In production a proxy such as nginx
-    # serves the collected STATIC_ROOT; see README, "Running it for real".
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
-
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from chat.auth import SessionAuthMiddleware  # noqa: E402

@@ -129,6 +129,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # /static/ from the server itself (natively async): from the apps with
+    # DEBUG on, from STATIC_ROOT otherwise. A proxy in front stays optional.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -257,6 +260,13 @@ USE_TZ = True
 STATIC_URL = "/static/"
 # Where `collectstatic` puts files for the proxy to serve (deploy/nginx.conf).
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # collectstatic writes each file under a name with its content's hash, and
+    # gzip and Brotli variants beside it, so that browsers may cache it for
+    # good (ServeStatic sends a far-future max-age for hashed names).
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
+}
 
 LOGGING = {
     "version": 1,

@@ -20,7 +20,7 @@ import pytest
 import redis
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
-from django.conf import LazySettings
+from django.conf import LazySettings, settings
 from django.db import OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 
@@ -33,6 +33,15 @@ from tests.browser import browser, chat_server, chat_user  # noqa: F401
 from tests.chatclient import ChatTestClient, open_socket
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+# Pages rendered in this process name static files as the apps have them:
+# the hashed names need `collectstatic`, which tests/test_static.py runs for
+# the server it starts with DEBUG off.
+settings.STORAGES = {
+    **settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+settings.SERVESTATIC_USE_FINDERS = True
 
 
 def require_redis() -> redis.Redis:
