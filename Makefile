@@ -68,4 +68,4 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix .
 
 check-migrations: install-dev
-	$(PY) manage.py makemigrations --check --dry-run
+	DEBUG=true $(PY) manage.py makemigrations --check --dry-run

@@ -81,6 +81,13 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ("body", "sender__username", "recipient__username", "group__name")
     list_select_related = ("sender", "recipient", "group")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
+        """Direct messages only for those allowed to read them (list, search, detail)."""
+        messages = super().get_queryset(request)
+        if not request.user.has_perm("chat.view_direct_message"):
+            messages = messages.exclude(kind=Message.Kind.DIRECT)
+        return messages
+
     @admin.display(description="body")
     def short_body(self, message: Message) -> str:
         return message.body if len(message.body) <= 80 else message.body[:79] + "…"

@@ -97,6 +97,9 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # Direct messages are private: "view message" shows the others in the
+        # admin, this one is needed to read (and search) direct messages too.
+        permissions = [("view_direct_message", "Can read direct messages")]
         indexes = [
             models.Index(fields=["kind", "id"], name="message_kind_id"),
             models.Index(fields=["group", "id"], name="message_group_id"),

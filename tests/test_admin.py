@@ -267,3 +267,41 @@ def test_admin_index_lists_the_chat_models(admin):
     page = response.content.decode()
     for name in ("Groups", "Memberships", "Messages", "Online connections"):
         assert name in page
+
+
+# -- who may read direct messages ----------------------------------------------
+
+
+def staff_with(*codenames: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("moderator", password="pw-moderator-1")
+    user.is_staff = True
+    user.save()
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_who_may_view_messages_do_not_read_direct_ones(messages):
+    staff = staff_with("view_message")
+
+    response = staff.get(changelist("message"))
+    assert response.status_code == 200
+    assert {m.pk for m in listed(response)} == {messages["group"].pk, messages["all"].pk}
+    assert "lunch at noon" not in response.content.decode()
+    # Nor by searching, filtering or opening it by id.
+    assert listed(staff.get(changelist("message"), {"q": "noon"})) == []
+    assert listed(staff.get(changelist("message"), {"kind__exact": "direct"})) == []
+    detail = staff.get(change("message", messages["direct"].pk))
+    assert detail.status_code == 302 and "lunch at noon" not in detail.content.decode()
+
+
+def test_the_direct_message_permission_lets_staff_read_them(messages):
+    staff = staff_with("view_message", "view_direct_message")
+
+    response = staff.get(changelist("message"), {"q": "noon"})
+    assert [m.pk for m in listed(response)] == [messages["direct"].pk]
+    detail = staff.get(change("message", messages["direct"].pk))
+    assert detail.status_code == 200 and "lunch at noon" in detail.content.decode()
