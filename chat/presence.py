@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from chat.worker import current_worker
+import redis.asyncio as aioredis
 
 
 @dataclass
@@ -205,8 +205,9 @@ return offline
 class RedisPresenceStore(PresenceStore):
     """Presence shared by every worker through Redis."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, redis: aioredis.Redis) -> None:
         self.prefix = prefix
+        self.redis = redis
         self._workers_key = f"{prefix}presence:workers"
         self._online_key = f"{prefix}presence:online"
 
@@ -236,7 +237,7 @@ class RedisPresenceStore(PresenceStore):
         self, script: str, worker: str, sockets: Sequence[tuple[str, str]]
     ) -> list[bool]:
         """The script once per socket, in order, in one pipeline (each run is atomic)."""
-        redis = current_worker().redis
+        redis = self.redis
         async with redis.pipeline(transaction=False) as pipe:
             for connection_id, username in sockets:
                 keys = [self._user_key(username), self._worker_key(worker), self._online_key]
@@ -244,13 +245,13 @@ class RedisPresenceStore(PresenceStore):
             return [bool(changed) for changed in await pipe.execute()]
 
     async def online(self) -> set[str]:
-        redis = current_worker().redis
+        redis = self.redis
         return {str(m) for m in await redis.smembers(self._online_key)}
 
     async def heartbeat(
         self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
     ) -> bool:
-        redis = current_worker().redis
+        redis = self.redis
         groups = list(layer_groups)
         groups_key = f"{self.prefix}presence:layergroups:{worker}"
         async with redis.pipeline(transaction=True) as pipe:
@@ -265,11 +266,11 @@ class RedisPresenceStore(PresenceStore):
     async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
         groups = list(layer_groups)
         if groups:
-            redis = current_worker().redis
+            redis = self.redis
             await redis.sadd(f"{self.prefix}presence:layergroups:{worker}", *groups)
 
     async def reap(self, *, max_silence: float) -> Reaped:
-        redis = current_worker().redis
+        redis = self.redis
         dead = await redis.zrangebyscore(self._workers_key, "-inf", time.time() - max_silence)
         reaped = Reaped()
         for raw in dead:
@@ -285,7 +286,7 @@ class RedisPresenceStore(PresenceStore):
         return reaped
 
     async def drop_worker(self, *, worker: str) -> list[str]:
-        redis = current_worker().redis
+        redis = self.redis
         result = await redis.eval(
             _DROP_WORKER, 2, self._workers_key, self._online_key, self.prefix, worker
         )

@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from chat.worker import current_worker
+import redis.asyncio as aioredis
 
 # Tokens each command takes, by what it costs the server: a send stores one
 # row and fans out; `join` and `leave` write and notify the group's members;
@@ -141,9 +141,12 @@ class _Reserve:
 class RedisRateLimiter(RateLimiter):
     """The shared bucket in Redis, with a reserve per user in this worker."""
 
-    def __init__(self, *, burst: int, per_second: float, prefix: str) -> None:
+    def __init__(
+        self, *, burst: int, per_second: float, prefix: str, redis: aioredis.Redis
+    ) -> None:
         super().__init__(burst=burst, per_second=per_second)
         self.prefix = prefix
+        self.redis = redis
         self.reserve_size = min(_MAX_RESERVE, burst // 4)
         self._reserves: dict[str, _Reserve] = {}
         self._prune_at = _PRUNE_AT
@@ -167,7 +170,7 @@ class RedisRateLimiter(RateLimiter):
         return taken >= cost
 
     async def _take(self, key: str, *, need: int, extra: int) -> int:
-        redis = current_worker().redis
+        redis = self.redis
         bucket = f"{self.prefix}rate:{key}"
         args = (self.burst, self.per_second, need, extra)
         return int(await redis.eval(_TAKE_TOKENS, 1, bucket, *args))

@@ -59,9 +59,9 @@ class Worker:
             self._redis = redis_connect(settings.REDIS_URL)
         return self._redis
 
-    # The presence store, the rate limiter, the hub and the send queue come
-    # from modules that use the worker themselves (for Redis): they are
-    # imported when first made, not when this module is.
+    # The stores, the hub and the send queue are imported when first made:
+    # the hub's modules import the stores, and a worker that only serves a
+    # health check or a test needs none of them.
 
     @property
     def presence(self) -> PresenceStore:
@@ -71,7 +71,7 @@ class Worker:
         chosen = (settings.REDIS_URL, settings.REDIS_PREFIX)
         if self._presence is None or self._presence[0] != chosen:
             store: PresenceStore = (
-                RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:")
+                RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:", redis=self.redis)
                 if settings.REDIS_URL
                 else MemoryPresenceStore()
             )
@@ -87,7 +87,12 @@ class Worker:
         chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, burst, rate)
         if self._limiter is None or self._limiter[0] != chosen:
             limiter: RateLimiter = (
-                RedisRateLimiter(burst=burst, per_second=rate, prefix=f"{settings.REDIS_PREFIX}:")
+                RedisRateLimiter(
+                    burst=burst,
+                    per_second=rate,
+                    prefix=f"{settings.REDIS_PREFIX}:",
+                    redis=self.redis,
+                )
                 if settings.REDIS_URL
                 else MemoryRateLimiter(burst=burst, per_second=rate)
             )

@@ -16,6 +16,7 @@ from chat import presence
 from chat.delivery import mirror
 from chat.models import Connection
 from chat.presence import MemoryPresenceStore, RedisPresenceStore
+from chat.redis_client import redis_connect
 from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
@@ -30,7 +31,8 @@ def store(request, settings) -> presence.PresenceStore:
     require_redis()
     settings.REDIS_URL = REDIS_URL
     prefix = request.getfixturevalue("redis_prefix")
-    return RedisPresenceStore(prefix=f"{prefix}:")
+    # A client of its own: this fixture runs outside the test's event loop.
+    return RedisPresenceStore(prefix=f"{prefix}:", redis=redis_connect(REDIS_URL))
 
 
 @pytest.fixture
@@ -310,8 +312,8 @@ def test_settings_with_redis_pick_the_redis_store_under_the_prefix(settings):
 
 async def test_two_redis_store_objects_with_one_prefix_share_presence(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
-    here = RedisPresenceStore(prefix=f"{redis_prefix}:")
-    there = RedisPresenceStore(prefix=f"{redis_prefix}:")
+    here = RedisPresenceStore(prefix=f"{redis_prefix}:", redis=current_worker().redis)
+    there = RedisPresenceStore(prefix=f"{redis_prefix}:", redis=current_worker().redis)
 
     assert await connect(here, "w1", "c1", "alice") is True
     assert await connect(there, "w2", "c2", "alice") is False

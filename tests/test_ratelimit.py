@@ -27,7 +27,9 @@ def make_limiter(request, settings):
     prefix = request.getfixturevalue("redis_prefix")
 
     def build(*, burst: int, per_second: float) -> RedisRateLimiter:
-        return RedisRateLimiter(burst=burst, per_second=per_second, prefix=f"{prefix}:")
+        return RedisRateLimiter(
+            burst=burst, per_second=per_second, prefix=f"{prefix}:", redis=current_worker().redis
+        )
 
     return build
 
@@ -97,7 +99,9 @@ async def test_redis_bucket_refills_over_time(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
     # One token a second: empty right after the first take, full again
     # within a second (Redis's own clock decides, so the test polls for it).
-    limiter = RedisRateLimiter(burst=1, per_second=1.0, prefix=f"{redis_prefix}:")
+    limiter = RedisRateLimiter(
+        burst=1, per_second=1.0, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
     assert await limiter.allow("user:1") is True
     assert await limiter.allow("user:1") is False
 
@@ -113,7 +117,9 @@ async def test_redis_bucket_refills_over_time(settings, redis_prefix):
 async def test_redis_bucket_never_holds_more_than_the_burst(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
     # At this rate any gap between two takes refills far more than the burst.
-    limiter = RedisRateLimiter(burst=3, per_second=1e9, prefix=f"{redis_prefix}:")
+    limiter = RedisRateLimiter(
+        burst=3, per_second=1e9, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
     redis = current_worker().redis
 
     for _ in range(5):
@@ -124,8 +130,12 @@ async def test_redis_bucket_never_holds_more_than_the_burst(settings, redis_pref
 
 async def test_two_redis_limiters_share_one_bucket(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
-    here = RedisRateLimiter(burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
-    there = RedisRateLimiter(burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+    here = RedisRateLimiter(
+        burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
+    there = RedisRateLimiter(
+        burst=2, per_second=NO_REFILL, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
 
     assert await here.allow("user:1") is True
     assert await there.allow("user:1") is True
@@ -135,7 +145,9 @@ async def test_two_redis_limiters_share_one_bucket(settings, redis_prefix):
 
 async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
-    limiter = RedisRateLimiter(burst=8, per_second=NO_REFILL, prefix=f"{redis_prefix}:")
+    limiter = RedisRateLimiter(
+        burst=8, per_second=NO_REFILL, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
 
     results = await asyncio.gather(*(limiter.allow("user:1") for _ in range(20)))
     # What the first call took ahead is spent by the next sends.
@@ -150,7 +162,9 @@ async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redi
 
 
 def redis_limiter(prefix: str, *, burst: int, per_second: float = NO_REFILL) -> RedisRateLimiter:
-    return RedisRateLimiter(burst=burst, per_second=per_second, prefix=f"{prefix}:")
+    return RedisRateLimiter(
+        burst=burst, per_second=per_second, prefix=f"{prefix}:", redis=current_worker().redis
+    )
 
 
 @pytest.fixture
@@ -264,7 +278,9 @@ async def test_one_redis_limiter_per_loop_until_the_settings_change(settings, re
 
 async def test_redis_bucket_key_expires_once_it_would_be_full_again(settings, redis_prefix):
     settings.REDIS_URL = REDIS_URL
-    limiter = RedisRateLimiter(burst=10, per_second=2.0, prefix=f"{redis_prefix}:")
+    limiter = RedisRateLimiter(
+        burst=10, per_second=2.0, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
     await limiter.allow("user:1")
 
     ttl = await current_worker().redis.ttl(f"{redis_prefix}:rate:user:1")
