@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from channels.layers import InMemoryChannelLayer
+
+from chat.delivery.channel import WorkerChannel
+from chat.delivery.maintenance import Maintenance
 from chat.delivery.messages import LAYER_ALL, Audience, MemberChange
+from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.publishing import deliveries
 from chat.delivery.sockets import SocketIndex
+from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
+from chat.presence import MemoryPresenceStore, Reaped
 
 
 @dataclass(eq=False)
@@ -86,3 +94,57 @@ def test_a_direct_message_goes_to_each_of_its_users_layer_groups():
         ("chat.user.1", (1,)),
         ("chat.user.2", (2,)),
     ]
+
+
+# -- maintenance, with the store and the layer in memory -------------------------
+
+
+class ForgetfulStore(MemoryPresenceStore):
+    """A store that has lost this worker (Redis restarted empty) and reaps a dead one."""
+
+    async def heartbeat(self, *, worker: str, channel: str = "", layer_groups: Any = ()) -> bool:
+        return False
+
+    async def reap(self, *, max_silence: float) -> Reaped:
+        return Reaped(workers=[], offline=["ghost"], layer_memberships=[("dead!1", ["chat.all"])])
+
+
+async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_the_reaped(
+    settings,
+):
+    settings.CHAT_PRESENCE_TIMEOUT = 3.0
+    layer = InMemoryChannelLayer()
+    channel = WorkerChannel(layer)
+    await channel.open()
+    store = ForgetfulStore()
+    subscriptions = LayerSubscriptions(
+        channel, presence=store, worker_id="w1", wanted=lambda: {"chat.all"}
+    )
+    await subscriptions.subscribe(["chat.all"])
+    await layer.group_add("chat.all", "dead!1")
+    resets: list[None] = []
+    offline: list[str] = []
+
+    async def reset() -> None:
+        resets.append(None)
+
+    async def announce(username: str) -> None:
+        offline.append(username)
+
+    maintenance = Maintenance(
+        presence=store,
+        worker_id="w1",
+        channel=channel,
+        subscriptions=subscriptions,
+        mirror=ConnectionMirror("w1"),
+        has_sockets=lambda: True,
+        reset_sockets=reset,
+        announce_offline=announce,
+    )
+
+    await maintenance.maintain()
+
+    assert resets == [None]  # clients reconnect and sync what they may have missed
+    assert offline == ["ghost"]
+    assert "dead!1" not in layer.groups.get("chat.all", {})
+    assert channel.name in layer.groups["chat.all"]
