@@ -1,4 +1,4 @@
-"""Accounts: sign-up rules and guest users.
+"""Accounts: sign-up rules, guest users, and how many one client address may create.
 
 Guest names start with a reserved prefix that sign-up refuses, so a guest
 name never belongs to a registered user and vice versa.
@@ -6,9 +6,14 @@ name never belongs to a registered user and vice versa.
 
 from __future__ import annotations
 
+import functools
 import secrets
+import threading
+import time
 
+import redis
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
@@ -55,3 +60,50 @@ def guest_create(*, suffix: str | None = None) -> User | None:
             continue
         return user
     raise RuntimeError("could not find a free guest name")
+
+
+def account_creation_allowed(address: str) -> bool:
+    """Count one account created by `address`; False past CHAT_ACCOUNTS_PER_ADDRESS.
+
+    A fixed window of CHAT_ACCOUNTS_WINDOW seconds per address, counted in
+    Redis when REDIS_URL is set (all workers together), in this process's
+    memory otherwise. A refused attempt counts too, so hammering does not
+    reopen the limit early. Runs on a thread (it may wait on Redis).
+    """
+    limit, window = settings.CHAT_ACCOUNTS_PER_ADDRESS, settings.CHAT_ACCOUNTS_WINDOW
+    if not limit or not window:
+        return True
+    slot = int(time.time() // window)
+    if settings.REDIS_URL:
+        key = f"{settings.REDIS_PREFIX}:accounts:{address}:{slot}"
+        client = _redis(settings.REDIS_URL)
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+        count, _ = pipe.execute()
+        return int(count) <= limit
+    return _memory_counts.count(address, slot) <= limit
+
+
+class _WindowCounts:
+    """Counts per address for the current window, in memory; older windows pruned."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slot = -1
+        self._counts: dict[str, int] = {}
+
+    def count(self, address: str, slot: int) -> int:
+        with self._lock:
+            if slot != self._slot:
+                self._slot, self._counts = slot, {}
+            self._counts[address] = self._counts.get(address, 0) + 1
+            return self._counts[address]
+
+
+_memory_counts = _WindowCounts()
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)

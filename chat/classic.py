@@ -29,7 +29,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat import protocol
-from chat.accounts import GUEST_PREFIX, guest_create
+from chat.accounts import GUEST_PREFIX, account_creation_allowed, guest_create
+from chat.addresses import client_address_of_scope
 from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError, Command, error_event
 
@@ -101,6 +102,14 @@ def guest_suffix(query_string: bytes) -> str | None:
     return None
 
 
+def _classic_guest(suffix: str, address: str) -> Any:
+    """The new guest `guest-<suffix>`; None if taken or `address` made too many accounts."""
+    if not account_creation_allowed(address):
+        logger.info("refused a classic guest: %s created too many accounts", address)
+        return None
+    return guest_create(suffix=suffix)
+
+
 class ClassicConsumer(ChatSocket):
     """The plain-text protocol of docs/protocol.md, for old clients."""
 
@@ -118,10 +127,13 @@ class ClassicConsumer(ChatSocket):
         if not settings.CHAT_GUEST_LOGIN or suffix is None:
             await self.close()  # before accept: the handshake is answered 403
             return
-        guest = await database_sync_to_async(guest_create)(suffix=suffix)
+        guest = await database_sync_to_async(_classic_guest)(
+            suffix, client_address_of_scope(self.scope)
+        )
         if guest is None:
-            # Someone has that name already: a URL must not take it over.
-            logger.info("refused a classic socket for existing %s%s", GUEST_PREFIX, suffix)
+            # Someone has that name already (a URL must not take it over),
+            # or this address made too many accounts.
+            logger.info("refused a classic socket for %s%s", GUEST_PREFIX, suffix)
             await self.close()
             return
         await self.open_as(guest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonRes
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from chat.accounts import SignupForm, guest_create
+from chat.accounts import SignupForm, account_creation_allowed, guest_create
+from chat.addresses import client_address_of_request
 from chat.health import health_check
 
 
@@ -39,6 +41,8 @@ def classic(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        if not account_creation_allowed(client_address_of_request(request)):
+            return _too_many_accounts()
         _switch_user(request, form.save())
         return redirect("index")
     return render(request, "registration/signup.html", {"form": form})
@@ -48,6 +52,8 @@ def signup(request: HttpRequest) -> HttpResponse:
 def guest_login(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_GUEST_LOGIN:
         return HttpResponseNotFound("Guest login is turned off.")
+    if not account_creation_allowed(client_address_of_request(request)):
+        return _too_many_accounts()
     user = guest_create()
     assert user is not None  # only a fixed suffix can be taken already
     _switch_user(request, user)
@@ -67,6 +73,17 @@ class LoginView(auth_views.LoginView):
         context = super().get_context_data(**kwargs)
         context["guest_login"] = settings.CHAT_GUEST_LOGIN
         return context
+
+
+def _too_many_accounts() -> HttpResponse:
+    window = settings.CHAT_ACCOUNTS_WINDOW
+    response = HttpResponse(
+        "Too many accounts were created from your address; try again later.",
+        status=429,
+        content_type="text/plain; charset=utf-8",
+    )
+    response["Retry-After"] = str(window - int(time.time()) % window)
+    return response
 
 
 def _switch_user(request: HttpRequest, user: User) -> None:

@@ -7,6 +7,7 @@ embedded default, so `python manage.py runserver` works on a fresh machine
 with a message naming the variable instead of misbehaving later.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -301,3 +302,19 @@ CHAT_MAX_BUFFERED_BYTES = env_int("CHAT_MAX_BUFFERED_BYTES", 1024 * 1024, minimu
 CHAT_MAX_REPLY_BYTES = env_int("CHAT_MAX_REPLY_BYTES", 512 * 1024, minimum=64 * 1024)
 if CHAT_MAX_REPLY_BYTES > CHAT_MAX_BUFFERED_BYTES:
     raise ImproperlyConfigured("CHAT_MAX_REPLY_BYTES must be at most CHAT_MAX_BUFFERED_BYTES")
+
+# Proxies (addresses or networks, comma-separated) trusted to add the client's
+# address in X-Forwarded-For; every other peer is the client itself
+# (chat.addresses). deploy/nginx.conf runs on the workers' host: 127.0.0.1.
+CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+for _proxy in CHAT_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CHAT_TRUSTED_PROXIES: {_proxy!r} is not an address or network"
+        ) from None
+# Accounts (guests, both ways, and sign-ups) one client address may create per
+# window of CHAT_ACCOUNTS_WINDOW seconds; 0 turns the limit off.
+CHAT_ACCOUNTS_PER_ADDRESS = env_int("CHAT_ACCOUNTS_PER_ADDRESS", 10)
+CHAT_ACCOUNTS_WINDOW = env_int("CHAT_ACCOUNTS_WINDOW", 3600)

@@ -64,6 +64,14 @@ def _reset_process_state() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_account_counts() -> None:
+    """Every test's accounts come from 127.0.0.1: each test starts with none counted."""
+    from chat import accounts
+
+    accounts._memory_counts = accounts._WindowCounts()
+
+
+@pytest.fixture(autouse=True)
 def _async_tests_end_their_tasks(request: pytest.FixtureRequest) -> None:
     """`_tasks_end_with_the_test` for async tests (sync ones may run a loop of their own)."""
     if inspect.iscoroutinefunction(getattr(request.node, "function", None)):

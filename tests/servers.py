@@ -154,6 +154,10 @@ def worker_env(*, redis_url: str = "", redis_prefix: str = "", **extra: str) -> 
         DEBUG="true",
         PYTHONUNBUFFERED="1",
         CHAT_NOTICE_DELAY="0.05",
+        # Every test's users and sockets come from 127.0.0.1; tests of these
+        # limits set their own.
+        CHAT_ACCOUNTS_PER_ADDRESS="1000",
+        CHAT_SOCKETS_PER_ADDRESS="1000",
     )
     env.pop("REDIS_URL", None)
     if redis_url:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from chat.accounts import SignupForm, guest_create, is_guest_name
+from tests.chatclient import TIMEOUT
+from tests.conftest import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,3 +115,92 @@ def test_signup_accepts_names_that_only_resemble_in_meaning(alice, name):
     form = signup_form(name)
 
     assert form.is_valid(), form.errors
+
+
+# -- accounts per client address ----------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counted_in(request, settings):
+    """The account counts in this process's memory, or in a real Redis (all workers)."""
+    if request.param == "memory":
+        settings.REDIS_URL = ""
+    else:
+        require_redis()
+        settings.REDIS_URL = REDIS_URL
+        settings.REDIS_PREFIX = request.getfixturevalue("redis_prefix")
+    settings.CHAT_ACCOUNTS_PER_ADDRESS = 3
+    settings.CHAT_ACCOUNTS_WINDOW = 3600
+    return request.param
+
+
+def guest_post(address: str = "203.0.113.7", **headers: str) -> int:
+    return Client(REMOTE_ADDR=address, **headers).post("/accounts/guest/").status_code
+
+
+def signup_post(username: str, address: str = "203.0.113.7") -> int:
+    response = Client(REMOTE_ADDR=address).post(
+        "/accounts/signup/",
+        {"username": username, "password1": PASSWORD, "password2": PASSWORD},
+    )
+    return response.status_code
+
+
+def test_guests_past_the_limit_of_an_address_get_429(counted_in):
+    statuses = [guest_post() for _ in range(5)]
+
+    assert statuses == [302, 302, 302, 429, 429]
+    assert guest_post(address="198.51.100.9") == 302  # another address is not held back
+    assert get_user_model().objects.filter(username__startswith="guest-").count() == 4
+
+
+def test_sign_ups_share_the_limit_with_guests(counted_in):
+    assert guest_post() == 302
+    assert [signup_post(f"person{i}") for i in range(3)] == [302, 302, 429]
+    assert not get_user_model().objects.filter(username="person2").exists()
+
+
+def test_a_forwarded_for_header_from_an_untrusted_peer_changes_nothing(counted_in, settings):
+    settings.CHAT_TRUSTED_PROXIES = ["10.0.0.1"]
+    statuses = [guest_post(HTTP_X_FORWARDED_FOR=f"198.51.100.{i}") for i in range(4)]
+
+    assert statuses[-1] == 429
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted(counted_in, settings):
+    settings.CHAT_TRUSTED_PROXIES = ["10.0.0.1"]
+    statuses = [
+        guest_post(address="10.0.0.1", HTTP_X_FORWARDED_FOR=f"198.51.100.{i % 2}") for i in range(6)
+    ]
+
+    assert statuses == [302] * 6
+
+
+def test_zero_turns_the_limit_off(counted_in, settings):
+    settings.CHAT_ACCOUNTS_PER_ADDRESS = 0
+
+    assert {guest_post() for _ in range(6)} == {302}
+
+
+async def test_classic_guests_past_the_limit_are_refused_at_the_handshake(counted_in, settings):
+    from chatsite.asgi import application
+
+    outcomes = []
+    for user_id in range(100, 105):
+        communicator = WebsocketCommunicator(
+            application,
+            f"/socket?userId={user_id}",
+            headers=[(b"host", b"localhost"), (b"origin", b"http://localhost")],
+        )
+        communicator.scope["client"] = ("203.0.113.7", 40000 + user_id)
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        outcomes.append(connected)
+        await communicator.disconnect()
+
+    assert outcomes == [True, True, True, False, False]
+    names = await sync_to_async(list)(
+        get_user_model()
+        .objects.filter(username__startswith="guest-")
+        .values_list("username", flat=True)
+    )
+    assert sorted(names) == ["guest-100", "guest-101", "guest-102"]

@@ -1,0 +1,52 @@
+"""chat.addresses: the client address is the peer's unless a trusted proxy says otherwise."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import RequestFactory
+
+from chat.addresses import client_address, client_address_of_request, client_address_of_scope
+
+
+def test_without_trusted_proxies_the_peer_is_the_client_whatever_it_claims(settings):
+    settings.CHAT_TRUSTED_PROXIES = []
+
+    assert client_address("203.0.113.7", ["198.51.100.1"]) == "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "expected"),
+    [
+        (["198.51.100.1"], "198.51.100.1"),
+        # The client wrote the left part itself; the proxy appended the right.
+        (["6.6.6.6, 198.51.100.1"], "198.51.100.1"),
+        (["6.6.6.6", "198.51.100.1"], "198.51.100.1"),
+        # A chain of trusted proxies is walked back to the first untrusted hop.
+        (["198.51.100.1, 10.0.0.5"], "198.51.100.1"),
+        ([], "127.0.0.1"),
+        (["not-an-address"], "127.0.0.1"),
+    ],
+)
+def test_a_trusted_proxy_names_the_client(settings, forwarded, expected):
+    settings.CHAT_TRUSTED_PROXIES = ["127.0.0.1", "10.0.0.0/8"]
+
+    assert client_address("127.0.0.1", forwarded) == expected
+
+
+def test_an_untrusted_peer_cannot_pass_through_a_trusted_looking_header(settings):
+    settings.CHAT_TRUSTED_PROXIES = ["10.0.0.0/8"]
+
+    assert client_address("203.0.113.7", ["10.0.0.1"]) == "203.0.113.7"
+
+
+def test_requests_and_sockets_are_read_the_same_way(settings):
+    settings.CHAT_TRUSTED_PROXIES = ["127.0.0.1"]
+    request = RequestFactory().get(
+        "/", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 198.51.100.1"
+    )
+    scope = {
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"x-forwarded-for", b"6.6.6.6, 198.51.100.1")],
+    }
+
+    assert client_address_of_request(request) == client_address_of_scope(scope) == "198.51.100.1"
