@@ -27,9 +27,17 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
 
 from tests.servers import ROOT, Worker, worker_env
 
@@ -72,6 +80,7 @@ def browser() -> Iterator[Browser]:
     playwright = sync_playwright().start()
     try:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        report_csp_violations(chromium)
         expect.set_options(timeout=TIMEOUT * 1000)
         yield chromium
         chromium.close()
@@ -83,6 +92,37 @@ def browser() -> Iterator[Browser]:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+# Content-Security-Policy violations reported in any page's console since the
+# current test began; `csp_violations_fail_the_test` fails the test on any.
+CSP_VIOLATIONS: list[str] = []
+
+
+def report_csp_violations(chromium: Browser) -> None:
+    """Record every CSP violation of every page of every context `chromium` opens."""
+    new_context = chromium.new_context
+
+    def new_context_reporting(*args: Any, **kwargs: Any) -> BrowserContext:
+        context = new_context(*args, **kwargs)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if "Content Security Policy" in message.text:
+                CSP_VIOLATIONS.append(f"{message.location.get('url')}: {message.text}")
+
+        context.on("console", on_console)
+        return context
+
+    chromium.new_context = new_context_reporting  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def csp_violations_fail_the_test() -> Iterator[None]:
+    CSP_VIOLATIONS.clear()
+    yield
+    violations = list(CSP_VIOLATIONS)
+    CSP_VIOLATIONS.clear()
+    assert not violations, "Content-Security-Policy violations:\n" + "\n".join(violations)
 
 
 def browser_worker_env(**extra: str) -> dict[str, str]:

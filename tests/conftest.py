@@ -29,7 +29,12 @@ from chat.models import Message
 from chat.worker import forget_workers
 
 # Browser fixtures (Chromium + a daphne server): see tests/browser.py.
-from tests.browser import browser, chat_server, chat_user  # noqa: F401
+from tests.browser import (  # noqa: F401
+    browser,
+    chat_server,
+    chat_user,
+    csp_violations_fail_the_test,
+)
 from tests.chatclient import ChatTestClient, open_socket
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

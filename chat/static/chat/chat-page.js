@@ -179,13 +179,15 @@
     if (!continued) {
       item.append(avatar(m.from, "message-avatar"));
       item.append(el("div", {className: "meta"},
-        el("span", {className: "from", text: own ? "You" : m.from}),
+        el("bdi", {className: "from", text: own ? "You" : m.from}),
         el("time", {datetime: m.ts, title: fullFormat.format(date), text: timeFormat.format(date)})));
     } else {
       item.append(el("time", {className: "side-time", datetime: m.ts, title: fullFormat.format(date),
         text: timeFormat.format(date)}));
     }
-    item.append(el("div", {className: "body", text: m.body}));
+    // dir=auto isolates the text: a right-to-left override in it cannot
+    // reorder the name, time or messages around it.
+    item.append(el("div", {className: "body", dir: "auto", text: m.body}));
     return item;
   }
 

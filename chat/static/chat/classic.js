@@ -7,6 +7,7 @@
   function log(text, kind) {
     const li = document.createElement("li");
     li.textContent = text; // frames are untrusted: never innerHTML
+    li.dir = "auto"; // isolated: a right-to-left override cannot reorder the page around it
     if (kind) li.className = kind;
     $("log").append(li);
   }
