@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     database_url, cleanups = _create_database("postgres", run_id, out_dir)
     try:
         os.environ.update(DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE="chatsite.settings")
+        # DEBUG is off unless set, and then the settings need a key: a fresh one.
+        os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True
         )

@@ -284,16 +284,19 @@ def start_ours(
         CHAT_SOCKETS_PER_ADDRESS="1000000",
         CHAT_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # With DEBUG off pages name the collected, hashed static files.
+        STATIC_ROOT=str(out_dir / "static"),
     )
     env.update(extra_env or {})
     deployment = Deployment(f"ours-{server}", [], OUR_REDIS_DB, prefix, cleanups)
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
+        for command in (["migrate"], ["collectstatic"]):
+            subprocess.run(
+                [sys.executable, "manage.py", *command, "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+            )
         for index in range(workers):
             port = free_port()
             process = Process(
