@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
+from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names
 from chat.messaging import message_history_page, message_sync
@@ -30,8 +31,10 @@ from chat.ratelimit import command_cost
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
+    close_on_bad_frames,
     daphne_protocol,
     frame_writer,
+    guard_inbox,
     text_frame,
     watch_send_buffer,
 )
@@ -105,6 +108,13 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._wire = daphne_protocol(self.base_send)
         self._frames = frame_writer(self._wire)
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
+        self._inbox = guard_inbox(self._wire, settings.CHAT_MAX_INCOMING_BYTES)
+        close_on_bad_frames(self._wire)
+        if stalled():
+            # Opening reads the database: fail now rather than queue behind it.
+            logger.warning("closing a new socket of %s: the database is stalled", self.username)
+            await self.close_with(CLOSE_TRY_AGAIN_LATER)
+            return
         try:
             worker = current_worker()
             self.hub = await worker.hub()
@@ -353,7 +363,8 @@ class ChatConsumer(ChatSocket):
 
     async def command_history(self, command: Command) -> dict[str, Any]:
         assert command.to is not None
-        messages, more = await database_sync_to_async(message_history_page)(
+        messages, more = await read_for_socket(
+            message_history_page,
             user=self.user,
             of=command.to,
             before=command.before,
@@ -363,8 +374,8 @@ class ChatConsumer(ChatSocket):
         return _reply("history", command.ref, of=command.to.as_json(), messages=messages, more=more)
 
     async def command_sync(self, command: Command) -> dict[str, Any]:
-        messages, more = await database_sync_to_async(message_sync)(
-            user=self.user, since=command.since, max_bytes=_reply_room()
+        messages, more = await read_for_socket(
+            message_sync, user=self.user, since=command.since, max_bytes=_reply_room()
         )
         return _reply("sync", command.ref, messages=messages, more=more)
 
@@ -372,7 +383,7 @@ class ChatConsumer(ChatSocket):
         return _reply("who", command.ref, online=await self.online_now())
 
     async def command_members(self, command: Command) -> dict[str, Any]:
-        names = await database_sync_to_async(group_member_names)(user=self.user, name=command.group)
+        names = await read_for_socket(group_member_names, user=self.user, name=command.group)
         online = set(await self.online_now())
         members = [{"user": name, "online": name in online} for name in names]
         return _reply("members", command.ref, group=command.group, members=members)

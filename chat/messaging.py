@@ -28,6 +28,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, models, transaction
 
+from chat.database import note_if_timeout
 from chat.models import ChatGroup, Membership, Message
 from chat.protocol import (
     NO_SUCH_USER,
@@ -182,7 +183,9 @@ def message_send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | C
     """
     try:
         return _send_many(requests)
-    except DatabaseError:
+    except DatabaseError as error:
+        # A time limit (chat.database) ends here too: /healthz reports it.
+        note_if_timeout(error)
         return [_unavailable() for _ in requests]
 
 

@@ -9,9 +9,17 @@ its own, unlike Channels' URLRouter).
 
 import os
 
-from django.core.asgi import get_asgi_application
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+# The server's statements get a time limit before any connection is made;
+# `manage.py` commands (migrate) keep none.
+from chat.database import limit_statements
+
+limit_statements(settings.DATABASES, settings.CHAT_DATABASE_TIMEOUT)
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
 # Build Django's app (which sets Django up) before importing anything that
 # touches models.
 django_asgi_app = get_asgi_application()

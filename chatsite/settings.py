@@ -342,3 +342,11 @@ for _proxy in CHAT_TRUSTED_PROXIES:
 # window of CHAT_ACCOUNTS_WINDOW seconds; 0 turns the limit off.
 CHAT_ACCOUNTS_PER_ADDRESS = env_int("CHAT_ACCOUNTS_PER_ADDRESS", 10)
 CHAT_ACCOUNTS_WINDOW = env_int("CHAT_ACCOUNTS_WINDOW", 3600)
+# Bytes of received frames that may wait for a socket's commands to be handled
+# before the server stops reading that socket (its client's sends then wait in
+# TCP) until they are: a client sending faster than it is served cannot grow
+# the worker's memory. 0 turns the bound off.
+CHAT_MAX_INCOMING_BYTES = env_int("CHAT_MAX_INCOMING_BYTES", 256 * 1024)
+# Seconds any one database statement of the server may take (chat.database):
+# past it the command gets `unavailable` and nothing is stored. 0: no limit.
+CHAT_DATABASE_TIMEOUT = env_float("CHAT_DATABASE_TIMEOUT", 5.0)

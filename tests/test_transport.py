@@ -24,7 +24,9 @@ from websockets.streams import StreamReader
 
 from chat.transport import (
     FrameWriter,
+    InboxGuard,
     SendBuffer,
+    close_on_bad_frames,
     defer_autobahn_debug_formatting,
     text_frame,
 )
@@ -271,3 +273,47 @@ def test_autobahn_formats_its_debug_arguments_only_when_a_line_is_written() -> N
     timings.track("onOpen")
     assert type(str(timings)) is str
     assert str(timings) == pprint.pformat(timings._timings)
+
+
+class ReadingTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+
+async def test_inbox_guard_stops_reading_past_its_limit_and_reads_on_once_drained() -> None:
+    import asyncio
+
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    transport = ReadingTransport()
+    InboxGuard(queue, transport, limit=10_000)
+    frame = {"type": "websocket.receive", "text": "x" * 3000}
+
+    for _ in range(3):
+        queue.put_nowait(frame)
+    assert transport.reading
+    queue.put_nowait(frame)  # past 10,000 bytes waiting
+    assert not transport.reading
+
+    await queue.get()
+    assert not transport.reading  # still above half the limit
+    await queue.get()
+    await queue.get()
+    assert transport.reading
+    assert transport.pauses == 1
+    assert (await queue.get())["text"] == frame["text"]  # nothing dropped
+
+
+def test_autobahn_is_told_to_close_with_a_code_instead_of_dropping() -> None:
+    protocol = SimpleNamespace(failByDrop=True)
+
+    assert close_on_bad_frames(protocol) is True
+    assert protocol.failByDrop is False
+    assert close_on_bad_frames(None) is False

@@ -1,0 +1,234 @@
+"""What one hostile client can cost a real server: bad frames, floods, a stalled database.
+
+Each test starts a real daphne worker on the test database (SQLite, or
+PostgreSQL when DATABASE_URL names one), on the in-memory channel layer and
+on Redis, and attacks it over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from chat.models import Message
+from tests import servers
+from tests.chatclient import WsClient, open_real_socket
+from tests.conftest import REDIS_URL
+from tests.servers import HttpSession, Worker, running_workers, worker_env
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+# The statement time limit the workers run with here (CHAT_DATABASE_TIMEOUT).
+LIMIT = 2.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def layer_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Worker settings on the in-memory channel layer, then on Redis."""
+    if request.param == "memory":
+        return {}
+    prefix = request.getfixturevalue("redis_prefix")
+    return {"redis_url": REDIS_URL, "redis_prefix": prefix}
+
+
+@pytest.fixture
+async def sockets():
+    opened: list[WsClient] = []
+
+    async def open_socket(worker: Worker, cookie: str, username: str) -> WsClient:
+        client = await open_real_socket(worker.base_url, cookie, username)
+        opened.append(client)
+        return client
+
+    yield open_socket
+    for client in opened:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 5)
+
+
+def sign_up(worker: Worker, username: str) -> str:
+    return HttpSession(worker.base_url).signup(username)
+
+
+def health_status(worker: Worker) -> int:
+    try:
+        with urllib.request.urlopen(worker.base_url + "/healthz", timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def wait_for_health(worker: Worker, status: int, timeout: float) -> float:
+    """Seconds until /healthz answers `status` (fails after `timeout`)."""
+    started = time.monotonic()
+    while (took := time.monotonic() - started) < timeout:
+        if await asyncio.to_thread(health_status, worker) == status:
+            return took
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"/healthz did not answer {status} within {timeout}s")
+
+
+@contextlib.contextmanager
+def message_table_locked() -> Iterator[None]:
+    """Another connection holds the message table as a stuck transaction would.
+
+    PostgreSQL: an ACCESS EXCLUSIVE lock, so reads and writes of it wait.
+    SQLite: the database's write lock (readers still read).
+    """
+    table = Message._meta.db_table
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        with psycopg.connect(servers.test_database_url()) as holder:
+            holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+            try:
+                yield
+            finally:
+                holder.rollback()
+        return
+    holder = sqlite3.connect(Path(connection.settings_dict["NAME"]), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+@sync_to_async
+def stored_ids() -> set[int]:
+    return set(Message.objects.values_list("id", flat=True))
+
+
+async def timed(awaitable) -> tuple[dict, float]:
+    started = time.monotonic()
+    result = await awaitable
+    return result, time.monotonic() - started
+
+
+async def test_a_stalled_database_costs_each_command_at_most_its_limit_and_loses_nothing(
+    layer_env, sockets
+):
+    """The message table locked for about 10 s from another connection."""
+    env = worker_env(**layer_env, CHAT_DATABASE_TIMEOUT=str(LIMIT))
+    with running_workers(1, env) as [worker]:
+        alice = await sockets(worker, sign_up(worker, "alice"), "alice")
+        bob = await sockets(worker, sign_up(worker, "bob"), "bob")
+        carol_cookie = sign_up(worker, "carol")
+        acked = [await alice.request(type="send", to={"user": "bob"}, body="before")]
+        bound = 2 * LIMIT + 1.5  # the limit, the wait for a batch ahead, and a loaded machine
+
+        with message_table_locked():
+            locked_at = time.monotonic()
+            # A send: stored and acked, or refused, within the bound.
+            for index in range(3):
+                reply, took = await timed(
+                    alice.request(type="send", to={"user": "bob"}, body=f"during {index}")
+                )
+                assert took < bound, (reply, took)
+                if reply["type"] == "ack":
+                    acked.append(reply)
+                else:
+                    assert reply["code"] == "unavailable", reply
+            # A read stalled on one socket holds up neither its own ping for
+            # long nor another socket's commands.
+            await alice.send(type="history", of={"user": "bob"}, ref="stalled-read")
+            pong, took = await timed(bob.request(type="ping"))
+            assert pong["type"] == "pong" and took < 1.5, took
+            members, took = await timed(bob.request(type="who"))
+            assert members["type"] == "who" and took < 1.5, took
+            read, took = await timed(alice.answer("stalled-read", timeout=bound + 1))
+            assert read["type"] in ("history", "error"), read
+            # The health check says so.
+            await wait_for_health(worker, 503, timeout=bound + 3)
+            # A handshake during the stall fails fast, with a documented code.
+            started = time.monotonic()
+            with contextlib.suppress(AssertionError):
+                carol = await sockets(worker, carol_cookie, "carol")
+                await carol.expect_close(timeout=bound + 3)
+                assert carol.close_code in (1011, 1013), carol.close_code
+            assert time.monotonic() - started < bound + 3
+            # Hold the lock for about 10 s in all.
+            await asyncio.sleep(max(0.0, 10 - (time.monotonic() - locked_at)))
+
+        await wait_for_health(worker, 200, timeout=3 * LIMIT + 5)
+        after = await alice.request(type="send", to={"user": "bob"}, body="after")
+        assert after["type"] == "ack", after
+        acked.append(after)
+        assert {a["id"] for a in acked} <= await stored_ids()
+        for ack in acked:
+            await bob.expect("message", id=ack["id"], timeout=10)
+        assert worker.alive()
+
+
+async def test_a_frame_over_the_cap_closes_with_1009(layer_env, sockets):
+    with running_workers(1, worker_env(**layer_env)) as [worker]:
+        alice = await sockets(worker, sign_up(worker, "alice"), "alice")
+        await alice.websocket.send("x" * (1024 * 1024 + 1))
+        assert await alice.expect_close(timeout=10) == 1009
+        assert worker.alive()
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007(layer_env, sockets):
+    with running_workers(1, worker_env(**layer_env)) as [worker]:
+        alice = await sockets(worker, sign_up(worker, "alice"), "alice")
+        bob = await sockets(worker, sign_up(worker, "bob"), "bob")
+        await alice.websocket.send(b'{"type": "ping", "ref": "\xff\xfe"}', text=True)
+        assert await alice.expect_close(timeout=10) == 1007
+        assert (await bob.request(type="ping"))["type"] == "pong"
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_client_sending_faster_than_it_is_served_stops_being_read(layer_env, sockets):
+    """300 frames of 60 KB behind one stalled command: the worker does not hold them."""
+    frames, size = 300, 60_000
+    env = worker_env(
+        **layer_env,
+        CHAT_DATABASE_TIMEOUT="8",
+        CHAT_RATE_BURST="100000",
+        CHAT_RATE_PER_SECOND="100000",
+        CHAT_MAX_ERRORS_PER_MINUTE="100000",
+    )
+    with running_workers(1, env) as [worker]:
+        alice = await sockets(worker, sign_up(worker, "alice"), "alice")
+        pad = "p" * (size - 60)
+        await alice.request(type="ping")
+        before = rss_bytes(worker.pid)
+        with message_table_locked():
+            # The socket's commands wait behind this send until the lock times out.
+            await alice.send(type="send", to={"all": True}, body="stalls", ref="stall")
+            sent = 0
+
+            async def flood() -> None:
+                nonlocal sent
+                for index in range(frames):
+                    await alice.send(type="ping", ref=f"f{index}", pad=pad)
+                    sent += 1
+
+            flooding = asyncio.ensure_future(flood())
+            await asyncio.wait([flooding], timeout=4)
+            grown = rss_bytes(worker.pid) - before
+        # What the worker read and holds stays near CHAT_MAX_INCOMING_BYTES (the
+        # rest waits in the kernel's TCP buffers, or in the client).
+        assert grown < 8 * 1024 * 1024, (grown, sent)
+        await asyncio.wait_for(flooding, 60)
+        await alice.answer("stall", timeout=30)
+        # Once the stall is over every frame is read and answered: nothing lost.
+        for index in range(frames):
+            assert (await alice.answer(f"f{index}", timeout=30))["type"] == "pong"
