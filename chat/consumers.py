@@ -8,6 +8,7 @@ worker's hub is the only layer subscriber and writes to sockets directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -157,6 +158,9 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         self._closed = True
+        read: asyncio.Task[None] | None = getattr(self, "_read", None)
+        if read is not None and not read.done():
+            read.cancel()
         if getattr(self, "_attached", False):
             try:
                 await self.hub.detach(self)
@@ -314,6 +318,12 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 class ChatConsumer(ChatSocket):
     """The JSON protocol of docs/protocol.md."""
 
+    # Commands that only read the database: each runs in a task of its own,
+    # alongside the socket's later commands (their replies carry `ref`).
+    reads: frozenset[str] = frozenset({"history", "sync", "members"})
+    # The read in progress, if any (most sockets never have one).
+    _read: asyncio.Task[None] | None = None
+
     async def greet(self, groups: list[tuple[int, str]]) -> None:
         try:
             online = await self.online_now()
@@ -338,10 +348,25 @@ class ChatConsumer(ChatSocket):
             ref = protocol.read_ref(data)
             command = protocol.parse_command(data, max_body_chars=settings.CHAT_MAX_BODY_CHARS)
             await self.spend(command.type)
+        except ChatError as error:
+            await self.answer_error(error, ref)
+            return
+        if command.type not in self.reads:
+            await self.answer(command, ref)
+            return
+        # A read runs alongside the commands after it (one read at a time),
+        # so that a slow database read does not hold up this socket's ping.
+        read = self._read
+        if read is not None and not read.done():
+            await asyncio.wait([read])
+        self._read = asyncio.ensure_future(self.answer(command, ref))
+
+    async def answer(self, command: Command, ref: str | None) -> None:
+        """Carry out `command` and send its reply or error."""
+        try:
             reply = await getattr(self, f"command_{command.type}")(command)
         except ChatError as error:
-            await self.write_event(error_event(error.code, error.message, ref))
-            await self.count_error(error.code)
+            await self.answer_error(error, ref)
             return
         except Exception:
             logger.exception("command failed for %s", self.username)
@@ -351,6 +376,10 @@ class ChatConsumer(ChatSocket):
             return
         if reply is not None:
             await self.write_event(reply)
+
+    async def answer_error(self, error: ChatError, ref: str | None) -> None:
+        await self.write_event(error_event(error.code, error.message, ref))
+        await self.count_error(error.code)
 
     async def command_send(self, command: Command) -> dict[str, Any]:
         return await self.send_message(command)
@@ -398,8 +427,13 @@ _REPLY_ENVELOPE_BYTES = 1024
 
 
 def _reply_room() -> int:
-    """Bytes the messages of one reply may take (`CHAT_MAX_REPLY_BYTES`)."""
-    return int(settings.CHAT_MAX_REPLY_BYTES) - _REPLY_ENVELOPE_BYTES
+    """Bytes the messages of one reply may take.
+
+    Within `CHAT_MAX_REPLY_BYTES` and `CHAT_MAX_BUFFERED_BYTES`; at least one
+    message always goes (`fit_in_bytes`), so a client paging never gets stuck.
+    """
+    bound = min(settings.CHAT_MAX_REPLY_BYTES, settings.CHAT_MAX_BUFFERED_BYTES)
+    return max(1, int(bound) - _REPLY_ENVELOPE_BYTES)
 
 
 def _reply(kind: str, ref: str | None, **fields: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from django.conf import LazySettings, settings
 from django.db import OperationalError, connection, connections
 from django.db.backends.utils import CursorWrapper
 
+from chat import database
 from chat.cancellation import cancel_and_wait
 from chat.models import Message
 from chat.worker import forget_workers
@@ -66,6 +67,7 @@ def require_redis() -> redis.Redis:
 def _reset_process_state() -> None:
     channel_layers.backends.clear()
     forget_workers()
+    database.forget_stalls()
 
 
 @pytest.fixture(autouse=True)
@@ -214,8 +216,8 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     """
     from django.conf import settings
 
-    for database in settings.DATABASES.values():
-        database["CONN_MAX_AGE"] = 0
+    for database_settings in settings.DATABASES.values():
+        database_settings["CONN_MAX_AGE"] = 0
 
 
 @contextlib.contextmanager

@@ -18,9 +18,9 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
-from chat import auth, protocol
+from chat import auth, database, protocol
 from chat.groups import group_join
-from chat.messaging import message_send
+from chat.messaging import message_history_page, message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
 from chat.ratelimit import command_cost
@@ -502,6 +502,48 @@ async def test_history_when_the_store_fails_is_unavailable(layer, connect, alice
     monkeypatch.setattr("chat.consumers.message_history_page", failing_history)
     await expect_error(client, protocol.UNAVAILABLE, type="history", of=ALL)
     await still_usable(client)
+
+
+async def test_a_stalled_read_holds_up_neither_this_sockets_ping_nor_other_sockets(
+    layer, connect, alice, bob, monkeypatch
+):
+    alice1, bob1 = await connect(alice), await connect(bob)
+    release = threading.Event()
+    real = message_history_page
+
+    def stalled_history(**kwargs):
+        assert release.wait(TIMEOUT)
+        return real(**kwargs)
+
+    monkeypatch.setattr("chat.consumers.message_history_page", stalled_history)
+    await alice1.send(type="history", of=ALL, ref="slow")
+    try:
+        assert (await alice1.request(type="ping", timeout=2))["type"] == "pong"
+        assert (await bob1.request(type="members", group="none", timeout=2))["type"] == "error"
+        assert (await bob1.request(type="sync", since=0, timeout=2))["type"] == "sync"
+    finally:
+        release.set()
+    assert (await alice1.answer("slow"))["type"] == "history"
+
+
+async def test_a_stalled_read_is_unavailable_after_the_time_limit(
+    layer, connect, settings, alice, monkeypatch
+):
+    settings.CHAT_DATABASE_TIMEOUT = 0.2
+    client = await connect(alice)
+    release = threading.Event()
+
+    def stalled_sync(**kwargs):
+        release.wait(TIMEOUT)
+        return [], False
+
+    monkeypatch.setattr("chat.consumers.message_sync", stalled_sync)
+    try:
+        await expect_error(client, protocol.UNAVAILABLE, type="sync", since=0)
+    finally:
+        release.set()
+    assert database.stalled()
+    database.forget_stalls()
 
 
 # -- sync ----------------------------------------------------------------------
