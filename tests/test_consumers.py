@@ -1017,7 +1017,9 @@ async def test_join_and_leave_cycles_cannot_flood_a_groups_members(
     notices = [e for e in events if e["type"] in ("joined", "left")]
     tokens = settings.CHAT_RATE_BURST + settings.CHAT_RATE_PER_SECOND * (took + 1)
     assert 0 < len(notices) <= tokens / command_cost("join"), (len(notices), took)
-    assert await member_names("A") == ["bob"]
+    # Which of alice's commands the budget let through decides whether she
+    # ended in the group; bob stays.
+    assert "bob" in await member_names("A")
 
 
 @sync_to_async
