@@ -24,6 +24,7 @@ from chat.delivery.channel import WorkerChannel
 from chat.delivery.sockets import written_now
 from chat.transport import close_frame, frame_writer, watch_send_buffer
 from tests.conftest import REDIS_URL
+from tests.servers import running_workers, worker_env
 
 WAIT = 5.0
 
@@ -194,3 +195,16 @@ def test_a_write_now_that_raises_is_never_taken_as_written(
     with caplog.at_level(logging.WARNING, logger="chat.delivery.sockets"):
         assert written_now(RaisingSocket(), "text") is False  # type: ignore[arg-type]
     assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_daphne_worker_reports_its_fast_paths_when_it_starts(redis_prefix: str) -> None:
+    """Daphne runs no system checks: the ASGI module runs this one and logs it."""
+    env = worker_env(redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    with running_workers(1, env) as [worker]:
+        log = worker.log()
+
+    assert "chat.I001: fast paths on:" in log
+    assert all(name in log for name in upstream.FAST_PATHS)
+    assert "chat.W001" not in log
