@@ -19,7 +19,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
-from chat.lookalikes import lookalike_of, looks_like_prefix
+from chat.lookalikes import lookalike_taken, looks_like_prefix
 
 GUEST_PREFIX = "guest-"
 
@@ -37,12 +37,10 @@ class SignupForm(UserCreationForm):  # type: ignore[type-arg]
             raise forms.ValidationError(
                 f"Names starting with “{GUEST_PREFIX}” are kept for guests."
             )
-        if username:
-            names = User._default_manager.values_list("username", flat=True)
-            if lookalike_of(username, names.iterator(chunk_size=2000)) is not None:
-                raise forms.ValidationError(
-                    "This name looks the same as an existing user's. Please choose another."
-                )
+        if username and lookalike_taken(username):
+            raise forms.ValidationError(
+                "This name looks the same as an existing user's. Please choose another."
+            )
         return username
 
 

@@ -7,6 +7,8 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import checks, signals  # noqa: F401  (registers the checks, the logout handler)
+        from chat.lookalikes import connect_name_skeleton_signals
         from chat.revocation import connect_revocation_signals
 
         connect_revocation_signals()
+        connect_name_skeleton_signals()

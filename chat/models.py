@@ -151,3 +151,25 @@ class Connection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} on {self.worker}"
+
+
+class NameSkeleton(models.Model):
+    """A registered user name's TR39 skeletons (chat.lookalikes), indexed.
+
+    Sign-up finds a look-alike of a new name in one indexed query instead of
+    comparing it with every user. Guests have none: their prefix is refused
+    at sign-up by its own rule.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="name_skeletons"
+    )
+    skeleton = models.CharField(max_length=1000, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "skeleton"], name="name_skeleton_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.skeleton

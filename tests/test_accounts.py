@@ -204,3 +204,19 @@ async def test_classic_guests_past_the_limit_are_refused_at_the_handshake(counte
         .values_list("username", flat=True)
     )
     assert sorted(names) == ["guest-100", "guest-101", "guest-102"]
+
+
+def test_a_renamed_user_is_looked_alike_by_the_new_name_only(alice):
+    alice.username = "alicia"
+    alice.save()
+
+    assert signup_form("\u0430lice").is_valid()  # "alice" is free again
+    assert not signup_form("\u0430licia").is_valid()
+
+
+def test_guests_keep_no_skeletons_and_block_no_names():
+    from chat.models import NameSkeleton
+
+    guest = guest_create(suffix="77")
+    assert guest is not None
+    assert not NameSkeleton.objects.filter(user=guest).exists()
