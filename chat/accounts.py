@@ -1,11 +1,14 @@
 """Accounts: sign-up rules, guest users, and how many one client address may create.
 
 Guest names start with a reserved prefix that sign-up refuses, so a guest
-name never belongs to a registered user and vice versa.
+name never belongs to a registered user and vice versa. Guests that have
+not connected for CHAT_GUEST_RETENTION_DAYS are removed by
+`manage.py removeguests` (`guests_remove_inactive`); what they wrote stays.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import secrets
 import threading
@@ -18,10 +21,16 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from chat.lookalikes import lookalike_taken, looks_like_prefix
 
 GUEST_PREFIX = "guest-"
+# The one account that removed guests' messages are handed to, so that others'
+# history keeps them. Not a name a guest can get (ids are digits or 8 hex
+# digits), nor one sign-up gives (the guest prefix).
+REMOVED_GUEST = GUEST_PREFIX + "removed"
 
 
 def is_guest_name(username: str) -> bool:
@@ -105,3 +114,42 @@ _memory_counts = _WindowCounts()
 @functools.cache
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def guests_remove_inactive(*, now: datetime.datetime | None = None, batch: int = 500) -> int:
+    """Remove the guests that have not connected for CHAT_GUEST_RETENTION_DAYS; how many.
+
+    A guest connects with a session made at its login (or, on the classic
+    endpoint, at its creation), valid for SESSION_COOKIE_AGE: one whose
+    last login (or creation) is older than both that and the retention, and
+    that has no socket open now, cannot have connected within the retention.
+    Its messages, sent and received, are handed to the `guest-removed`
+    account first, so that they stay in everyone else's history (deleting a
+    user deletes its messages); its memberships go with it.
+    """
+    from chat.models import Message
+
+    now = now or timezone.now()
+    kept_for = max(
+        datetime.timedelta(days=settings.CHAT_GUEST_RETENTION_DAYS),
+        datetime.timedelta(seconds=settings.SESSION_COOKIE_AGE),
+    )
+    user_model = get_user_model()
+    inactive = (
+        user_model._default_manager.filter(username__istartswith=GUEST_PREFIX)
+        .exclude(username=REMOVED_GUEST)
+        .exclude(chat_connections__isnull=False)
+        .alias(last_in=Coalesce("last_login", "date_joined"))
+        .filter(last_in__lt=now - kept_for)
+    )
+    removed = 0
+    while ids := list(inactive.values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            heir, _ = user_model._default_manager.get_or_create(
+                username=REMOVED_GUEST, defaults={"is_active": False}
+            )
+            Message.objects.filter(sender_id__in=ids).update(sender=heir)
+            Message.objects.filter(recipient_id__in=ids).update(recipient=heir)
+            user_model._default_manager.filter(pk__in=ids).delete()
+        removed += len(ids)
+    return removed

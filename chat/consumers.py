@@ -23,12 +23,14 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
+from chat.addresses import client_address_of_scope
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_member_names
 from chat.messaging import message_history_page, message_sync
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import command_cost
+from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
     close_frame,
@@ -67,6 +69,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
     # Times of recent errors, created by the first error: most sockets never
     # make one, and an empty deque costs about 760 bytes per idle socket.
     _errors: deque[float] | None = None
+    # The client address its socket is counted under (chat.socket_caps), once admitted.
+    _address: str | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' consumer loop, minus a task and an `asyncio.wait` per socket.
@@ -105,6 +109,16 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._pending: list[str] | None = []
         self._closed = False
         self._attached = False
+        address = client_address_of_scope(self.scope)
+        if not await current_worker().socket_caps.admit(
+            user_id=user.pk, username=self.username, address=address
+        ):
+            logger.info("refused a socket of %s from %s: too many open", self.username, address)
+            await self.accept()
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            self._closed = True
+            return
+        self._address = address
         await self.accept()
         self._wire = daphne_protocol(self.base_send)
         self._frames = frame_writer(self._wire)
@@ -161,6 +175,9 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         read: asyncio.Task[None] | None = getattr(self, "_read", None)
         if read is not None and not read.done():
             read.cancel()
+        if self._address is not None:
+            current_worker().socket_caps.release(user_id=self.user_id, address=self._address)
+            self._address = None
         if getattr(self, "_attached", False):
             try:
                 await self.hub.detach(self)

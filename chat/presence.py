@@ -63,6 +63,10 @@ class PresenceStore(ABC):
         """Usernames with at least one open socket."""
 
     @abstractmethod
+    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
+        """How many sockets each user has open on every worker, in order (one trip on Redis)."""
+
+    @abstractmethod
     async def heartbeat(
         self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
     ) -> bool:
@@ -110,6 +114,9 @@ class MemoryPresenceStore(PresenceStore):
 
     async def online(self) -> set[str]:
         return set(self._sockets)
+
+    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
+        return [len(self._sockets.get(username, ())) for username in usernames]
 
     async def heartbeat(
         self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
@@ -243,6 +250,12 @@ class RedisPresenceStore(PresenceStore):
                 keys = [self._user_key(username), self._worker_key(worker), self._online_key]
                 pipe.eval(script, 3, *keys, username, connection_id)
             return [bool(changed) for changed in await pipe.execute()]
+
+    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for username in usernames:
+                pipe.scard(self._user_key(username))
+            return [int(count) for count in await pipe.execute()]
 
     async def online(self) -> set[str]:
         redis = self.redis

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
     from chat.send_queue import SendQueue
+    from chat.socket_caps import SocketCaps
 
 
 class Worker:
@@ -45,6 +46,7 @@ class Worker:
         self._presence: tuple[tuple[str, str], PresenceStore] | None = None
         self._limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
         self._hub: Hub | None = None
+        self._socket_caps: tuple[PresenceStore, SocketCaps] | None = None
         self._send_queue: SendQueue | None = None
         # What a socket reads when it opens; sockets opening together share the trips.
         self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_on_database_thread(
@@ -98,6 +100,16 @@ class Worker:
             )
             self._limiter = (chosen, limiter)
         return self._limiter[1]
+
+    @property
+    def socket_caps(self) -> SocketCaps:
+        """This worker's count of sockets per user and per address (`chat.socket_caps`)."""
+        from chat.socket_caps import SocketCaps
+
+        presence = self.presence
+        if self._socket_caps is None or self._socket_caps[0] is not presence:
+            self._socket_caps = (presence, SocketCaps(presence))
+        return self._socket_caps[1]
 
     async def hub(self) -> Hub:
         """The hub, started on first use (and again if starting it failed)."""

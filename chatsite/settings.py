@@ -9,6 +9,7 @@ with a message naming the variable instead of misbehaving later.
 
 import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -127,6 +128,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "csp",
+    # Failed-login throttle (CHAT_LOGIN_FAILURES), on every login form.
+    "axes",
     "chat",
 ]
 
@@ -143,6 +146,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -349,3 +354,30 @@ CHAT_MAX_INCOMING_BYTES = env_int("CHAT_MAX_INCOMING_BYTES", 256 * 1024)
 # Seconds any one database statement of the server may take (chat.database):
 # past it the command gets `unavailable` and nothing is stored. 0: no limit.
 CHAT_DATABASE_TIMEOUT = env_float("CHAT_DATABASE_TIMEOUT", 5.0)
+# Open sockets per user (all workers together) and per client address (each
+# worker); past either, a new socket is closed with 4429. 0 turns each off.
+CHAT_SOCKETS_PER_USER = env_int("CHAT_SOCKETS_PER_USER", 20)
+CHAT_SOCKETS_PER_ADDRESS = env_int("CHAT_SOCKETS_PER_ADDRESS", 200)
+
+# Failed logins allowed per username and, separately, per client address
+# before either is locked out for CHAT_LOGIN_COOLOFF seconds (HTTP 429), on
+# /accounts/login/ and /admin/login/ alike; 0 turns the throttle off.
+# django-axes counts them in the database, so all workers share the counts.
+CHAT_LOGIN_FAILURES = env_int("CHAT_LOGIN_FAILURES", 10)
+CHAT_LOGIN_COOLOFF = env_int("CHAT_LOGIN_COOLOFF", 900, minimum=1)
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked-out login before any password is checked; logs nobody in.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = CHAT_LOGIN_FAILURES > 0
+AXES_FAILURE_LIMIT = max(CHAT_LOGIN_FAILURES, 1)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = timedelta(seconds=CHAT_LOGIN_COOLOFF)
+AXES_RESET_ON_SUCCESS = True
+# The address the other per-address limits count (chat.addresses).
+AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_address_of_request"
+AXES_HTTP_RESPONSE_CODE = 429
+# Guests that have not connected for this many days are removed by
+# `manage.py removeguests` (run it daily); what they wrote stays readable.
+CHAT_GUEST_RETENTION_DAYS = env_int("CHAT_GUEST_RETENTION_DAYS", 30, minimum=1)

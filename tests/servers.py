@@ -250,8 +250,9 @@ def private_redis() -> Iterator[RedisServer]:
 class HttpSession:
     """A browser-like HTTP session (cookies, CSRF) against a running server."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
+        self.headers = headers or {}
         self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
 
@@ -263,7 +264,8 @@ class HttpSession:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with self.opener.open(self.base_url + path, timeout=10) as response:
+            request = urllib.request.Request(self.base_url + path, headers=self.headers)
+            with self.opener.open(request, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -276,7 +278,7 @@ class HttpSession:
         request = urllib.request.Request(
             self.base_url + path,
             data=body,
-            headers={"Referer": self.base_url + "/", "X-CSRFToken": token},
+            headers={"Referer": self.base_url + "/", "X-CSRFToken": token, **self.headers},
         )
         try:
             with self.opener.open(request, timeout=10) as response:

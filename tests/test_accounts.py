@@ -220,3 +220,82 @@ def test_guests_keep_no_skeletons_and_block_no_names():
     guest = guest_create(suffix="77")
     assert guest is not None
     assert not NameSkeleton.objects.filter(user=guest).exists()
+
+
+# -- removing guests that have not connected for a while -----------------------
+
+
+def test_removeguests_removes_only_long_gone_guests_and_keeps_what_they_wrote(alice, settings):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from chat.models import ChatGroup, Connection, Membership, Message
+
+    settings.CHAT_GUEST_RETENTION_DAYS = 30
+    users = get_user_model().objects
+    long_ago = timezone.now() - timedelta(days=31)
+
+    def guest(name: str, *, last_login=None):
+        user = guest_create(suffix=name)
+        users.filter(pk=user.pk).update(date_joined=long_ago, last_login=last_login)
+        return user
+
+    gone = guest("1001")
+    gone_after_login = guest("1002", last_login=long_ago)
+    recent = guest("1003", last_login=timezone.now() - timedelta(days=2))
+    still_online = guest("1004")
+    Connection.objects.create(user=still_online, worker="w1", connection_id="c-1")
+    fresh = guest_create()
+    registered = users.create_user("oldtimer")
+    users.filter(pk=registered.pk).update(date_joined=long_ago, last_login=long_ago)
+    group = ChatGroup.objects.create(name="A")
+    now = timezone.now()
+    for member in (alice, gone):
+        Membership.objects.create(group=group, user=member)
+    written = [
+        Message.objects.create(
+            kind=Message.Kind.GROUP, sender=gone, group=group, body="hi A", created_at=now
+        ),
+        Message.objects.create(
+            kind=Message.Kind.DIRECT, sender=gone, recipient=alice, body="hi", created_at=now
+        ),
+        Message.objects.create(
+            kind=Message.Kind.DIRECT, sender=alice, recipient=gone, body="yo", created_at=now
+        ),
+        Message.objects.create(
+            kind=Message.Kind.ALL, sender=gone_after_login, body="all", created_at=now
+        ),
+    ]
+    out = StringIO()
+
+    call_command("removeguests", stdout=out)
+
+    names = set(users.values_list("username", flat=True))
+    assert "guest-1001" not in names and "guest-1002" not in names
+    assert {"guest-1003", "guest-1004", fresh.username, "oldtimer", "alice"} <= names
+    assert "removed 2 guest(s)" in out.getvalue()
+    visible = Message.objects.visible_to(alice.pk).select_related("sender", "recipient")
+    kept = {m.pk: (m.sender.username, m.recipient and m.recipient.username) for m in visible}
+    assert kept == {
+        written[0].pk: ("guest-removed", None),
+        written[1].pk: ("guest-removed", "alice"),
+        written[2].pk: ("alice", "guest-removed"),
+        written[3].pk: ("guest-removed", None),
+    }
+    assert not users.get(username="guest-removed").is_active
+    assert recent.pk and still_online.pk
+
+
+def test_removeguests_with_nothing_to_do_changes_nothing(alice):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    guest_create()
+
+    call_command("removeguests", stdout=StringIO())
+
+    assert get_user_model().objects.count() == 2

@@ -58,7 +58,7 @@ def stored_session(user, *, backend: str | None = None, auth_hash: bool = True) 
     """A session made by hand, for the states Django's login never leaves behind."""
     session = import_module(settings.SESSION_ENGINE).SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = backend or settings.AUTHENTICATION_BACKENDS[0]
+    session[BACKEND_SESSION_KEY] = backend or "django.contrib.auth.backends.ModelBackend"
     if auth_hash:
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()

@@ -446,3 +446,23 @@ async def test_revoking_access_closes_the_users_sockets_on_every_worker(
     for tab in tabs:
         assert await tab.expect_close(timeout=5) == 1008
     assert (await bob.request(type="ping"))["type"] == "pong"
+
+
+async def test_the_sockets_per_user_cap_counts_every_worker(redis_prefix, sockets):
+    import websockets
+
+    env = worker_env(redis_url=REDIS_URL, redis_prefix=redis_prefix, CHAT_SOCKETS_PER_USER="2")
+    with running_workers(2, env) as (first, second):
+        cookie = sign_up(first, "alice")
+        await sockets.open(first, cookie, "alice")
+        await sockets.open(first, cookie, "alice")
+
+        async with websockets.connect(
+            second.base_url.replace("http://", "ws://", 1) + "/ws/chat/",
+            origin=second.base_url,
+            additional_headers={"Cookie": f"sessionid={cookie}"},
+            open_timeout=10,
+        ) as refused:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(refused.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429

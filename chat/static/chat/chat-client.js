@@ -110,7 +110,9 @@
     }
 
     scheduleReconnect(code) {
-      const ceiling = Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
+      // 4429: this user or address has as many sockets open as it may; trying
+      // again soon would only be refused again.
+      const ceiling = code === 4429 ? MAX_DELAY : Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
       const delay = ceiling / 2 + Math.random() * ceiling / 2;
       this.attempt += 1;
       this.emit("status", {state: "offline", code, retryIn: delay, attempt: this.attempt});

@@ -1,0 +1,88 @@
+"""chat.socket_caps: open sockets per user (every worker) and per client address.
+
+In process on the in-memory layer and on a real Redis; across two real
+workers in tests/test_workers.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
+from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def open_from(user, address: str = "203.0.113.7") -> tuple[WebsocketCommunicator, int | None]:
+    """A socket of `user` from `address`: (communicator, None) once greeted, or the close code."""
+    from chatsite.asgi import application
+
+    cookie = await sync_to_async(session_cookie_for)(user)
+    communicator = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"host", b"localhost"), *socket_headers(cookie)]
+    )
+    communicator.scope["client"] = (address, 50000)
+    connected, code = await communicator.connect(timeout=TIMEOUT)
+    assert connected, code
+    client = ChatTestClient(communicator, user.get_username())
+    event = await client._wait_for(
+        lambda e: e["type"] in ("hello", "__close__"), TIMEOUT, "hello or a close"
+    )
+    return communicator, (event.get("code") if event["type"] == "__close__" else None)
+
+
+@pytest.fixture
+async def opened():
+    sockets: list[WebsocketCommunicator] = []
+    yield sockets
+    for communicator in sockets:
+        await communicator.disconnect()
+
+
+async def test_a_user_past_the_cap_is_closed_with_4429(layer, settings, opened, alice, bob):
+    settings.CHAT_SOCKETS_PER_USER = 3
+    for _ in range(3):
+        communicator, closed = await open_from(alice)
+        opened.append(communicator)
+        assert closed is None
+
+    refused, closed = await open_from(alice)
+    opened.append(refused)
+    assert closed == CLOSE_TOO_MANY_SOCKETS
+
+    bobs, closed = await open_from(bob)  # others are not held back
+    opened.append(bobs)
+    assert closed is None
+
+    await opened.pop(0).disconnect()
+    again, closed = await open_from(alice)  # a closed socket frees its place
+    opened.append(again)
+    assert closed is None
+
+
+async def test_an_address_past_the_cap_is_closed_with_4429(layer, settings, opened, alice, bob):
+    settings.CHAT_SOCKETS_PER_ADDRESS = 2
+    for user in (alice, bob):
+        communicator, closed = await open_from(user, "198.51.100.4")
+        opened.append(communicator)
+        assert closed is None
+
+    refused, closed = await open_from(alice, "198.51.100.4")
+    opened.append(refused)
+    assert closed == CLOSE_TOO_MANY_SOCKETS
+
+    elsewhere, closed = await open_from(alice, "198.51.100.5")
+    opened.append(elsewhere)
+    assert closed is None
+
+
+async def test_zero_turns_the_caps_off(layer, settings, opened, alice):
+    settings.CHAT_SOCKETS_PER_USER = 0
+    settings.CHAT_SOCKETS_PER_ADDRESS = 0
+    for _ in range(25):
+        communicator, closed = await open_from(alice)
+        opened.append(communicator)
+        assert closed is None
