@@ -45,6 +45,11 @@ from chat.worker import current_worker
 
 logger = logging.getLogger(__name__)
 
+# Frames of more characters than this are counted against the send buffer
+# limit even while the buffer is under its mark: one large reply may be what
+# takes it over (smaller ones can add at most the transport's own buffer).
+_UNCOUNTED_CHARS = 4096
+
 # Seconds over which errors are counted against CHAT_MAX_ERRORS_PER_MINUTE.
 _ERROR_WINDOW = 60.0
 
@@ -197,8 +202,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self._frames is None:
             await self.base_send({"type": "websocket.send", "text": text})
             return
-        # Here when the send buffer is over its mark, or for a subclass whose
-        # `write_now` never writes.
+        # Here when the send buffer is over its mark, for a large frame (a
+        # reply, say), or for a subclass whose `write_now` never writes.
         frame = text_frame(text)
         if self._send_buffer is not None and not self._send_buffer.admit(len(frame)):
             # A client that stopped reading: shed it rather than buffer without
@@ -222,9 +227,9 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             frames is None
             or self._closed
             or self._pending is not None
-            or (buffer is not None and buffer.paused)
+            or (buffer is not None and (buffer.paused or len(text) > _UNCOUNTED_CHARS))
         ):
-            return False  # `write` handles these
+            return False  # `write` handles these, and counts large frames
         try:
             frames.write(text_frame(text))
         except Exception:

@@ -86,8 +86,14 @@ class SendBuffer:
         transport.registerProducer(self, True)
 
     def admit(self, size: int) -> bool:
-        """Count a frame of `size` bytes; False once the socket holds too much unread."""
+        """Count a frame of `size` bytes; False once the socket holds too much unread.
+
+        Under the mark, the frame is counted as the start of what may wait:
+        if it is what takes the buffer over the mark, it is part of what the
+        limit bounds.
+        """
         if not self.paused:
+            self.over_mark = size
             return True
         self.over_mark += size
         return self.over_mark <= self.limit

@@ -317,3 +317,19 @@ def test_autobahn_is_told_to_close_with_a_code_instead_of_dropping() -> None:
     assert close_on_bad_frames(protocol) is True
     assert protocol.failByDrop is False
     assert close_on_bad_frames(None) is False
+
+
+def test_send_buffer_counts_the_frame_that_takes_it_over_the_mark() -> None:
+    """A reply written under the mark is counted too: it is what may sit unread."""
+    buffer = SendBuffer(ProducerSlot(None), limit=100)
+
+    assert buffer.admit(150) is True  # under the mark: written
+    buffer.pauseProducing()  # and it took the transport over its mark
+    assert buffer.admit(1) is False  # 151 bytes waiting
+    buffer.resumeProducing()
+    assert buffer.admit(60) is True
+    buffer.pauseProducing()  # that frame took the transport over its mark
+    assert buffer.admit(30) is True
+    assert buffer.admit(20) is False  # 60 + 30 + 20 bytes waiting
+    buffer.resumeProducing()
+    assert buffer.admit(90) is True
