@@ -37,10 +37,20 @@ def client_address(peer: str | None, forwarded_for: Iterable[str] = ()) -> str:
     return str(address)
 
 
-def client_address_of_request(request: HttpRequest, *args: Any, **kwargs: Any) -> str:
-    """`client_address` of a Django request (also django-axes' client IP lookup)."""
+def client_address_of_request(request: HttpRequest) -> str:
+    """`client_address` of a Django request."""
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
     return client_address(request.META.get("REMOTE_ADDR"), [forwarded] if forwarded else [])
+
+
+def client_ip_of_request(request: HttpRequest, *args: Any, **kwargs: Any) -> str | None:
+    """django-axes' client IP lookup: `client_address_of_request`, or None if it is no IP.
+
+    Axes stores it in an IP address column, which PostgreSQL checks; a peer
+    that is not an IP (a Unix socket, a test client) is recorded as none.
+    """
+    address = _parsed(client_address_of_request(request))
+    return str(address) if address is not None else None
 
 
 def client_address_of_scope(scope: Any) -> str:

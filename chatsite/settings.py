@@ -376,7 +376,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_COOLOFF_TIME = timedelta(seconds=CHAT_LOGIN_COOLOFF)
 AXES_RESET_ON_SUCCESS = True
 # The address the other per-address limits count (chat.addresses).
-AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_address_of_request"
+AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_ip_of_request"
 AXES_HTTP_RESPONSE_CODE = 429
 # Guests that have not connected for this many days are removed by
 # `manage.py removeguests` (run it daily); what they wrote stays readable.

@@ -50,3 +50,15 @@ def test_requests_and_sockets_are_read_the_same_way(settings):
     }
 
     assert client_address_of_request(request) == client_address_of_scope(scope) == "198.51.100.1"
+
+
+def test_axes_gets_an_ip_or_none(settings):
+    from chat.addresses import client_ip_of_request
+
+    settings.CHAT_TRUSTED_PROXIES = []
+    with_peer = RequestFactory().get("/", REMOTE_ADDR="203.0.113.7")
+    without_peer = RequestFactory().get("/")
+    without_peer.META.pop("REMOTE_ADDR", None)
+
+    assert client_ip_of_request(with_peer) == "203.0.113.7"
+    assert client_ip_of_request(without_peer) is None
