@@ -6,6 +6,8 @@ workers in tests/test_workers.py.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -86,3 +88,15 @@ async def test_zero_turns_the_caps_off(layer, settings, opened, alice):
         communicator, closed = await open_from(alice)
         opened.append(communicator)
         assert closed is None
+
+
+async def test_a_burst_of_handshakes_on_one_worker_stays_within_the_cap(
+    layer, settings, opened, alice
+):
+    settings.CHAT_SOCKETS_PER_USER = 3
+
+    outcomes = await asyncio.gather(*(open_from(alice) for _ in range(8)))
+    opened.extend(communicator for communicator, _ in outcomes)
+
+    codes = sorted((closed or 0) for _, closed in outcomes)
+    assert codes == [0, 0, 0] + [CLOSE_TOO_MANY_SOCKETS] * 5
