@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import secrets
 import threading
 import time
@@ -25,6 +26,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.lookalikes import lookalike_taken, looks_like_prefix
+
+logger = logging.getLogger(__name__)
 
 GUEST_PREFIX = "guest-"
 # The one account that removed guests' messages are handed to, so that others'
@@ -83,11 +86,15 @@ def account_creation_allowed(address: str) -> bool:
     slot = int(time.time() // window)
     if settings.REDIS_URL:
         key = f"{settings.REDIS_PREFIX}:accounts:{address}:{slot}"
-        client = _redis(settings.REDIS_URL)
-        pipe = client.pipeline()
+        pipe = _redis(settings.REDIS_URL).pipeline()
         pipe.incr(key)
         pipe.expire(key, window + 1)
-        count, _ = pipe.execute()
+        try:
+            count, _ = pipe.execute()
+        except redis.RedisError:
+            # Sign-up keeps working through a Redis outage, unlimited meanwhile.
+            logger.warning("could not count the accounts of %s", address, exc_info=True)
+            return True
         return int(count) <= limit
     return _memory_counts.count(address, slot) <= limit
 

@@ -299,3 +299,10 @@ def test_removeguests_with_nothing_to_do_changes_nothing(alice):
     call_command("removeguests", stdout=StringIO())
 
     assert get_user_model().objects.count() == 2
+
+
+def test_guests_are_still_let_in_while_redis_is_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    settings.CHAT_ACCOUNTS_PER_ADDRESS = 3
+
+    assert guest_post() == 302
