@@ -24,10 +24,19 @@ from django.conf import settings
 
 from chat import protocol
 from chat.addresses import client_address_of_scope
+from chat.conversations import (
+    ReadRequest,
+    conversation_list,
+    decode_cursor,
+    encode_cursor,
+    groups_matching,
+    users_matching,
+)
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
-from chat.groups import group_join, group_leave, group_member_names
+from chat.groups import group_join, group_leave, group_members
 from chat.messaging import message_history_page, message_sync
+from chat.models import group_key
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import command_cost
 from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
@@ -139,6 +148,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             worker = current_worker()
             self.hub = await worker.hub()
             groups = await worker.groups_of(user.pk)
+            for group_id, name in groups:
+                worker.group_named[group_key(name)] = (group_id, name)
             await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
             self._attached = True
             await self.greet(groups)
@@ -304,6 +315,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def join_group(self, command: Command) -> dict[str, Any]:
         change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
+        current_worker().group_named[group_key(change.group)] = (change.group_id, change.group)
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=True)
         event = {"type": "joined", "group": change.group, "user": self.username}
         if change.changed:
@@ -313,6 +325,10 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
                 group_id=change.group_id,
                 joined=True,
                 exclude_connection=self.connection_id,
+            )
+        if change.created:
+            return _reply(
+                "joined", command.ref, group=change.group, user=self.username, created=True
             )
         return _reply("joined", command.ref, group=change.group, user=self.username)
 
@@ -434,10 +450,104 @@ class ChatConsumer(ChatSocket):
         return _reply("who", command.ref, online=await self.online_now())
 
     async def command_members(self, command: Command) -> dict[str, Any]:
-        names = await read_for_socket(group_member_names, user=self.user, name=command.group)
+        group, names = await read_for_socket(group_members, user=self.user, name=command.group)
         online = set(await self.online_now())
-        members = [{"user": name, "online": name in online} for name in names]
-        return _reply("members", command.ref, group=command.group, members=members)
+        seen = await self.last_seen_of([name for name in names if name not in online])
+        members = [
+            {"user": name, "online": name in online, "last_seen": seen.get(name)} for name in names
+        ]
+        return _reply("members", command.ref, group=group, members=members)
+
+    async def last_seen_of(self, names: list[str]) -> dict[str, str]:
+        """When each of these offline users was last online, for those recorded."""
+        try:
+            return await current_worker().presence.last_seen(names)
+        except Exception:
+            logger.warning("presence store unavailable", exc_info=True)
+            return {}
+
+    # -- protocol 1.1 -------------------------------------------------------
+
+    async def command_conversations(self, command: Command) -> dict[str, Any]:
+        before = None
+        if command.cursor is not None:
+            before = decode_cursor(command.cursor)
+            if before is None:
+                raise ChatError(
+                    protocol.BAD_COMMAND, "before must be the next cursor of a previous reply"
+                )
+        items, cursor = await read_for_socket(
+            conversation_list, user=self.user, before=before, limit=command.limit
+        )
+        if cursor is None:
+            return _reply("conversations", command.ref, items=items, more=False)
+        return _reply(
+            "conversations", command.ref, items=items, more=True, next=encode_cursor(cursor)
+        )
+
+    async def command_read(self, command: Command) -> dict[str, Any]:
+        assert command.to is not None
+        moved = await current_worker().move_read_position(
+            ReadRequest(self.user, command.to, command.id)
+        )
+        conversation = moved.conversation
+        event = {"type": "read", "of": conversation.address.as_json(), "id": moved.id}
+        if moved.advanced:
+            await self.hub.tell_user(self.user_id, event, exclude_connection=self.connection_id)
+            receipt = {"type": "receipt", "user": self.username, "id": moved.id}
+            if conversation.peer_id is not None and conversation.peer_id != self.user_id:
+                receipt = {"type": "receipt", "of": {"user": self.username}, **receipt}
+                await self.hub.tell_user(conversation.peer_id, receipt)
+            elif conversation.group_id is not None:
+                receipt = {"type": "receipt", "of": conversation.address.as_json(), **receipt}
+                await self.hub.receipts.receipt(
+                    reader_id=self.user_id, group_id=conversation.group_id, event=receipt
+                )
+        return _reply("read", command.ref, of=event["of"], id=moved.id)
+
+    async def command_typing(self, command: Command) -> None:
+        to = command.to
+        assert to is not None
+        event: dict[str, Any] = {"type": "typing", "user": self.username}
+        if to.kind == "user":
+            if to.name != self.username:
+                event["to"] = {"user": self.username}
+                await self.hub.tell_username(to.name, event)
+            return None
+        known = current_worker().group_named.get(group_key(to.name))
+        if known is None or known[0] not in self.hub.sockets.groups_of.get(self.user_id, ()):
+            raise ChatError(protocol.NOT_MEMBER, f"you are not a member of group {to.name!r}")
+        event["to"] = {"group": known[1]}
+        await self.hub.tell_group(known[0], event, exclude_user=self.user_id)
+        return None
+
+    async def command_users(self, command: Command) -> dict[str, Any]:
+        online = await self.hub.online()
+        found = await read_for_socket(
+            users_matching, prefix=command.q, limit=command.limit, online=online
+        )
+        seen = await self.last_seen_of([name for name, is_online in found if not is_online])
+        users = [
+            {"user": name, "online": is_online, "last_seen": None if is_online else seen.get(name)}
+            for name, is_online in found
+        ]
+        return _reply("users", command.ref, users=users)
+
+    async def command_groups(self, command: Command) -> dict[str, Any]:
+        found = await read_for_socket(
+            groups_matching, user=self.user, prefix=command.q, limit=command.limit
+        )
+        online = await self.hub.online()
+        groups = [
+            {
+                "group": name,
+                "members": len(members),
+                "online": sum(1 for member in members if member in online),
+                "member": is_member,
+            }
+            for name, members, is_member in found
+        ]
+        return _reply("groups", command.ref, groups=groups)
 
     async def command_ping(self, command: Command) -> dict[str, Any]:
         return _reply("pong", command.ref)

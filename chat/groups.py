@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 
-from chat.models import ChatGroup, Membership, Message
+from chat.models import ChatGroup, Membership, Message, group_key
 from chat.protocol import NOT_MEMBER, ChatError
 
 
@@ -20,12 +20,17 @@ class MembershipChange:
     username: str
     # False when the user was already a member (join) - nobody else is told.
     changed: bool
+    # True when this join brought the group into being.
+    created: bool = False
 
 
 def group_join(*, user: User, name: str) -> MembershipChange:
-    """Make the user a member, creating the group on first join."""
+    """Make the user a member, creating the group on first join.
+
+    Names match ignoring case; a group created here keeps this spelling.
+    """
     while True:
-        group, _ = ChatGroup.objects.get_or_create(name=name)
+        group, made = ChatGroup.objects.get_or_create(key=group_key(name), defaults={"name": name})
         try:
             with transaction.atomic():
                 _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
@@ -36,7 +41,9 @@ def group_join(*, user: User, name: str) -> MembershipChange:
                 created = False
                 break
             # Its last member left, and it was removed, while this join ran.
-    return MembershipChange(group.pk, group.name, user.pk, user.get_username(), created)
+    return MembershipChange(
+        group.pk, group.name, user.pk, user.get_username(), created, created=made and created
+    )
 
 
 def group_leave(*, user: User, name: str) -> MembershipChange:
@@ -45,7 +52,7 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     A group left with no members and no messages is removed: otherwise anyone
     could fill the table with groups by joining and leaving made-up names.
     """
-    group = ChatGroup.objects.filter(name=name).first()
+    group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
         deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
@@ -79,14 +86,19 @@ def _remove_if_empty_sql() -> str:
 
 def group_member_names(*, user: User, name: str) -> list[str]:
     """Usernames of a group's members; only members may ask."""
+    return group_members(user=user, name=name)[1]
+
+
+def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
+    """The group's own spelling and its members' usernames; only members may ask."""
     members = list(
-        Membership.objects.filter(group__name=name)
+        Membership.objects.filter(group__key=group_key(name))
         .order_by("user__username")
-        .values_list("user_id", "user__username")
+        .values_list("user_id", "user__username", "group__name")
     )
-    if not any(user_id == user.pk for user_id, _ in members):
+    if not any(user_id == user.pk for user_id, _, _ in members):
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
-    return [username for _, username in members]
+    return members[0][2], [username for _, username, _ in members]
 
 
 def user_groups(*, user: User) -> list[tuple[int, str]]:

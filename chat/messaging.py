@@ -29,7 +29,7 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, models, transaction
 
 from chat.database import note_if_timeout
-from chat.models import ChatGroup, Membership, Message
+from chat.models import ChatGroup, Membership, Message, group_key
 from chat.protocol import (
     NO_SUCH_USER,
     NOT_MEMBER,
@@ -90,7 +90,7 @@ def _find_user(username: str) -> User:
 
 
 def _member_group(user: User, name: str) -> ChatGroup:
-    group = ChatGroup.objects.filter(name=name, memberships__user_id=user.pk).first()
+    group = ChatGroup.objects.filter(key=group_key(name), memberships__user_id=user.pk).first()
     if group is None:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     return group
@@ -108,6 +108,8 @@ def _users_named(names: set[str]) -> dict[str, User]:
 def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], ChatGroup]:
     """For each (user id, group name) pair whose user is a member: the group, in one query.
 
+    Names match ignoring case (`group_key`); the group keeps its own spelling.
+
     Hand-written: the same query through the ORM (select_related, two `__in`)
     cost more CPU per send batch on the single database thread than the
     insert itself (figures in bench/RESULTS.md).
@@ -115,15 +117,21 @@ def _groups_of_members(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Cha
     if not pairs:
         return {}
     user_ids = sorted({user_id for user_id, _ in pairs})
-    names = sorted({name for _, name in pairs})
+    keys = sorted({group_key(name) for _, name in pairs})
     with connection.cursor() as cursor:
-        cursor.execute(_member_groups_sql(len(user_ids), len(names)), [*user_ids, *names])
+        cursor.execute(_member_groups_sql(len(user_ids), len(keys)), [*user_ids, *keys])
         rows = cursor.fetchall()
     found = {
-        (member_id, name): ChatGroup.from_db(connection.alias, ["id", "name"], [group_id, name])
+        (member_id, group_key(name)): ChatGroup.from_db(
+            connection.alias, ["id", "name"], [group_id, name]
+        )
         for group_id, name, member_id in rows
     }
-    return {pair: group for pair, group in found.items() if pair in pairs}
+    return {
+        (user_id, name): found[user_id, group_key(name)]
+        for user_id, name in pairs
+        if (user_id, group_key(name)) in found
+    }
 
 
 def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
@@ -141,13 +149,14 @@ def _column(model: type[models.Model], name: str) -> str:
 def _member_groups_sql(users: int, names: int) -> str:
     member, member_group = _column(Membership, "user"), _column(Membership, "group")
     group_id, group_name = _column(ChatGroup, "id"), _column(ChatGroup, "name")
+    group_key_column = _column(ChatGroup, "key")
     quote = connection.ops.quote_name
     return (
         f"SELECT g.{group_id}, g.{group_name}, m.{member}"
         f" FROM {quote(Membership._meta.db_table)} m"
         f" JOIN {quote(ChatGroup._meta.db_table)} g ON g.{group_id} = m.{member_group}"
         f" WHERE m.{member} IN ({', '.join(['%s'] * users)})"
-        f" AND g.{group_name} IN ({', '.join(['%s'] * names)})"
+        f" AND g.{group_key_column} IN ({', '.join(['%s'] * names)})"
     )
 
 
@@ -257,23 +266,27 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     params: list[Any] = []
     for index, request in enumerate(requests):
         kind = _KINDS[request.to.kind]
-        params += [index, request.sender.pk, kind, request.to.name, request.body]
+        target = group_key(request.to.name) if request.to.kind == "group" else request.to.name
+        params += [index, request.sender.pk, kind, target, request.body]
     params.append(_MESSAGE_ORDER_LOCK)
     with connection.cursor() as cursor:
         cursor.execute(_send_sql(len(requests)), params)
-        accepted = {index: (target, pk, created) for index, target, pk, created in cursor}
+        accepted = {
+            index: (target, pk, created, name) for index, target, pk, created, name in cursor
+        }
     results: list[StoredMessage | ChatError] = []
     for index, request in enumerate(requests):
         found = accepted.get(index)
         if found is None:
             results.append(_refusal(request.to))
             continue
-        target, pk, created = found
+        target, pk, created, group_name = found
         event = {
             "type": "message",
             "id": pk,
             "from": request.sender.get_username(),
-            "to": request.to.as_json(),
+            # A group as its creator spelled it, whatever the case the sender used.
+            "to": {"group": group_name} if request.to.kind == "group" else request.to.as_json(),
             "body": request.body,
             "ts": format_ts(created),
         }
@@ -309,10 +322,11 @@ def _send_sql(rows: int) -> str:
     message, group = quote(Message._meta.db_table), quote(ChatGroup._meta.db_table)
     member, user = quote(Membership._meta.db_table), quote(user_model._meta.db_table)
     username = _column(user_model, user_model.USERNAME_FIELD)
-    user_id, group_id, group_name = (
+    user_id, group_id, group_name, group_key_column = (
         _column(user_model, user_model._meta.pk.name),
         _column(ChatGroup, "id"),
         _column(ChatGroup, "name"),
+        _column(ChatGroup, "key"),
     )
     member_user, member_group = _column(Membership, "user"), _column(Membership, "group")
     columns = ", ".join(
@@ -328,10 +342,11 @@ order_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s)),
 stamp AS MATERIALIZED (SELECT clock_timestamp() AS now FROM order_lock),
 accepted AS MATERIALIZED (
   SELECT v.ord, v.sender, v.kind, v.body, u.{user_id} AS recipient, g.{group_id} AS grp,
+         g.{group_name} AS group_name,
          row_number() OVER (ORDER BY v.ord) AS n
   FROM v
   LEFT JOIN {user} u ON v.kind = '{direct}' AND u.{username} = v.target_name
-  LEFT JOIN {group} g ON v.kind = '{in_group}' AND g.{group_name} = v.target_name
+  LEFT JOIN {group} g ON v.kind = '{in_group}' AND g.{group_key_column} = v.target_name
     AND EXISTS (
       SELECT 1 FROM {member} m WHERE m.{member_group} = g.{group_id} AND m.{member_user} = v.sender
     )
@@ -344,7 +359,7 @@ inserted AS (
   FROM accepted a CROSS JOIN stamp ORDER BY a.ord
   RETURNING {_column(Message, "id")} AS id, {_column(Message, "created_at")} AS created
 )
-SELECT a.ord, COALESCE(a.recipient, a.grp), i.id, i.created
+SELECT a.ord, COALESCE(a.recipient, a.grp), i.id, i.created, a.group_name
 FROM accepted a
 JOIN (SELECT id, created, row_number() OVER (ORDER BY id) AS n FROM inserted) i ON i.n = a.n
 """

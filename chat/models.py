@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
 
+def group_key(name: str) -> str:
+    """What makes two group names the same group: their case-folded form."""
+    return name.casefold()
+
+
 class ChatGroup(models.Model):
-    """A named group; it comes into being when someone first joins it."""
+    """A named group; it comes into being when someone first joins it.
+
+    Names are unique ignoring case (`key`); `name` keeps the creator's spelling.
+    """
 
     name = models.CharField(max_length=64, unique=True)
+    # Case folding can lengthen a name (ß becomes ss): room for three times 64.
+    key = models.CharField(max_length=192, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="chat_groups"
@@ -22,6 +34,10 @@ class ChatGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.key = group_key(self.name)
+        super().save(*args, **kwargs)
 
 
 class Membership(models.Model):
@@ -173,3 +189,26 @@ class NameSkeleton(models.Model):
 
     def __str__(self) -> str:
         return self.skeleton
+
+
+class ReadPosition(models.Model):
+    """How far a user has read one conversation: the newest message id they have seen.
+
+    `conversation` is `all`, `group:<id>` or `user:<id>` (the other party).
+    Written coalesced by `chat.conversations`; it only moves forward.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_read_positions"
+    )
+    conversation = models.CharField(max_length=40)
+    message_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "conversation"], name="unique_read_position"),
+        ]
+        verbose_name = "read position"
+
+    def __str__(self) -> str:
+        return f"{self.user} read {self.conversation} to #{self.message_id}"

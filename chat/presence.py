@@ -42,6 +42,14 @@ class PresenceStore(ABC):
     async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
         """Forget a socket; True when it was the user's last one."""
 
+    @abstractmethod
+    async def note_seen(self, username: str, moment: str) -> None:
+        """Record when a user went offline (ISO 8601), for `last_seen`."""
+
+    @abstractmethod
+    async def last_seen(self, usernames: Sequence[str]) -> dict[str, str]:
+        """When each of these users went offline last, for those recorded."""
+
     async def connect_many(self, *, worker: str, sockets: Sequence[tuple[str, str]]) -> list[bool]:
         """`connect` of each (connection id, username), in order: the Redis store makes one trip."""
         return [
@@ -95,6 +103,13 @@ class MemoryPresenceStore(PresenceStore):
         self._sockets: dict[str, set[tuple[str, str]]] = {}
         self._workers: dict[str, float] = {}
         self._layer: dict[str, tuple[str, list[str]]] = {}
+        self._seen: dict[str, str] = {}
+
+    async def note_seen(self, username: str, moment: str) -> None:
+        self._seen[username] = moment
+
+    async def last_seen(self, usernames: Sequence[str]) -> dict[str, str]:
+        return {name: self._seen[name] for name in usernames if name in self._seen}
 
     async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
         sockets = self._sockets.setdefault(username, set())
@@ -217,6 +232,16 @@ class RedisPresenceStore(PresenceStore):
         self.redis = redis
         self._workers_key = f"{prefix}presence:workers"
         self._online_key = f"{prefix}presence:online"
+
+    async def note_seen(self, username: str, moment: str) -> None:
+        await self.redis.hset(f"{self.prefix}presence:last_seen", username, moment)
+
+    async def last_seen(self, usernames: Sequence[str]) -> dict[str, str]:
+        if not usernames:
+            return {}
+        names = list(usernames)
+        found = await self.redis.hmget(f"{self.prefix}presence:last_seen", names)
+        return {name: str(at) for name, at in zip(names, found, strict=True) if at is not None}
 
     def _user_key(self, username: str) -> str:
         return f"{self.prefix}presence:user:{username}"

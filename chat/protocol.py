@@ -45,6 +45,12 @@ MAX_GROUP_CHARS = 64
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 SYNC_MAX_MESSAGES = 500
+CONVERSATIONS_DEFAULT_LIMIT = 50
+CONVERSATIONS_MAX_LIMIT = 100
+SEARCH_DEFAULT_LIMIT = 20
+SEARCH_MAX_LIMIT = 50
+MAX_QUERY_CHARS = 150
+MAX_CURSOR_CHARS = 64
 # Ids are 64-bit signed integers in every supported database.
 MAX_ID = 2**63 - 1
 
@@ -94,6 +100,10 @@ class Command:
     before: int | None = None
     limit: int = HISTORY_DEFAULT_LIMIT
     since: int = 0
+    # Protocol 1.1: `read`'s id, `users`/`groups`' prefix, `conversations`' cursor.
+    id: int = 0
+    q: str = ""
+    cursor: str | None = None
 
 
 def is_valid_group_name(name: str) -> bool:
@@ -234,7 +244,43 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
         return Command("sync", ref, since=_clean_int(data["since"], "since", minimum=0))
     if kind in ("who", "ping"):
         return Command(kind, ref)
+    if kind == "conversations":
+        cursor = data.get("before")
+        if cursor is not None and (not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS):
+            raise ChatError(BAD_COMMAND, "before must be the next cursor of a previous reply")
+        limit = _optional_limit(data, CONVERSATIONS_DEFAULT_LIMIT, CONVERSATIONS_MAX_LIMIT)
+        return Command(kind, ref, cursor=cursor, limit=limit)
+    if kind == "read":
+        for field in ("of", "id"):
+            if field not in data:
+                raise ChatError(BAD_COMMAND, f"read needs {field}")
+        of = clean_address(data["of"], "of")
+        return Command(kind, ref, to=of, id=_clean_int(data["id"], "id", minimum=0))
+    if kind == "typing":
+        if "to" not in data:
+            raise ChatError(BAD_COMMAND, "typing needs to")
+        to = clean_address(data["to"], "to")
+        if to.kind == "all":
+            raise ChatError(BAD_COMMAND, "typing goes to a user or a group, not to everyone")
+        return Command(kind, ref, to=to)
+    if kind in ("users", "groups"):
+        q = data.get("q")
+        if q is None:
+            q = ""
+        if not isinstance(q, str) or len(q) > MAX_QUERY_CHARS or "\x00" in q:
+            raise ChatError(
+                BAD_COMMAND, f"q must be a string of at most {MAX_QUERY_CHARS} characters"
+            )
+        limit = _optional_limit(data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT)
+        return Command(kind, ref, q=unicodedata.normalize("NFC", q), limit=limit)
     raise ChatError(BAD_COMMAND, f"unknown command type {kind[:40]!r}")
+
+
+def _optional_limit(data: dict[str, Any], default: int, maximum: int) -> int:
+    limit = data.get("limit")
+    if limit is None:
+        return default
+    return _clean_int(limit, "limit", minimum=1, maximum=maximum)
 
 
 def encode(event: dict[str, Any]) -> str:

@@ -43,6 +43,13 @@ COMMAND_COSTS: dict[str, int] = {
     "leave": 2,
     "history": 2,
     "sync": 3,
+    # Protocol 1.1: typing is repeated every few seconds while someone types,
+    # so it costs the least; a conversation list reads a little per conversation.
+    "typing": 1,
+    "read": 1,
+    "users": 1,
+    "groups": 1,
+    "conversations": 2,
 }
 DEFAULT_COST = 1
 

@@ -22,9 +22,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat.coalesce import Coalescer, bulk_on_database_thread
+from chat.conversations import ReadMove, ReadRequest, read_positions_move
 from chat.groups import groups_of_users
 from chat.messaging import last_visible_ids
 from chat.redis_client import redis_connect
@@ -53,6 +55,13 @@ class Worker:
             groups_of_users
         )
         self.last_id_of: Coalescer[int, int] = bulk_on_database_thread(last_visible_ids)
+        # Read positions moved by sockets at the same time are written in one statement.
+        self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
+            database_sync_to_async(read_positions_move)
+        )
+        # Groups seen by this worker's sockets, by `group_key`: (id, spelling).
+        # Typing checks its audience here and in the hub's index, never in the database.
+        self.group_named: dict[str, tuple[int, str]] = {}
 
     @property
     def redis(self) -> aioredis.Redis:

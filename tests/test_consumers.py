@@ -680,9 +680,9 @@ async def test_members_lists_members_with_online_flags(layer, connect, alice, bo
         "type": "members",
         "group": "A",
         "members": [
-            {"user": "alice", "online": True},
-            {"user": "bob", "online": True},
-            {"user": "carol", "online": False},
+            {"user": "alice", "online": True, "last_seen": None},
+            {"user": "bob", "online": True, "last_seen": None},
+            {"user": "carol", "online": False, "last_seen": None},
         ],
         "ref": "m1",
     }

@@ -13,10 +13,11 @@ from chat.groups import (
     group_join,
     group_leave,
     group_member_names,
+    group_members,
     groups_of_users,
     user_groups,
 )
-from chat.messaging import message_send
+from chat.messaging import message_history, message_send
 from chat.models import ChatGroup, Membership, Message
 from chat.protocol import NOT_MEMBER, Address, ChatError
 
@@ -55,11 +56,35 @@ def test_second_member_joins_the_existing_group(alice, bob):
     assert ChatGroup.objects.count() == 1
 
 
-def test_group_names_are_distinct_by_case(alice):
-    upper = group_join(user=alice, name="A")
-    lower = group_join(user=alice, name="a")
+def test_names_differing_only_in_case_are_one_group_with_the_creators_spelling(alice, bob):
+    created = group_join(user=alice, name="Design Team")
+    joined = group_join(user=bob, name="design TEAM")
 
-    assert upper.group_id != lower.group_id
+    assert created.created is True
+    assert joined.created is False
+    assert joined.group_id == created.group_id
+    assert joined.group == "Design Team"
+    assert group_members(user=bob, name="DESIGN team") == ("Design Team", ["alice", "bob"])
+    assert ChatGroup.objects.count() == 1
+
+
+def test_a_message_to_another_case_is_stored_and_shown_in_the_creators_spelling(alice, bob):
+    group_join(user=alice, name="Design Team")
+    group_join(user=bob, name="design team")
+
+    stored = message_send(sender=bob, to=Address("group", "DESIGN TEAM"), body="hi")
+
+    assert stored.event["to"] == {"group": "Design Team"}
+    history = message_history(user=alice, of=Address("group", "design team"), before=None, limit=5)
+    assert [m["to"] for m in history] == [{"group": "Design Team"}]
+
+
+def test_leaving_by_another_case_leaves_the_group(alice):
+    group_join(user=alice, name="Design Team")
+
+    change = group_leave(user=alice, name="design team")
+
+    assert change.group == "Design Team"
 
 
 def test_leave_ends_the_membership_and_keeps_the_group(alice, bob):

@@ -13,6 +13,7 @@ from chat.delivery.messages import (
     Notice,
     Notices,
     SessionEnd,
+    Typing,
     UnknownMessage,
     from_layer,
     presence_notice,
@@ -35,6 +36,8 @@ EVERY_KIND = [
     Notices((presence_notice("alice", online=False), joined)),
     SessionEnd(user_id=1, session="0" * 32),
     AccessEnd(user_id=1),
+    Typing('{"type":"typing"}', "bob"),
+    presence_notice("carol", online=False, last_seen="2026-12-04T23:00:00.000Z"),
 ]
 
 

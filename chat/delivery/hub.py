@@ -37,6 +37,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -55,6 +56,7 @@ from chat.delivery.messages import (
     Notice,
     Notices,
     SessionEnd,
+    Typing,
     group_layer_group,
     presence_notice,
     user_layer_group,
@@ -63,11 +65,12 @@ from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.notices import NoticeBatcher
 from chat.delivery.online import OnlineReader, PresenceRecorder
 from chat.delivery.publishing import deliveries
+from chat.delivery.receipts import ReceiptThrottle
 from chat.delivery.sockets import LocalSocket, SocketIndex, write_to_all
 from chat.delivery.subscriptions import LayerSubscriptions
-from chat.messaging import StoredMessage
+from chat.messaging import StoredMessage, format_ts
 from chat.presence import PresenceStore
-from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART
+from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 from chat.upstream.twisted import run_before_reactor_shutdown
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ class Hub:
         self.online_reader = OnlineReader(self.presence)
         self.notices = NoticeBatcher(self.sockets)
         self.mirror = ConnectionMirror(self.worker_id)
+        self.receipts = ReceiptThrottle(self._send_group_receipt)
         self.maintenance = Maintenance(
             presence=self.presence,
             worker_id=self.worker_id,
@@ -142,7 +146,7 @@ class Hub:
             with contextlib.suppress(Exception):
                 await conn.close_with(close_code)
         for username in await self.presence.drop_worker(worker=self.worker_id):
-            await self.publish(LAYER_ALL, presence_notice(username, online=False))
+            await self.publish(LAYER_ALL, await self._went_offline(username))
         await self.subscriptions.unsubscribe_all()
         await self.mirror.stop()
         await cancel_and_wait(self._tasks, within=2.0)
@@ -176,7 +180,7 @@ class Hub:
             await self.subscriptions.unsubscribe_unused()
         try:
             if await self.recorder.disconnected(conn.connection_id, conn.username):
-                await self.announcing(presence_notice(conn.username, online=False))
+                await self.announcing(await self._went_offline(conn.username))
         finally:
             self.mirror.closed(conn.connection_id)
 
@@ -198,7 +202,16 @@ class Hub:
 
     async def _announce_offline(self, username: str) -> None:
         """Tell every worker that a user of a reaped worker went offline."""
-        await self.publish(LAYER_ALL, presence_notice(username, online=False))
+        await self.publish(LAYER_ALL, await self._went_offline(username))
+
+    async def _went_offline(self, username: str) -> Notice:
+        """Record when a user went offline (`last_seen`) and the notice that says so."""
+        moment = format_ts(datetime.now(UTC))
+        try:
+            await self.presence.note_seen(username, moment)
+        except Exception:
+            logger.warning("could not record when %s was last seen", username, exc_info=True)
+        return presence_notice(username, online=False, last_seen=moment)
 
     async def online(self) -> frozenset[str]:
         return await self.online_reader.online()
@@ -234,6 +247,27 @@ class Hub:
         """Publish notices to every worker, in order, as one layer message."""
         await self.publish(LAYER_ALL, notices[0] if len(notices) == 1 else Notices(tuple(notices)))
         return [None] * len(notices)
+
+    async def tell_user(
+        self, user_id: int, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        """An event for every socket of one user, on every worker (read, receipt)."""
+        audience = Audience(users=(user_id,), exclude_connection=exclude_connection)
+        await self.publish(user_layer_group(user_id), Deliver(encode(event), audience))
+
+    async def tell_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
+        """An event for a group's online members but one user, on every worker."""
+        audience = Audience(group=group_id, exclude_user=exclude_user)
+        await self.publish(group_layer_group(group_id), Deliver(encode(event), audience))
+
+    async def _send_group_receipt(
+        self, group_id: int, event: dict[str, Any], reader_id: int
+    ) -> None:
+        await self.tell_group(group_id, event, exclude_user=reader_id)
+
+    async def tell_username(self, username: str, event: dict[str, Any]) -> None:
+        """An event for every socket of a user known by name only (typing), on every worker."""
+        await self.publish(LAYER_ALL, Typing(encode(event), username))
 
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
@@ -287,6 +321,11 @@ class Hub:
     async def chat_notices(self, message: Notices) -> None:
         for notice in message.notices:
             await self.chat_notice(notice)
+
+    async def chat_typing(self, message: Typing) -> None:
+        user_id = self.sockets.user_named.get(message.username)
+        if user_id is not None:
+            await write_to_all(self.sockets.sockets_of(user_id), message.text)
 
     async def chat_session_end(self, message: SessionEnd) -> None:
         for conn in self.sockets.sockets_of(message.user_id):

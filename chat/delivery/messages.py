@@ -215,10 +215,16 @@ class Notice:
         )
 
 
-def presence_notice(username: str, *, online: bool) -> Notice:
-    """Tell every socket but the user's own that the user came online or went offline."""
+def presence_notice(username: str, *, online: bool, last_seen: str | None = None) -> Notice:
+    """Tell every socket but the user's own that the user came online or went offline.
+
+    An offline notice carries `last_seen` (protocol 1.1).
+    """
+    event: dict[str, Any] = {"type": "presence", "user": username, "online": online}
+    if not online and last_seen is not None:
+        event["last_seen"] = last_seen
     return Notice(
-        event={"type": "presence", "user": username, "online": online},
+        event=event,
         audience=Audience(everyone=True, exclude_username=username),
         presence=username,
     )
@@ -278,3 +284,24 @@ class AccessEnd:
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> AccessEnd:
         return cls(user_id=data["user_id"])
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """A `typing` event for the sockets of one user, named: sent to every worker.
+
+    The typist's worker knows the recipient's name, not their id, and typing
+    never asks the database.
+    """
+
+    type: ClassVar[str] = "chat.typing"
+    text: str
+    username: str
+
+    def layer_fields(self) -> dict[str, Any]:
+        return {"text": self.text, "username": self.username}
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Typing:
+        return cls(text=data["text"], username=data["username"])

@@ -61,6 +61,8 @@ class SocketIndex:
         self.by_user: dict[int, set[LocalSocket]] = {}
         self.groups_of: dict[int, set[int]] = {}
         self.members_here: dict[int, set[int]] = {}
+        # User id by username, for events addressed by name (typing).
+        self.user_named: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.by_user)
@@ -85,6 +87,7 @@ class SocketIndex:
         self.by_user.setdefault(conn.user_id, set()).add(conn)
         if first_here:
             self.groups_of[conn.user_id] = set(group_ids)
+            self.user_named[conn.username] = conn.user_id
         wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
         for group_id in self.groups_of[conn.user_id]:
             self.members_here.setdefault(group_id, set()).add(conn.user_id)
@@ -99,6 +102,7 @@ class SocketIndex:
         sockets.discard(conn)
         if not sockets:
             del self.by_user[conn.user_id]
+            self.user_named.pop(conn.username, None)
             for group_id in self.groups_of.pop(conn.user_id, set()):
                 self._forget_member(group_id, conn.user_id)
         return True

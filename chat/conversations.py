@@ -1,0 +1,297 @@
+"""A user's conversations, how far they have read each, and finding people and groups.
+
+A conversation is everyone (`all`), a group the user is in, or another user
+(or the user themself) they have exchanged a direct message with. Read
+positions are message ids in `ReadPosition`, keyed by `conversation_key`;
+they only move forward and never past the conversation's newest message.
+Plain synchronous functions over the ORM, called through the database thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models import Count, Max, Q
+
+from chat.accounts import is_guest_name
+from chat.messaging import message_json
+from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
+from chat.protocol import NO_SUCH_USER, NOT_MEMBER, Address, ChatError
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One conversation of a user, resolved: its key, its address, who else is in it."""
+
+    key: str
+    address: Address
+    # The other party of a direct conversation, or the group, by id.
+    peer_id: int | None = None
+    group_id: int | None = None
+
+    def messages(self, user_id: int) -> Any:
+        if self.address.kind == "user":
+            assert self.peer_id is not None
+            return Message.objects.between(user_id, self.peer_id)
+        if self.address.kind == "group":
+            assert self.group_id is not None
+            return Message.objects.in_group(self.group_id)
+        return Message.objects.broadcasts()
+
+
+def conversation_of(user: User, of: Address) -> Conversation:
+    """The conversation `of` names for `user`: `no_such_user` or `not_member` if none."""
+    if of.kind == "user":
+        user_model = get_user_model()
+        peer = (
+            user_model._default_manager.filter(**{user_model.USERNAME_FIELD: of.name})
+            .values_list("pk", user_model.USERNAME_FIELD)
+            .first()
+        )
+        if peer is None:
+            raise ChatError(NO_SUCH_USER, f"there is no user {of.name!r}")
+        return Conversation(f"user:{peer[0]}", Address("user", peer[1]), peer_id=peer[0])
+    if of.kind == "group":
+        group = (
+            ChatGroup.objects.filter(key=group_key(of.name), memberships__user_id=user.pk)
+            .values_list("pk", "name")
+            .first()
+        )
+        if group is None:
+            raise ChatError(NOT_MEMBER, f"you are not a member of group {of.name!r}")
+        return Conversation(f"group:{group[0]}", Address("group", group[1]), group_id=group[0])
+    return Conversation("all", Address("all"))
+
+
+# -- the conversation list ---------------------------------------------------
+
+
+def conversation_list(
+    *, user: User, before: tuple[int, str] | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
+    """A page of the user's conversations, newest last message first, and the next cursor.
+
+    `before` is the (last message id, key) of the last item of the previous
+    page; conversations with no message yet (a group just joined) come last.
+    """
+    newest: dict[str, tuple[int, Address, int | None, int | None]] = {}
+    newest["all"] = (
+        Message.objects.broadcasts().aggregate(m=Max("id"))["m"] or 0,
+        Address("all"),
+        None,
+        None,
+    )
+    for group_id, name, last in (
+        ChatGroup.objects.filter(memberships__user_id=user.pk)
+        .annotate(last=Max("messages__id"))
+        .values_list("pk", "name", "last")
+    ):
+        newest[f"group:{group_id}"] = (last or 0, Address("group", name), None, group_id)
+    user_model = get_user_model()
+    direct = Message.objects.filter(kind=Message.Kind.DIRECT)
+    peers: dict[int, int] = {}
+    for peer_id, last in (
+        direct.filter(sender_id=user.pk)
+        .values("recipient_id")
+        .annotate(last=Max("id"))
+        .values_list("recipient_id", "last")
+    ):
+        peers[peer_id] = max(peers.get(peer_id, 0), last)
+    for peer_id, last in (
+        direct.filter(recipient_id=user.pk)
+        .values("sender_id")
+        .annotate(last=Max("id"))
+        .values_list("sender_id", "last")
+    ):
+        peers[peer_id] = max(peers.get(peer_id, 0), last)
+    names = dict(
+        user_model._default_manager.filter(pk__in=peers).values_list(
+            "pk", user_model.USERNAME_FIELD
+        )
+    )
+    for peer_id, last in peers.items():
+        newest[f"user:{peer_id}"] = (last, Address("user", names[peer_id]), peer_id, None)
+
+    ordered = sorted(newest.items(), key=lambda item: (item[1][0], item[0]), reverse=True)
+    if before is not None:
+        ordered = [item for item in ordered if (item[1][0], item[0]) < before]
+    page, more = ordered[:limit], len(ordered) > limit
+    positions = dict(
+        ReadPosition.objects.filter(
+            user_id=user.pk, conversation__in=[key for key, _ in page]
+        ).values_list("conversation", "message_id")
+    )
+    last_messages = {
+        message.id: message
+        for message in Message.objects.filter(
+            id__in=[item[1][0] for item in page if item[1][0]]
+        ).select_related("sender", "recipient", "group")
+    }
+    items = []
+    for key, (last, address, peer, group) in page:
+        read_id = positions.get(key, 0)
+        conversation = Conversation(key, address, peer_id=peer, group_id=group)
+        unread = (
+            conversation.messages(user.pk)
+            .filter(id__gt=read_id)
+            .exclude(sender_id=user.pk)
+            .aggregate(n=Count("id"))["n"]
+            if last > read_id
+            else 0
+        )
+        message = last_messages.get(last)
+        items.append(
+            {
+                "of": address.as_json(),
+                "last": message_json(message) if message is not None else None,
+                "unread": unread,
+                "read_id": read_id,
+            }
+        )
+    cursor = (page[-1][1][0], page[-1][0]) if more and page else None
+    return items, cursor
+
+
+def encode_cursor(cursor: tuple[int, str]) -> str:
+    return f"{cursor[0]}:{cursor[1]}"
+
+
+def decode_cursor(text: str) -> tuple[int, str] | None:
+    """A cursor from `encode_cursor`, or None if `text` is not one."""
+    last, _, key = text.partition(":")
+    if not last.isascii() or not last.isdigit() or not key or len(text) > 64:
+        return None
+    return int(last), key
+
+
+# -- read positions ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    user: User
+    of: Address
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMove:
+    """Where a read request left the user's position, and whether it moved."""
+
+    conversation: Conversation
+    id: int
+    advanced: bool
+
+
+def read_positions_move(requests: Sequence[ReadRequest]) -> list[ReadMove | ChatError]:
+    """Move read positions forward, clamped to each conversation's newest message.
+
+    A batch (`chat.coalesce`) is written in one statement; the statement
+    keeps the larger of the stored and the new position, so two workers
+    moving one position at the same moment never move it back.
+    """
+    results: list[ReadMove | ChatError] = []
+    wanted: list[tuple[int, str, int]] = []
+    for request in requests:
+        try:
+            conversation = conversation_of(request.user, request.of)
+        except ChatError as error:
+            results.append(error)
+            continue
+        newest = conversation.messages(request.user.pk).aggregate(m=Max("id"))["m"] or 0
+        results.append(ReadMove(conversation, min(request.id, newest), False))
+        wanted.append((request.user.pk, conversation.key, min(request.id, newest)))
+    if not wanted:
+        return results
+    before = {
+        (user_id, key): message_id
+        for user_id, key, message_id in ReadPosition.objects.filter(
+            Q(*[Q(user_id=u, conversation=k) for u, k, _ in wanted], _connector=Q.OR)
+        ).values_list("user_id", "conversation", "message_id")
+    }
+    _upsert_positions(wanted)
+    answered: list[ReadMove | ChatError] = []
+    for request, result in zip(requests, results, strict=True):
+        if isinstance(result, ChatError):
+            answered.append(result)
+            continue
+        stored = before.get((request.user.pk, result.conversation.key), 0)
+        position = max(stored, result.id)
+        answered.append(ReadMove(result.conversation, position, position > stored))
+        # Later requests of the same batch see this one's position.
+        before[request.user.pk, result.conversation.key] = position
+    return answered
+
+
+def _upsert_positions(rows: list[tuple[int, str, int]]) -> None:
+    table = connection.ops.quote_name(ReadPosition._meta.db_table)
+    merged: dict[tuple[int, str], int] = {}
+    for user_id, key, message_id in rows:
+        merged[user_id, key] = max(merged.get((user_id, key), 0), message_id)
+    values = ", ".join(["(%s, %s, %s)"] * len(merged))
+    params = [
+        value
+        for (user_id, key), message_id in merged.items()
+        for value in (user_id, key, message_id)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (user_id, conversation, message_id) VALUES {values}"
+            " ON CONFLICT (user_id, conversation) DO UPDATE SET message_id = CASE"
+            f" WHEN excluded.message_id > {table}.message_id THEN excluded.message_id"
+            f" ELSE {table}.message_id END",
+            params,
+        )
+
+
+# -- finding people and groups -----------------------------------------------
+
+
+def users_matching(*, prefix: str, limit: int, online: frozenset[str]) -> list[tuple[str, bool]]:
+    """(username, online) of users whose name starts with `prefix` (any case), online first.
+
+    Guests are listed only while online.
+    """
+    user_model = get_user_model()
+    field = user_model.USERNAME_FIELD
+    people = user_model._default_manager.filter(is_active=True)
+    if prefix:
+        people = people.filter(**{f"{field}__istartswith": prefix})
+    folded = prefix.casefold()
+    online_here = sorted(name for name in online if name.casefold().startswith(folded))[:limit]
+    found = [(name, True) for name in online_here]
+    offline = people.exclude(**{f"{field}__in": online_here}).order_by(field)
+    for name in offline.values_list(field, flat=True)[: limit * 2]:
+        if len(found) >= limit:
+            break
+        if name in online or is_guest_name(name):
+            continue
+        found.append((name, False))
+    # An online name that is not a user any more (deleted a moment ago) is dropped.
+    known = set(
+        user_model._default_manager.filter(**{f"{field}__in": online_here}).values_list(
+            field, flat=True
+        )
+    )
+    return [(name, is_online) for name, is_online in found if not is_online or name in known]
+
+
+def groups_matching(*, user: User, prefix: str, limit: int) -> list[tuple[str, list[str], bool]]:
+    """(name, member usernames, is the user a member) of groups whose name starts with `prefix`."""
+    groups = ChatGroup.objects.all()
+    if prefix:
+        groups = groups.filter(key__startswith=group_key(prefix))
+    page = list(groups.order_by("key").values_list("pk", "name")[:limit])
+    members: dict[int, list[str]] = {pk: [] for pk, _ in page}
+    user_model = get_user_model()
+    for group_id, name in Membership.objects.filter(group_id__in=members).values_list(
+        "group_id", f"user__{user_model.USERNAME_FIELD}"
+    ):
+        members[group_id].append(name)
+    me = user.get_username()
+    return [(name, members[pk], me in members[pk]) for pk, name in page]
