@@ -357,7 +357,14 @@ async def test_last_socket_closing_is_announced_offline(hub, fake, alice, bob):
     assert await settle(hub, bob_tab) == []
 
     await hub.detach(second)
-    assert await settle(hub, bob_tab) == [{"type": "presence", "user": "alice", "online": False}]
+    [offline] = await settle(hub, bob_tab)
+    assert offline == {
+        "type": "presence",
+        "user": "alice",
+        "online": False,
+        "last_seen": offline["last_seen"],
+    }
+    assert await hub.presence.last_seen(["alice"]) == {"alice": offline["last_seen"]}
 
 
 async def test_session_end_closes_only_that_sessions_sockets(hub, fake, alice, bob):
