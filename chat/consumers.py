@@ -356,8 +356,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 class ChatConsumer(ChatSocket):
     """The JSON protocol of docs/protocol.md."""
 
-    # Commands that only read the database: each runs in a task of its own,
-    # alongside the socket's later commands (their replies carry `ref`).
+    # Commands that only read the database: one with a `ref` runs in a task
+    # of its own, alongside the socket's later commands.
     reads: frozenset[str] = frozenset({"history", "sync", "members"})
     # The read in progress, if any (most sockets never have one).
     _read: asyncio.Task[None] | None = None
@@ -389,11 +389,12 @@ class ChatConsumer(ChatSocket):
         except ChatError as error:
             await self.answer_error(error, ref)
             return
-        if command.type not in self.reads:
+        if ref is None or command.type not in self.reads:
             await self.answer(command, ref)
             return
-        # A read runs alongside the commands after it (one read at a time),
-        # so that a slow database read does not hold up this socket's ping.
+        # A read with a `ref` runs alongside the commands after it (one read
+        # at a time), so that a slow database read does not hold up this
+        # socket's ping. Without a `ref` answers keep their order.
         read = self._read
         if read is not None and not read.done():
             await asyncio.wait([read])

@@ -154,11 +154,15 @@ def assert_well_formed(event: Any) -> None:
 
 
 async def answers_to(client: ChatTestClient, send_frame) -> list[dict[str, Any]]:
-    """Send one frame, then a ping; every event that came before the pong."""
+    """Send one frame, then a sync for nothing; every event that came before its reply.
+
+    A read with a `ref` may be answered after later commands, but never
+    after a later read: the sync is answered after whatever the frame caused.
+    """
     await send_frame()
     sentinel = f"sentinel-{uuid.uuid4().hex}"
-    await client.send(type="ping", ref=sentinel)
-    await client.expect("pong", ref=sentinel)
+    await client.send(type="sync", since=protocol.MAX_ID, ref=sentinel)
+    await client.expect("sync", ref=sentinel)
     events = list(client.inbox)
     client.inbox.clear()
     assert not client.closed
