@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 
 from chat.models import ChatGroup, Connection, Membership, Message
@@ -81,6 +81,10 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ("body", "sender__username", "recipient__username", "group__name")
     list_select_related = ("sender", "recipient", "group")
 
+    class Media:
+        # Keeps the short columns on one line so the body gets the row's width.
+        css = {"all": ("chat/admin.css",)}
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
         """Direct messages only for those allowed to read them (list, search, detail)."""
         messages = super().get_queryset(request)
@@ -112,11 +116,33 @@ class ConnectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        """A row mirrors a live socket: deleting it would not close the socket.
+
+        "Log out everywhere" on a user closes their sockets for real.
+        """
+        return False
+
 
 class ChatUserAdmin(UserAdmin):  # type: ignore[type-arg]
-    """Django's user admin, plus ending a user's sessions and sockets everywhere."""
+    """Django's user admin, plus who is online and ending a user's sessions and sockets."""
 
     actions = ("log_out_everywhere",)
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "online")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        users: QuerySet[Any] = (
+            super()
+            .get_queryset(request)
+            .annotate(
+                has_connection=Exists(Connection.objects.filter(user_id=OuterRef("pk"))),
+            )
+        )
+        return users
+
+    @admin.display(description="online", boolean=True, ordering="has_connection")
+    def online(self, user: Any) -> bool:
+        return bool(user.has_connection)
 
     @admin.action(description="Log out everywhere (end every session, close every socket)")
     def log_out_everywhere(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

@@ -30,7 +30,8 @@ class ChatGroup(models.Model):
 
     class Meta:
         ordering = ["name"]
-        verbose_name = "group"
+        # "chat group": the admin also lists Django's permission groups as "Groups".
+        verbose_name = "chat group"
 
     def __str__(self) -> str:
         return self.name

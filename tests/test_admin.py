@@ -265,8 +265,42 @@ def test_admin_index_lists_the_chat_models(admin):
 
     assert response.status_code == 200
     page = response.content.decode()
-    for name in ("Groups", "Memberships", "Messages", "Online connections"):
+    for name in ("Chat groups", "Memberships", "Messages", "Online connections"):
         assert name in page
+
+
+def test_chat_groups_and_permission_groups_have_different_names(admin):
+    page = admin.get(reverse("admin:index")).content.decode()
+
+    chat_groups = f'href="{changelist("chatgroup")}">'
+    permission_groups = f'href="{reverse("admin:auth_group_changelist")}">'
+    assert page.split(chat_groups)[1].split("<")[0] == "Chat groups"
+    assert page.split(permission_groups)[1].split("<")[0] == "Groups"
+
+
+def test_online_connections_offer_no_delete_that_leaves_sockets_open(admin, group_a):
+    response = admin.get(changelist("connection"))
+
+    assert "delete_selected" not in response.content.decode()
+    assert "delete_selected" not in response.context["cl"].model_admin.get_actions(
+        response.wsgi_request
+    )
+    connection = Connection.objects.get(connection_id="c1")
+    delete = admin.post(
+        reverse("admin:chat_connection_delete", args=[connection.pk]), {"post": "yes"}
+    )
+    assert delete.status_code == 403
+    assert Connection.objects.filter(connection_id="c1").exists()
+
+
+def test_user_list_says_who_is_online(admin, group_a, alice, bob, carol):
+    response = admin.get(reverse("admin:auth_user_changelist"))
+
+    assert response.status_code == 200
+    online = {user.username: bool(user.has_connection) for user in listed(response)}
+    assert online == {"root": False, "alice": True, "bob": False, "carol": True}
+    ordered = admin.get(reverse("admin:auth_user_changelist"), {"o": "-6"})
+    assert ordered.status_code == 200
 
 
 # -- who may read direct messages ----------------------------------------------
