@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,86 +14,172 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ChatGroup',
+            name="ChatGroup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name': 'group',
-                'ordering': ['name'],
+                "verbose_name": "group",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Connection',
+            name="Connection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('worker', models.CharField(db_index=True, max_length=100)),
-                ('connection_id', models.CharField(max_length=150, unique=True)),
-                ('endpoint', models.CharField(default='json', max_length=20)),
-                ('opened_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chat_connections', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("worker", models.CharField(db_index=True, max_length=100)),
+                ("connection_id", models.CharField(max_length=150, unique=True)),
+                ("endpoint", models.CharField(default="json", max_length=20)),
+                ("opened_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="chat_connections",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'online connection',
-                'ordering': ['user__username', 'opened_at'],
+                "verbose_name": "online connection",
+                "ordering": ["user__username", "opened_at"],
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('joined_at', models.DateTimeField(auto_now_add=True)),
-                ('group', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='chat.chatgroup')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chat_memberships', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("joined_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "group",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="chat.chatgroup",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="chat_memberships",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['group__name', 'user__username'],
+                "ordering": ["group__name", "user__username"],
             },
         ),
         migrations.AddField(
-            model_name='chatgroup',
-            name='members',
-            field=models.ManyToManyField(related_name='chat_groups', through='chat.Membership', to=settings.AUTH_USER_MODEL),
+            model_name="chatgroup",
+            name="members",
+            field=models.ManyToManyField(
+                related_name="chat_groups", through="chat.Membership", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('direct', 'Direct'), ('group', 'Group'), ('all', 'All')], max_length=6)),
-                ('body', models.TextField()),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='chat.chatgroup')),
-                ('recipient', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='received_messages', to=settings.AUTH_USER_MODEL)),
-                ('sender', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sent_messages', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("direct", "Direct"), ("group", "Group"), ("all", "All")],
+                        max_length=6,
+                    ),
+                ),
+                ("body", models.TextField()),
+                ("created_at", models.DateTimeField(db_index=True)),
+                (
+                    "group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="chat.chatgroup",
+                    ),
+                ),
+                (
+                    "recipient",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="received_messages",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "sender",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="sent_messages",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='membership',
-            constraint=models.UniqueConstraint(fields=('group', 'user'), name='unique_membership'),
+            model_name="membership",
+            constraint=models.UniqueConstraint(fields=("group", "user"), name="unique_membership"),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['kind', 'id'], name='message_kind_id'),
+            model_name="message",
+            index=models.Index(fields=["kind", "id"], name="message_kind_id"),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['group', 'id'], name='message_group_id'),
+            model_name="message",
+            index=models.Index(fields=["group", "id"], name="message_group_id"),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['recipient', 'id'], name='message_recipient_id'),
+            model_name="message",
+            index=models.Index(fields=["recipient", "id"], name="message_recipient_id"),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['sender', 'id'], name='message_sender_id'),
+            model_name="message",
+            index=models.Index(fields=["sender", "id"], name="message_sender_id"),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('group__isnull', True), ('kind', 'direct'), ('recipient__isnull', False)), models.Q(('group__isnull', False), ('kind', 'group'), ('recipient__isnull', True)), models.Q(('group__isnull', True), ('kind', 'all'), ('recipient__isnull', True)), _connector='OR'), name='message_has_one_audience'),
+            model_name="message",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("group__isnull", True), ("kind", "direct"), ("recipient__isnull", False)
+                    ),
+                    models.Q(
+                        ("group__isnull", False), ("kind", "group"), ("recipient__isnull", True)
+                    ),
+                    models.Q(("group__isnull", True), ("kind", "all"), ("recipient__isnull", True)),
+                    _connector="OR",
+                ),
+                name="message_has_one_audience",
+            ),
         ),
     ]

@@ -4,14 +4,16 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='message',
-            options={'ordering': ['id'], 'permissions': [('view_direct_message', 'Can read direct messages')]},
+            name="message",
+            options={
+                "ordering": ["id"],
+                "permissions": [("view_direct_message", "Can read direct messages")],
+            },
         ),
     ]

@@ -16,7 +16,10 @@ def record_existing_names(apps, schema_editor):
     for user_id, name in User.objects.values_list("pk", "username").iterator(chunk_size=2000):
         if name.lower().startswith("guest-"):
             continue
-        for each in {str(checker.getSkeleton(0, name)), str(checker.getSkeleton(0, name.casefold()))}:
+        for each in {
+            str(checker.getSkeleton(0, name)),
+            str(checker.getSkeleton(0, name.casefold())),
+        }:
             rows.append(NameSkeleton(user_id=user_id, skeleton=each))
         if len(rows) >= 2000:
             NameSkeleton.objects.bulk_create(rows)
@@ -25,22 +28,37 @@ def record_existing_names(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0002_message_view_direct_message_permission'),
+        ("chat", "0002_message_view_direct_message_permission"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='NameSkeleton',
+            name="NameSkeleton",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('skeleton', models.CharField(db_index=True, max_length=1000)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='name_skeletons', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("skeleton", models.CharField(db_index=True, max_length=1000)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="name_skeletons",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('user', 'skeleton'), name='name_skeleton_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("user", "skeleton"), name="name_skeleton_unique"
+                    )
+                ],
             },
         ),
         migrations.RunPython(record_existing_names, migrations.RunPython.noop),
