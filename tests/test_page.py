@@ -158,7 +158,7 @@ def test_server_errors_are_shown_in_place(chat_user):
     assert dialogs == []
 
 
-def test_rate_limit_is_explained_and_the_text_kept(chat_user):
+def test_rate_limit_is_explained_and_the_message_kept_in_place(chat_user):
     strict = Worker(
         browser_worker_env(CHAT_RATE_BURST="1", CHAT_RATE_PER_SECOND="0.01"), name="strict"
     ).start()
@@ -167,9 +167,9 @@ def test_rate_limit_is_explained_and_the_text_kept(chat_user):
         send(alice.page, "first")
         expect(message_with(alice.page, "first")).to_be_visible()
         send(alice.page, "second, too soon")
-        expect(alice.page.locator("#send-error")).to_have_text(re.compile("too fast"))
-        expect(alice.page.locator("#body")).to_have_value("second, too soon")
-        expect(message_with(alice.page, "second")).to_have_count(0)
+        unsent = alice.page.locator("#message-list li.unsent", has_text="second, too soon")
+        expect(unsent.locator(".unsent-note")).to_have_text(re.compile("Not sent: .*too fast"))
+        expect(alice.page.locator("#message-list li.message:not(.unsent)")).to_have_count(1)
     finally:
         strict.stop()
 

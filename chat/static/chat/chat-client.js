@@ -177,6 +177,11 @@
       }
     }
 
+    /** Send a command that gets no reply (`typing`); dropped while disconnected. */
+    send(command) {
+      if (this.connected) this.socket.send(JSON.stringify(command));
+    }
+
     /** Send a command with a fresh `ref`; resolves with the reply that carries it. */
     request(command) {
       const ref = String(this.nextRef++);

@@ -39,7 +39,7 @@
 
   function keyOf(address) {
     if (address.all) return "all";
-    if (address.group !== undefined) return "group:" + address.group;
+    if (address.group !== undefined) return "group:" + address.group.toLowerCase();
     return "user:" + address.user;
   }
 
@@ -54,7 +54,9 @@
     let conv = state.conversations.get(key);
     if (!conv) {
       conv = {key, address, messages: new Map(), unread: 0, loaded: false, complete: false,
-        loading: false, members: null, error: "", draft: ""};
+        loading: false, members: null, error: "", draft: "",
+        // Protocol 1.1: the server's read position, the newest message, who typed, who read.
+        readId: 0, last: null, typing: new Map(), seen: new Map(), unsent: []};
       state.conversations.set(key, conv);
     }
     return conv;
@@ -116,8 +118,29 @@
       type: "button", className: "conv-link" + (conv.unread ? " has-unread" : ""),
       dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
       onclick: () => openConversation(address),
-    }, extra.icon, el("span", {className: "conv-name", text: label}), extra.status || null, badge(conv.unread));
+    }, extra.icon, el("span", {className: "conv-text"}, el("span", {className: "conv-name", text: label}),
+      typingOrPreview(conv)), extra.status || null, badge(conv.unread));
     return el("li", {className: isOpen ? "active" : ""}, button);
+  }
+
+  /** "bob is typing…" or the last message (sender and first line) for a sidebar entry. */
+  function typingOrPreview(conv) {
+    if (conv.typing && conv.typing.size) {
+      return el("span", {className: "conv-preview typing-note", text: typingText(conv)});
+    }
+    const last = conv.last;
+    if (!last) return null;
+    const line = last.body.split("\n")[0];
+    return el("span", {className: "conv-preview"},
+      el("bdi", {text: (last.from === me ? "You" : last.from) + ": "}),
+      el("bdi", {dir: "auto", text: line.length > 60 ? line.slice(0, 60) + "…" : line}));
+  }
+
+  function typingText(conv) {
+    const names = [...conv.typing.keys()];
+    if (!names.length) return "";
+    if (names.length === 1) return names[0] + " is typing…";
+    return names.slice(0, -1).join(", ") + " and " + names[names.length - 1] + " are typing…";
   }
 
   function renderSidebar() {
@@ -131,11 +154,16 @@
     // People: everyone online, plus anyone with a direct conversation here.
     const people = new Set([...state.online].filter((u) => u !== me));
     for (const conv of state.conversations.values()) {
-      const talked = conv.messages.size > 0 || conv.key === state.openKey;
+      const talked = conv.messages.size > 0 || conv.last !== null || conv.key === state.openKey;
       if (conv.address.user !== undefined && conv.address.user !== me && talked) people.add(conv.address.user);
     }
     const sorted = [...people].sort((a, b) =>
       (state.online.has(b) - state.online.has(a)) || a.localeCompare(b));
+    const lastId = (u) => {
+      const conv = state.conversations.get("user:" + u);
+      return conv && conv.last ? conv.last.id : 0;
+    };
+    sorted.sort((a, b) => lastId(b) - lastId(a));
     $("people-list").replaceChildren(...sorted.map((u) => {
       const online = state.online.has(u);
       const icon = el("span", {className: "avatar-wrap"}, avatar(u, "small"),
@@ -152,6 +180,7 @@
 
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
     document.title = (unread ? `(${unread}) ` : "") + "Chat";
+    if (document.hidden && unread) document.title = `(${unread}) Chat`;
   }
 
   // -- conversation pane -------------------------------------------------------
@@ -166,6 +195,22 @@
     if (date.toDateString() === today.toDateString()) return "Today";
     if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
     return dayFormat.format(date);
+  }
+
+  /** Text nodes, with http(s) links as anchors; nothing else becomes markup. */
+  function linkified(text) {
+    const parts = [];
+    let rest = 0;
+    for (const match of text.matchAll(/\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/gi)) {
+      let url;
+      try { url = new URL(match[0]); } catch (e) { continue; }
+      if (url.protocol !== "http:" && url.protocol !== "https:") continue;
+      parts.push(document.createTextNode(text.slice(rest, match.index)));
+      parts.push(el("a", {href: url.href, target: "_blank", rel: "noopener noreferrer", text: match[0]}));
+      rest = match.index + match[0].length;
+    }
+    parts.push(document.createTextNode(text.slice(rest)));
+    return parts;
   }
 
   function messageItem(m, previous) {
@@ -187,7 +232,7 @@
     }
     // dir=auto isolates the text: a right-to-left override in it cannot
     // reorder the name, time or messages around it.
-    item.append(el("div", {className: "body", dir: "auto", text: m.body}));
+    item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body)));
     return item;
   }
 
@@ -199,16 +244,28 @@
     const messages = [...conv.messages.values()].sort((a, b) => a.id - b.id);
     const items = [];
     let previous = null;
+    const divider = conv.dividerAt === undefined ? null : conv.dividerAt;
+    let dividerShown = false;
     for (const m of messages) {
       const day = new Date(m.ts).toDateString();
       if (!previous || new Date(previous.ts).toDateString() !== day) {
         items.push(el("li", {className: "day", role: "separator"}, el("span", {text: dayLabel(new Date(m.ts))})));
         previous = null;
       }
+      if (divider !== null && !dividerShown && m.id > divider && m.from !== me) {
+        dividerShown = true;
+        items.push(el("li", {className: "new-divider", id: "new-divider", role: "separator"},
+          el("span", {text: "New messages"})));
+        previous = null;
+      }
       items.push(messageItem(m, previous));
       previous = m;
     }
+    const seen = seenLine(conv, messages);
+    if (seen) items.push(seen);
+    for (const pending of conv.unsent) items.push(unsentItem(conv, pending));
     $("message-list").replaceChildren(...items);
+    $("jump-unread").hidden = !dividerShown;
     $("empty-conversation").hidden = !(conv.loaded && messages.length === 0 && !conv.error);
     let status = "";
     if (conv.error) status = conv.error;
@@ -217,6 +274,27 @@
     $("history-status").textContent = status;
     $("history-status").className = "history-status" + (conv.error ? " error" : "");
     box.scrollTop = atBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
+  }
+
+  /** "Seen" under one's own last direct message once read; "Seen by N" in groups. */
+  function seenLine(conv, messages) {
+    const mine = messages.filter((m) => m.from === me);
+    if (!mine.length || conv.address.all) return null;
+    const lastMine = mine[mine.length - 1].id;
+    const readers = [...conv.seen.entries()].filter(([user, id]) => user !== me && id >= lastMine);
+    if (!readers.length) return null;
+    const text = conv.address.group !== undefined ? `Seen by ${readers.length}` : "Seen";
+    return el("li", {className: "seen", title: readers.map(([u]) => u).join(", "), text});
+  }
+
+  function unsentItem(conv, pending) {
+    const retry = el("button", {type: "button", className: "link", text: "Retry",
+      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); sendBody(conv, pending.body); }});
+    const discard = el("button", {type: "button", className: "link", text: "Discard",
+      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); }});
+    return el("li", {className: "message own unsent"},
+      el("div", {className: "body", dir: "auto", text: pending.body}),
+      el("p", {className: "unsent-note"}, el("span", {text: "Not sent: " + pending.reason + " "}), retry, discard));
   }
 
   function renderMembers() {
@@ -309,7 +387,9 @@
     const previous = state.conversations.get(state.openKey);
     if (previous) previous.draft = $("body").value;
     state.openKey = conv.key;
+    conv.dividerAt = conv.unread ? conv.readId : null;
     conv.unread = 0;
+    markRead(conv);
     $("body").value = conv.draft;
     showError($("send-error"), "");
     $("app").dataset.view = "conversation";
@@ -322,6 +402,39 @@
     if (!conv.loaded) loadHistory(conv);
     loadMembers(conv);
     if (window.matchMedia("(min-width: 721px)").matches) $("body").focus();
+  }
+
+  /** Tell the server how far this conversation is read (every tab and device follows). */
+  function markRead(conv) {
+    const ids = [...conv.messages.keys()];
+    const newest = Math.max(conv.last ? conv.last.id : 0, ids.length ? Math.max(...ids) : 0);
+    if (!newest || newest <= conv.readId || !client.connected) return;
+    conv.readId = newest;
+    client.request({type: "read", of: conv.address, id: newest}).catch(() => {});
+  }
+
+  /** Conversations, unread counts and read positions from the server (after every hello). */
+  async function loadConversations() {
+    let before = null;
+    for (let page = 0; page < 10; page++) {
+      const command = {type: "conversations", limit: 100};
+      if (before) command.before = before;
+      let reply;
+      try { reply = await client.request(command); } catch (error) { return; }
+      for (const item of reply.items) {
+        const conv = conversation(item.of);
+        conv.address = item.of;
+        conv.last = item.last;
+        conv.readId = Math.max(conv.readId, item.read_id);
+        conv.unread = isShowing(conv) ? 0 : item.unread;
+        if (item.last) conv.messages.size && conv.messages.set(item.last.id, item.last);
+      }
+      if (!reply.more) break;
+      before = reply.next;
+    }
+    const open = state.conversations.get(state.openKey);
+    if (open && isShowing(open)) markRead(open);
+    renderSidebar();
   }
 
   /** Whether the conversation pane is on screen (on a phone the list may cover it). */
@@ -362,6 +475,9 @@
         loadMembers(conv);
       }
     }
+    showError($("send-error"), "");
+    showError($("join-error"), "");
+    loadConversations();
     renderSidebar();
     renderHeader();
   });
@@ -369,8 +485,14 @@
   client.on("message", (m) => {
     const conv = conversation(addressOfMessage(m));
     conv.messages.set(m.id, m);
-    if (state.openKey === conv.key) renderMessages();
-    if (m.from !== me && !isShowing(conv)) conv.unread += 1;
+    if (!conv.last || m.id > conv.last.id) conv.last = m;
+    conv.typing.delete(m.from);
+    if (m.from !== me && !isShowing(conv) && m.id > conv.readId) {
+      conv.unread += 1;
+      notify(conv, m);
+    }
+    if (isShowing(conv) && !document.hidden) markRead(conv);
+    if (state.openKey === conv.key) { renderMessages(); renderTyping(); }
     renderSidebar();
   });
 
@@ -380,18 +502,68 @@
     if (state.openKey) { renderHeader(); renderMembers(); }
   });
 
+  client.on("read", (r) => {
+    const conv = conversation(r.of);
+    if (r.id <= conv.readId && !conv.unread) return;
+    conv.readId = Math.max(conv.readId, r.id);
+    const newest = conv.last ? conv.last.id : 0;
+    conv.unread = r.id >= newest ? 0
+      : [...conv.messages.values()].filter((m) => m.id > conv.readId && m.from !== me).length;
+    renderSidebar();
+  });
+
+  client.on("receipt", (r) => {
+    const conv = conversation(r.of);
+    conv.seen.set(r.user, Math.max(conv.seen.get(r.user) || 0, r.id));
+    if (state.openKey === conv.key) renderMessages();
+  });
+
+  // Typing: shown for 6 s after the last notice, or until that person's message arrives.
+  client.on("typing", (t) => {
+    const conv = conversation(t.to);
+    clearTimeout(conv.typing.get(t.user));
+    conv.typing.set(t.user, setTimeout(() => {
+      conv.typing.delete(t.user);
+      renderTyping();
+      renderSidebar();
+    }, 6000));
+    renderTyping();
+    renderSidebar();
+  });
+
+  function renderTyping() {
+    const conv = state.conversations.get(state.openKey);
+    $("typing").textContent = conv ? typingText(conv) : "";
+  }
+
+  // -- desktop notifications and the title badge (opt-in) ---------------------
+
+  function notify(conv, m) {
+    if (!document.hidden || conv.address.user === undefined) return;
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    if (localStorage.getItem("chat-notify") !== "on") return;
+    const note = new Notification(m.from, {body: m.body.slice(0, 200), tag: conv.key});
+    note.onclick = () => { window.focus(); openConversation(conv.address); note.close(); };
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    const conv = state.conversations.get(state.openKey);
+    if (!document.hidden && conv && isShowing(conv)) { conv.unread = 0; markRead(conv); }
+    renderSidebar();
+  });
+
   function membershipChanged(event, joined) {
     if (event.user === me) {
       if (joined && !state.groups.includes(event.group)) state.groups.push(event.group);
       if (!joined) {
         state.groups = state.groups.filter((g) => g !== event.group);
-        const conv = state.conversations.get("group:" + event.group);
+        const conv = state.conversations.get(keyOf({group: event.group}));
         if (conv) { conv.loaded = false; conv.complete = false; conv.messages.clear(); conv.unread = 0; }
-        if (state.openKey === "group:" + event.group) openConversation({all: true});
+        if (state.openKey === keyOf({group: event.group})) openConversation({all: true});
       }
       renderSidebar();
     }
-    const conv = state.conversations.get("group:" + event.group);
+    const conv = state.conversations.get(keyOf({group: event.group}));
     if (conv && state.openKey === conv.key) loadMembers(conv);
   }
   client.on("joined", (e) => membershipChanged(e, true));
@@ -420,21 +592,44 @@
     conv.draft = "";
     autosize();
     showError($("send-error"), "");
+    await sendBody(conv, body);
+  }
+
+  const KEPT_ERRORS = new Set(["rate_limited", "unavailable", "not_connected", "disconnected", "timeout"]);
+
+  /** Send; a refusal the user can retry keeps the message in place, marked "not sent". */
+  async function sendBody(conv, body) {
     try {
       await client.request({type: "send", to: conv.address, body});
     } catch (error) {
+      if (KEPT_ERRORS.has(error.code)) {
+        conv.unsent.push({body, reason: describeError(error)});
+        if (state.openKey === conv.key) renderMessages();
+        return;
+      }
       if (state.openKey === conv.key) {
         showError($("send-error"), describeError(error));
-        if (!box.value) { box.value = body; autosize(); }
+        if (!$("body").value) { $("body").value = body; autosize(); }
       } else if (!conv.draft) conv.draft = body;
     }
+  }
+
+  let typingSentAt = 0;
+  function sendTyping() {
+    const conv = state.conversations.get(state.openKey);
+    if (!conv || conv.address.all || !client.connected || !$("body").value.trim()) return;
+    if (conv.address.user === me) return;
+    const now = Date.now();
+    if (now - typingSentAt < 3000) return;
+    typingSentAt = now;
+    client.send({type: "typing", to: conv.address});
   }
 
   $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
   $("body").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
   });
-  $("body").addEventListener("input", () => { autosize(); showError($("send-error"), ""); });
+  $("body").addEventListener("input", () => { autosize(); showError($("send-error"), ""); sendTyping(); });
 
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -446,6 +641,7 @@
       if (!state.groups.includes(reply.group)) state.groups.push(reply.group);
       $("join-name").value = "";
       openConversation({group: reply.group});
+      showError($("join-note"), reply.created ? `Created # ${reply.group}.` : `Joined # ${reply.group}.`);
     } catch (error) {
       showError($("join-error"), describeError(error));
     }
@@ -471,6 +667,24 @@
     const conv = state.conversations.get(state.openKey);
     if (conv && conv.loaded && $("messages").scrollTop < 120) loadHistory(conv);
   });
+
+  $("jump-unread").addEventListener("click", () => {
+    const divider = $("new-divider");
+    if (divider) divider.scrollIntoView({block: "start"});
+  });
+  $("notify-toggle").addEventListener("click", async () => {
+    if (!("Notification" in window)) return;
+    const on = localStorage.getItem("chat-notify") === "on";
+    if (on) localStorage.setItem("chat-notify", "off");
+    else if ((await Notification.requestPermission()) === "granted") localStorage.setItem("chat-notify", "on");
+    renderNotifyToggle();
+  });
+  function renderNotifyToggle() {
+    const on = localStorage.getItem("chat-notify") === "on";
+    $("notify-toggle").textContent = on ? "Notifications on" : "Notify me";
+    $("notify-toggle").setAttribute("aria-pressed", String(on));
+  }
+  renderNotifyToggle();
 
   $("back").addEventListener("click", () => { $("app").dataset.view = "list"; renderSidebar(); });
   $("retry").addEventListener("click", () => client.retryNow());

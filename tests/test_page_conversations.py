@@ -1,0 +1,154 @@
+"""The page's protocol 1.1 features in a real Chromium against a real daphne:
+conversations from the server, unread across tabs and reloads, typing,
+receipts, unsent messages kept with retry, group names ignoring case.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, expect
+
+from tests.browser import TIMEOUT, ChatUser, browser_worker_env, open_direct, screenshot, send
+from tests.servers import Worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def send_over_socket(page: Page, to: dict, body: str) -> None:
+    """Send through the page's client (to someone offline, before a picker exists)."""
+    reply = page.evaluate(
+        "([to, body]) => window.chatPage.client.request({type: 'send', to, body})", [to, body]
+    )
+    assert reply["type"] == "ack", reply
+
+
+def person(page: Page, name: str):
+    return page.locator(f"#people-list li[data-user='{name}']")
+
+
+def test_an_offline_direct_message_shows_after_login_with_its_badge(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    alice.page.close()
+    expect(person(bob.page, "alice")).to_have_count(0, timeout=TIMEOUT * 1000)
+
+    send_over_socket(bob.page, {"user": "alice"}, "while you were out")
+    send_over_socket(bob.page, {"user": "alice"}, "call me http://example.com/x?y=1")
+
+    page = alice.open_page()
+    entry = person(page, "bob")
+    expect(entry.locator(".badge")).to_have_text("2")
+    expect(entry.locator(".conv-preview")).to_contain_text("call me")
+    expect(page).to_have_title("(2) Chat")
+    screenshot(page, "desktop-offline-dm-badge")
+    open_direct(ChatUser("alice", alice.context, page), "bob")
+    link = page.locator("#message-list .body a")
+    expect(link).to_have_attribute("href", "http://example.com/x?y=1")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    expect(page.locator("#new-divider")).to_be_visible()
+    expect(entry.locator(".badge")).to_have_count(0)
+
+
+def test_unread_survives_a_reload_and_agrees_between_two_tabs(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    second_tab = alice.open_page()
+    expect(second_tab.locator("#connection")).to_have_attribute("data-state", "online")
+
+    send_over_socket(bob.page, {"user": "alice"}, "hello twice")
+    for page in (alice.page, second_tab):
+        expect(person(page, "bob").locator(".badge")).to_have_text("1")
+    second_tab.reload()
+    expect(person(second_tab, "bob").locator(".badge")).to_have_text("1")
+
+    open_direct(alice, "bob")
+    expect(person(second_tab, "bob").locator(".badge")).to_have_count(0)
+    second_tab.reload()
+    expect(person(second_tab, "bob")).to_be_visible()
+    expect(person(second_tab, "bob").locator(".badge")).to_have_count(0)
+    expect(second_tab).to_have_title("Chat")
+
+
+def test_typing_shows_and_clears_and_seen_appears(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    open_direct(bob, "alice")
+
+    bob.page.locator("#body").fill("I am writ")
+    expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+    expect(person(alice.page, "bob").locator(".typing-note")).to_have_count(0)  # open here
+    screenshot(alice.page, "desktop-typing")
+    bob.page.locator("#body").press("Enter")
+    expect(
+        alice.page.locator("#message-list li.message .body", has_text="I am writ")
+    ).to_be_visible()
+    expect(alice.page.locator("#typing")).to_have_text("")
+
+    send(alice.page, "did you see this?")
+    expect(alice.page.locator("#message-list li.seen")).to_have_text("Seen")
+    screenshot(alice.page, "desktop-seen")
+
+
+def test_a_rate_limited_message_stays_with_a_working_retry_and_discard(chat_user):
+    strict = Worker(
+        browser_worker_env(CHAT_RATE_BURST="1", CHAT_RATE_PER_SECOND="0.5"), name="strict"
+    ).start()
+    try:
+        alice = chat_user("alice", server=strict)
+        page = alice.page
+        send(page, "first")
+        send(page, "second, too soon")
+        unsent = page.locator("#message-list li.unsent", has_text="second, too soon")
+        expect(unsent).to_be_visible()
+        expect(unsent.locator(".unsent-note")).to_contain_text("Not sent")
+        expect(page.locator("#body")).to_have_value("")
+        screenshot(page, "desktop-unsent")
+        sent = page.locator("#message-list li.message:not(.unsent) .body", has_text="second")
+        for _ in range(10):
+            page.locator("#message-list li.unsent").first.get_by_role(
+                "button", name="Retry"
+            ).click()
+            try:
+                expect(sent).to_be_visible(timeout=2500)
+                break
+            except AssertionError:
+                continue
+        expect(sent).to_be_visible()
+        expect(page.locator("#message-list li.unsent")).to_have_count(0)
+
+        send(page, "third, discarded")
+        send(page, "fourth, discarded")
+        discarded = page.locator("#message-list li.unsent")
+        expect(discarded.first).to_be_visible()
+        while discarded.count():
+            try:
+                discarded.first.get_by_role("button", name="Discard").click(timeout=2000)
+            except PlaywrightError:
+                break
+        expect(page.locator("#message-list li.unsent")).to_have_count(0)
+    finally:
+        strict.stop()
+
+
+def test_groups_differing_only_in_case_are_one_group(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    alice.page.locator("#join-name").fill("Design Team")
+    alice.page.get_by_role("button", name="Join", exact=True).click()
+    expect(alice.page.locator("#join-note")).to_have_text("Created # Design Team.")
+
+    bob.page.locator("#join-name").fill("design team")
+    bob.page.get_by_role("button", name="Join", exact=True).click()
+    expect(bob.page.locator("#conv-title")).to_have_text("# Design Team")
+    expect(bob.page.locator("#join-note")).to_have_text("Joined # Design Team.")
+    send(bob.page, "one group")
+    expect(
+        alice.page.locator("#message-list li.message .body", has_text="one group")
+    ).to_be_visible()
+    expect(alice.page.locator("#group-list li")).to_have_count(1)
+    expect(bob.page.locator("#group-list li")).to_have_text(re.compile("Design Team"))
+    screenshot(bob.page, "desktop-group-case")
