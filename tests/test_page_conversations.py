@@ -152,3 +152,27 @@ def test_groups_differing_only_in_case_are_one_group(chat_user):
     expect(alice.page.locator("#group-list li")).to_have_count(1)
     expect(bob.page.locator("#group-list li")).to_have_text(re.compile("Design Team"))
     screenshot(bob.page, "desktop-group-case")
+
+
+def test_the_picker_finds_offline_people_with_last_seen_and_browse_finds_groups(chat_user):
+    alice = chat_user("alice")
+    carol = chat_user("carol")
+    carol.page.locator("#join-name").fill("Readers")
+    carol.page.get_by_role("button", name="Join", exact=True).click()
+    expect(carol.page.locator("#conv-title")).to_have_text("# Readers")
+    carol.page.close()
+    expect(person(alice.page, "carol")).to_have_count(0)
+
+    alice.page.locator("#people-search").fill("CA")
+    found = alice.page.locator("#people-results li[data-user='carol']")
+    expect(found).to_contain_text(re.compile("last seen"))
+    screenshot(alice.page, "desktop-people-picker")
+    found.get_by_role("button").click()
+    expect(alice.page.locator("#conv-title")).to_have_text("carol")
+
+    alice.page.locator("#join-name").fill("rea")
+    group = alice.page.locator("#group-results li[data-group='Readers']")
+    expect(group).to_contain_text("1 member, 0 online")
+    group.get_by_role("button").click()
+    expect(alice.page.locator("#conv-title")).to_have_text("# Readers")
+    expect(alice.page.locator("#join-note")).to_have_text("Joined # Readers.")

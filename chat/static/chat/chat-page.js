@@ -668,6 +668,65 @@
     if (conv && conv.loaded && $("messages").scrollTop < 120) loadHistory(conv);
   });
 
+  // -- finding people and groups -------------------------------------------
+
+  const relativeFormat = new Intl.RelativeTimeFormat(undefined, {numeric: "auto"});
+  function lastSeenText(iso) {
+    if (!iso) return "offline";
+    const minutes = Math.round((Date.parse(iso) - Date.now()) / 60000);
+    if (minutes > -60) return "last seen " + relativeFormat.format(minutes, "minute");
+    if (minutes > -60 * 24) return "last seen " + relativeFormat.format(Math.round(minutes / 60), "hour");
+    return "last seen " + relativeFormat.format(Math.round(minutes / 1440), "day");
+  }
+
+  let searchTimer = null;
+  function debounced(run) {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(run, 200);
+  }
+
+  async function searchPeople() {
+    const q = $("people-search").value.trim();
+    if (!q || !client.connected) { $("people-results").replaceChildren(); return; }
+    let reply;
+    try { reply = await client.request({type: "users", q, limit: 10}); } catch (error) { return; }
+    if ($("people-search").value.trim() !== q) return;
+    $("people-results").replaceChildren(...reply.users.filter((u) => u.user !== me).map((u) =>
+      el("li", {dataset: {user: u.user}}, el("button", {type: "button", className: "conv-link",
+        onclick: () => {
+          $("people-search").value = "";
+          $("people-results").replaceChildren();
+          openConversation({user: u.user});
+        }},
+      el("span", {className: "avatar-wrap"}, avatar(u.user, "small"),
+        el("span", {className: "presence " + (u.online ? "on" : "off"), "aria-hidden": "true"})),
+      el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: u.user}),
+        el("span", {className: "conv-preview", text: u.online ? "online" : lastSeenText(u.last_seen)}))))));
+  }
+
+  async function browseGroups() {
+    const q = $("join-name").value.trim();
+    if (!client.connected) return;
+    let reply;
+    try { reply = await client.request({type: "groups", q, limit: 10}); } catch (error) { return; }
+    if ($("join-name").value.trim() !== q) return;
+    $("group-results").replaceChildren(...reply.groups.map((g) =>
+      el("li", {dataset: {group: g.group}}, el("button", {type: "button", className: "conv-link",
+        onclick: () => {
+          $("group-results").replaceChildren();
+          if (g.member) openConversation({group: g.group});
+          else { $("join-name").value = g.group; $("join-form").requestSubmit(); }
+        }},
+      el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"}),
+      el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: g.group}),
+        el("span", {className: "conv-preview",
+          text: `${plural(g.members, "member")}, ${g.online} online` + (g.member ? " · joined" : "")}))))));
+  }
+
+  $("people-search").addEventListener("input", () => debounced(searchPeople));
+  $("join-name").addEventListener("input", () => debounced(browseGroups));
+  $("join-name").addEventListener("focus", () => debounced(browseGroups));
+
   $("jump-unread").addEventListener("click", () => {
     const divider = $("new-divider");
     if (divider) divider.scrollIntoView({block: "start"});
