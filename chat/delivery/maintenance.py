@@ -25,6 +25,20 @@ from chat.presence import PresenceStore
 logger = logging.getLogger(__name__)
 
 
+def reap_interval(timeout: float) -> float:
+    """Seconds between two scans for dead workers: a tenth of the timeout, at most 3 s."""
+    return min(timeout / 10, 3.0)
+
+
+def reap_silence(timeout: float) -> float:
+    """Silence after which a worker is dead, so that the next scan falls within `timeout`.
+
+    It stays well above the heartbeat's period (a third of the timeout at most),
+    so a live worker is never taken for dead.
+    """
+    return timeout - reap_interval(timeout)
+
+
 class Maintenance:
     """The worker's periodic upkeep; `run` until cancelled."""
 
@@ -50,11 +64,25 @@ class Maintenance:
         self._announce_offline = announce_offline
 
     async def run(self) -> None:
-        interval = min(settings.CHAT_PRESENCE_TIMEOUT / 3, 10.0)
+        """Heartbeat every third of the timeout; look for dead workers ten times as often.
+
+        A worker killed just after its heartbeat is reaped once it has been
+        silent for `reap_silence()`, at the next scan after that: within
+        CHAT_PRESENCE_TIMEOUT of the kill in the worst case, whatever the
+        heartbeat's phase.
+        """
+        timeout = settings.CHAT_PRESENCE_TIMEOUT
+        heartbeat_every = min(timeout / 3, 10.0)
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time() + heartbeat_every
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(reap_interval(timeout))
             try:
-                await self.maintain()
+                if loop.time() >= next_heartbeat:
+                    next_heartbeat = loop.time() + heartbeat_every
+                    await self.maintain()
+                else:
+                    await self.reap()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -82,7 +110,11 @@ class Maintenance:
             self.channel.failed = False
             await self._reset_sockets()
         await self.subscriptions.refresh()
-        reaped = await self.presence.reap(max_silence=settings.CHAT_PRESENCE_TIMEOUT)
+        await self.reap()
+
+    async def reap(self) -> None:
+        """Drop the workers that stopped heartbeating; announce their users offline."""
+        reaped = await self.presence.reap(max_silence=reap_silence(settings.CHAT_PRESENCE_TIMEOUT))
         if reaped.workers:
             logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
             await database_sync_to_async(connections_forget_workers)(reaped.workers)
