@@ -358,7 +358,9 @@ class ChatConsumer(ChatSocket):
 
     # Commands that only read the database: one with a `ref` runs in a task
     # of its own, alongside the socket's later commands.
-    reads: frozenset[str] = frozenset({"history", "sync", "members"})
+    reads: frozenset[str] = frozenset(
+        {"history", "sync", "members", "conversations", "users", "groups"}
+    )
     # The read in progress, if any (most sockets never have one).
     _read: asyncio.Task[None] | None = None
 
