@@ -724,7 +724,11 @@
   }
 
   $("people-search").addEventListener("input", () => debounced(searchPeople));
-  $("join-name").addEventListener("input", () => debounced(browseGroups));
+  $("join-name").addEventListener("input", () => {
+    showError($("join-note"), "");
+    showError($("join-error"), "");
+    debounced(browseGroups);
+  });
   $("join-name").addEventListener("focus", () => debounced(browseGroups));
 
   $("jump-unread").addEventListener("click", () => {
