@@ -36,6 +36,7 @@ from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_members
 from chat.messaging import message_history_page, message_sync
+from chat.metrics import TALLY
 from chat.models import group_key
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import command_cost
@@ -152,6 +153,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
                 worker.group_named[group_key(name)] = (group_id, name)
             await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=self.endpoint)
             self._attached = True
+            TALLY.open_sockets[self.endpoint] += 1
             await self.greet(groups)
         except Exception:
             logger.exception("could not open a socket for %s", self.username)
@@ -188,6 +190,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         self._closed = True
+        TALLY.closes[code] += 1
         read: asyncio.Task[None] | None = getattr(self, "_read", None)
         if read is not None and not read.done():
             read.cancel()
@@ -195,6 +198,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             current_worker().socket_caps.release(user_id=self.user_id, address=self._address)
             self._address = None
         if getattr(self, "_attached", False):
+            self._attached = False
+            TALLY.open_sockets[self.endpoint] -= 1
             try:
                 await self.hub.detach(self)
             except Exception:
@@ -273,6 +278,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def count_error(self, code: str) -> None:
         """Close the socket with 1008 once it causes too many errors a minute."""
+        TALLY.errors[code] += 1
         if code == protocol.UNAVAILABLE:
             return  # the server's fault, not the client's
         now = time.monotonic()
@@ -300,6 +306,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             logger.warning("rate limiter unavailable; letting a %s through", kind)
             return
         if not allowed:
+            TALLY.rate_limited[kind] += 1
             done = "nothing was stored" if kind == "send" else f"this {kind} was not carried out"
             raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
 

@@ -34,6 +34,7 @@ from django.contrib.auth.models import User
 
 from chat.cancellation import raise_if_cancelled
 from chat.messaging import SendRequest, StoredMessage, message_send_many
+from chat.metrics import TALLY
 from chat.protocol import UNAVAILABLE, Address, ChatError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class SendQueue:
     @property
     def running(self) -> bool:
         return not any(task.done() for task in self._tasks)
+
+    @property
+    def depth(self) -> int:
+        """Sends waiting to be stored, and stored messages waiting to be delivered."""
+        return self._sends.qsize() + self._stored.qsize()
 
     def close(self) -> None:
         for task in self._tasks:
@@ -124,6 +130,7 @@ class SendQueue:
             else:
                 send.result.set_result(result)
         stored = [result for result in results if isinstance(result, StoredMessage)]
+        TALLY.messages_stored += len(stored)
         for message in sorted(stored, key=lambda message: message.id):
             self._stored.put_nowait(message)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -14,9 +15,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonRes
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from chat import metrics
 from chat.accounts import SignupForm, account_creation_allowed, guest_create
 from chat.addresses import client_address_of_request
 from chat.health import health_check
+from chat.worker import current_worker
 
 
 @login_required
@@ -101,3 +104,21 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     checks = await health_check()
     healthy = all(value == "ok" for value in checks.values())
     return JsonResponse(checks, status=200 if healthy else 503)
+
+
+async def metrics_export(request: HttpRequest) -> HttpResponse:
+    """This worker's Prometheus metrics, for a scraper that holds `CHAT_METRICS_TOKEN`.
+
+    Not found while no token is set (the default): the numbers say how busy
+    the service is and who is being refused, which is the operator's business.
+    """
+    token = settings.CHAT_METRICS_TOKEN
+    if not token:
+        return HttpResponseNotFound()
+    supplied = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(supplied, f"Bearer {token}".encode()):
+        return HttpResponse(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    body = metrics.render(
+        send_queue_depth=current_worker().send_queue_depth(), health=await health_check()
+    )
+    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

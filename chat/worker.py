@@ -149,6 +149,10 @@ class Worker:
             queue = self._send_queue = SendQueue(deliver=self._deliver)
         return queue
 
+    def send_queue_depth(self) -> int:
+        """Sends waiting in this worker's queue (none before its first send)."""
+        return self._send_queue.depth if self._send_queue is not None else 0
+
     async def _deliver(self, messages: list[StoredMessage]) -> None:
         await (await self.hub()).deliver_messages(messages)
 

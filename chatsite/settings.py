@@ -381,3 +381,6 @@ AXES_HTTP_RESPONSE_CODE = 429
 # Guests that have not connected for this many days are removed by
 # `manage.py removeguests` (run it daily); what they wrote stays readable.
 CHAT_GUEST_RETENTION_DAYS = env_int("CHAT_GUEST_RETENTION_DAYS", 30, minimum=1)
+# Prometheus metrics of each worker at /metrics, for a scraper sending
+# `Authorization: Bearer <token>`; empty (the default) turns the endpoint off.
+CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")

@@ -11,5 +11,6 @@ urlpatterns = [
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics_export, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -69,6 +70,7 @@ from chat.delivery.receipts import ReceiptThrottle
 from chat.delivery.sockets import LocalSocket, SocketIndex, write_to_all
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage, format_ts
+from chat.metrics import TALLY
 from chat.presence import PresenceStore
 from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
 from chat.upstream.twisted import run_before_reactor_shutdown
@@ -239,7 +241,10 @@ class Hub:
         copy the layer brings back carries this worker's channel as its
         origin and is dropped.
         """
-        for layer_group, message in deliveries(messages, origin=self.channel.name):
+        stored_at = time.time()
+        for layer_group, message in deliveries(
+            messages, origin=self.channel.name, stored_at=stored_at
+        ):
             await self.chat_deliver(message)
             await self.publish(layer_group, message, local_fallback=False)
 
@@ -311,7 +316,14 @@ class Hub:
         await getattr(self, message.type.replace(".", "_"))(message)
 
     async def chat_deliver(self, message: Deliver) -> None:
-        await write_to_all(self.sockets.targets(message.audience), message.text)
+        targets = self.sockets.targets(message.audience)
+        await write_to_all(targets, message.text)
+        # Counted once per layer message, not per frame (chat.metrics).
+        tally = TALLY
+        tally.frames_delivered += len(targets)
+        tally.messages_delivered += len(targets) * message.count
+        if message.stored_at and targets:
+            tally.observe_latency(time.time() - message.stored_at)
 
     async def chat_notice(self, notice: Notice) -> None:
         if notice.member_change is not None:

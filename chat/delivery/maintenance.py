@@ -20,6 +20,7 @@ from chat.cancellation import raise_if_cancelled
 from chat.delivery.channel import WorkerChannel
 from chat.delivery.mirror import ConnectionMirror, connections_forget_workers
 from chat.delivery.subscriptions import LayerSubscriptions
+from chat.metrics import TALLY
 from chat.presence import PresenceStore
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class Maintenance:
     async def reap(self) -> None:
         """Drop the workers that stopped heartbeating; announce their users offline."""
         reaped = await self.presence.reap(max_silence=reap_silence(settings.CHAT_PRESENCE_TIMEOUT))
+        TALLY.reaped_workers += len(reaped.workers)
+        TALLY.reaped_users += len(reaped.offline)
         if reaped.workers:
             logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
             await database_sync_to_async(connections_forget_workers)(reaped.workers)

@@ -149,17 +149,29 @@ class Deliver:
     text: str
     audience: Audience
     origin: str = ""
+    # For the metrics: how many messages the text carries, and when (Unix
+    # time) they were committed. Optional, so older workers' copies still read.
+    count: int = 1
+    stored_at: float = 0.0
 
     def layer_fields(self) -> dict[str, Any]:
         fields = {"text": self.text, **self.audience.layer_fields()}
         if self.origin:
             fields["origin"] = self.origin
+        if self.count != 1:
+            fields["count"] = self.count
+        if self.stored_at:
+            fields["stored_at"] = self.stored_at
         return fields
 
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> Deliver:
         return cls(
-            text=data["text"], audience=Audience.from_fields(data), origin=data.get("origin", "")
+            text=data["text"],
+            audience=Audience.from_fields(data),
+            origin=data.get("origin", ""),
+            count=data.get("count", 1),
+            stored_at=data.get("stored_at", 0.0),
         )
 
 

@@ -28,23 +28,29 @@ from chat.protocol import encode
 MAX_RUN = 50
 
 
-def deliveries(messages: Sequence[StoredMessage], *, origin: str) -> list[tuple[str, Deliver]]:
+def deliveries(
+    messages: Sequence[StoredMessage], *, origin: str, stored_at: float = 0.0
+) -> list[tuple[str, Deliver]]:
     """(layer group, message) to publish for `messages`, in order; runs keep their order."""
     sends: list[tuple[str, Deliver]] = []
     for run in audience_runs(messages):
         texts = [encode(stored.event) for stored in run]
         text = texts[0] if len(texts) == 1 else batch_text(texts)
-        first = run[0]
+        first, count = run[0], len(run)
         if first.everyone:
-            sends.append((LAYER_ALL, Deliver(text, Audience(everyone=True), origin)))
+            audience = Audience(everyone=True)
+            sends.append((LAYER_ALL, Deliver(text, audience, origin, count, stored_at)))
         elif first.group_id is not None:
-            group_id = first.group_id
+            audience = Audience(group=first.group_id)
             sends.append(
-                (group_layer_group(group_id), Deliver(text, Audience(group=group_id), origin))
+                (
+                    group_layer_group(first.group_id),
+                    Deliver(text, audience, origin, count, stored_at),
+                )
             )
         else:
             sends.extend(
-                (user_layer_group(u), Deliver(text, Audience(users=(u,)), origin))
+                (user_layer_group(u), Deliver(text, Audience(users=(u,)), origin, count, stored_at))
                 for u in first.user_ids
             )
     return sends
