@@ -78,6 +78,8 @@ class StepResult:
     server_cpu_percent: float = 0.0
     redis_cpu_s: float = 0.0
     loadgen_cpu_s: float = 0.0
+    # Our workers' /metrics over the step (bench/run.py), empty for the peer.
+    metrics: dict[str, float] = field(default_factory=dict)
     loadgen_cpu_percent: float = 0.0
     send_lag_max_ms: float = 0.0
     drain_s: float = 0.0

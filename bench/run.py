@@ -107,6 +107,25 @@ def _deploy(target: str, workers: int, run_id: str, config: Config) -> servers.D
     return servers.start_peer(workers=workers, run_id=run_id, server=config.peer_server)
 
 
+def _metrics_moved(
+    before: dict[str, float] | None, after: dict[str, float] | None, started: float
+) -> dict[str, float]:
+    """How far the workers' own counters moved over a step, and at what rate.
+
+    Beside the step's figures, which the load generator measured from
+    outside: both should say the same.
+    """
+    if before is None or after is None:
+        return {}
+    seconds = time.perf_counter() - started
+    moved: dict[str, float] = {"seconds": round(seconds, 2)}
+    for name in before:
+        short = name.removeprefix("chat_").removesuffix("_total")
+        moved[short] = after[name] - before[name]
+        moved[f"{short}_per_s"] = round(moved[short] / seconds, 1)
+    return moved
+
+
 def _step_dict(step: StepResult) -> dict[str, Any]:
     return dataclasses.asdict(step)
 
@@ -164,9 +183,13 @@ async def _ladder(
     await gen.settle(quiet=0.5, wait_s=30)
     failed: StepResult | None = None
     for rate in rates:
+        before, started = gen.deployment.scrape(), time.perf_counter()
         step = await gen.step(rate, config.step_seconds, senders=config.senders, drain_timeout=10.0)
+        step.metrics = _metrics_moved(before, gen.deployment.scrape(), started)
         steps.append(step)
         _log(f"{label}: {step.summary()}")
+        if step.metrics:
+            _log(f"{label}: /metrics {json.dumps(step.metrics)}")
         if not gen.deployment.alive():
             _log(f"{label}: a server process died")
             failed = step

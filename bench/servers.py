@@ -167,6 +167,10 @@ def _server_argv(app: str, port: int, server: str) -> list[str]:
     return [sys.executable, "-m", "daphne", "-e", endpoint, app]
 
 
+# What a ladder step reads from our workers' /metrics (README, Metrics).
+SCRAPED = ("chat_messages_stored_total", "chat_messages_delivered_total")
+
+
 @dataclass
 class Deployment:
     """A set of worker processes that act as one server."""
@@ -176,6 +180,24 @@ class Deployment:
     redis_db: int
     redis_prefix: str
     cleanup: list = field(default_factory=list)
+    metrics_token: str = ""
+
+    def scrape(self, names: tuple[str, ...] = SCRAPED) -> dict[str, float] | None:
+        """The workers' /metrics samples of `names`, summed; None without a metrics token."""
+        if not self.metrics_token:
+            return None
+        totals = dict.fromkeys(names, 0.0)
+        for worker in self.workers:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{worker.port}/metrics",
+                headers={"Authorization": f"Bearer {self.metrics_token}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                for line in response.read().decode().splitlines():
+                    name, _, number = line.partition(" ")
+                    if name in totals:
+                        totals[name] += float(number)
+        return totals
 
     @property
     def pids(self) -> list[int]:
@@ -261,6 +283,7 @@ def start_ours(
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"bench-{run_id}"
     database_url, cleanups = _create_database(db, run_id, out_dir)
+    metrics_token = secrets.token_urlsafe(24)
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE=settings_module,
@@ -283,12 +306,16 @@ def start_ours(
         CHAT_ACCOUNTS_PER_ADDRESS="1000000",
         CHAT_SOCKETS_PER_ADDRESS="1000000",
         CHAT_LOG_LEVEL="WARNING",
+        # Metrics on, as in production: each step reads them (bench/run.py).
+        CHAT_METRICS_TOKEN=metrics_token,
         PYTHONUNBUFFERED="1",
         # With DEBUG off pages name the collected, hashed static files.
         STATIC_ROOT=str(out_dir / "static"),
     )
     env.update(extra_env or {})
-    deployment = Deployment(f"ours-{server}", [], OUR_REDIS_DB, prefix, cleanups)
+    deployment = Deployment(
+        f"ours-{server}", [], OUR_REDIS_DB, prefix, cleanups, metrics_token=metrics_token
+    )
     try:
         for command in (["migrate"], ["collectstatic"]):
             subprocess.run(
