@@ -10,6 +10,10 @@ from django.db import migrations, models
 
 
 def merge_groups_by_key(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        # Foreign keys are checked at once, so that no trigger events are left
+        # pending for the ALTER TABLE that follows in this transaction.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     ChatGroup = apps.get_model("chat", "ChatGroup")
     Membership = apps.get_model("chat", "Membership")
     Message = apps.get_model("chat", "Message")
