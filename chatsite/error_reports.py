@@ -27,7 +27,9 @@ class SecretsHidingFilter(SafeExceptionReporterFilter):
     def cleanse_setting(self, key: Any, value: Any) -> Any:
         cleansed = super().cleanse_setting(key, value)
         if isinstance(cleansed, str):
-            return mask_url_passwords(cleansed)
+            # str() too: a lazy object (django-axes' settings) passes for a
+            # str here, and the regex needs the real one.
+            return mask_url_passwords(str(cleansed))
         return cleansed
 
     def get_traceback_frame_variables(self, request: Any, tb_frame: Any) -> Any:
