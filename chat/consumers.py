@@ -320,7 +320,25 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         stored = await current_worker().send_queue.submit(self.user, command.to, command.body)
         return _reply("ack", command.ref, id=stored.id, ts=stored.ts)
 
+    async def spend_membership_change(self, kind: str) -> None:
+        """Take one join or leave from the user's membership budget; `rate_limited` past it."""
+        limiter = current_worker().membership_limiter
+        if limiter is None:
+            return
+        try:
+            allowed = await limiter.allow(f"membership:{self.user_id}")
+        except Exception:
+            logger.warning("rate limiter unavailable; letting a %s through", kind)
+            return
+        if not allowed:
+            TALLY.rate_limited[kind] += 1
+            raise ChatError(
+                protocol.RATE_LIMITED,
+                f"you are joining and leaving groups too fast; this {kind} was not carried out",
+            )
+
     async def join_group(self, command: Command) -> dict[str, Any]:
+        await self.spend_membership_change("join")
         change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
         current_worker().group_named[group_key(change.group)] = (change.group_id, change.group)
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=True)
@@ -340,6 +358,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         return _reply("joined", command.ref, group=change.group, user=self.username)
 
     async def leave_group(self, command: Command) -> dict[str, Any]:
+        await self.spend_membership_change("leave")
         change = await database_sync_to_async(group_leave)(user=self.user, name=command.group)
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=False)
         event = {"type": "left", "group": change.group, "user": self.username}

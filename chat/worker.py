@@ -47,6 +47,7 @@ class Worker:
         self._redis: aioredis.Redis | None = None
         self._presence: tuple[tuple[str, str], PresenceStore] | None = None
         self._limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
+        self._membership_limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
         self._hub: Hub | None = None
         self._socket_caps: tuple[PresenceStore, SocketCaps] | None = None
         self._send_queue: SendQueue | None = None
@@ -92,23 +93,42 @@ class Worker:
     @property
     def rate_limiter(self) -> RateLimiter:
         """The limiter chosen by settings, made again when they change."""
-        from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
 
         burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
         chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, burst, rate)
         if self._limiter is None or self._limiter[0] != chosen:
-            limiter: RateLimiter = (
-                RedisRateLimiter(
-                    burst=burst,
-                    per_second=rate,
-                    prefix=f"{settings.REDIS_PREFIX}:",
-                    redis=self.redis,
-                )
-                if settings.REDIS_URL
-                else MemoryRateLimiter(burst=burst, per_second=rate)
-            )
-            self._limiter = (chosen, limiter)
+            self._limiter = (chosen, self._make_limiter(burst=burst, per_second=rate))
         return self._limiter[1]
+
+    @property
+    def membership_limiter(self) -> RateLimiter | None:
+        """Joins and leaves per user (`CHAT_MEMBERSHIP_CHANGES_PER_MINUTE`); None when off.
+
+        A budget of its own, because each change is a notice to every online
+        member of the group: the command budget alone let a client send them
+        a few notices a second for as long as it liked.
+        """
+        per_minute = settings.CHAT_MEMBERSHIP_CHANGES_PER_MINUTE
+        if not per_minute:
+            return None
+        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, per_minute, 0.0)
+        if self._membership_limiter is None or self._membership_limiter[0] != chosen:
+            limiter = self._make_limiter(burst=per_minute, per_second=per_minute / 60)
+            self._membership_limiter = (chosen, limiter)
+        return self._membership_limiter[1]
+
+    def _make_limiter(self, *, burst: int, per_second: float) -> RateLimiter:
+        """A limiter in Redis when `REDIS_URL` is set (shared by all workers), else in memory."""
+        from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
+
+        if settings.REDIS_URL:
+            return RedisRateLimiter(
+                burst=burst,
+                per_second=per_second,
+                prefix=f"{settings.REDIS_PREFIX}:",
+                redis=self.redis,
+            )
+        return MemoryRateLimiter(burst=burst, per_second=per_second)
 
     @property
     def socket_caps(self) -> SocketCaps:

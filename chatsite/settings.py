@@ -384,3 +384,6 @@ CHAT_GUEST_RETENTION_DAYS = env_int("CHAT_GUEST_RETENTION_DAYS", 30, minimum=1)
 # Prometheus metrics of each worker at /metrics, for a scraper sending
 # `Authorization: Bearer <token>`; empty (the default) turns the endpoint off.
 CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
+# Joins and leaves a user may make per minute (each tells the group's online
+# members), a budget of its own beside the command budget; 0 turns it off.
+CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = env_int("CHAT_MEMBERSHIP_CHANGES_PER_MINUTE", 10)

@@ -1022,6 +1022,28 @@ async def test_join_and_leave_cycles_cannot_flood_a_groups_members(
     assert "bob" in await member_names("A")
 
 
+async def test_joins_and_leaves_have_a_budget_of_their_own(layer, connect, settings, alice, bob):
+    """A generous command budget does not let join/leave cycles flood a group's members."""
+    settings.CHAT_RATE_BURST = 1000
+    settings.CHAT_RATE_PER_SECOND = 1000
+    settings.CHAT_MAX_ERRORS_PER_MINUTE = 1000
+    settings.CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = 6
+    alice1, bob1 = await connect(alice), await connect(bob)
+    await join(bob1, "A")
+    for index in range(50):
+        await alice1.send(type="join", group="A", ref=f"j{index}")
+        await alice1.send(type="leave", group="A", ref=f"l{index}")
+    await alice1.answer("l49")
+    events = await bob1.collect(max(0.5, settings.CHAT_NOTICE_DELAY * 10))
+    notices = [e for e in events if e["type"] in ("joined", "left")]
+    # Six changes, and at most one more refilled while the test runs (one every 10 s).
+    assert 0 < len(notices) <= 7, notices
+    refused = await alice1.answer("j3")
+    assert refused["type"] == "error" and refused["code"] == protocol.RATE_LIMITED, refused
+    assert "joining and leaving" in refused["message"]
+    assert "bob" in await member_names("A")
+
+
 @sync_to_async
 def member_names(group: str) -> list[str]:
     return sorted(ChatGroup.objects.get(name=group).members.values_list("username", flat=True))
