@@ -176,3 +176,19 @@ def test_the_picker_finds_offline_people_with_last_seen_and_browse_finds_groups(
     group.get_by_role("button").click()
     expect(alice.page.locator("#conv-title")).to_have_text("# Readers")
     expect(alice.page.locator("#join-note")).to_have_text("Joined # Readers.")
+
+
+def test_seen_by_counts_the_group_members_who_read(chat_user):
+    alice, bob, carol = chat_user("alice"), chat_user("bob"), chat_user("carol")
+    for user in (alice, bob, carol):
+        user.page.locator("#join-name").fill("Crew")
+        user.page.get_by_role("button", name="Join", exact=True).click()
+        expect(user.page.locator("#conv-title")).to_have_text("# Crew")
+    send(alice.page, "standup in 5")
+    for reader in (bob, carol):
+        expect(
+            reader.page.locator("#message-list li.message .body", has_text="standup")
+        ).to_be_visible()
+    expect(alice.page.locator("#message-list li.seen")).to_have_text("Seen by 2")
+    expect(alice.page.locator("#group-list li .conv-time")).to_be_visible()
+    screenshot(alice.page, "desktop-seen-by")

@@ -131,7 +131,11 @@
     const last = conv.last;
     if (!last) return null;
     const line = last.body.split("\n")[0];
+    const date = new Date(last.ts);
+    const when = date.toDateString() === new Date().toDateString()
+      ? timeFormat.format(date) : shortDayFormat.format(date);
     return el("span", {className: "conv-preview"},
+      el("time", {className: "conv-time", datetime: last.ts, text: when}),
       el("bdi", {text: (last.from === me ? "You" : last.from) + ": "}),
       el("bdi", {dir: "auto", text: line.length > 60 ? line.slice(0, 60) + "…" : line}));
   }
@@ -188,6 +192,7 @@
   const dayFormat = new Intl.DateTimeFormat(undefined, {weekday: "long", day: "numeric", month: "long"});
   const timeFormat = new Intl.DateTimeFormat(undefined, {hour: "2-digit", minute: "2-digit"});
   const fullFormat = new Intl.DateTimeFormat(undefined, {dateStyle: "full", timeStyle: "short"});
+  const shortDayFormat = new Intl.DateTimeFormat(undefined, {day: "numeric", month: "short"});
 
   function dayLabel(date) {
     const today = new Date();
@@ -640,6 +645,8 @@
       const reply = await client.request({type: "join", group: name});
       if (!state.groups.includes(reply.group)) state.groups.push(reply.group);
       $("join-name").value = "";
+      clearTimeout(searchTimer);
+      $("group-results").replaceChildren();
       openConversation({group: reply.group});
       showError($("join-note"), reply.created ? `Created # ${reply.group}.` : `Joined # ${reply.group}.`);
     } catch (error) {
