@@ -192,3 +192,17 @@ def test_seen_by_counts_the_group_members_who_read(chat_user):
     expect(alice.page.locator("#message-list li.seen")).to_have_text("Seen by 2")
     expect(alice.page.locator("#group-list li .conv-time")).to_be_visible()
     screenshot(alice.page, "desktop-seen-by")
+
+
+def test_an_error_banner_clears_after_reconnecting(chat_user):
+    alice = chat_user("alice")
+    page = alice.page
+    page.locator("#join-name").fill("bad/name")
+    page.get_by_role("button", name="Join", exact=True).click()
+    expect(page.locator("#join-error")).to_be_visible()
+
+    # The socket drops; the page reconnects, and the old banner goes with the new hello.
+    page.evaluate("window.chatPage.client.socket.close()")
+
+    expect(page.locator("#join-error")).to_be_hidden()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
