@@ -35,6 +35,7 @@ from chat.conversations import (
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_members
+from chat.logs import close_reason
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
@@ -187,6 +188,19 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         # misbehaving, 1012, ...) are dropped, not acted on.
         if not self._closed:
             await super().websocket_receive(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Every close is logged at INFO with its code and reason (never a body)."""
+        code = message.get("code")
+        logger.info(
+            "socket %s of %s closed: code %s (%s)",
+            getattr(self, "connection_id", "-"),
+            getattr(self, "username", "-"),
+            code,
+            close_reason(code, message.get("reason") or ""),
+            extra={"connection": getattr(self, "connection_id", None), "close_code": code},
+        )
+        await super().websocket_disconnect(message)
 
     async def disconnect(self, code: int) -> None:
         self._closed = True

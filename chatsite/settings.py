@@ -298,10 +298,18 @@ STORAGES = {
     "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# One line per event: "text" (the default) or "json" (one object per line).
+CHAT_LOG_FORMAT = env_str("CHAT_LOG_FORMAT", "text")
+if CHAT_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"CHAT_LOG_FORMAT must be text or json, not {CHAT_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "text": {"()": "chat.logs.OneLineFormatter"},
+        "json": {"()": "chat.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": CHAT_LOG_FORMAT}},
     "loggers": {
         "chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},
     },

@@ -1,0 +1,75 @@
+"""Log lines: one line per event, text or JSON, closes with code and reason, no bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from chat.logs import JsonFormatter, OneLineFormatter
+from tests.chatclient import open_real_socket
+from tests.servers import HttpSession, Worker, running_workers, worker_env
+
+
+def record_with_traceback() -> logging.LogRecord:
+    try:
+        raise ValueError("broken\nacross lines")
+    except ValueError:
+        import sys
+
+        return logging.LogRecord(
+            "chat.test", logging.WARNING, __file__, 1, "it failed for %s", ("c1",), sys.exc_info()
+        )
+
+
+def test_a_text_line_keeps_its_traceback_on_one_line():
+    line = OneLineFormatter().format(record_with_traceback())
+
+    assert "\n" not in line
+    assert "WARNING chat.test it failed for c1" in line
+    assert "ValueError" in line
+
+
+def test_a_json_line_is_one_object_with_extras_and_traceback():
+    record = record_with_traceback()
+    record.connection = "c1"
+
+    line = JsonFormatter().format(record)
+
+    assert "\n" not in line
+    event = json.loads(line)
+    assert event["level"] == "WARNING" and event["logger"] == "chat.test"
+    assert event["message"] == "it failed for c1"
+    assert event["connection"] == "c1"
+    assert "ValueError" in event["exception"]
+
+
+async def wait_for_log(worker: Worker, needle: str, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in worker.log().splitlines() if needle in line]
+        if lines:
+            return lines
+        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{worker.log()}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+async def test_a_worker_logs_json_closes_with_code_and_connection_but_no_body():
+    with running_workers(1, worker_env(CHAT_LOG_FORMAT="json")) as (worker,):
+        cookie = await asyncio.to_thread(HttpSession(worker.base_url).signup, "alice")
+        alice = await open_real_socket(worker.base_url, cookie, "alice")
+        secret = "a body that must not reach the log"
+        await alice.request(type="send", to={"user": "alice"}, body=secret)
+        await alice.close()
+
+        closes = await wait_for_log(worker, '"close_code": 1000')
+        event = json.loads(closes[0])
+        assert event["level"] == "INFO"
+        assert event["connection"] and event["connection"] in event["message"]
+        assert "normal closure" in event["message"]
+        assert secret not in worker.log()
