@@ -206,3 +206,58 @@ def test_an_error_banner_clears_after_reconnecting(chat_user):
 
     expect(page.locator("#join-error")).to_be_hidden()
     expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+
+
+# Stands in for the browser's notification permission and tab visibility, which a
+# headless Chromium cannot grant or change: records each notification shown and lets
+# the test hide and show the tab.
+FAKE_NOTIFICATIONS_AND_VISIBILITY = """
+window.shownNotifications = [];
+window.Notification = class {
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+  constructor(title, options) { window.shownNotifications.push({title, body: options.body}); }
+  close() {}
+};
+let hidden = false;
+Object.defineProperty(document, "hidden", {get: () => hidden});
+window.setTabHidden = (value) => {
+  hidden = value;
+  document.dispatchEvent(new Event("visibilitychange"));
+};
+"""
+
+
+def shown_notifications(page: Page) -> list[dict]:
+    return page.evaluate("window.shownNotifications")
+
+
+def test_a_direct_message_to_a_hidden_tab_notifies_once_opted_in_and_badges_the_title(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    alice.context.add_init_script(FAKE_NOTIFICATIONS_AND_VISIBILITY)
+    page = alice.open_page()
+    open_direct(ChatUser("alice", alice.context, page), "bob")
+
+    # Not opted in: a hidden tab gets the title badge but no notification.
+    page.evaluate("window.setTabHidden(true)")
+    send_over_socket(bob.page, {"user": "alice"}, "first, unannounced")
+    expect(page).to_have_title("(1) Chat")
+    assert shown_notifications(page) == []
+
+    page.evaluate("window.setTabHidden(false)")
+    expect(page).to_have_title("Chat")
+    page.locator("#notify-toggle").click()
+    expect(page.locator("#notify-toggle")).to_have_attribute("aria-pressed", "true")
+
+    page.evaluate("window.setTabHidden(true)")
+    send_over_socket(bob.page, {"user": "alice"}, "second, announced")
+    expect(page).to_have_title("(1) Chat")
+    page.wait_for_function("window.shownNotifications.length === 1", timeout=TIMEOUT * 1000)
+    assert shown_notifications(page) == [{"title": "bob", "body": "second, announced"}]
+
+    # Back on the tab with the conversation open: read, badge gone, nothing more shown.
+    page.evaluate("window.setTabHidden(false)")
+    expect(page).to_have_title("Chat")
+    expect(person(bob.page, "alice")).to_be_visible()
+    assert len(shown_notifications(page)) == 1

@@ -492,7 +492,8 @@
     conv.messages.set(m.id, m);
     if (!conv.last || m.id > conv.last.id) conv.last = m;
     conv.typing.delete(m.from);
-    if (m.from !== me && !isShowing(conv) && m.id > conv.readId) {
+    // Read only while it is on screen: a hidden tab counts it for the title badge.
+    if (m.from !== me && !(isShowing(conv) && !document.hidden) && m.id > conv.readId) {
       conv.unread += 1;
       notify(conv, m);
     }
