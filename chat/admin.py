@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from chat.models import ChatGroup, Connection, Membership, Message
 from chat.revocation import log_out_everywhere
+from chat.workers import live_workers
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -157,3 +160,14 @@ class ChatUserAdmin(UserAdmin):  # type: ignore[type-arg]
 
 admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), ChatUserAdmin)
+
+
+def workers_view(request: HttpRequest) -> HttpResponse:
+    """Read-only: every live worker with its heartbeat age, open sockets, uptime and version."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Workers",
+        "workers": live_workers(),
+        "timeout": settings.CHAT_PRESENCE_TIMEOUT,
+    }
+    return TemplateResponse(request, "admin/chat/workers.html", context)

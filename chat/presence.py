@@ -15,12 +15,18 @@ have no other socket go offline. The in-memory store serves a single process
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from django.conf import settings
+
+# The release this code is; shown per worker in the admin's Workers view.
+VERSION = "0.1.0"
+PROCESS_STARTED = time.time()
 
 
 @dataclass
@@ -295,6 +301,12 @@ class RedisPresenceStore(PresenceStore):
         async with redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._workers_key, {worker: time.time()})
             pipe.set(f"{self.prefix}presence:channel:{worker}", channel)
+            # For the admin's Workers view; expires once the worker is long dead.
+            pipe.set(
+                f"{self.prefix}presence:info:{worker}",
+                json.dumps({"started": PROCESS_STARTED, "version": VERSION}),
+                ex=int(settings.CHAT_PRESENCE_TIMEOUT * 2) + 1,
+            )
             pipe.delete(groups_key)
             if groups:
                 pipe.sadd(groups_key, *groups)

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from chat import admin as chat_admin
 from chat import views
 
 urlpatterns = [
@@ -12,5 +13,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics_export, name="metrics"),
+    path("admin/workers/", admin.site.admin_view(chat_admin.workers_view), name="admin-workers"),
     path("admin/", admin.site.urls),
 ]
