@@ -162,6 +162,10 @@ admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), ChatUserAdmin)
 
 
+# The index links to the Workers page, which is no model's changelist.
+admin.site.index_template = "admin/chat_index.html"
+
+
 def workers_view(request: HttpRequest) -> HttpResponse:
     """Read-only: every live worker with its heartbeat age, open sockets, uptime and version."""
     context = {

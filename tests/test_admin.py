@@ -267,6 +267,7 @@ def test_admin_index_lists_the_chat_models(admin):
     page = response.content.decode()
     for name in ("Chat groups", "Memberships", "Messages", "Online connections"):
         assert name in page
+    assert 'href="/admin/workers/">Live workers</a>' in page
 
 
 def test_chat_groups_and_permission_groups_have_different_names(admin):
