@@ -261,3 +261,40 @@ def test_a_direct_message_to_a_hidden_tab_notifies_once_opted_in_and_badges_the_
     expect(page).to_have_title("Chat")
     expect(person(bob.page, "alice")).to_be_visible()
     assert len(shown_notifications(page)) == 1
+
+
+def test_a_message_written_while_the_server_is_down_stays_and_is_sent_by_retry(chat_user):
+    env = browser_worker_env()
+    server = Worker(env, name="restarting").start()
+    restarted = None
+    try:
+        alice = chat_user("alice", server=server)
+        page = alice.page
+        send(page, "before the outage")
+        # Its ack in first: a send cut off before the ack is kept as unsent, rightly so.
+        page.wait_for_function("window.chatPage.client.pending.size === 0")
+        server.stop()
+        expect(page.locator("#connection")).not_to_have_attribute("data-state", "online")
+
+        page.locator("#body").fill("written during the outage")
+        page.locator("#body").press("Enter")
+        unsent = page.locator("#message-list li.unsent", has_text="written during the outage")
+        expect(unsent.locator(".unsent-note")).to_contain_text("Not sent")
+        screenshot(page, "desktop-unsent-offline")
+
+        restarted = Worker(env, name="restarted", port=server.port).start()
+        expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "online", timeout=3 * TIMEOUT * 1000
+        )
+        expect(unsent).to_be_visible()  # a reconnect does not drop it
+        unsent.get_by_role("button", name="Retry").click()
+        expect(
+            page.locator(
+                "#message-list li.message:not(.unsent) .body", has_text="during the outage"
+            )
+        ).to_be_visible()
+        expect(page.locator("#message-list li.unsent")).to_have_count(0)
+    finally:
+        server.stop()
+        if restarted:
+            restarted.stop()
