@@ -6,6 +6,7 @@ receipts, unsent messages kept with retry, group names ignoring case.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
@@ -27,6 +28,14 @@ def send_over_socket(page: Page, to: dict, body: str) -> None:
 
 def person(page: Page, name: str):
     return page.locator(f"#people-list li[data-user='{name}']")
+
+
+def wait_until_true(page: Page, expression: str) -> None:
+    """Poll a page expression (wait_for_function evaluates strings, which the CSP forbids)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {TIMEOUT} s: {expression}"
+        page.wait_for_timeout(50)
 
 
 def test_an_offline_direct_message_shows_after_login_with_its_badge(chat_user):
@@ -253,7 +262,7 @@ def test_a_direct_message_to_a_hidden_tab_notifies_once_opted_in_and_badges_the_
     page.evaluate("window.setTabHidden(true)")
     send_over_socket(bob.page, {"user": "alice"}, "second, announced")
     expect(page).to_have_title("(1) Chat")
-    page.wait_for_function("window.shownNotifications.length === 1", timeout=TIMEOUT * 1000)
+    wait_until_true(page, "window.shownNotifications.length === 1")
     assert shown_notifications(page) == [{"title": "bob", "body": "second, announced"}]
 
     # Back on the tab with the conversation open: read, badge gone, nothing more shown.
@@ -272,7 +281,7 @@ def test_a_message_written_while_the_server_is_down_stays_and_is_sent_by_retry(c
         page = alice.page
         send(page, "before the outage")
         # Its ack in first: a send cut off before the ack is kept as unsent, rightly so.
-        page.wait_for_function("window.chatPage.client.pending.size === 0")
+        wait_until_true(page, "window.chatPage.client.pending.size === 0")
         server.stop()
         expect(page.locator("#connection")).not_to_have_attribute("data-state", "online")
 
@@ -298,3 +307,20 @@ def test_a_message_written_while_the_server_is_down_stays_and_is_sent_by_retry(c
         server.stop()
         if restarted:
             restarted.stop()
+
+
+def test_the_jump_to_new_messages_shows_only_while_they_are_out_of_sight(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    alice.page.close()
+    expect(person(bob.page, "alice")).to_have_count(0, timeout=TIMEOUT * 1000)
+    for n in range(3):  # tall messages, few enough for the send budget
+        send_over_socket(bob.page, {"user": "alice"}, "\n".join(f"part {n}.{i}" for i in range(30)))
+    page = alice.open_page()
+    expect(person(page, "bob").locator(".badge")).to_have_text("3")
+    open_direct(ChatUser("alice", alice.context, page), "bob")
+    jump = page.locator("#jump-unread")
+    expect(jump).to_be_visible()  # the list opens at its newest message
+    jump.click()
+    expect(page.locator("#new-divider")).to_be_in_viewport()
+    expect(jump).to_be_hidden()

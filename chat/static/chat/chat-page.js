@@ -241,6 +241,11 @@
     return item;
   }
 
+  // The jump is offered only while the first unread message is scrolled out of sight.
+  const dividerInView = new IntersectionObserver((entries) => {
+    for (const entry of entries) $("jump-unread").hidden = entry.isIntersecting;
+  });
+
   function renderMessages() {
     const conv = state.conversations.get(state.openKey);
     const box = $("messages");
@@ -271,6 +276,8 @@
     for (const pending of conv.unsent) items.push(unsentItem(conv, pending));
     $("message-list").replaceChildren(...items);
     $("jump-unread").hidden = !dividerShown;
+    dividerInView.disconnect();
+    if (dividerShown) dividerInView.observe($("new-divider"));
     $("empty-conversation").hidden = !(conv.loaded && messages.length === 0 && !conv.error);
     let status = "";
     if (conv.error) status = conv.error;
