@@ -324,3 +324,15 @@ def test_the_jump_to_new_messages_shows_only_while_they_are_out_of_sight(chat_us
     jump.click()
     expect(page.locator("#new-divider")).to_be_in_viewport()
     expect(jump).to_be_hidden()
+
+
+def test_typing_clears_on_its_own_once_the_typist_stops(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    open_direct(bob, "alice")
+    bob.page.locator("#body").fill("half a thought")
+    expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+    # Nothing more typed: the notice drops after 6 s without a message arriving.
+    expect(alice.page.locator("#typing")).to_have_text("", timeout=(6 + TIMEOUT) * 1000)
+    expect(bob.page.locator("#body")).to_have_value("half a thought")
