@@ -257,11 +257,17 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             frames is None
             or self._closed
             or self._pending is not None
-            or (buffer is not None and (buffer.paused or len(text) > _UNCOUNTED_CHARS))
+            or (buffer is not None and buffer.paused)
         ):
-            return False  # `write` handles these, and counts large frames
+            return False  # `write` handles these
+        frame = text_frame(text)
+        if buffer is not None and len(text) > _UNCOUNTED_CHARS:
+            # Counted here rather than in `write`: under the mark `admit` only
+            # records it, and a fan-out's batch frames are mostly this large,
+            # so sending them through `write` cost a coroutine per socket.
+            buffer.admit(len(frame))
         try:
-            frames.write(text_frame(text))
+            frames.write(frame)
         except Exception:
             self._stop_writing_frames()
             return False  # not written: `write` sends it through ASGI
