@@ -5,7 +5,10 @@ path that needs it turns off, the system check says why, and the plain way is us
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +25,7 @@ from chat.checks import check_fast_paths, report_fast_paths
 from chat.consumers import ChatConsumer
 from chat.delivery.channel import WorkerChannel
 from chat.delivery.sockets import written_now
-from chat.transport import close_frame, frame_writer, watch_send_buffer
+from chat.transport import close_frame, daphne_protocol, frame_writer, watch_send_buffer
 from tests.conftest import REDIS_URL
 from tests.servers import running_workers, worker_env
 
@@ -208,3 +211,21 @@ def test_a_daphne_worker_reports_its_fast_paths_when_it_starts(redis_prefix: str
     assert "chat.I001: fast paths on:" in log
     assert all(name in log for name in upstream.FAST_PATHS)
     assert "chat.W001" not in log
+
+
+def test_a_handshake_does_not_read_daphnes_source_again(monkeypatch) -> None:
+    """The check on daphne's `send` runs once per process, not once per socket."""
+    reads = 0
+    real_getsource = inspect.getsource
+
+    def counting_getsource(obj: object) -> str:
+        nonlocal reads
+        reads += 1
+        return real_getsource(obj)
+
+    monkeypatch.setattr(inspect, "getsource", counting_getsource)
+    protocol = types.SimpleNamespace(sendCloseFrame=lambda **kwargs: None)
+    send = functools.partial(lambda protocol, message: None, protocol)
+
+    assert [daphne_protocol(send) for _ in range(3)] == [protocol] * 3
+    assert reads == 1

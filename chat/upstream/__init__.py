@@ -71,4 +71,5 @@ def is_on(fast_path: str) -> bool:
 def check_again() -> None:
     """Forget the checks' answers (tests change the libraries under them)."""
     problem.cache_clear()
+    daphne.send_problem.cache_clear()
     django.preloading.cache_clear()

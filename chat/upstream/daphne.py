@@ -14,8 +14,13 @@ from chat.upstream.reaches import missing_attributes
 _MAX_WRAPPERS = 5
 
 
+@functools.cache
 def send_problem() -> str | None:
-    """`protocol_behind` takes the protocol out of `partial(server.handle_reply, protocol)`."""
+    """`protocol_behind` takes the protocol out of `partial(server.handle_reply, protocol)`.
+
+    Cached: every handshake asks, and reading daphne's source each time cost
+    more CPU than the rest of the handshake's own code.
+    """
     try:
         source = inspect.getsource(server.Server.create_application)
     except (OSError, TypeError):
