@@ -49,6 +49,7 @@ from chat.transport import (
     daphne_protocol,
     frame_writer,
     guard_inbox,
+    refuse_handshake,
     text_frame,
     watch_send_buffer,
 )
@@ -106,6 +107,16 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """A stopping worker refuses new sockets with 503, which nginx passes to another
+        worker (`proxy_next_upstream http_503`, deploy/nginx.conf)."""
+        if current_worker().stopping:
+            logger.info("refused a socket: this worker is stopping")
+            if not refuse_handshake(daphne_protocol(self.base_send), 503, "Service Unavailable"):
+                await self.close()
+            raise StopConsumer
+        await super().websocket_connect(message)
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -171,6 +171,13 @@ def close_frame(protocol: Any | None, code: int) -> bool:
     return True
 
 
+def refuse_handshake(protocol: Any | None, status: int, reason: str) -> bool:
+    """Answer the handshake with HTTP `status`; False when only ASGI's close (403) can."""
+    if protocol is None or not upstream.is_on(upstream.HANDSHAKE_STATUS):
+        return False
+    return daphne.deny_handshake(protocol, status, reason)
+
+
 def close_on_bad_frames(protocol: Any | None) -> bool:
     """Have autobahn answer a bad frame with a close code instead of dropping TCP.
 

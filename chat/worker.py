@@ -140,6 +140,11 @@ class Worker:
             self._socket_caps = (presence, SocketCaps(presence))
         return self._socket_caps[1]
 
+    @property
+    def stopping(self) -> bool:
+        """Whether this worker's hub is stopping (and refusing new sockets)."""
+        return self._hub is not None and self._hub.stopping
+
     async def hub(self) -> Hub:
         """The hub, started on first use (and again if starting it failed)."""
         hub = self._hub

@@ -224,6 +224,11 @@ REDIS_PREFIX = env_str("REDIS_PREFIX", "chat")
 # Seconds a worker may go without a heartbeat before its connections are
 # considered dead and its users are reported offline.
 CHAT_PRESENCE_TIMEOUT = env_float("CHAT_PRESENCE_TIMEOUT", 30.0, minimum=1.0)
+# Seconds over which a stopping worker (SIGTERM) closes its sockets, in
+# slices, so that its clients reconnect to the others at a steady rate
+# instead of all at once; 0 closes them all at once. The process manager's
+# stop timeout must exceed it by a few seconds (README, "Restarts").
+CHAT_RESTART_SPREAD = env_float("CHAT_RESTART_SPREAD", 10.0)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -158,6 +158,8 @@ def worker_env(*, redis_url: str = "", redis_prefix: str = "", **extra: str) -> 
         # limits set their own.
         CHAT_ACCOUNTS_PER_ADDRESS="1000",
         CHAT_SOCKETS_PER_ADDRESS="1000",
+        # Stopped workers close their sockets at once; tests of the spread set their own.
+        CHAT_RESTART_SPREAD="0",
     )
     env.pop("REDIS_URL", None)
     if redis_url:

@@ -10,6 +10,7 @@ test with instructions (it never skips).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -233,3 +234,56 @@ async def test_runworkers_starts_a_killed_worker_again(runworkers):
     for port in worker_ports:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
     assert process.poll() is None
+
+
+async def test_nginx_passes_handshakes_a_stopping_worker_refuses_to_another(redis_prefix, tmp_path):
+    """A stopping worker answers new handshakes 503 while it closes its sockets over
+    CHAT_RESTART_SPREAD; `proxy_next_upstream http_503` sends them to the other worker."""
+    from bench.wsclient import HandshakeError, connect
+    from tests.servers import Worker
+
+    env = worker_env(redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    stopping = Worker({**env, "CHAT_RESTART_SPREAD": "10"}, name="stopping").start()
+    other = Worker(env, name="other").start()
+    port = free_port()
+    site = render_nginx_site(
+        listen=port, worker_ports=[stopping.port, other.port], static_root=tmp_path
+    )
+    nginx = Nginx(site, tmp_path / "nginx", port)
+    nginx.start()
+    opened = []
+    try:
+        await asyncio.to_thread(wait_http, nginx.base_url + "/healthz", 20)
+        cookie = await asyncio.to_thread(HttpSession(nginx.base_url).signup, "alice")
+        # Three sockets: closed at 0, 3.3 and 6.7 s, so the worker drains for 6.7 s.
+        on_stopping = [await open_real_socket(stopping.base_url, cookie, "alice") for _ in range(3)]
+        opened += on_stopping
+        stopping.signal(signal.SIGTERM)
+        closes = [asyncio.create_task(client.expect_close(timeout=10)) for client in on_stopping]
+        await asyncio.wait(closes, return_when=asyncio.FIRST_COMPLETED)
+
+        with pytest.raises(HandshakeError) as refused:
+            await connect(
+                "127.0.0.1",
+                stopping.port,
+                "/ws/chat/",
+                origin=stopping.base_url,
+                cookie=f"sessionid={cookie}",
+                on_text=lambda *_: None,
+            )
+        assert refused.value.status == 503
+        # Round robin offers half of these to the stopping worker first.
+        for _ in range(4):
+            opened.append(await open_real_socket(nginx.base_url, cookie, "alice"))
+        assert stopping.alive(), "the worker stopped before the test was done with it"
+        assert await asyncio.gather(*closes) == [1012, 1012, 1012]
+        assert await asyncio.to_thread(stopping.wait_exit, 15) == 0
+    finally:
+        for client in opened:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5)
+        nginx.stop()
+        print(f"----- nginx error log -----\n{nginx.log()}")
+        for worker in (stopping, other):
+            worker.stop()
+            worker.print_log()

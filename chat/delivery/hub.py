@@ -42,10 +42,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.layers import BaseChannelLayer
+from django.conf import settings
 
 from chat.cancellation import cancel_and_wait
 from chat.coalesce import Coalescer
 from chat.delivery.channel import WorkerChannel
+from chat.delivery.draining import close_spread
 from chat.delivery.maintenance import Maintenance
 from chat.delivery.messages import (
     LAYER_ALL,
@@ -77,8 +79,8 @@ from chat.upstream.twisted import run_before_reactor_shutdown
 
 logger = logging.getLogger(__name__)
 
-# Seconds a shutting-down worker waits for its sockets to close and its
-# presence to be dropped before the process exits anyway.
+# Seconds a shutting-down worker waits, beyond CHAT_RESTART_SPREAD, for its
+# last sockets to close and its presence to be dropped before it exits anyway.
 _STOP_TIMEOUT = 5.0
 
 
@@ -125,7 +127,10 @@ class Hub:
         try:
             await self.channel.open()
             await self.maintenance.heartbeat()
-            run_before_reactor_shutdown(lambda: asyncio.wait_for(self.stop(), _STOP_TIMEOUT))
+            spread = settings.CHAT_RESTART_SPREAD
+            run_before_reactor_shutdown(
+                lambda: asyncio.wait_for(self.stop(spread=spread), spread + _STOP_TIMEOUT)
+            )
             self._tasks = [
                 asyncio.create_task(
                     self.channel.receive_loop(self._dispatch), name="chat-hub-receive"
@@ -137,16 +142,20 @@ class Hub:
             raise
         self.started.set_result(None)
 
-    async def stop(self, *, close_code: int = CLOSE_SERVICE_RESTART) -> None:
-        """Close every local socket and drop this worker's presence at once."""
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop` has begun: new sockets are refused from then on."""
+        return self._stopped
+
+    async def stop(self, *, close_code: int = CLOSE_SERVICE_RESTART, spread: float = 0.0) -> None:
+        """Close the local sockets over `spread` seconds (chat.delivery.draining), then
+        drop this worker's presence. Delivery and heartbeats go on until the last is closed."""
         if self._stopped:
             return
         self._stopped = True
+        await close_spread(list(self.sockets), spread, lambda conn: conn.close_with(close_code))
         for task in self._tasks:
             task.cancel()
-        for conn in list(self.sockets):
-            with contextlib.suppress(Exception):
-                await conn.close_with(close_code)
         for username in await self.presence.drop_worker(worker=self.worker_id):
             await self.publish(LAYER_ALL, await self._went_offline(username))
         await self.subscriptions.unsubscribe_all()

@@ -29,6 +29,7 @@ PIPELINED_JOINS = "layer groups joined in one Redis pipeline"
 SESSIONS_IN_ONE_QUERY = "sessions of sockets opening together read in one query"
 USER_IN_ONE_TRIP = "session and user loaded in one database trip"
 STOP_ON_SHUTDOWN = "sockets closed and presence dropped when daphne stops"
+HANDSHAKE_STATUS = "handshakes refused with 503 while stopping"
 
 FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     FRAMES: (daphne.send_problem, autobahn.frame_problem, twisted.transport_problem),
@@ -39,6 +40,7 @@ FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     SESSIONS_IN_ONE_QUERY: (django.session_store_problem,),
     USER_IN_ONE_TRIP: (channels.get_user_problem,),
     STOP_ON_SHUTDOWN: (twisted.reactor_problem,),
+    HANDSHAKE_STATUS: (daphne.send_problem, daphne.reject_problem),
 }
 
 # What is used instead when a fast path is off.
@@ -51,6 +53,7 @@ FALLBACKS = {
     SESSIONS_IN_ONE_QUERY: "each session is read on its own",
     USER_IN_ONE_TRIP: "sockets cannot load their user; websockets fail",
     STOP_ON_SHUTDOWN: "sockets are dropped, and reaped after CHAT_PRESENCE_TIMEOUT",
+    HANDSHAKE_STATUS: "a stopping worker refuses handshakes with 403; nginx will not retry",
 }
 
 
@@ -72,4 +75,5 @@ def check_again() -> None:
     """Forget the checks' answers (tests change the libraries under them)."""
     problem.cache_clear()
     daphne.send_problem.cache_clear()
+    daphne.reject_problem.cache_clear()
     django.preloading.cache_clear()

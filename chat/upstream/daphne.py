@@ -46,3 +46,34 @@ def protocol_behind(send: Any) -> Any | None:
         if send is None:
             return None
     return None
+
+
+@functools.cache
+def reject_problem() -> str | None:
+    """`deny_handshake` does what daphne's `serverReject` does, with a status of its own."""
+    from daphne import ws_protocol
+
+    try:
+        source = inspect.getsource(ws_protocol.WebSocketProtocol.serverReject)
+    except (OSError, TypeError):
+        return "the source of daphne's WebSocketProtocol.serverReject cannot be read"
+    for step in ("self.handshake_deferred.errback(", "self.server.protocol_disconnected(self)"):
+        if step not in source:
+            return f"daphne's WebSocketProtocol.serverReject no longer calls {step}...)"
+    return None
+
+
+def deny_handshake(protocol: Any, status: int, reason: str) -> bool:
+    """Answer a websocket handshake with HTTP `status`, where daphne can only say 403.
+
+    False when the handshake was already answered.
+    """
+    from autobahn.websocket.types import ConnectionDeny
+
+    if not hasattr(protocol, "handshake_deferred"):
+        return False
+    denial = ConnectionDeny(code=status, reason=reason)  # type: ignore[no-untyped-call]
+    protocol.handshake_deferred.errback(denial)
+    del protocol.handshake_deferred
+    protocol.server.protocol_disconnected(protocol)
+    return True

@@ -4,8 +4,9 @@ Starts one daphne process per port (base-port, base-port + 1, ...), all with
 this environment, so they share `REDIS_URL` and `DATABASE_URL` and act as one
 server; put a proxy such as nginx in front (deploy/nginx.conf). A worker that
 dies is started again after a short pause. SIGTERM or Ctrl-C stops them all:
-each worker gets SIGTERM, closes its sockets with 1012 and drops its presence
-at once, and is killed if it has not exited within `--stop-timeout` seconds.
+each worker gets SIGTERM, closes its sockets with 1012 spread over
+`CHAT_RESTART_SPREAD` seconds and drops its presence, and is killed if it has
+not exited within `--stop-timeout` seconds (by default the spread plus 10).
 
 Each worker listens with a backlog of `--backlog` connections (2048, as
 uvicorn and gunicorn do). daphne's own is Twisted's 50: a burst of sockets
@@ -29,6 +30,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 # (so a worker that cannot start does not spin).
 _POLL = 0.5
 _RESTART_DELAY = 2.0
+# Seconds a stopping worker is given beyond CHAT_RESTART_SPREAD (it holds its
+# exit for at most the spread plus 5, chat.delivery.hub).
+_STOP_MARGIN = 10.0
 
 
 class Command(BaseCommand):
@@ -39,7 +43,10 @@ class Command(BaseCommand):
         parser.add_argument("--base-port", type=int, default=8001, help="port of the first")
         parser.add_argument("--host", default="127.0.0.1", help="address to bind")
         parser.add_argument(
-            "--stop-timeout", type=float, default=10.0, help="seconds to wait for a clean exit"
+            "--stop-timeout",
+            type=float,
+            default=None,
+            help="seconds to wait for a clean exit (default: CHAT_RESTART_SPREAD + 10)",
         )
         parser.add_argument(
             "--backlog", type=int, default=2048, help="connections the kernel queues per worker"
@@ -89,7 +96,10 @@ class Command(BaseCommand):
                         del died_at[port]
                         processes[port] = self._start(host, port, backlog)
         finally:
-            self._stop_all(list(processes.values()), options["stop_timeout"])
+            stop_timeout = options["stop_timeout"]
+            if stop_timeout is None:
+                stop_timeout = settings.CHAT_RESTART_SPREAD + _STOP_MARGIN
+            self._stop_all(list(processes.values()), stop_timeout)
 
     def _start(self, host: str, port: int, backlog: int) -> subprocess.Popen[bytes]:
         # daphne's -b/-p cannot set a backlog; its endpoint syntax can.

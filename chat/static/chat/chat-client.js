@@ -17,8 +17,8 @@
  *   // "disconnected", "not_connected" or "timeout".
  *
  * Reconnecting: after an unexpected close (including 1012, a server restart)
- * it reconnects with exponential backoff and full jitter (0.5 s doubling up
- * to 30 s). After every reconnect it sends `sync` from the highest message id
+ * it reconnects with exponential backoff and full jitter (a random wait
+ * below a ceiling of 0.5 s doubling up to 30 s). After every reconnect it sends `sync` from the highest message id
  * it has seen and emits each missed message as a "message" event; ids already
  * seen are dropped, so listeners never get one twice.
  *
@@ -110,10 +110,14 @@
     }
 
     scheduleReconnect(code) {
+      // Full jitter (anywhere from 0 to the ceiling), the first retry too: the
+      // clients of a restarting worker, already closed over CHAT_RESTART_SPREAD,
+      // stay spread instead of meeting again one backoff step later.
       // 4429: this user or address has as many sockets open as it may; trying
-      // again soon would only be refused again.
-      const ceiling = code === 4429 ? MAX_DELAY : Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
-      const delay = ceiling / 2 + Math.random() * ceiling / 2;
+      // again soon would only be refused again, so at least half the longest wait.
+      const delay = code === 4429
+        ? MAX_DELAY / 2 + Math.random() * MAX_DELAY / 2
+        : Math.random() * Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
       this.attempt += 1;
       this.emit("status", {state: "offline", code, retryIn: delay, attempt: this.attempt});
       this.timer = setTimeout(() => this.connect(), delay);
