@@ -35,7 +35,7 @@ from chat.conversations import (
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.groups import group_join, group_leave, group_members
-from chat.logs import close_reason
+from chat.logs import close_reason, serving_connection
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
@@ -132,6 +132,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.user_id = user.pk
         self.username = user.get_username()
         self.connection_id = uuid.uuid4().hex
+        serving_connection(self.connection_id)
         self.session_digest = session_digest(self.scope.get("session_key") or "")
         self._pending: list[str] | None = []
         self._closed = False

@@ -28,10 +28,13 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from chat.auth import SessionAuthMiddleware  # noqa: E402
 from chat.checks import report_fast_paths  # noqa: E402
+from chat.logs import every_line_through_logging  # noqa: E402
 from chat.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
 from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
 
+if settings.CHAT_LOG_FORMAT == "json":
+    every_line_through_logging()
 # Daphne runs no system checks: say which fast paths are on, and why any is off.
 report_fast_paths()
 # Under daphne: autobahn's per-connection debug line is formatted only if written.

@@ -8,6 +8,7 @@ with a message naming the variable instead of misbehaving later.
 """
 
 import ipaddress
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -307,6 +308,13 @@ STORAGES = {
 CHAT_LOG_FORMAT = env_str("CHAT_LOG_FORMAT", "text")
 if CHAT_LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"CHAT_LOG_FORMAT must be text or json, not {CHAT_LOG_FORMAT!r}")
+if CHAT_LOG_FORMAT == "json":
+    # Python's warnings as log lines, not text on stderr (Django's setup may warn).
+    logging.captureWarnings(True)
+# Every logger writes through the one handler, in that format: the root's
+# replaces daphne's own (`logging.basicConfig`, its format), and Django's
+# loggers lose the handlers of its default config and propagate to it. Lines
+# logged by a socket's consumer carry its connection id (chat.logs).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -314,9 +322,19 @@ LOGGING = {
         "text": {"()": "chat.logs.OneLineFormatter"},
         "json": {"()": "chat.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": CHAT_LOG_FORMAT}},
+    "filters": {"connection": {"()": "chat.logs.ConnectionFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": CHAT_LOG_FORMAT,
+            "filters": ["connection"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},
+        "chat": {"level": env_str("CHAT_LOG_LEVEL", "INFO")},
+        "django": {"handlers": [], "level": "INFO"},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
 

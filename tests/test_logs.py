@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chat.logs import JsonFormatter, OneLineFormatter
+from chat.logs import ConnectionFilter, JsonFormatter, OneLineFormatter, serving_connection
 from tests.chatclient import open_real_socket
 from tests.servers import HttpSession, Worker, running_workers, worker_env
 
@@ -73,3 +73,57 @@ async def test_a_worker_logs_json_closes_with_code_and_connection_but_no_body():
         assert event["connection"] and event["connection"] in event["message"]
         assert "normal closure" in event["message"]
         assert secret not in worker.log()
+
+
+async def test_a_line_logged_while_a_socket_is_served_carries_its_connection():
+    tag = ConnectionFilter()
+
+    def logged(message: str) -> logging.LogRecord:
+        record = logging.LogRecord("chat.consumers", logging.INFO, __file__, 1, message, (), None)
+        assert tag.filter(record)
+        return record
+
+    async def consumer() -> tuple[logging.LogRecord, logging.LogRecord]:
+        serving_connection("c42")
+        # A task the consumer starts is not the consumer: its lines are not tagged.
+        return logged("closing"), await asyncio.create_task(started())
+
+    async def started() -> logging.LogRecord:
+        return logged("beat")
+
+    served, other = await asyncio.create_task(consumer())
+    assert served.connection == "c42"
+    assert not hasattr(other, "connection")
+    assert not hasattr(logged("outside"), "connection")
+    assert OneLineFormatter().format(served).endswith("closing [connection c42]")
+    assert json.loads(JsonFormatter().format(served))["connection"] == "c42"
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+async def test_with_json_every_line_of_a_worker_is_json_and_socket_lines_carry_the_connection():
+    env = worker_env(CHAT_LOG_FORMAT="json", CHAT_MAX_ERRORS_PER_MINUTE="1")
+    with running_workers(1, env) as (worker,):
+        session = HttpSession(worker.base_url)
+        cookie = await asyncio.to_thread(session.signup, "alice")
+        # Django's own line (django.request, WARNING) and daphne's access log.
+        assert (await asyncio.to_thread(session.get, "/no-such-page/"))[0] == 404
+        alice = await open_real_socket(worker.base_url, cookie, "alice")
+        secret = "a body that must not reach the log"
+        await alice.request(type="send", to={"user": "alice"}, body=secret)
+        # Two errors: the consumer closes the socket and says why, without `extra`.
+        await alice.send_text("not json")
+        await alice.send_text("not json either")
+        assert await alice.expect_close() == 1008
+
+        [closed] = await wait_for_log(worker, '"close_code": 1008')
+        connection = json.loads(closed)["connection"]
+        await wait_for_log(worker, "/no-such-page/")
+        await wait_for_log(worker, "too many errors")
+    events = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
+    assert all(isinstance(event, dict) for event in events)
+    loggers = {event["logger"] for event in events}
+    assert {"daphne.access", "django.request", "chat.consumers"} <= loggers, loggers
+    [too_many] = [event for event in events if "too many errors" in event["message"]]
+    assert too_many["connection"] == connection
+    assert secret not in worker.log()

@@ -30,6 +30,7 @@ SESSIONS_IN_ONE_QUERY = "sessions of sockets opening together read in one query"
 USER_IN_ONE_TRIP = "session and user loaded in one database trip"
 STOP_ON_SHUTDOWN = "sockets closed and presence dropped when daphne stops"
 HANDSHAKE_STATUS = "handshakes refused with 503 while stopping"
+ACCESS_LOG = "daphne's access log through logging (JSON lines)"
 
 FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     FRAMES: (daphne.send_problem, autobahn.frame_problem, twisted.transport_problem),
@@ -41,6 +42,7 @@ FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     USER_IN_ONE_TRIP: (channels.get_user_problem,),
     STOP_ON_SHUTDOWN: (twisted.reactor_problem,),
     HANDSHAKE_STATUS: (daphne.send_problem, daphne.reject_problem),
+    ACCESS_LOG: (daphne.access_log_problem,),
 }
 
 # What is used instead when a fast path is off.
@@ -54,6 +56,7 @@ FALLBACKS = {
     USER_IN_ONE_TRIP: "sockets cannot load their user; websockets fail",
     STOP_ON_SHUTDOWN: "sockets are dropped, and reaped after CHAT_PRESENCE_TIMEOUT",
     HANDSHAKE_STATUS: "a stopping worker refuses handshakes with 403; nginx will not retry",
+    ACCESS_LOG: "daphne writes its access log as text to stdout (run it with --access-log FILE)",
 }
 
 
