@@ -179,78 +179,22 @@ def refuse_handshake(protocol: Any | None, status: int, reason: str) -> bool:
 
 
 def close_on_bad_frames(protocol: Any | None) -> bool:
-    """Have autobahn answer a bad frame with a close code instead of dropping TCP.
+    """Have autobahn answer a bad frame with 1009 or 1007 instead of dropping TCP.
 
-    Autobahn drops the connection when a frame is over daphne's size cap or
-    a text frame is not UTF-8 (`failByDrop`, on by default), so the client
-    only sees 1006. Off, autobahn sends the close frame the RFC names, 1009
-    or 1007, and drops the connection if the client does not answer it within
-    its close handshake timeout. False when `protocol` is not daphne's.
+    False when `protocol` is not daphne's or the reach is gone (the client
+    then sees 1006).
     """
-    if protocol is None or not hasattr(protocol, "failByDrop"):
+    if protocol is None or not upstream.is_on(upstream.BAD_FRAME_CLOSES):
         return False
-    protocol.failByDrop = False
+    autobahn.close_on_bad_frames(protocol)
     return True
 
 
-class InboxGuard:
-    """Stops reading a socket while its received frames wait unhandled.
-
-    Daphne puts every frame autobahn decodes on the consumer's queue, without
-    limit: a client sending faster than its frames are handled (behind one
-    slow command, say) grows the worker's memory. The guard counts what
-    waits on the queue; past `limit` bytes it pauses the transport (Twisted
-    stops reading the socket, so the client's own sends block in TCP) and
-    resumes it once the consumer has taken the queue below half the limit.
-    """
-
-    __slots__ = ("_get", "_put", "_transport", "limit", "paused", "waiting")
-
-    def __init__(self, queue: Any, transport: Any, limit: int) -> None:
-        self.limit = limit
-        self.waiting = 0
-        self.paused = False
-        self._transport = transport
-        self._put = queue._put
-        self._get = queue._get
-        queue._put = self.put
-        queue._get = self.get
-
-    def put(self, item: Any) -> None:
-        self._put(item)
-        self.waiting += _queued_size(item)
-        if self.waiting > self.limit and not self.paused:
-            self.paused = True
-            self._transport.pauseProducing()
-
-    def get(self) -> Any:
-        item = self._get()
-        self.waiting = max(0, self.waiting - _queued_size(item))
-        if self.paused and self.waiting <= self.limit // 2:
-            self.paused = False
-            self._transport.resumeProducing()
-        return item
-
-
-# What a queued ASGI message costs besides its payload (the dict, its keys).
-_QUEUED_OVERHEAD = 256
-
-
-def _queued_size(item: Any) -> int:
-    payload = item.get("text") or item.get("bytes") or ""
-    return len(payload) + _QUEUED_OVERHEAD
-
-
-def guard_inbox(protocol: Any | None, limit: int) -> InboxGuard | None:
-    """An `InboxGuard` on daphne's `protocol`; None elsewhere (or with `limit` 0)."""
-    queue = getattr(protocol, "application_queue", None)
-    transport = getattr(protocol, "transport", None)
-    if not limit or queue is None or not hasattr(transport, "pauseProducing"):
+def guard_inbox(protocol: Any | None, limit: int) -> daphne.InboxGuard | None:
+    """A bound on the socket's received, unhandled bytes; None elsewhere (or with `limit` 0)."""
+    if protocol is None or not limit or not upstream.is_on(upstream.INBOX_BOUND):
         return None
-    if not (hasattr(queue, "_put") and hasattr(queue, "_get")):
-        logger.warning("cannot bound this socket's incoming frames")
-        return None
-    return InboxGuard(queue, transport, limit)
+    return daphne.guard_inbox(protocol, limit)
 
 
 def watch_send_buffer(protocol: Any | None, limit: int) -> SendBuffer | None:

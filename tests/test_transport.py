@@ -24,12 +24,12 @@ from websockets.streams import StreamReader
 
 from chat.transport import (
     FrameWriter,
-    InboxGuard,
     SendBuffer,
     close_on_bad_frames,
     defer_autobahn_debug_formatting,
     text_frame,
 )
+from chat.upstream.daphne import InboxGuard
 
 
 def parse(data: bytes) -> tuple[Frame, bytes]:

@@ -25,7 +25,14 @@ from chat.checks import check_fast_paths, report_fast_paths
 from chat.consumers import ChatConsumer
 from chat.delivery.channel import WorkerChannel
 from chat.delivery.sockets import written_now
-from chat.transport import close_frame, daphne_protocol, frame_writer, watch_send_buffer
+from chat.transport import (
+    close_frame,
+    close_on_bad_frames,
+    daphne_protocol,
+    frame_writer,
+    guard_inbox,
+    watch_send_buffer,
+)
 from tests.conftest import REDIS_URL
 from tests.servers import running_workers, worker_env
 
@@ -61,6 +68,7 @@ REACHES = [
     (RedisChannelLayer, "_group_key", upstream.PIPELINED_JOINS),
     (DatabaseSessionStore, "_get_session_from_db", upstream.SESSIONS_IN_ONE_QUERY),
     (channels_auth, "_get_user_session_key", upstream.USER_IN_ONE_TRIP),
+    (asyncio.Queue, "_put", upstream.INBOX_BOUND),
 ]
 
 
@@ -109,6 +117,40 @@ def test_with_a_reach_gone_a_socket_gets_the_plain_asgi_behaviour(
     assert frame_writer(Wire()) is None
     assert close_frame(Wire(), 1008) is False  # the consumer closes through ASGI
     assert watch_send_buffer(Wire(), 1024) is None
+
+
+def test_without_autobahns_failbydrop_option_bad_frames_drop_and_the_check_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = [o for o in WebSocketProtocol.CONFIG_ATTRS_COMMON if o != "failByDrop"]
+    monkeypatch.setattr(WebSocketProtocol, "CONFIG_ATTRS_COMMON", options)
+    protocol = types.SimpleNamespace(failByDrop=True)
+
+    assert "failByDrop" in (upstream.problem(upstream.BAD_FRAME_CLOSES) or "")
+    assert close_on_bad_frames(protocol) is False
+    assert protocol.failByDrop is True
+    [warning] = [m for m in check_fast_paths() if m.id == "chat.W001"]
+    assert upstream.FALLBACKS[upstream.BAD_FRAME_CLOSES] in (warning.hint or "")
+
+
+def test_with_the_inbox_reach_gone_a_socket_is_not_guarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daphne whose queue no longer goes through `_put` keeps its queue untouched."""
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    protocol = types.SimpleNamespace(
+        application_queue=queue, transport=types.SimpleNamespace(pauseProducing=lambda: None)
+    )
+    assert guard_inbox(protocol, 1024) is not None
+
+    monkeypatch.setitem(
+        upstream.FAST_PATHS, upstream.INBOX_BOUND, (lambda: "Queue.put_nowait changed",)
+    )
+    upstream.check_again()
+    fresh: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    protocol.application_queue = fresh
+    assert guard_inbox(protocol, 1024) is None
+    assert fresh._put.__self__ is fresh  # type: ignore[attr-defined]
 
 
 async def test_with_pipelined_joins_off_layer_groups_are_joined_one_by_one(

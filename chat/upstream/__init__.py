@@ -31,6 +31,8 @@ USER_IN_ONE_TRIP = "session and user loaded in one database trip"
 STOP_ON_SHUTDOWN = "sockets closed and presence dropped when daphne stops"
 HANDSHAKE_STATUS = "handshakes refused with 503 while stopping"
 ACCESS_LOG = "daphne's access log through logging (JSON lines)"
+BAD_FRAME_CLOSES = "bad frames closed with 1009 and 1007, not dropped"
+INBOX_BOUND = "bound on a socket's received, unhandled bytes"
 
 FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     FRAMES: (daphne.send_problem, autobahn.frame_problem, twisted.transport_problem),
@@ -43,6 +45,8 @@ FAST_PATHS: dict[str, tuple[Callable[[], str | None], ...]] = {
     STOP_ON_SHUTDOWN: (twisted.reactor_problem,),
     HANDSHAKE_STATUS: (daphne.send_problem, daphne.reject_problem),
     ACCESS_LOG: (daphne.access_log_problem,),
+    BAD_FRAME_CLOSES: (daphne.send_problem, autobahn.bad_frame_problem),
+    INBOX_BOUND: (daphne.send_problem, daphne.inbox_problem),
 }
 
 # What is used instead when a fast path is off.
@@ -57,6 +61,8 @@ FALLBACKS = {
     STOP_ON_SHUTDOWN: "sockets are dropped, and reaped after CHAT_PRESENCE_TIMEOUT",
     HANDSHAKE_STATUS: "a stopping worker refuses handshakes with 403; nginx will not retry",
     ACCESS_LOG: "daphne writes its access log as text to stdout (run it with --access-log FILE)",
+    BAD_FRAME_CLOSES: "a frame over the cap or not UTF-8 drops the connection (clients see 1006)",
+    INBOX_BOUND: "a client sending faster than it is served is read on; its frames queue in memory",
 }
 
 

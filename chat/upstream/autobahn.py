@@ -32,6 +32,25 @@ def close_problem() -> str | None:
     )
 
 
+def bad_frame_problem() -> str | None:
+    """`close_on_bad_frames` turns off `failByDrop`, an option autobahn copies to each protocol."""
+    options = getattr(_Protocol, "CONFIG_ATTRS_COMMON", ())
+    if "failByDrop" not in options:
+        return f"{_Protocol.__module__}.{_Protocol.__qualname__} has no failByDrop option"
+    return None
+
+
+def close_on_bad_frames(protocol: Any) -> None:
+    """Answer a frame over the size cap with 1009 and invalid UTF-8 with 1007.
+
+    With `failByDrop` on (autobahn's default) both drop the TCP connection,
+    and the client sees only 1006. Off, autobahn sends the close frame the
+    RFC names and drops the connection only if the client does not answer it
+    within its close handshake timeout.
+    """
+    protocol.failByDrop = False
+
+
 def formatting_problem() -> str | None:
     """`defer_debug_formatting` swaps the module's `pformat` and `Timings.__str__`."""
     if getattr(websocket_protocol, "pformat", None) not in (pprint.pformat, _Pretty):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -9,7 +10,7 @@ from typing import Any
 
 from daphne import server
 
-from chat.upstream.reaches import missing_attributes
+from chat.upstream.reaches import missing_assignments, missing_attributes
 
 # Middleware layers that may wrap `send` (as Channels' session middleware does).
 _MAX_WRAPPERS = 5
@@ -117,3 +118,79 @@ def log_access_to(access: logging.Logger) -> None:
         )
 
     AccessLogGenerator.write_entry = write_entry
+
+
+def inbox_problem() -> str | None:
+    """`InboxGuard` wraps the `_put` and `_get` of daphne's per-socket `application_queue`."""
+    from daphne import ws_protocol
+
+    found = missing_assignments(
+        ws_protocol.WebSocketProtocol.applicationCreateWorked, "application_queue"
+    ) or missing_attributes(asyncio.Queue, "_put", "_get")
+    if found:
+        return found
+    for method, step in (("put_nowait", "self._put("), ("get_nowait", "self._get(")):
+        try:
+            source = inspect.getsource(getattr(asyncio.Queue, method))
+        except (OSError, TypeError, AttributeError):
+            return f"the source of asyncio.Queue.{method} cannot be read"
+        if step not in source:
+            return f"asyncio.Queue.{method} no longer calls {step}...)"
+    return None
+
+
+class InboxGuard:
+    """Stops reading a socket while its received frames wait unhandled.
+
+    Daphne puts every frame autobahn decodes on the consumer's queue, without
+    limit: a client sending faster than its frames are handled (behind one
+    slow command, say) grows the worker's memory. The guard counts what
+    waits on the queue; past `limit` bytes it pauses the transport (Twisted
+    stops reading the socket, so the client's own sends block in TCP) and
+    resumes it once the consumer has taken the queue below half the limit.
+    """
+
+    __slots__ = ("_get", "_put", "_transport", "limit", "paused", "waiting")
+
+    def __init__(self, queue: Any, transport: Any, limit: int) -> None:
+        self.limit = limit
+        self.waiting = 0
+        self.paused = False
+        self._transport = transport
+        self._put = queue._put
+        self._get = queue._get
+        queue._put = self.put
+        queue._get = self.get
+
+    def put(self, item: Any) -> None:
+        self._put(item)
+        self.waiting += _queued_size(item)
+        if self.waiting > self.limit and not self.paused:
+            self.paused = True
+            self._transport.pauseProducing()
+
+    def get(self) -> Any:
+        item = self._get()
+        self.waiting = max(0, self.waiting - _queued_size(item))
+        if self.paused and self.waiting <= self.limit // 2:
+            self.paused = False
+            self._transport.resumeProducing()
+        return item
+
+
+# What a queued ASGI message costs besides its payload (the dict, its keys).
+_QUEUED_OVERHEAD = 256
+
+
+def _queued_size(item: Any) -> int:
+    payload = item.get("text") or item.get("bytes") or ""
+    return len(payload) + _QUEUED_OVERHEAD
+
+
+def guard_inbox(protocol: Any, limit: int) -> InboxGuard | None:
+    """An `InboxGuard` on daphne's `protocol`; None when it has no queue to guard."""
+    queue = getattr(protocol, "application_queue", None)
+    transport = getattr(protocol, "transport", None)
+    if queue is None or not hasattr(transport, "pauseProducing"):
+        return None
+    return InboxGuard(queue, transport, limit)
