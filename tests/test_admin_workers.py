@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import time
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat.delivery.mirror import connection_record
 from chat.presence import VERSION, RedisPresenceStore
+from tests.chatclient import open_real_socket
 from tests.conftest import REDIS_URL, use_redis_layer
+from tests.servers import HttpSession, running_workers, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,3 +65,71 @@ def test_workers_view_is_for_staff_only(client):
     response = client.get("/admin/workers/")
 
     assert response.status_code == 302
+
+
+_ROW = re.compile(
+    r'<tr class="worker">\s*<td>(?P<worker>[^<]+)</td>\s*<td>(?P<age>[\d.]+) s</td>\s*'
+    r"<td>(?P<sockets>\d+)</td>\s*<td>(?P<uptime>\d+) s</td>\s*<td>(?P<version>[^<]+)</td>"
+)
+
+
+def workers_page(session: HttpSession) -> dict[int, dict[str, str]]:
+    """The Workers page's rows, by the pid in each worker's name (host-pid-suffix)."""
+    status, page = session.get("/admin/workers/")
+    assert status == 200, page
+    return {int(row["worker"].split("-")[-2]): row.groupdict() for row in _ROW.finditer(page)}
+
+
+async def wait_for_page(session: HttpSession, condition, timeout: float, what: str):
+    """The rows once `condition(rows)` holds; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await asyncio.to_thread(workers_page, session)
+        if condition(rows):
+            return rows
+        assert time.monotonic() < deadline, f"{what} within {timeout} s: {rows}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.processes
+async def test_workers_page_lists_two_real_workers_and_drops_a_killed_one(redis_prefix):
+    timeout = 3.0
+    env = worker_env(
+        redis_url=REDIS_URL, redis_prefix=redis_prefix, CHAT_PRESENCE_TIMEOUT=str(timeout)
+    )
+    await sync_to_async(get_user_model().objects.create_superuser)(
+        "root", "root@example.com", "a-Long-passw0rd!"
+    )
+    with running_workers(2, env) as (killed, survivor):
+        admin = HttpSession(survivor.base_url)
+        await asyncio.to_thread(admin.login, "root")
+        cookie = await asyncio.to_thread(HttpSession(survivor.base_url).signup, "alice")
+        sockets = [await open_real_socket(w.base_url, cookie, "alice") for w in (killed, survivor)]
+
+        # The admin's socket list is written in batches just after sockets open.
+        rows = await wait_for_page(
+            admin,
+            lambda rows: (
+                {pid: row["sockets"] for pid, row in rows.items()}
+                == {killed.pid: "1", survivor.pid: "1"}
+            ),
+            10,
+            "both workers with one socket each",
+        )
+        for row in rows.values():
+            assert float(row["age"]) < timeout
+            assert int(row["uptime"]) >= 0
+            assert row["version"] == VERSION
+
+        killed.kill()
+        killed_at = time.monotonic()
+        rows = await wait_for_page(
+            admin, lambda rows: killed.pid not in rows, timeout + 5, "the killed worker gone"
+        )
+        # Its last heartbeat came before the kill: gone within the timeout of the
+        # kill (plus one page load).
+        assert time.monotonic() - killed_at <= timeout + 1
+        assert list(rows) == [survivor.pid]
+        for client in sockets:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5)
