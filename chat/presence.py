@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from django.conf import settings
 
-# The release this code is; shown per worker in the admin's Workers view.
-VERSION = "0.1.0"
+from chat.version import VERSION
+
 PROCESS_STARTED = time.time()
 
 

@@ -20,7 +20,8 @@ from django.conf import settings
 from django.db.models import Count
 
 from chat.models import Connection
-from chat.presence import PROCESS_STARTED, VERSION
+from chat.presence import PROCESS_STARTED
+from chat.version import VERSION
 
 
 @dataclass(frozen=True)

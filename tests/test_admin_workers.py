@@ -15,7 +15,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat.delivery.mirror import connection_record
-from chat.presence import VERSION, RedisPresenceStore
+from chat.presence import RedisPresenceStore
+from chat.version import VERSION
 from tests.chatclient import open_real_socket
 from tests.conftest import REDIS_URL, use_redis_layer
 from tests.servers import HttpSession, running_workers, worker_env
