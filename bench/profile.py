@@ -76,9 +76,9 @@ SCAFFOLDING = (
 # write path is also recognised by its inner frames.
 STAGES = [
     (
-        "frames out: Hub._dispatch -> consumer.send -> ASGI server -> frame -> socket",
+        "frames out: LayerHandlers.dispatch -> consumer.send -> ASGI server -> frame -> socket",
         (
-            "Hub._dispatch",
+            "LayerHandlers.dispatch",
             "Hub._targets",
             "ChatSocket.write",
             "InstanceSessionWrapper.send",

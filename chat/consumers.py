@@ -34,6 +34,7 @@ from chat.conversations import (
 )
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
+from chat.delivery.publishing import membership_notices, to_group, to_user, to_username
 from chat.groups import group_join, group_leave, group_members
 from chat.logs import close_reason, serving_connection
 from chat.messaging import message_history_page, message_sync
@@ -376,12 +377,14 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=True)
         event = {"type": "joined", "group": change.group, "user": self.username}
         if change.changed:
-            await self.hub.announce_membership(
-                event=event,
-                user_id=self.user_id,
-                group_id=change.group_id,
-                joined=True,
-                exclude_connection=self.connection_id,
+            await self.hub.tell(
+                membership_notices(
+                    event,
+                    user_id=self.user_id,
+                    group_id=change.group_id,
+                    joined=True,
+                    exclude_connection=self.connection_id,
+                )
             )
         if change.created:
             return _reply(
@@ -394,12 +397,14 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         change = await database_sync_to_async(group_leave)(user=self.user, name=command.group)
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=False)
         event = {"type": "left", "group": change.group, "user": self.username}
-        await self.hub.announce_membership(
-            event=event,
-            user_id=self.user_id,
-            group_id=change.group_id,
-            joined=False,
-            exclude_connection=self.connection_id,
+        await self.hub.tell(
+            membership_notices(
+                event,
+                user_id=self.user_id,
+                group_id=change.group_id,
+                joined=False,
+                exclude_connection=self.connection_id,
+            )
         )
         return _reply("left", command.ref, group=change.group, user=self.username)
 
@@ -554,11 +559,11 @@ class ChatConsumer(ChatSocket):
         conversation = moved.conversation
         event = {"type": "read", "of": conversation.address.as_json(), "id": moved.id}
         if moved.advanced:
-            await self.hub.tell_user(self.user_id, event, exclude_connection=self.connection_id)
+            await self.hub.tell(to_user(self.user_id, event, exclude_connection=self.connection_id))
             receipt = {"type": "receipt", "user": self.username, "id": moved.id}
             if conversation.peer_id is not None and conversation.peer_id != self.user_id:
                 receipt = {"type": "receipt", "of": {"user": self.username}, **receipt}
-                await self.hub.tell_user(conversation.peer_id, receipt)
+                await self.hub.tell(to_user(conversation.peer_id, receipt))
             elif conversation.group_id is not None:
                 receipt = {"type": "receipt", "of": conversation.address.as_json(), **receipt}
                 await self.hub.receipts.receipt(
@@ -573,13 +578,13 @@ class ChatConsumer(ChatSocket):
         if to.kind == "user":
             if to.name != self.username:
                 event["to"] = {"user": self.username}
-                await self.hub.tell_username(to.name, event)
+                await self.hub.tell(to_username(to.name, event))
             return None
         known = current_worker().group_named.get(group_key(to.name))
         if known is None or known[0] not in self.hub.sockets.groups_of.get(self.user_id, ()):
             raise ChatError(protocol.NOT_MEMBER, f"you are not a member of group {to.name!r}")
         event["to"] = {"group": known[1]}
-        await self.hub.tell_group(known[0], event, exclude_user=self.user_id)
+        await self.hub.tell(to_group(known[0], event, exclude_user=self.user_id))
         return None
 
     async def command_users(self, command: Command) -> dict[str, Any]:

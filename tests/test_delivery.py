@@ -19,6 +19,7 @@ from chat.coalesce import Coalescer
 from chat.delivery import Hub, session_digest, user_layer_group
 from chat.delivery.messages import Audience, Notice, SessionEnd, presence_notice
 from chat.delivery.notices import drop_flaps
+from chat.delivery.publishing import membership_notices
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
 from chat.worker import current_worker
@@ -411,12 +412,14 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
         )
         event = {"type": "joined" if joined else "left", "group": "A", "user": "carol"}
         await hub.note_membership(user_id=carol.pk, group_id=change.group_id, joined=joined)
-        await hub.announce_membership(
-            event=event,
-            user_id=carol.pk,
-            group_id=change.group_id,
-            joined=joined,
-            exclude_connection=carol_here.connection_id,
+        await hub.tell(
+            membership_notices(
+                event,
+                user_id=carol.pk,
+                group_id=change.group_id,
+                joined=joined,
+                exclude_connection=carol_here.connection_id,
+            )
         )
         return event
 
@@ -458,7 +461,9 @@ async def test_a_join_notice_reaches_the_members_of_when_it_arrived_not_of_the_f
 
     carol_joined = {"type": "joined", "group": "A", "user": "carol"}
     # As the receive loop hands it over, then bob joins before it is flushed.
-    await hub.chat_notice(Notice(carol_joined, Audience(group=group_id, exclude_user=carol.pk)))
+    await hub.handlers.chat_notice(
+        Notice(carol_joined, Audience(group=group_id, exclude_user=carol.pk))
+    )
     await database_sync_to_async(group_join)(user=bob, name="A")
     await hub.note_membership(user_id=bob.pk, group_id=group_id, joined=True)
 
@@ -615,7 +620,7 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
     layer = SwallowingLayer()
     # A hub of its own, never started: no other loop reads a real layer here.
     hub = Hub(layer, presence=current_worker().presence)  # type: ignore[arg-type]
-    loop_task = asyncio.ensure_future(hub.channel.receive_loop(hub._dispatch))
+    loop_task = asyncio.ensure_future(hub.channel.receive_loop(hub.handlers.dispatch))
     await asyncio.wait_for(layer.reading.wait(), WAIT)
     loop_task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -9,10 +9,23 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer
 
 from chat.delivery.channel import WorkerChannel
+from chat.delivery.handlers import LayerHandlers
 from chat.delivery.maintenance import Maintenance
-from chat.delivery.messages import LAYER_ALL, Audience, MemberChange
+from chat.delivery.messages import (
+    LAYER_ALL,
+    AccessEnd,
+    Audience,
+    Deliver,
+    MemberChange,
+    Notice,
+    Typing,
+    from_layer,
+    to_layer,
+)
 from chat.delivery.mirror import ConnectionMirror
-from chat.delivery.publishing import deliveries
+from chat.delivery.notices import NoticeBatcher
+from chat.delivery.online import PresenceRecorder
+from chat.delivery.publishing import deliveries, membership_notices, to_group, to_username
 from chat.delivery.sockets import SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
@@ -148,3 +161,84 @@ async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_t
     assert offline == ["ghost"]
     assert "dead!1" not in layer.groups.get("chat.all", {})
     assert channel.name in layer.groups["chat.all"]
+
+
+@dataclass(eq=False)
+class WritingTab(Tab):
+    """A socket that keeps what it is sent and how it was closed."""
+
+    def __post_init__(self) -> None:
+        self.written: list[str] = []
+        self.closed: list[int] = []
+
+    def write_now(self, text: str) -> bool:
+        self.written.append(text)
+        return True
+
+    async def close_with(self, code: int) -> None:
+        self.closed.append(code)
+
+
+def handlers_over(index: SocketIndex) -> LayerHandlers:
+    channel = WorkerChannel(InMemoryChannelLayer())
+    presence = MemoryPresenceStore()
+    subscriptions = LayerSubscriptions(
+        channel, presence=presence, worker_id="w", wanted=index.wanted_layer_groups
+    )
+    return LayerHandlers(index, subscriptions=subscriptions, notices=NoticeBatcher(index))
+
+
+async def test_each_layer_message_goes_to_the_handler_its_type_names():
+    index = SocketIndex()
+    alice, bob = WritingTab(1, "alice", "a1"), WritingTab(2, "bob", "b1")
+    index.add(alice, group_ids=[7])
+    index.add(bob, group_ids=[])
+    handlers = handlers_over(index)
+
+    for _, message in to_group(7, {"type": "receipt"}, exclude_user=2):
+        await handlers.dispatch(from_layer(to_layer(message)))
+    for _, message in to_username("bob", {"type": "typing", "user": "alice"}):
+        await handlers.dispatch(from_layer(to_layer(message)))
+    await handlers.dispatch(AccessEnd(user_id=1))
+
+    assert alice.written == ['{"type":"receipt"}']
+    assert bob.written == ['{"type":"typing","user":"alice"}']
+    assert (alice.closed, bob.closed) == ([1008], [])
+
+
+async def test_a_membership_notice_changes_the_index_of_the_worker_that_receives_it():
+    index = SocketIndex()
+    carol = WritingTab(3, "carol", "c1")
+    index.add(carol, group_ids=[])
+    handlers = handlers_over(index)
+    event = {"type": "joined", "group": "A", "user": "carol"}
+
+    addressed = membership_notices(
+        event, user_id=3, group_id=9, joined=True, exclude_connection="c2"
+    )
+    assert [group for group, _ in addressed] == ["chat.group.9", "chat.user.3"]
+    for _, message in addressed:
+        assert isinstance(message, Notice)
+        await handlers.dispatch(message)
+
+    assert index.targets(Audience(group=9)) == [carol]
+    assert isinstance(addressed[1][1], Notice) and addressed[1][1].member_change is not None
+
+
+async def test_going_offline_records_last_seen_and_says_so_in_the_notice():
+    presence = MemoryPresenceStore()
+    recorder = PresenceRecorder(presence, worker_id="w")
+
+    notice = await recorder.went_offline("alice")
+
+    assert notice.event["online"] is False
+    assert notice.event["last_seen"] == (await presence.last_seen(["alice"]))["alice"]
+
+
+def test_events_that_are_not_messages_are_addressed_by_layer_group():
+    [(group, deliver)] = to_group(4, {"type": "receipt"}, exclude_user=1)
+    [(everyone, typing)] = to_username("bob", {"type": "typing"})
+
+    assert group == "chat.group.4" and isinstance(deliver, Deliver)
+    assert deliver.audience == Audience(group=4, exclude_user=1)
+    assert everyone == LAYER_ALL and isinstance(typing, Typing) and typing.username == "bob"

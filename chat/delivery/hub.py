@@ -10,18 +10,19 @@ is written to every local socket of its audience, found in memory
 sockets first and drops the copy the layer brings back.
 
 The hub's own code is the order of things: what happens when a socket opens
-or closes, when messages were stored, and when a layer message arrives
-(handled by the method its `type` names, as Channels does for consumers).
-The rest lives in its parts:
+or closes, when messages were stored, and when the worker stops. The rest
+lives in its parts:
 
 - `messages`: what travels on the layer, typed;
+- `handlers`: what a worker does with each layer message, by its `type`;
 - `sockets`: the local sockets by user and group;
 - `subscriptions`: the channel's layer groups;
 - `online`: presence transitions recorded, and the shared read of who is online;
 - `notices`: presence and joined/left held and sent as one `batch`;
 - `mirror`: the admin's list of open sockets;
 - `maintenance`: heartbeat, reaping and outage recovery;
-- `publishing`: stored messages into layer messages.
+- `publishing`: stored messages and events into addressed layer messages;
+- `draining`: a stopping worker's sockets closed over a window.
 
 A new per-worker part: a class in a module of its own here, built in
 `Hub.__init__` from what it needs (not from the hub), started in `start` and
@@ -38,8 +39,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
 
 from channels.layers import BaseChannelLayer
 from django.conf import settings
@@ -48,33 +47,26 @@ from chat.cancellation import cancel_and_wait
 from chat.coalesce import Coalescer
 from chat.delivery.channel import WorkerChannel
 from chat.delivery.draining import close_spread
+from chat.delivery.handlers import LayerHandlers
 from chat.delivery.maintenance import Maintenance
 from chat.delivery.messages import (
     LAYER_ALL,
-    AccessEnd,
-    Audience,
-    Deliver,
     LayerMessage,
     MemberChange,
     Notice,
     Notices,
-    SessionEnd,
-    Typing,
-    group_layer_group,
     presence_notice,
-    user_layer_group,
 )
 from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.notices import NoticeBatcher
 from chat.delivery.online import OnlineReader, PresenceRecorder
-from chat.delivery.publishing import deliveries
+from chat.delivery.publishing import Addressed, deliveries, to_group
 from chat.delivery.receipts import ReceiptThrottle
-from chat.delivery.sockets import LocalSocket, SocketIndex, write_to_all
+from chat.delivery.sockets import LocalSocket, SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
-from chat.messaging import StoredMessage, format_ts
-from chat.metrics import TALLY
+from chat.messaging import StoredMessage
 from chat.presence import PresenceStore
-from chat.protocol import CLOSE_POLICY_VIOLATION, CLOSE_SERVICE_RESTART, encode
+from chat.protocol import CLOSE_SERVICE_RESTART
 from chat.upstream.twisted import run_before_reactor_shutdown
 
 logger = logging.getLogger(__name__)
@@ -101,8 +93,15 @@ class Hub:
         self.recorder = PresenceRecorder(self.presence, worker_id=self.worker_id)
         self.online_reader = OnlineReader(self.presence)
         self.notices = NoticeBatcher(self.sockets)
+        self.handlers = LayerHandlers(
+            self.sockets, subscriptions=self.subscriptions, notices=self.notices
+        )
         self.mirror = ConnectionMirror(self.worker_id)
-        self.receipts = ReceiptThrottle(self._send_group_receipt)
+        self.receipts = ReceiptThrottle(
+            lambda group_id, event, reader: self.tell(
+                to_group(group_id, event, exclude_user=reader)
+            )
+        )
         self.maintenance = Maintenance(
             presence=self.presence,
             worker_id=self.worker_id,
@@ -133,7 +132,7 @@ class Hub:
             )
             self._tasks = [
                 asyncio.create_task(
-                    self.channel.receive_loop(self._dispatch), name="chat-hub-receive"
+                    self.channel.receive_loop(self.handlers.dispatch), name="chat-hub-receive"
                 ),
                 asyncio.create_task(self.maintenance.run(), name="chat-hub-maintenance"),
             ]
@@ -157,7 +156,7 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         for username in await self.presence.drop_worker(worker=self.worker_id):
-            await self.publish(LAYER_ALL, await self._went_offline(username))
+            await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
         await self.subscriptions.unsubscribe_all()
         await self.mirror.stop()
         await cancel_and_wait(self._tasks, within=2.0)
@@ -191,7 +190,7 @@ class Hub:
             await self.subscriptions.unsubscribe_unused()
         try:
             if await self.recorder.disconnected(conn.connection_id, conn.username):
-                await self.announcing(await self._went_offline(conn.username))
+                await self.announcing(await self.recorder.went_offline(conn.username))
         finally:
             self.mirror.closed(conn.connection_id)
 
@@ -213,16 +212,7 @@ class Hub:
 
     async def _announce_offline(self, username: str) -> None:
         """Tell every worker that a user of a reaped worker went offline."""
-        await self.publish(LAYER_ALL, await self._went_offline(username))
-
-    async def _went_offline(self, username: str) -> Notice:
-        """Record when a user went offline (`last_seen`) and the notice that says so."""
-        moment = format_ts(datetime.now(UTC))
-        try:
-            await self.presence.note_seen(username, moment)
-        except Exception:
-            logger.warning("could not record when %s was last seen", username, exc_info=True)
-        return presence_notice(username, online=False, last_seen=moment)
+        await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
 
     async def online(self) -> frozenset[str]:
         return await self.online_reader.online()
@@ -239,7 +229,7 @@ class Hub:
         if await self.channel.publish(layer_group, message):
             return True
         if local_fallback:
-            await self._dispatch(message)
+            await self.handlers.dispatch(message)
         return False
 
     async def deliver_messages(self, messages: Sequence[StoredMessage]) -> None:
@@ -254,7 +244,7 @@ class Hub:
         for layer_group, message in deliveries(
             messages, origin=self.channel.name, stored_at=stored_at
         ):
-            await self.chat_deliver(message)
+            await self.handlers.chat_deliver(message)
             await self.publish(layer_group, message, local_fallback=False)
 
     async def _publish_notices(self, notices: list[Notice]) -> list[None]:
@@ -262,97 +252,11 @@ class Hub:
         await self.publish(LAYER_ALL, notices[0] if len(notices) == 1 else Notices(tuple(notices)))
         return [None] * len(notices)
 
-    async def tell_user(
-        self, user_id: int, event: dict[str, Any], *, exclude_connection: str | None = None
-    ) -> None:
-        """An event for every socket of one user, on every worker (read, receipt)."""
-        audience = Audience(users=(user_id,), exclude_connection=exclude_connection)
-        await self.publish(user_layer_group(user_id), Deliver(encode(event), audience))
-
-    async def tell_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
-        """An event for a group's online members but one user, on every worker."""
-        audience = Audience(group=group_id, exclude_user=exclude_user)
-        await self.publish(group_layer_group(group_id), Deliver(encode(event), audience))
-
-    async def _send_group_receipt(
-        self, group_id: int, event: dict[str, Any], reader_id: int
-    ) -> None:
-        await self.tell_group(group_id, event, exclude_user=reader_id)
-
-    async def tell_username(self, username: str, event: dict[str, Any]) -> None:
-        """An event for every socket of a user known by name only (typing), on every worker."""
-        await self.publish(LAYER_ALL, Typing(encode(event), username))
+    async def tell(self, addressed: Addressed) -> None:
+        """Publish events addressed by `chat.delivery.publishing` (`to_user`, `to_group`, ...)."""
+        for layer_group, message in addressed:
+            await self.publish(layer_group, message)
 
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
-        await self._apply(MemberChange(user_id=user_id, group_id=group_id, joined=joined))
-
-    async def announce_membership(
-        self,
-        *,
-        event: dict[str, Any],
-        user_id: int,
-        group_id: int,
-        joined: bool,
-        exclude_connection: str,
-    ) -> None:
-        """Tell the group's online members and the user's other sockets."""
-        await self.publish(
-            group_layer_group(group_id),
-            Notice(event, Audience(group=group_id, exclude_user=user_id)),
-        )
-        await self.publish(
-            user_layer_group(user_id),
-            Notice(
-                event,
-                Audience(users=(user_id,), exclude_connection=exclude_connection),
-                member_change=MemberChange(user_id=user_id, group_id=group_id, joined=joined),
-            ),
-        )
-
-    async def _apply(self, change: MemberChange) -> None:
-        if not self.sockets.apply(change):
-            return
-        if change.joined:
-            await self.subscriptions.subscribe([group_layer_group(change.group_id)])
-        else:
-            await self.subscriptions.unsubscribe_unused()
-
-    # -- layer messages, by type (chat.delivery.messages) --------------------
-
-    async def _dispatch(self, message: LayerMessage) -> None:
-        """Hand `message` to the method its type names, as Channels does for consumers."""
-        await getattr(self, message.type.replace(".", "_"))(message)
-
-    async def chat_deliver(self, message: Deliver) -> None:
-        targets = self.sockets.targets(message.audience)
-        await write_to_all(targets, message.text)
-        # Counted once per layer message, not per frame (chat.metrics).
-        tally = TALLY
-        tally.frames_delivered += len(targets)
-        tally.messages_delivered += len(targets) * message.count
-        if message.stored_at and targets:
-            tally.observe_latency(time.time() - message.stored_at)
-
-    async def chat_notice(self, notice: Notice) -> None:
-        if notice.member_change is not None:
-            await self._apply(notice.member_change)
-        self.notices.add(notice)
-
-    async def chat_notices(self, message: Notices) -> None:
-        for notice in message.notices:
-            await self.chat_notice(notice)
-
-    async def chat_typing(self, message: Typing) -> None:
-        user_id = self.sockets.user_named.get(message.username)
-        if user_id is not None:
-            await write_to_all(self.sockets.sockets_of(user_id), message.text)
-
-    async def chat_session_end(self, message: SessionEnd) -> None:
-        for conn in self.sockets.sockets_of(message.user_id):
-            if conn.session_digest == message.session:
-                await conn.close_with(CLOSE_POLICY_VIOLATION)
-
-    async def chat_access_end(self, message: AccessEnd) -> None:
-        for conn in self.sockets.sockets_of(message.user_id):
-            await conn.close_with(CLOSE_POLICY_VIOLATION)
+        await self.handlers.apply(MemberChange(user_id=user_id, group_id=group_id, joined=joined))

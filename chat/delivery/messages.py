@@ -2,7 +2,7 @@
 
 On the layer a message is a flat dict (what channels_redis serialises), with a
 `type` that names the hub's handler the way Channels names a consumer's:
-`chat.deliver` is handled by `Hub.chat_deliver`. In the code it is one of the
+`chat.deliver` is handled by `LayerHandlers.chat_deliver`. In the code it is one of the
 frozen dataclasses below; `to_layer` and `from_layer` are the only places that
 know the dict's keys, so a worker never reads an optional key by hand.
 

@@ -7,9 +7,15 @@ would read the whole set N times (O(N²) in all). Calls share a read instead.
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import UTC, datetime
 
 from chat.coalesce import Coalescer
+from chat.delivery.messages import Notice, presence_notice
+from chat.messaging import format_ts
 from chat.presence import PresenceStore
+
+logger = logging.getLogger(__name__)
 
 
 class OnlineReader:
@@ -79,6 +85,7 @@ class PresenceRecorder:
     """
 
     def __init__(self, presence: PresenceStore, *, worker_id: str) -> None:
+        self.presence = presence
         self.connecting: Coalescer[tuple[str, str], bool] = Coalescer(
             lambda sockets: presence.connect_many(worker=worker_id, sockets=sockets)
         )
@@ -93,3 +100,12 @@ class PresenceRecorder:
     async def disconnected(self, connection_id: str, username: str) -> bool:
         """Forget a socket; True if the user just went offline."""
         return await self.disconnecting((connection_id, username))
+
+    async def went_offline(self, username: str) -> Notice:
+        """Record when a user went offline (`last_seen`); the notice that says so."""
+        moment = format_ts(datetime.now(UTC))
+        try:
+            await self.presence.note_seen(username, moment)
+        except Exception:
+            logger.warning("could not record when %s was last seen", username, exc_info=True)
+        return presence_notice(username, online=False, last_seen=moment)

@@ -1,4 +1,4 @@
-"""Stored messages into layer messages: which layer groups, and how they are grouped.
+"""Stored messages and events into layer messages: which layer groups, and how grouped.
 
 Consecutive messages to the same audience travel together: one `group_send`
 per layer group, one layer message for a receiving worker to take, and one
@@ -11,11 +11,16 @@ grows; a message alone goes as it always did.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from chat.delivery.messages import (
     LAYER_ALL,
     Audience,
     Deliver,
+    LayerMessage,
+    MemberChange,
+    Notice,
+    Typing,
     group_layer_group,
     user_layer_group,
 )
@@ -79,3 +84,51 @@ def _audience(stored: StoredMessage) -> tuple[object, ...]:
 def batch_text(texts: list[str]) -> str:
     """A `batch` event of already encoded events, without encoding them again."""
     return '{"type":"batch","events":[' + ",".join(texts) + "]}"
+
+
+# -- events that are not stored messages (read, receipt, typing, joined/left) --
+
+Addressed = list[tuple[str, LayerMessage]]
+
+
+def to_user(
+    user_id: int, event: dict[str, Any], *, exclude_connection: str | None = None
+) -> Addressed:
+    """An event for every socket of one user, on every worker (read, receipt)."""
+    audience = Audience(users=(user_id,), exclude_connection=exclude_connection)
+    return [(user_layer_group(user_id), Deliver(encode(event), audience))]
+
+
+def to_group(group_id: int, event: dict[str, Any], *, exclude_user: int) -> Addressed:
+    """An event for a group's online members but one user, on every worker."""
+    audience = Audience(group=group_id, exclude_user=exclude_user)
+    return [(group_layer_group(group_id), Deliver(encode(event), audience))]
+
+
+def to_username(username: str, event: dict[str, Any]) -> Addressed:
+    """An event for every socket of a user known by name only (typing), on every worker."""
+    return [(LAYER_ALL, Typing(encode(event), username))]
+
+
+def membership_notices(
+    event: dict[str, Any], *, user_id: int, group_id: int, joined: bool, exclude_connection: str
+) -> Addressed:
+    """`joined`/`left` for the group's online members, and for the user's other sockets.
+
+    The user's own copy carries the change, so that each worker with one of
+    their sockets updates its index and layer groups.
+    """
+    return [
+        (
+            group_layer_group(group_id),
+            Notice(event, Audience(group=group_id, exclude_user=user_id)),
+        ),
+        (
+            user_layer_group(user_id),
+            Notice(
+                event,
+                Audience(users=(user_id,), exclude_connection=exclude_connection),
+                member_change=MemberChange(user_id=user_id, group_id=group_id, joined=joined),
+            ),
+        ),
+    ]
