@@ -102,6 +102,10 @@ def _switch_user(request: HttpRequest, user: User) -> None:
 
 async def healthz(request: HttpRequest) -> JsonResponse:
     checks = await health_check()
+    if current_worker().stopping:
+        # Closing its sockets over CHAT_RESTART_SPREAD: a balancer should
+        # send nobody new here.
+        checks["worker"] = "stopping"
     healthy = all(value == "ok" for value in checks.values())
     return JsonResponse(checks, status=200 if healthy else 503)
 

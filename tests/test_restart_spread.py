@@ -16,6 +16,8 @@ import collections
 import contextlib
 import itertools
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -53,6 +55,7 @@ class Tab:
         self.updated = asyncio.Event()
         self.greeted: asyncio.Future[None] | None = None
         self.synced: asyncio.Future[None] | None = None
+        self.synced_from: int | None = None
         self.client: WSClient | None = None
 
     def on_text(self, client: WSClient, payload: bytes, _now: int) -> None:
@@ -63,15 +66,17 @@ class Tab:
             elif kind == "message":
                 self.ids.add(event["id"])
             elif kind == "sync":
-                self.ids.update(message["id"] for message in event["messages"])
-                if event["more"]:
-                    self.send_sync(client)
+                listed = [message["id"] for message in event["messages"]]
+                self.ids.update(listed)
+                if event["more"] and listed:
+                    self.send_sync(client, max(listed))
                 elif self.synced is not None and not self.synced.done():
                     self.synced.set_result(None)
         self.updated.set()
 
-    def send_sync(self, client: WSClient) -> None:
-        client.send_text(json.dumps({"type": "sync", "since": max(self.ids, default=0)}))
+    @staticmethod
+    def send_sync(client: WSClient, since: int) -> None:
+        client.send_text(json.dumps({"type": "sync", "since": since}))
 
     async def open(self, worker: Worker) -> None:
         self.greeted = asyncio.get_running_loop().create_future()
@@ -91,18 +96,26 @@ class Tab:
         assert self.client is not None
         code = await self.client.closed
         closed_at = loop.time()
+        # The highest id seen before the new socket opens: messages it gets
+        # live before the sync is sent say nothing of those stored before it.
+        self.synced_from = max(self.ids, default=0)
         await self.open(survivor)
         reconnected_at = loop.time()
         self.synced = loop.create_future()
-        self.send_sync(self.client)
+        self.send_sync(self.client, self.synced_from)
         await asyncio.wait_for(self.synced, WAIT)
         return code, closed_at, reconnected_at
 
     async def wait_for_all(self, wanted: set[int], timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not wanted <= self.ids:
-                self.updated.clear()
-                await self.updated.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while not wanted <= self.ids:
+                    self.updated.clear()
+                    await self.updated.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"missing {sorted(wanted - self.ids)} (synced from {self.synced_from})"
+            ) from None
 
 
 class Sender:
@@ -186,6 +199,12 @@ async def test_a_restart_spreads_reconnects_over_the_window_and_loses_nothing(re
         with pytest.raises(HandshakeError) as refused:
             await Tab(cookies[0]).open(restarting)
         assert refused.value.status == 503
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            await asyncio.to_thread(
+                urllib.request.urlopen, restarting.base_url + "/healthz", None, 5
+            )
+        assert unhealthy.value.code == 503
+        assert json.loads(unhealthy.value.read())["worker"] == "stopping"
 
         results = await asyncio.gather(*following)
         assert restarting.wait_exit(timeout=SPREAD + 10) == 0
