@@ -326,3 +326,53 @@ def test_phone_and_desktop_screens(browser, chat_user, chat_server):
     page.locator("#body").press("Enter")
     expect(page.locator("#send-error")).to_be_visible()
     screenshot(page, "phone-error")
+
+
+# A reconnect whose sync is cut off by another close, with a live message in
+# between: the client's own frames and requests, driven in the page.
+SYNC_CUT_OFF = """async () => {
+  const client = window.chatPage.client;
+  const request = client.request.bind(client);
+  const sinces = [];
+  let cut = null;
+  client.request = (command) => {
+    if (command.type !== "sync") return request(command);
+    sinces.push(command.since);
+    return new Promise((resolve, reject) => { cut = reject; });
+  };
+  const hello = JSON.stringify({type: "hello", user: "alice", online: [], groups: [], last_id: 0});
+  // The message sent to self before this arrives just after its ack.
+  for (let waited = 0; client.lastId === 0 && waited < 5000; waited += 10) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  const before = client.lastId;
+  try {
+    client.handleFrame(hello);        // reconnected: a sync from the highest id seen
+    client.handleFrame(JSON.stringify({type: "message", id: before + 2, from: "bob",
+      to: {user: "alice"}, body: "live, after the hello", ts: new Date().toISOString()}));
+    const error = new Error("the connection closed");
+    error.code = "disconnected";
+    cut(error);                       // closed before the sync's reply
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    client.handleFrame(hello);        // reconnected again
+  } finally {
+    client.request = request;
+  }
+  return {before, sinces};
+}"""
+
+
+def test_a_sync_cut_off_by_a_close_starts_again_where_it_was(chat_user):
+    """A live message seen after a reconnect's hello but before its sync's reply does
+    not prove the ones stored before it arrived: if that socket closes too, the next
+    sync starts where the cut-off one did, or a message in between would be lost."""
+    alice = chat_user("alice")
+    send_over_socket_to_self = (
+        "window.chatPage.client.request({type: 'send', to: {user: 'alice'}, body: 'seen'})"
+    )
+    alice.page.evaluate(send_over_socket_to_self)
+
+    result = alice.page.evaluate(SYNC_CUT_OFF)
+
+    assert result["before"] > 0
+    assert result["sinces"] == [result["before"], result["before"]]

@@ -44,6 +44,10 @@
       this.pending = new Map();
       this.seen = new Set();
       this.lastId = 0;
+      // Where a sync cut off by a close had got to (else null): the next one
+      // starts there, not at lastId, which a live message that came after the
+      // hello may have raised past messages stored just before it.
+      this.resumeFrom = null;
       this.nextRef = 1;
       this.attempt = 0;
       this.greeted = false;   // a hello has been received on some connection
@@ -164,7 +168,8 @@
 
     /** After a reconnect: every message with an id above the highest seen. */
     async catchUp() {
-      let since = this.lastId;
+      let since = this.resumeFrom ?? this.lastId;
+      this.resumeFrom = since;
       try {
         for (;;) {
           const reply = await this.request({type: "sync", since});
@@ -172,8 +177,10 @@
             since = Math.max(since, m.id);
             if (this.accept(m)) this.emit("message", Object.assign({type: "message"}, m));
           }
+          this.resumeFrom = since;
           if (!reply.more || !reply.messages.length) break;
         }
+        this.resumeFrom = null;
         this.syncs += 1;
         this.emit("synced", {since});
       } catch (e) {
