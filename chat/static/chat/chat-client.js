@@ -18,9 +18,11 @@
  *
  * Reconnecting: after an unexpected close (including 1012, a server restart)
  * it reconnects with exponential backoff and full jitter (a random wait
- * below a ceiling of 0.5 s doubling up to 30 s). After every reconnect it sends `sync` from the highest message id
- * it has seen and emits each missed message as a "message" event; ids already
- * seen are dropped, so listeners never get one twice.
+ * below a ceiling of 0.5 s doubling up to 30 s). After every reconnect it
+ * sends `sync` from the highest message id it has seen (or from where a sync
+ * cut off by a close had got to) and emits each missed message as a
+ * "message" event; ids already seen are dropped, so listeners never get one
+ * twice.
  *
  * Logging out closes the socket with 1008; a refused handshake (session gone)
  * looks like a failed connection. So after every close the client asks the
