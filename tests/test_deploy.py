@@ -287,3 +287,35 @@ async def test_nginx_passes_handshakes_a_stopping_worker_refuses_to_another(redi
         for worker in (stopping, other):
             worker.stop()
             worker.print_log()
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+async def test_runworkers_restarts_its_workers_one_at_a_time_on_sighup(runworkers):
+    process, worker_ports = runworkers
+    before = children_of(process.pid)
+    assert len(before) == 2, before
+
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 90
+    while True:
+        # Never both down: the second is restarted once the first answers again.
+        assert any(await asyncio.to_thread(lambda: [answers(p) for p in worker_ports])), (
+            "no worker answering during the restart"
+        )
+        now = children_of(process.pid)
+        if len(now) == 2 and not now & before:
+            break
+        assert time.monotonic() < deadline, f"workers not all restarted: {before} -> {now}"
+        await asyncio.sleep(0.1)
+    for port in worker_ports:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
+    assert process.poll() is None

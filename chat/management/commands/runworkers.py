@@ -8,6 +8,10 @@ each worker gets SIGTERM, closes its sockets with 1012 spread over
 `CHAT_RESTART_SPREAD` seconds and drops its presence, and is killed if it has
 not exited within `--stop-timeout` seconds (by default the spread plus 10).
 
+SIGHUP restarts them one at a time (a new release, say): each is stopped as
+above, started again, and answering `/healthz` before the next one stops, so
+there is always a worker to reconnect to.
+
 Each worker listens with a backlog of `--backlog` connections (2048, as
 uvicorn and gunicorn do). daphne's own is Twisted's 50: a burst of sockets
 (every client reconnecting after a restart, say) overflowed it, and each
@@ -20,6 +24,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from daphne.endpoints import build_endpoint_description_strings
@@ -30,6 +37,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 # (so a worker that cannot start does not spin).
 _POLL = 0.5
 _RESTART_DELAY = 2.0
+# Seconds a restarted worker has to answer /healthz before the next one is restarted anyway.
+_START_TIMEOUT = 60.0
 # Seconds a stopping worker is given beyond CHAT_RESTART_SPREAD (it holds its
 # exit for at most the spread plus 5, chat.delivery.hub).
 _STOP_MARGIN = 10.0
@@ -64,13 +73,22 @@ class Command(BaseCommand):
         ports = [options["base_port"] + i for i in range(count)]
         host: str = options["host"]
         stopping = False
+        restart_requested = False
 
         def request_stop(signum: int, frame: Any) -> None:
             nonlocal stopping
             stopping = True
 
+        def request_restart(signum: int, frame: Any) -> None:
+            nonlocal restart_requested
+            restart_requested = True
+
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_restart)
+        stop_timeout = options["stop_timeout"]
+        if stop_timeout is None:
+            stop_timeout = settings.CHAT_RESTART_SPREAD + _STOP_MARGIN
 
         backlog: int = options["backlog"]
         if backlog < 1:
@@ -83,6 +101,11 @@ class Command(BaseCommand):
         try:
             while not stopping:
                 time.sleep(_POLL)
+                if restart_requested:
+                    restart_requested = False
+                    self._restart_one_by_one(
+                        processes, host, backlog, stop_timeout, lambda: stopping
+                    )
                 for port, process in list(processes.items()):
                     if process.poll() is None or stopping:
                         continue
@@ -96,10 +119,42 @@ class Command(BaseCommand):
                         del died_at[port]
                         processes[port] = self._start(host, port, backlog)
         finally:
-            stop_timeout = options["stop_timeout"]
-            if stop_timeout is None:
-                stop_timeout = settings.CHAT_RESTART_SPREAD + _STOP_MARGIN
             self._stop_all(list(processes.values()), stop_timeout)
+            self.stdout.write("all workers stopped")
+
+    def _restart_one_by_one(
+        self,
+        processes: dict[int, subprocess.Popen[bytes]],
+        host: str,
+        backlog: int,
+        stop_timeout: float,
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Stop, start and wait for each worker in turn; the others hold its clients."""
+        for port in list(processes):
+            if stopping():
+                return
+            self.stdout.write(f"restarting the worker on port {port}")
+            self._stop_all([processes[port]], stop_timeout)
+            processes[port] = self._start(host, port, backlog)
+            if not self._wait_answering(host, port, processes[port]):
+                self.stderr.write(f"the worker on port {port} is not answering; going on")
+        self.stdout.write("every worker restarted")
+
+    def _wait_answering(self, host: str, port: int, process: subprocess.Popen[bytes]) -> bool:
+        """Whether the worker answers /healthz (any status) within _START_TIMEOUT."""
+        address = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        url = f"http://{address}:{port}/healthz"
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return True
+            except urllib.error.HTTPError:
+                return True  # it answers; 503 only says a dependency is down
+            except OSError:
+                time.sleep(_POLL)
+        return False
 
     def _start(self, host: str, port: int, backlog: int) -> subprocess.Popen[bytes]:
         # daphne's -b/-p cannot set a backlog; its endpoint syntax can.
@@ -119,4 +174,3 @@ class Command(BaseCommand):
                 self.stderr.write(f"worker {process.pid} did not stop in {timeout}s; killing it")
                 process.kill()
                 process.wait(timeout=5)
-        self.stdout.write("all workers stopped")
