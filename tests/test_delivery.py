@@ -395,6 +395,32 @@ async def test_stopping_the_hub_closes_its_sockets_and_drops_presence(hub, fake,
     assert await hub.presence.online() == set()
 
 
+async def test_stopping_over_a_spread_closes_sockets_in_turn_and_refuses_new_ones(
+    hub, fake, alice, bob
+):
+    tabs = [await fake(alice) for _ in range(5)]
+    loop = asyncio.get_running_loop()
+    closed_at: list[float] = []
+    for tab in tabs:
+        tab.closed.add_done_callback(lambda _: closed_at.append(loop.time()))
+
+    stopping = asyncio.create_task(hub.stop(close_code=1012, spread=0.5))
+    await asyncio.wait_for(
+        asyncio.wait([t.closed for t in tabs], return_when="FIRST_COMPLETED"), WAIT
+    )
+    assert hub.stopping
+    with pytest.raises(RuntimeError):
+        await fake(bob)
+    # Still delivering to the sockets not yet closed, and bob was never registered.
+    assert await hub.presence.online() == {"alice"}
+    await asyncio.wait_for(stopping, WAIT)
+
+    assert [tab.closed.result() for tab in tabs] == [1012] * 5
+    # One socket every 0.1 s: 0, 0.1, ... 0.4 s.
+    assert max(closed_at) - min(closed_at) >= 0.3
+    assert await hub.presence.online() == set()
+
+
 async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
     hub, fake, alice, bob, carol
 ):
