@@ -18,13 +18,12 @@ What classic clients get:
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
 from channels.db import database_sync_to_async
 from django.conf import settings
 
@@ -68,17 +67,6 @@ def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Comma
         to = Address("user", protocol.clean_username(target))
     body = protocol.clean_body(text, max_chars=max_body_chars)
     return Command("send", to=to, body=body)
-
-
-# The hub writes the same text to every socket of an audience one after the
-# other, so a few entries let one translation serve all classic sockets of this
-# worker; more would only hold large bodies in memory.
-@functools.lru_cache(maxsize=32)
-def classic_frames(text: str) -> tuple[str, ...]:
-    """The classic frames for one JSON frame of the hub (batches unwrapped)."""
-    event = orjson.loads(text)
-    events = event["events"] if event.get("type") == "batch" else [event]
-    return tuple(frame for e in events if (frame := _classic_frame(e)) is not None)
 
 
 def _classic_frame(event: dict[str, Any]) -> str | None:
@@ -143,20 +131,19 @@ class ClassicConsumer(ChatSocket):
         self._groups = {name for _, name in groups}
 
     def write_now(self, text: str) -> bool:
-        return False  # each event is translated for this socket by `write`
+        return False  # the hub's frames are translated from their events: `write_events`
 
-    async def write(self, text: str) -> None:
-        """Translate one JSON frame of the hub (from the layer: already encoded)."""
-        if self._closed:
-            return
-        try:
-            frames = classic_frames(text)
-        except Exception:
-            logger.exception("could not translate an event for a classic socket")
-            return
-        for frame in frames:
-            # Through the base class, so its limits on sending apply to frames.
-            await super().write(frame)
+    async def write_events(self, text: str, events: Sequence[dict[str, Any]]) -> None:
+        """The hub's events as classic frames, translated from the events themselves."""
+        for event in events:
+            try:
+                frame = _classic_frame(event)
+            except Exception:
+                logger.exception("could not translate an event for a classic socket")
+                continue
+            if frame is not None:
+                # Through the base class, so its limits on sending apply to frames.
+                await super().write(frame)
 
     async def write_event(self, event: dict[str, Any]) -> None:
         """This socket's own events, translated as they are: never encoded to JSON first."""

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -259,6 +260,9 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         except Exception:
             self._stop_writing_frames()
             await self.base_send({"type": "websocket.send", "text": text})
+
+    async def write_events(self, text: str, events: Sequence[dict[str, Any]]) -> None:
+        await self.write(text)
 
     async def write_event(self, event: dict[str, Any]) -> None:
         """Send one of this socket's own events (a reply, an error) in its wire format."""

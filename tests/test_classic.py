@@ -7,8 +7,10 @@ auth, routing) with Channels' WebsocketCommunicator, on both channel layers.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -16,7 +18,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat import protocol
-from chat.classic import classic_command, classic_frames, guest_suffix
+from chat.classic import ClassicConsumer, classic_command, guest_suffix
+from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError
 from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
@@ -208,20 +211,38 @@ def test_text_after_the_first_comma_is_kept_whole():
     assert command.body == " a,b,,c ,"
 
 
-def test_hub_events_become_classic_frames():
-    text = (
-        '{"type":"batch","events":['
-        '{"type":"presence","user":"bob","online":true},'
-        '{"type":"joined","group":"A","user":"bob"},'
-        '{"type":"presence","user":"carol","online":false}]}'
-    )
-    assert classic_frames(text) == ("用户(bob)登录了", "用户(carol)退出了")
-    message = '{"type":"message","id":1,"from":"a","to":{"group":"G 1"},"body":"x,y","ts":"t"}'
-    assert classic_frames(message) == ("用户(a=>G 1):x,y",)
-    assert classic_frames('{"type":"ack","id":1,"ts":"t"}') == ()
-    assert classic_frames('{"type":"error","code":"too_large","message":"m"}') == (
+async def test_hub_events_become_classic_frames_without_parsing_json(monkeypatch):
+    """The hub's frames are translated from their events; their JSON is never parsed back."""
+    socket = ClassicConsumer()
+    written: list[str] = []
+
+    async def write(frame: str) -> None:
+        written.append(frame)
+
+    monkeypatch.setattr(ChatSocket, "write", lambda self, frame: write(frame))
+    monkeypatch.setattr(orjson, "loads", _no_parsing)
+    monkeypatch.setattr(json, "loads", _no_parsing)
+    events = [
+        {"type": "presence", "user": "bob", "online": True},
+        {"type": "joined", "group": "A", "user": "bob"},
+        {"type": "presence", "user": "carol", "online": False},
+        {"type": "message", "id": 1, "from": "a", "to": {"group": "G 1"}, "body": "x,y", "ts": "t"},
+        {"type": "ack", "id": 1, "ts": "t"},
+        {"type": "error", "code": "too_large", "message": "m"},
+    ]
+
+    await socket.write_events("not JSON: the text is not read", events)
+
+    assert written == [
+        "用户(bob)登录了",
+        "用户(carol)退出了",
+        "用户(a=>G 1):x,y",
         "错误(too_large):m",
-    )
+    ]
+
+
+def _no_parsing(*args: object, **kwargs: object) -> object:
+    raise AssertionError("a classic socket parsed JSON")
 
 
 @pytest.mark.parametrize(

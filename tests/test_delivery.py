@@ -105,6 +105,9 @@ class FakeConnection:
     def write_now(self, text: str) -> bool:
         return False
 
+    async def write_events(self, text: str, events: object) -> None:
+        await self.write(text)
+
     async def close_with(self, code: int) -> None:
         if not self.closed.done():
             self.closed.set_result(code)

@@ -45,6 +45,9 @@ class Tab:
     def write_now(self, text: str) -> bool:
         return False
 
+    async def write_events(self, text: str, events: object) -> None:
+        await self.write(text)
+
     async def close_with(self, code: int) -> None:
         raise AssertionError("not closed in these tests")
 

@@ -27,16 +27,16 @@ joined = Notice(
 )
 
 EVERY_KIND = [
-    Deliver('{"type":"message"}', Audience(everyone=True), origin="chatworker.abc"),
-    Deliver('{"type":"message"}', Audience(group=7)),
-    Deliver('{"type":"message"}', Audience(users=(1, 2))),
+    Deliver.of([{"type": "message"}], Audience(everyone=True), origin="chatworker.abc"),
+    Deliver.of([{"type": "message", "id": 1}, {"type": "message", "id": 2}], Audience(group=7)),
+    Deliver.of([{"type": "read", "id": 3}], Audience(users=(1, 2))),
     presence_notice("alice", online=True),
     Notice({"type": "left", "group": "A", "user": "bob"}, Audience(group=7, exclude_user=2)),
     joined,
     Notices((presence_notice("alice", online=False), joined)),
     SessionEnd(user_id=1, session="0" * 32),
     AccessEnd(user_id=1),
-    Typing('{"type":"typing"}', "bob"),
+    Typing({"type": "typing", "user": "alice"}, "bob"),
     presence_notice("carol", online=False, last_seen="2026-12-04T23:00:00.000Z"),
 ]
 
@@ -51,9 +51,10 @@ def test_a_message_comes_back_from_the_layer_equal(message):
 
 def test_the_layer_dict_keeps_the_keys_of_earlier_versions():
     """Workers of two versions share one Redis while a deployment rolls."""
-    assert to_layer(Deliver("t", Audience(group=7), origin="o")) == {
+    assert to_layer(Deliver.of([{"type": "message"}], Audience(group=7), origin="o")) == {
         "type": "chat.deliver",
-        "text": "t",
+        "text": '{"type":"message"}',
+        "events": ({"type": "message"},),
         "group": 7,
         "origin": "o",
     }
@@ -64,6 +65,17 @@ def test_the_layer_dict_keeps_the_keys_of_earlier_versions():
         "exclude_username": "alice",
         "presence": "alice",
     }
+
+
+def test_messages_from_a_worker_of_the_previous_version_still_read():
+    """Before the events travelled, a `Deliver` and a `Typing` carried text only."""
+    batch = '{"type":"batch","events":[{"type":"message","id":1},{"type":"message","id":2}]}'
+    old = from_layer({"type": "chat.deliver", "text": batch, "all": True})
+    typing = from_layer({"type": "chat.typing", "text": '{"type":"typing"}', "username": "bob"})
+
+    assert isinstance(old, Deliver) and old.text == batch
+    assert old.events == ({"type": "message", "id": 1}, {"type": "message", "id": 2})
+    assert isinstance(typing, Typing) and typing.event == {"type": "typing"}
 
 
 def test_a_type_nobody_registered_is_refused_by_name():

@@ -59,7 +59,7 @@ class LayerHandlers:
 
     async def chat_deliver(self, message: Deliver) -> None:
         targets = self.sockets.targets(message.audience)
-        await write_to_all(targets, message.text)
+        await write_to_all(targets, message.text, message.events)
         # Counted once per layer message, not per frame (chat.metrics).
         tally = TALLY
         tally.frames_delivered += len(targets)
@@ -79,7 +79,7 @@ class LayerHandlers:
     async def chat_typing(self, message: Typing) -> None:
         user_id = self.sockets.user_named.get(message.username)
         if user_id is not None:
-            await write_to_all(self.sockets.sockets_of(user_id), message.text)
+            await write_to_all(self.sockets.sockets_of(user_id), message.text, (message.event,))
 
     async def chat_session_end(self, message: SessionEnd) -> None:
         for conn in self.sockets.sockets_of(message.user_id):

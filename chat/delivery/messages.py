@@ -1,21 +1,21 @@
 """Every message that travels between workers on the channel layer, typed.
 
 On the layer a message is a flat dict (what channels_redis serialises), with a
-`type` that names the hub's handler the way Channels names a consumer's:
-`chat.deliver` is handled by `LayerHandlers.chat_deliver`. In the code it is one of the
-frozen dataclasses below; `to_layer` and `from_layer` are the only places that
+`type` that names its handler the way Channels names a consumer's:
+`chat.deliver` is handled by `LayerHandlers.chat_deliver`. In the code it is one
+of the frozen dataclasses below; `to_layer` and `from_layer` are the only places that
 know the dict's keys, so a worker never reads an optional key by hand.
 
-The dict keys are those of earlier versions, so workers of two versions can
-share one Redis while a deployment rolls.
+The dict keeps the keys of earlier versions (new keys are added beside them),
+so workers of two versions can share one Redis while a deployment rolls.
 
 To add a message type:
 
 1. Write a frozen, slotted dataclass here with a `type` class variable
    (`"chat.something"`), `layer_fields` (its dict, minus `type`) and
    `from_fields` (the reverse), and decorate it with `@layer_message`.
-2. Give the hub (`chat.delivery.hub.Hub`) a method named after the type with
-   dots as underscores (`chat_something`) that takes the dataclass.
+2. Give `chat.delivery.handlers.LayerHandlers` a method named after the type
+   with dots as underscores (`chat_something`) that takes the dataclass.
 3. Publish it with `hub.publish(layer_group, message)`; a test in
    tests/test_layer_messages.py checks that it comes back from `from_layer`
    equal.
@@ -23,9 +23,13 @@ To add a message type:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
+
+import orjson
+
+from chat.protocol import encode
 
 # The layer group every worker with a socket joins: broadcasts and presence.
 LAYER_ALL = "chat.all"
@@ -136,10 +140,30 @@ class Audience:
         )
 
 
+def _events_of(data: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The events of a `Deliver`; parsed from its text only if an older worker sent it."""
+    if "events" in data:
+        return tuple(data["events"])
+    event = orjson.loads(data["text"])
+    return tuple(event["events"] if event.get("type") == "batch" else [event])
+
+
+def events_text(events: Sequence[dict[str, Any]]) -> str:
+    """The frame text of events: the event alone, or a `batch` of them, each encoded once."""
+    if len(events) == 1:
+        return encode(events[0])
+    return '{"type":"batch","events":[' + ",".join(encode(event) for event in events) + "]}"
+
+
 @layer_message
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Stored messages, already encoded as one frame's text, for their audience.
+    """Events (stored messages, or a read or receipt) for their audience, in one frame.
+
+    Both travel: the frame's text, encoded once by the publishing worker and
+    written as it is to every JSON socket on every worker, and the events
+    themselves, which sockets of the classic endpoint are written translated
+    (never JSON parsed back).
 
     `origin` is the channel of the worker that published it: that worker
     wrote it to its own sockets before publishing, and drops the copy.
@@ -147,6 +171,7 @@ class Deliver:
 
     type: ClassVar[str] = "chat.deliver"
     text: str
+    events: tuple[dict[str, Any], ...]
     audience: Audience
     origin: str = ""
     # For the metrics: how many messages the text carries, and when (Unix
@@ -154,8 +179,13 @@ class Deliver:
     count: int = 1
     stored_at: float = 0.0
 
+    @classmethod
+    def of(cls, events: Sequence[dict[str, Any]], audience: Audience, **fields: Any) -> Deliver:
+        """`events` for `audience`, encoded once here."""
+        return cls(events_text(events), tuple(events), audience, **fields)
+
     def layer_fields(self) -> dict[str, Any]:
-        fields = {"text": self.text, **self.audience.layer_fields()}
+        fields = {"text": self.text, "events": self.events, **self.audience.layer_fields()}
         if self.origin:
             fields["origin"] = self.origin
         if self.count != 1:
@@ -167,8 +197,9 @@ class Deliver:
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> Deliver:
         return cls(
-            text=data["text"],
-            audience=Audience.from_fields(data),
+            data["text"],
+            _events_of(data),
+            Audience.from_fields(data),
             origin=data.get("origin", ""),
             count=data.get("count", 1),
             stored_at=data.get("stored_at", 0.0),
@@ -308,12 +339,18 @@ class Typing:
     """
 
     type: ClassVar[str] = "chat.typing"
-    text: str
+    event: dict[str, Any]
     username: str
 
+    @property
+    def text(self) -> str:
+        return encode(self.event)
+
     def layer_fields(self) -> dict[str, Any]:
-        return {"text": self.text, "username": self.username}
+        # `text` for workers of the previous version, during a rolling restart.
+        return {"event": self.event, "text": self.text, "username": self.username}
 
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> Typing:
-        return cls(text=data["text"], username=data["username"])
+        event = data["event"] if "event" in data else orjson.loads(data["text"])
+        return cls(event=event, username=data["username"])

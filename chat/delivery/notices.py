@@ -11,9 +11,8 @@ import asyncio
 
 from django.conf import settings
 
-from chat.delivery.messages import Notice
+from chat.delivery.messages import Notice, events_text
 from chat.delivery.sockets import LocalSocket, SocketIndex, write_to, written_now
-from chat.protocol import encode
 
 # A notice with the sockets it goes to (None: every socket here but perhaps its
 # own user's).
@@ -93,15 +92,12 @@ class NoticeBatcher:
                     last = (key, notices_text(notices, positions))
                 text = last[1]
             if not written_now(conn, text):
-                await write_to(conn, text)
+                await write_to(conn, text, [notices[i].event for i in positions])
 
 
 def notices_text(notices: list[Notice], positions: list[int]) -> str:
     """The frame text of these notices: the event alone, or a `batch` of them."""
-    events = [notices[i].event for i in positions]
-    if len(events) == 1:
-        return encode(events[0])
-    return encode({"type": "batch", "events": events})
+    return events_text([notices[i].event for i in positions])
 
 
 def drop_flaps(pending: list[Pending]) -> list[Pending]:

@@ -21,11 +21,11 @@ from chat.delivery.messages import (
     MemberChange,
     Notice,
     Typing,
+    events_text,
     group_layer_group,
     user_layer_group,
 )
 from chat.messaging import StoredMessage
-from chat.protocol import encode
 
 # Most messages carried by one layer message and one frame. Bodies are bounded
 # (CHAT_MAX_BODY_CHARS), so this bounds the frame; a client gets at most this
@@ -39,23 +39,26 @@ def deliveries(
     """(layer group, message) to publish for `messages`, in order; runs keep their order."""
     sends: list[tuple[str, Deliver]] = []
     for run in audience_runs(messages):
-        texts = [encode(stored.event) for stored in run]
-        text = texts[0] if len(texts) == 1 else batch_text(texts)
+        events = tuple(stored.event for stored in run)
         first, count = run[0], len(run)
+        text = events_text(events)
         if first.everyone:
             audience = Audience(everyone=True)
-            sends.append((LAYER_ALL, Deliver(text, audience, origin, count, stored_at)))
+            sends.append((LAYER_ALL, Deliver(text, events, audience, origin, count, stored_at)))
         elif first.group_id is not None:
             audience = Audience(group=first.group_id)
             sends.append(
                 (
                     group_layer_group(first.group_id),
-                    Deliver(text, audience, origin, count, stored_at),
+                    Deliver(text, events, audience, origin, count, stored_at),
                 )
             )
         else:
             sends.extend(
-                (user_layer_group(u), Deliver(text, Audience(users=(u,)), origin, count, stored_at))
+                (
+                    user_layer_group(u),
+                    Deliver(text, events, Audience(users=(u,)), origin, count, stored_at),
+                )
                 for u in first.user_ids
             )
     return sends
@@ -81,11 +84,6 @@ def _audience(stored: StoredMessage) -> tuple[object, ...]:
     return ("users", stored.user_ids)
 
 
-def batch_text(texts: list[str]) -> str:
-    """A `batch` event of already encoded events, without encoding them again."""
-    return '{"type":"batch","events":[' + ",".join(texts) + "]}"
-
-
 # -- events that are not stored messages (read, receipt, typing, joined/left) --
 
 Addressed = list[tuple[str, LayerMessage]]
@@ -96,18 +94,18 @@ def to_user(
 ) -> Addressed:
     """An event for every socket of one user, on every worker (read, receipt)."""
     audience = Audience(users=(user_id,), exclude_connection=exclude_connection)
-    return [(user_layer_group(user_id), Deliver(encode(event), audience))]
+    return [(user_layer_group(user_id), Deliver.of([event], audience))]
 
 
 def to_group(group_id: int, event: dict[str, Any], *, exclude_user: int) -> Addressed:
     """An event for a group's online members but one user, on every worker."""
     audience = Audience(group=group_id, exclude_user=exclude_user)
-    return [(group_layer_group(group_id), Deliver(encode(event), audience))]
+    return [(group_layer_group(group_id), Deliver.of([event], audience))]
 
 
 def to_username(username: str, event: dict[str, Any]) -> Addressed:
     """An event for every socket of a user known by name only (typing), on every worker."""
-    return [(LAYER_ALL, Typing(encode(event), username))]
+    return [(LAYER_ALL, Typing(event, username))]
 
 
 def membership_notices(

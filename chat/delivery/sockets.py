@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from chat.delivery.messages import (
     LAYER_ALL,
@@ -48,6 +48,13 @@ class LocalSocket(Protocol):
 
         A fan-out calls this for every member: a coroutine per socket would
         be paid for every socket at every message.
+        """
+
+    async def write_events(self, text: str, events: Sequence[dict[str, Any]]) -> None:
+        """`write` of a frame the hub made for many sockets: `text` is `events` encoded.
+
+        A socket that speaks another format (the classic endpoint) translates
+        the events instead of parsing the text back.
         """
 
     async def close_with(self, code: int) -> None:
@@ -179,16 +186,18 @@ def written_now(conn: LocalSocket, text: str) -> bool:
         return False
 
 
-async def write_to(conn: LocalSocket, text: str) -> None:
-    """`conn.write`; a socket that fails is closing, and its frame is dropped."""
+async def write_to(conn: LocalSocket, text: str, events: Sequence[dict[str, Any]]) -> None:
+    """`conn.write_events`; a socket that fails is closing, and its frame is dropped."""
     try:
-        await conn.write(text)
+        await conn.write_events(text, events)
     except Exception:
         logger.debug("dropping a frame for closed connection %s", conn.connection_id)
 
 
-async def write_to_all(sockets: Iterable[LocalSocket], text: str) -> None:
-    """Write one text to each socket, without a coroutine for those that take it at once."""
+async def write_to_all(
+    sockets: Iterable[LocalSocket], text: str, events: Sequence[dict[str, Any]]
+) -> None:
+    """Write one frame to each socket, without a coroutine for those that take it at once."""
     for conn in sockets:
         if not written_now(conn, text):
-            await write_to(conn, text)
+            await write_to(conn, text, events)
