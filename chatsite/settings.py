@@ -127,6 +127,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # ServeStatic's configuration checks (without it, every start warns they are off).
+    "servestatic",
     "channels",
     "csp",
     # Failed-login throttle (CHAT_LOGIN_FAILURES), on every login form.
