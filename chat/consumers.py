@@ -41,6 +41,7 @@ from chat.logs import close_reason, serving_connection
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
+from chat.paging import fit_page, names_page
 from chat.protocol import ChatError, Command, encode, error_event
 from chat.ratelimit import command_cost
 from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
@@ -517,16 +518,22 @@ class ChatConsumer(ChatSocket):
         return _reply("sync", command.ref, messages=messages, more=more)
 
     async def command_who(self, command: Command) -> dict[str, Any]:
-        return _reply("who", command.ref, online=await self.online_now())
+        names, more = names_page(await self.online_now(), after=command.after, limit=command.limit)
+        names, paging = fit_page(names, more, max_bytes=_reply_room(), name=str)
+        return _reply("who", command.ref, online=names, **paging)
 
     async def command_members(self, command: Command) -> dict[str, Any]:
-        group, names = await read_for_socket(group_members, user=self.user, name=command.group)
+        group, everyone = await read_for_socket(group_members, user=self.user, name=command.group)
+        names, more = names_page(everyone, after=command.after, limit=command.limit)
         online = set(await self.online_now())
         seen = await self.last_seen_of([name for name in names if name not in online])
         members = [
             {"user": name, "online": name in online, "last_seen": seen.get(name)} for name in names
         ]
-        return _reply("members", command.ref, group=group, members=members)
+        members, paging = fit_page(
+            members, more, max_bytes=_reply_room(), name=lambda member: str(member["user"])
+        )
+        return _reply("members", command.ref, group=group, members=members, **paging)
 
     async def last_seen_of(self, names: list[str]) -> dict[str, str]:
         """When each of these offline users was last online, for those recorded."""

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.contrib.auth import get_user_model
@@ -421,8 +421,13 @@ def message_sync(
     return kept, len(rows) > len(kept)
 
 
-def fit_in_bytes(messages: list[dict[str, Any]], max_bytes: int) -> list[dict[str, Any]]:
-    """The first of `messages` whose JSON together stays within `max_bytes` (0: all).
+_Entry = TypeVar("_Entry")
+
+
+def fit_in_bytes(messages: list[_Entry], max_bytes: int) -> list[_Entry]:
+    """The first of `messages` (any entries) whose JSON together stays within `max_bytes`.
+
+    `max_bytes` 0 keeps them all.
 
     The first message is always kept, so that a client paging through never
     gets stuck (one message is far below any allowed bound).

@@ -50,6 +50,10 @@ CONVERSATIONS_MAX_LIMIT = 100
 SEARCH_DEFAULT_LIMIT = 20
 SEARCH_MAX_LIMIT = 50
 MAX_QUERY_CHARS = 150
+# `who` and `members` without `limit` list this many: everyone on all but very
+# large servers, so a version 1 client that never pages still gets them all.
+NAMES_DEFAULT_LIMIT = 10_000
+NAMES_MAX_LIMIT = 10_000
 MAX_CURSOR_CHARS = 64
 # Ids are 64-bit signed integers in every supported database.
 MAX_ID = 2**63 - 1
@@ -104,6 +108,8 @@ class Command:
     id: int = 0
     q: str = ""
     cursor: str | None = None
+    # `who` and `members`: the page after this name (the `next` of a previous reply).
+    after: str | None = None
 
 
 def is_valid_group_name(name: str) -> bool:
@@ -224,7 +230,11 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
     if kind in ("join", "leave", "members"):
         if "group" not in data:
             raise ChatError(BAD_COMMAND, f"{kind} needs group")
-        return Command(kind, ref, group=clean_group_name(data["group"]))
+        group = clean_group_name(data["group"])
+        if kind == "members":
+            after, count = _names_page(data)
+            return Command(kind, ref, group=group, after=after, limit=count)
+        return Command(kind, ref, group=group)
     if kind == "history":
         if "of" not in data:
             raise ChatError(BAD_COMMAND, "history needs of")
@@ -242,7 +252,10 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
         if "since" not in data:
             raise ChatError(BAD_COMMAND, "sync needs since")
         return Command("sync", ref, since=_clean_int(data["since"], "since", minimum=0))
-    if kind in ("who", "ping"):
+    if kind == "who":
+        after, count = _names_page(data)
+        return Command(kind, ref, after=after, limit=count)
+    if kind == "ping":
         return Command(kind, ref)
     if kind == "conversations":
         cursor = data.get("before")
@@ -274,6 +287,14 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
         limit = _optional_limit(data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT)
         return Command(kind, ref, q=unicodedata.normalize("NFC", q), limit=limit)
     raise ChatError(BAD_COMMAND, f"unknown command type {kind[:40]!r}")
+
+
+def _names_page(data: dict[str, Any]) -> tuple[str | None, int]:
+    """`after` and `limit` of `who` and `members` (1.1): both optional."""
+    after = data.get("after")
+    if after is not None and (not isinstance(after, str) or len(after) > MAX_QUERY_CHARS):
+        raise ChatError(BAD_COMMAND, "after must be the next of a previous reply")
+    return after, _optional_limit(data, NAMES_DEFAULT_LIMIT, NAMES_MAX_LIMIT)
 
 
 def _optional_limit(data: dict[str, Any], default: int, maximum: int) -> int:

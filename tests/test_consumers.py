@@ -6,6 +6,7 @@ command, event and error code of docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import threading
@@ -663,6 +664,7 @@ async def test_who_lists_the_usernames_online_now(layer, connect, alice, bob, ca
     assert await alice1.expect("who", ref="w1") == {
         "type": "who",
         "online": ["alice", "bob"],
+        "more": False,
         "ref": "w1",
     }
     await bob1.close()
@@ -684,8 +686,62 @@ async def test_members_lists_members_with_online_flags(layer, connect, alice, bo
             {"user": "bob", "online": True, "last_seen": None},
             {"user": "carol", "online": False, "last_seen": None},
         ],
+        "more": False,
         "ref": "m1",
     }
+
+
+async def page_through(client, command: dict, key: str, name) -> list[list[str]]:
+    """Every page of a `who` or `members` listing, following `next`."""
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        reply = await client.request(**command, **({"after": after} if after else {}))
+        pages.append([name(entry) for entry in reply[key]])
+        if not reply["more"]:
+            assert "next" not in reply
+            return pages
+        assert reply["next"] == pages[-1][-1]
+        after = reply["next"]
+
+
+async def test_members_pages_by_limit_and_by_the_reply_byte_bound(layer, connect, settings, alice):
+    """Issue 14.4: a long member list is never one unbounded reply."""
+    names = sorted(f"member-{i:02d}-" + "x" * 60 for i in range(30))
+    for name in names:
+        await make_member(await make_user(name), "Big")
+    await make_member(alice, "Big")
+    everyone = sorted([*names, "alice"])
+    client = await connect(alice)
+    command = {"type": "members", "group": "Big"}
+
+    assert await page_through(client, command, "members", lambda m: m["user"]) == [everyone]
+    pages = await page_through(client, {**command, "limit": 7}, "members", lambda m: m["user"])
+    assert [len(page) for page in pages] == [7, 7, 7, 7, 3]
+    assert list(itertools.chain.from_iterable(pages)) == everyone
+
+    settings.CHAT_MAX_REPLY_BYTES = 2048  # 1,024 of it for the envelope
+    pages = await page_through(client, command, "members", lambda m: m["user"])
+    assert list(itertools.chain.from_iterable(pages)) == everyone  # none lost, none twice
+    assert len(pages) > 3
+    assert all(len(frame.encode()) <= 2048 for frame in client.frames[-len(pages) :])
+
+
+async def test_who_pages_by_the_reply_byte_bound(layer, connect, settings, alice):
+    names = [f"online-{i:02d}-" + "y" * 80 for i in range(12)]
+    client = await connect(alice)
+    for name in names:
+        await connect(await make_user(name))
+        await client.expect("presence", user=name, online=True)
+    settings.CHAT_MAX_REPLY_BYTES = 1500
+
+    pages = await page_through(client, {"type": "who"}, "online", str)
+
+    assert list(itertools.chain.from_iterable(pages)) == sorted([*names, "alice"])
+    assert len(pages) > 2
+    assert all(len(frame.encode()) <= 1500 for frame in client.frames[-len(pages) :])
+    await expect_error(client, protocol.BAD_COMMAND, type="who", after=7)
+    await expect_error(client, protocol.BAD_COMMAND, type="who", limit=0)
 
 
 async def test_members_of_a_group_not_joined_is_not_member(layer, connect, alice, bob):

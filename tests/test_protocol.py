@@ -9,6 +9,7 @@ import pytest
 
 from chat import protocol
 from chat.protocol import (
+    NAMES_DEFAULT_LIMIT,
     Address,
     ChatError,
     Command,
@@ -211,9 +212,11 @@ def test_read_ref_returns_only_a_usable_ref():
     assert read_ref({}) is None
 
 
-@pytest.mark.parametrize("kind", ["who", "ping"])
-def test_who_and_ping_need_nothing_but_type(kind):
-    assert parse(type=kind, ref="r") == Command(kind, "r")
+def test_who_and_ping_need_nothing_but_type():
+    assert parse(type="ping", ref="r") == Command("ping", "r")
+    # Without `after` and `limit` (1.1), `who` lists the first page: everyone.
+    assert parse(type="who", ref="r") == Command("who", "r", limit=NAMES_DEFAULT_LIMIT)
+    assert parse(type="who", after="bob", limit=2) == Command("who", after="bob", limit=2)
 
 
 # -- send and addresses ------------------------------------------------------
@@ -329,7 +332,8 @@ def test_group_name_length_is_counted_after_normalisation():
 
 @pytest.mark.parametrize("kind", ["join", "leave", "members"])
 def test_group_commands_need_a_valid_group(kind):
-    assert parse(type=kind, group="A", ref="1") == Command(kind, "1", group="A")
+    parsed = parse(type=kind, group="A", ref="1")
+    assert (parsed.type, parsed.ref, parsed.group) == (kind, "1", "A")
     assert refusal(type=kind) == protocol.BAD_COMMAND
     assert refusal(type=kind, group=" A") == protocol.BAD_GROUP
     assert refusal(type=kind, group=1) == protocol.BAD_COMMAND
