@@ -142,7 +142,10 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._attached = False
         address = client_address_of_scope(self.scope)
         if not await current_worker().socket_caps.admit(
-            user_id=user.pk, username=self.username, address=address
+            user_id=user.pk,
+            username=self.username,
+            connection_id=self.connection_id,
+            address=address,
         ):
             logger.info("refused a socket of %s from %s: too many open", self.username, address)
             await self.accept()

@@ -39,6 +39,19 @@ class Reaped:
     layer_memberships: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
+# Seconds a granted socket claim counts while its socket is not yet recorded.
+CLAIM_SECONDS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class SocketClaim:
+    """A socket of `username` asking for a place under a cap of `cap` sockets."""
+
+    username: str
+    connection_id: str
+    cap: int
+
+
 class PresenceStore(ABC):
     @abstractmethod
     async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
@@ -77,8 +90,13 @@ class PresenceStore(ABC):
         """Usernames with at least one open socket."""
 
     @abstractmethod
-    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
-        """How many sockets each user has open on every worker, in order (one trip on Redis)."""
+    async def claim_sockets(self, claims: Sequence[SocketClaim]) -> list[bool]:
+        """Claim a place for each opening socket under its user's cap, atomically, in order.
+
+        A claim counts with the user's recorded sockets until `connect` records
+        that socket (or it disconnects), or for `CLAIM_SECONDS` if it never
+        is (a handshake that failed). True for each claim granted.
+        """
 
     @abstractmethod
     async def heartbeat(
@@ -110,6 +128,7 @@ class MemoryPresenceStore(PresenceStore):
         self._workers: dict[str, float] = {}
         self._layer: dict[str, tuple[str, list[str]]] = {}
         self._seen: dict[str, str] = {}
+        self._claims: dict[str, dict[str, float]] = {}
 
     async def note_seen(self, username: str, moment: str) -> None:
         self._seen[username] = moment
@@ -118,12 +137,14 @@ class MemoryPresenceStore(PresenceStore):
         return {name: self._seen[name] for name in usernames if name in self._seen}
 
     async def connect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        self._unclaim(username, connection_id)
         sockets = self._sockets.setdefault(username, set())
         first = not sockets
         sockets.add((worker, connection_id))
         return first
 
     async def disconnect(self, *, worker: str, connection_id: str, username: str) -> bool:
+        self._unclaim(username, connection_id)
         sockets = self._sockets.get(username)
         if not sockets or (worker, connection_id) not in sockets:
             return False
@@ -136,8 +157,30 @@ class MemoryPresenceStore(PresenceStore):
     async def online(self) -> set[str]:
         return set(self._sockets)
 
-    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
-        return [len(self._sockets.get(username, ())) for username in usernames]
+    async def claim_sockets(self, claims: Sequence[SocketClaim]) -> list[bool]:
+        now = time.time()
+        granted = []
+        for claim in claims:
+            pending = self._claims.setdefault(claim.username, {})
+            for connection_id, expiry in list(pending.items()):
+                if expiry <= now:
+                    del pending[connection_id]
+            held = len(self._sockets.get(claim.username, ())) + len(pending)
+            if held >= claim.cap:
+                granted.append(False)
+            else:
+                pending[claim.connection_id] = now + CLAIM_SECONDS
+                granted.append(True)
+            if not pending:
+                del self._claims[claim.username]
+        return granted
+
+    def _unclaim(self, username: str, connection_id: str) -> None:
+        pending = self._claims.get(username)
+        if pending is not None:
+            pending.pop(connection_id, None)
+            if not pending:
+                del self._claims[username]
 
     async def heartbeat(
         self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
@@ -185,8 +228,11 @@ class MemoryPresenceStore(PresenceStore):
 #   presence:online             SET of usernames with at least one socket
 #   presence:channel:<w>        STRING: the worker's layer channel
 #   presence:layergroups:<w>    SET of the layer groups the worker's channel is in
+#   presence:claims:<username>  ZSET connection id -> expiry: sockets admitted
+#                               under the user's cap and not recorded yet
 # Each change is one Lua script, so transitions are decided atomically.
 _CONNECT = """
+redis.call('ZREM', KEYS[4], ARGV[2])
 local added = redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2])
 if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then
@@ -197,6 +243,7 @@ return 0
 """
 
 _DISCONNECT = """
+redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2])
 local removed = redis.call('SREM', KEYS[1], ARGV[2])
 if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
@@ -204,6 +251,18 @@ if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
   return 1
 end
 return 0
+"""
+
+# KEYS: the user's sockets, the user's claims. ARGV: connection id, cap, now,
+# the claim's expiry, its key's time to live. 1 if granted.
+_CLAIM = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('SCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
 """
 
 # KEYS: workers zset, online set. ARGV: key prefix, worker.
@@ -252,6 +311,9 @@ class RedisPresenceStore(PresenceStore):
     def _user_key(self, username: str) -> str:
         return f"{self.prefix}presence:user:{username}"
 
+    def _claims_key(self, username: str) -> str:
+        return f"{self.prefix}presence:claims:{username}"
+
     def _worker_key(self, worker: str) -> str:
         return f"{self.prefix}presence:worker:{worker}"
 
@@ -278,15 +340,23 @@ class RedisPresenceStore(PresenceStore):
         redis = self.redis
         async with redis.pipeline(transaction=False) as pipe:
             for connection_id, username in sockets:
-                keys = [self._user_key(username), self._worker_key(worker), self._online_key]
-                pipe.eval(script, 3, *keys, username, connection_id)
+                keys = [
+                    self._user_key(username),
+                    self._worker_key(worker),
+                    self._online_key,
+                    self._claims_key(username),
+                ]
+                pipe.eval(script, 4, *keys, username, connection_id)
             return [bool(changed) for changed in await pipe.execute()]
 
-    async def socket_counts(self, usernames: Sequence[str]) -> list[int]:
+    async def claim_sockets(self, claims: Sequence[SocketClaim]) -> list[bool]:
+        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for username in usernames:
-                pipe.scard(self._user_key(username))
-            return [int(count) for count in await pipe.execute()]
+            for claim in claims:
+                keys = [self._user_key(claim.username), self._claims_key(claim.username)]
+                expiry = now + CLAIM_SECONDS
+                pipe.eval(_CLAIM, 2, *keys, claim.connection_id, claim.cap, now, expiry, 60)
+            return [bool(granted) for granted in await pipe.execute()]
 
     async def online(self) -> set[str]:
         redis = self.redis

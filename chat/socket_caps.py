@@ -1,11 +1,14 @@
 """How many sockets one user, and one client address, may hold open.
 
-`CHAT_SOCKETS_PER_USER` counts a user's sockets on every worker: the
-presence store's count (Redis when configured; the handshakes opening
-together ask for theirs in one trip) or, if higher, this worker's own
-count, which includes sockets admitted here and not yet recorded in
-presence. So one worker never lets a user past the cap, and several workers
-only by the handshakes that are mid-way on the others at the same instant.
+`CHAT_SOCKETS_PER_USER` counts a user's sockets on every worker. An opening
+socket claims its place in the presence store (Redis when configured; the
+handshakes opening together claim in one trip): one atomic step counts the
+user's recorded sockets and the places claimed by handshakes still under way
+on any worker, and grants the claim only under the cap. So handshakes that
+arrive on several workers at the same instant cannot pass it together. A
+claim turns into the socket's presence record when the socket is registered;
+a handshake that fails before that leaves a claim that lapses after
+`chat.presence.CLAIM_SECONDS`.
 `CHAT_SOCKETS_PER_ADDRESS` counts the sockets of one client address
 (`chat.addresses`) on this worker. `0` turns either off.
 
@@ -22,7 +25,7 @@ from typing import TypeVar
 from django.conf import settings
 
 from chat.coalesce import Coalescer
-from chat.presence import PresenceStore
+from chat.presence import PresenceStore, SocketClaim
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +40,9 @@ class SocketCaps:
     def __init__(self, presence: PresenceStore) -> None:
         self._by_user: dict[int, int] = {}
         self._by_address: dict[str, int] = {}
-        self._counts: Coalescer[str, int] = Coalescer(presence.socket_counts)
+        self._claims: Coalescer[SocketClaim, bool] = Coalescer(presence.claim_sockets)
 
-    async def admit(self, *, user_id: int, username: str, address: str) -> bool:
+    async def admit(self, *, user_id: int, username: str, connection_id: str, address: str) -> bool:
         """Count a socket opening; False (nothing counted) if it would pass a cap."""
         per_user = settings.CHAT_SOCKETS_PER_USER
         per_address = settings.CHAT_SOCKETS_PER_ADDRESS
@@ -49,14 +52,15 @@ class SocketCaps:
             if self._by_user.get(user_id, 0) >= per_user:
                 return False
             try:
-                everywhere = await self._counts(username)
+                granted = await self._claims(SocketClaim(username, connection_id, per_user))
             except Exception:
                 # Presence unreachable: the socket fails when it registers anyway.
                 logger.warning("could not count %s's sockets", username, exc_info=True)
-                everywhere = 0
-            # Checked again: others may have been admitted here meanwhile.
-            if max(everywhere, self._by_user.get(user_id, 0)) >= per_user:
+                granted = True
+            if not granted:
                 return False
+            # Checked again: others may have been admitted here meanwhile (a
+            # claim granted for a socket refused here lapses on its own).
             if per_address and self._by_address.get(address, 0) >= per_address:
                 return False
         self._by_user[user_id] = self._by_user.get(user_id, 0) + 1

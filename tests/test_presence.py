@@ -17,6 +17,7 @@ from chat.delivery import mirror
 from chat.models import Connection
 from chat.presence import MemoryPresenceStore, RedisPresenceStore
 from chat.redis_client import redis_connect
+from chat.socket_caps import SocketCaps
 from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
@@ -371,3 +372,41 @@ async def test_a_burst_of_connections_queues_instead_of_failing(store):
     firsts = await asyncio.gather(*(connect(store, "w1", f"c{u}", u) for u in users))
     assert all(firsts)
     assert await store.online() == set(users)
+
+
+# -- socket claims under the per-user cap (chat.socket_caps) -------------------
+
+
+async def test_two_workers_admitting_at_the_same_instant_cannot_pass_the_cap_together(
+    store, settings
+):
+    """Issue 14.5: the cap was check-then-add, so two workers could both admit."""
+    settings.CHAT_SOCKETS_PER_USER = 2
+    settings.CHAT_SOCKETS_PER_ADDRESS = 0
+    await store.connect(worker="w0", connection_id="c0", username="alice")
+    here, there = SocketCaps(store), SocketCaps(store)
+
+    admitted = await asyncio.gather(
+        here.admit(user_id=1, username="alice", connection_id="c1", address="a"),
+        there.admit(user_id=1, username="alice", connection_id="c2", address="b"),
+    )
+
+    assert sorted(admitted) == [False, True]
+    winner = "c1" if admitted[0] else "c2"
+    # The claim becomes the socket's record: the place stays taken, once.
+    await store.connect(worker="w1", connection_id=winner, username="alice")
+    assert not await here.admit(user_id=1, username="alice", connection_id="c3", address="a")
+    await store.disconnect(worker="w0", connection_id="c0", username="alice")
+    assert await there.admit(user_id=1, username="alice", connection_id="c4", address="b")
+
+
+async def test_a_claim_whose_socket_never_opened_lapses(store, monkeypatch):
+    monkeypatch.setattr(presence, "CLAIM_SECONDS", 0.3)
+    claim = presence.SocketClaim("bob", "c1", cap=1)
+
+    assert await store.claim_sockets([claim]) == [True]
+    assert await store.claim_sockets([presence.SocketClaim("bob", "c2", cap=1)]) == [False]
+    deadline = time.monotonic() + 5
+    while not (await store.claim_sockets([presence.SocketClaim("bob", "c3", cap=1)]))[0]:
+        assert time.monotonic() < deadline, "the claim never lapsed"
+        await asyncio.sleep(0.05)
