@@ -40,7 +40,6 @@ import re
 from importlib import import_module
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.backends import ModelBackend
@@ -51,6 +50,8 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chat.coalesce import Coalescer, each
+from chat.database import bounded, stalled
+from chat.protocol import UNAVAILABLE, ChatError
 from chat.upstream.channels import get_user_sync, user_session_key
 from chat.upstream.django import preloading
 
@@ -191,7 +192,7 @@ def _claim_of(session: SessionBase) -> tuple[Any, Any] | None:
 # Sockets opening together load their sessions and users in one trip
 # (`sessions_and_users` is looked up at each trip, so that a test can wrap it).
 _load: Coalescer[str | None, tuple[str | None, Any]] = Coalescer(
-    database_sync_to_async(lambda keys: sessions_and_users(keys))
+    bounded(lambda keys: sessions_and_users(keys))
 )
 
 
@@ -203,6 +204,16 @@ class SessionAuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         key = session_key_of(scope["headers"])
-        session_key, user = await _load(key)
+        try:
+            if stalled():
+                raise ChatError(UNAVAILABLE, "the database is stalled")
+            session_key, user = await _load(key)
+        except ChatError as error:
+            if error.code != UNAVAILABLE:
+                raise
+            # Not "no session" (403, which a client takes as logged out): the
+            # consumer accepts and closes with 1013, try again later.
+            scope = dict(scope, session_key=None, user=None, database_stalled=True)
+            return await self.inner(scope, receive, send)
         scope = dict(scope, session_key=session_key, user=user)
         return await self.inner(scope, receive, send)

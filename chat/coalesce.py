@@ -17,7 +17,8 @@ import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from channels.db import database_sync_to_async
+from chat.database import bounded
+from chat.protocol import UNAVAILABLE, ChatError
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -80,6 +81,11 @@ class Coalescer(Generic[A, R]):
         """
         try:
             return await self._run_many(args)
+        except ChatError as exc:
+            if exc.code == UNAVAILABLE or len(args) == 1:
+                # The database did not answer: asking again for each caller
+                # would make each wait once more.
+                return [exc] * len(args)
         except Exception as exc:
             if len(args) == 1:
                 return [exc]
@@ -107,14 +113,17 @@ def each(call: Callable[[A], R], args: Iterable[A]) -> list[R | BaseException]:
     return outcomes
 
 
-def bulk_on_database_thread(call_many: Callable[[list[A]], Mapping[A, R]]) -> Coalescer[A, R]:
+def bulk_read(call_many: Callable[[list[A]], Mapping[A, R]]) -> Coalescer[A, R]:
     """`call_many` answers for many arguments at once (one query for all, say), by argument.
 
     The same argument may come twice in a trip (two sockets of one user).
+    Trips run on the socket-read threads within the database time limit
+    (`chat.database.bounded`): a handshake never waits on Channels' one
+    database thread behind a stalled write.
     """
 
     def run_many(args: list[A]) -> list[R | BaseException]:
         answers = call_many(args)
         return [answers[arg] for arg in args]
 
-    return Coalescer(database_sync_to_async(run_many))
+    return Coalescer(bounded(run_many))

@@ -119,6 +119,14 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             if not refuse_handshake(daphne_protocol(self.base_send), 503, "Service Unavailable"):
                 await self.close()
             raise StopConsumer
+        if self.scope.get("database_stalled"):
+            # The session could not be read in time (chat.auth): not "logged out".
+            logger.warning("closing a new socket: the database is stalled")
+            await self.accept()
+            self._closed = False
+            self._wire = daphne_protocol(self.base_send)
+            await self.close_with(CLOSE_TRY_AGAIN_LATER)
+            return
         await super().websocket_connect(message)
 
     async def connect(self) -> None:
@@ -174,7 +182,12 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             self._attached = True
             TALLY.open_sockets[self.endpoint] += 1
             await self.greet(groups)
-        except Exception:
+        except Exception as error:
+            if isinstance(error, ChatError) and error.code == protocol.UNAVAILABLE:
+                # Its reads ran out of time: the database is stalled; try again later.
+                logger.warning("closing a new socket of %s: the database is stalled", self.username)
+                await self.close_with(CLOSE_TRY_AGAIN_LATER)
+                return
             logger.exception("could not open a socket for %s", self.username)
             await self.close_with(1011)
             return

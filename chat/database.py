@@ -10,13 +10,15 @@ bound what it costs:
   The command then gets `unavailable`; a send that timed out was rolled back,
   so nothing acknowledged is lost. Only the server is limited (`asgi.py`
   applies it): `manage.py` commands such as `migrate` keep no limit.
-- Socket reads (`history`, `sync`, `members`) run on a few threads of their
-  own (`read_for_socket`), not on Channels' single database thread, where
-  they would queue behind a stalled write and hold up every other socket's
-  reads and sends.
+- Socket reads (`history`, `sync`, `members`) and a handshake's reads (its
+  session and user, groups and `last_id`: `bounded`) run on a few threads
+  of their own (`read_for_socket`), not on Channels' single database
+  thread, where they would queue behind a stalled write and hold up every
+  other socket's reads and sends.
 - `stalled()` is true while a socket's database call has recently run out of
   time: `/healthz` then answers 503, and new sockets are closed at once with
-  1013 instead of queueing behind the stall.
+  1013 instead of queueing behind the stall. The handshake that notices a
+  stall first (its own read ran out of time) is closed with 1013 too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -36,6 +38,7 @@ from chat.protocol import UNAVAILABLE, ChatError
 
 logger = logging.getLogger(__name__)
 
+A = TypeVar("A")
 R = TypeVar("R")
 
 # Threads for socket reads: enough that one stalled read leaves others
@@ -85,28 +88,54 @@ async def read_for_socket(read: Callable[..., R], /, **kwargs: Any) -> R:
     Past the limit, or on a database error, `ChatError(unavailable)`; a
     `ChatError` of `read` itself (`not_member`, say) passes through.
     """
-    global _reads
-    if _reads is None:
-        _reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="chat-socket-read")
-    limit = settings.CHAT_DATABASE_TIMEOUT
-    call = functools.partial(_run_closing_connections, read, kwargs)
-    future = asyncio.get_running_loop().run_in_executor(_reads, call)
     try:
-        # The statement limit ends the query; this bounds the wait if it does not.
-        return await asyncio.wait_for(future, 2 * limit if limit else None)
-    except (TimeoutError, DatabaseError) as error:
-        if isinstance(error, TimeoutError) or _is_timeout(error):
-            note_stall()
+        return await _within_limit(functools.partial(read, **kwargs))
+    except DatabaseError as error:
         logger.warning("a socket's database read failed: %s", error)
         raise ChatError(UNAVAILABLE, "the database did not answer in time; try again") from None
 
 
-def _run_closing_connections(read: Callable[..., R], kwargs: dict[str, Any]) -> R:
+def bounded(read: Callable[[A], R]) -> Callable[[A], Awaitable[R]]:
+    """`read` as a coroutine function on the socket-read threads, within the time limit.
+
+    Past the limit, `ChatError(unavailable)`; any other error of `read`
+    passes through as it is (a trip shared by many callers tries each alone
+    then, so that one bad argument fails only its own caller).
+    """
+
+    async def run(arg: A) -> R:
+        return await _within_limit(functools.partial(read, arg))
+
+    return run
+
+
+async def _within_limit(call: Callable[[], R]) -> R:
+    global _reads
+    if _reads is None:
+        _reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="chat-socket-read")
+    limit = settings.CHAT_DATABASE_TIMEOUT
+    future = asyncio.get_running_loop().run_in_executor(
+        _reads, functools.partial(_run_closing_connections, call)
+    )
+    try:
+        # The statement limit ends the query; this bounds the wait if it does not.
+        return await asyncio.wait_for(future, 2 * limit if limit else None)
+    except TimeoutError:
+        note_stall()
+    except DatabaseError as error:
+        if not _is_timeout(error):
+            raise
+        note_stall()
+    logger.warning("a socket's database read ran out of time")
+    raise ChatError(UNAVAILABLE, "the database did not answer in time; try again")
+
+
+def _run_closing_connections(call: Callable[[], R]) -> R:
     # As Channels' database_sync_to_async: drop broken or expired connections
     # before and after, so a pooled one goes back to the pool.
     close_old_connections()
     try:
-        return read(**kwargs)
+        return call()
     finally:
         close_old_connections()
 

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat.coalesce import Coalescer, bulk_on_database_thread
+from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
 from chat.groups import groups_of_users
 from chat.messaging import last_visible_ids
@@ -52,10 +52,8 @@ class Worker:
         self._socket_caps: tuple[PresenceStore, SocketCaps] | None = None
         self._send_queue: SendQueue | None = None
         # What a socket reads when it opens; sockets opening together share the trips.
-        self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_on_database_thread(
-            groups_of_users
-        )
-        self.last_id_of: Coalescer[int, int] = bulk_on_database_thread(last_visible_ids)
+        self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_read(groups_of_users)
+        self.last_id_of: Coalescer[int, int] = bulk_read(last_visible_ids)
         # Read positions moved by sockets at the same time are written in one statement.
         self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
             database_sync_to_async(read_positions_move)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
 from collections.abc import Callable
 from importlib import import_module
@@ -29,7 +30,7 @@ from django.test.utils import CaptureQueriesContext
 from chat import auth
 from chat.auth import SessionAuthMiddleware
 from chat.transport import daphne_protocol
-from tests.chatclient import TIMEOUT, session_cookie_for
+from tests.chatclient import TIMEOUT, session_cookie_for, socket_headers
 from tests.conftest import _make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -231,15 +232,13 @@ async def test_daphnes_send_reaches_the_consumer_untouched(alice):
     assert daphne_protocol(seen["send"]) is protocol
 
 
-async def test_session_and_user_load_in_one_database_thread_trip(alice, monkeypatch):
+async def test_session_and_user_load_in_one_database_trip(alice, monkeypatch):
+    """One trip to a socket-read thread (chat.database), not Channels' database thread."""
     session_key = await sync_to_async(session_cookie_for)(alice)
-    trips: list[int] = []
     queries: list[list[str]] = []
-    handler = DatabaseSyncToAsync.thread_handler
 
-    def counting_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(1)
-        return handler(self, *args, **kwargs)
+    def refusing_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the handshake waited on Channels' database thread")
 
     loader = auth.sessions_and_users
 
@@ -249,13 +248,12 @@ async def test_session_and_user_load_in_one_database_thread_trip(alice, monkeypa
         queries.append([q["sql"] for q in captured.captured_queries])
         return result
 
-    monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting_handler)
+    monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", refusing_handler)
     monkeypatch.setattr(auth, "sessions_and_users", counting_loader)
 
     seen = await through(SessionAuthMiddleware, [session_header(session_key)])
 
     assert who(seen["scope"]) == "alice"
-    assert len(trips) == 1
     assert len(queries) == 1 and len(queries[0]) == 2, queries  # the session, the user
 
 
@@ -425,3 +423,33 @@ async def test_poisoned_cookies_opening_with_real_ones_fail_only_themselves(memo
 
     assert outcomes[0::2] == [user.username for user in users]
     assert outcomes[1::2] == [None] * 40
+
+
+async def test_a_handshake_whose_session_read_stalls_is_told_to_try_again_not_logged_out(
+    alice, monkeypatch, settings
+):
+    """Issue 14.6: the session read has the time limit; past it, close 1013 (not 403)."""
+    from chat import database
+    from chatsite.asgi import application
+
+    settings.CHAT_DATABASE_TIMEOUT = 0.5
+    loader = auth.sessions_and_users
+
+    def stalled_loader(keys: list[str | None]) -> Any:
+        time.sleep(3)  # a database that does not answer for longer than the limit
+        return loader(keys)
+
+    monkeypatch.setattr(auth, "sessions_and_users", stalled_loader)
+    cookie = await sync_to_async(session_cookie_for)(alice)
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=socket_headers(cookie))
+    started = time.monotonic()
+    try:
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected  # accepted, so that the close can carry its code
+        closed = await communicator.receive_output(timeout=TIMEOUT)
+        assert closed == {"type": "websocket.close", "code": 1013}
+        assert time.monotonic() - started < 2.5
+        assert database.stalled()  # and /healthz says so
+    finally:
+        await communicator.disconnect()
+        database.forget_stalls()

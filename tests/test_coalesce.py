@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.coalesce import Coalescer, bulk_on_database_thread, each
+from chat.coalesce import Coalescer, bulk_read, each
 
 
 class HeldTrips:
@@ -126,14 +126,14 @@ async def test_each_call_of_a_trip_to_the_database_thread_gets_its_value_or_its_
 
 
 @pytest.mark.django_db
-async def test_bulk_on_database_thread_answers_each_call_by_its_argument():
+async def test_bulk_read_answers_each_call_by_its_argument():
     trips: list[list[int]] = []
 
     def squares(numbers: list[int]) -> dict[int, int]:
         trips.append(numbers)
         return {n: n * n for n in set(numbers)}
 
-    squared = bulk_on_database_thread(squares)
+    squared = bulk_read(squares)
 
     results = await asyncio.wait_for(asyncio.gather(*(squared(n) for n in (3, 2, 3))), 5)
 

@@ -186,6 +186,42 @@ async def test_a_stalled_database_costs_each_command_at_most_its_limit_and_loses
         assert worker.alive()
 
 
+async def test_a_handshake_first_to_meet_a_stalled_database_closes_with_1013(layer_env, sockets):
+    """Issue 14.6: no command has noticed the stall yet when the handshake comes.
+
+    Its reads (session, groups, `last_id`) run on the socket-read threads
+    within the limit, not on Channels' one database thread: on PostgreSQL its
+    `last_id` read waits for the locked table and runs out of time, and the
+    socket is closed with 1013 (try again later), not 1011. On SQLite readers
+    are not locked out, and the socket opens. Either way other sockets'
+    commands are not held up.
+    """
+    env = worker_env(**layer_env, CHAT_DATABASE_TIMEOUT=str(LIMIT))
+    with running_workers(1, env) as [worker]:
+        bob = await sockets(worker, sign_up(worker, "bob"), "bob")
+        carol_cookie = sign_up(worker, "carol")
+        bound = 2 * LIMIT + 1.5
+
+        with message_table_locked():
+            handshake = asyncio.ensure_future(
+                timed(close_code_of_a_new_socket(worker, carol_cookie, bound + 3))
+            )
+            pong, took = await timed(bob.request(type="ping"))
+            assert pong["type"] == "pong" and took < 1.5, took
+            if connection.vendor == "postgresql":
+                code, took = await handshake
+                assert code == 1013 and took < bound + 1, (code, took)
+            else:
+                handshake.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handshake
+
+        await wait_for_health(worker, 200, timeout=3 * LIMIT + 5)
+        carol = await sockets(worker, carol_cookie, "carol")
+        assert (await carol.request(type="ping"))["type"] == "pong"
+        assert worker.alive()
+
+
 async def test_a_frame_over_the_cap_closes_with_1009(layer_env, sockets):
     with running_workers(1, worker_env(**layer_env)) as [worker]:
         alice = await sockets(worker, sign_up(worker, "alice"), "alice")
