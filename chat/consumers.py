@@ -371,8 +371,11 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         (the classic endpoint has none to write).
         """
         assert command.to is not None
-        stored = await current_worker().send_queue.submit(self.user, command.to, command.body)
-        return _reply("ack", command.ref, id=stored.id, ts=stored.ts)
+        stored = await current_worker().send_queue.submit(
+            self.user, command.to, command.body, command.cid
+        )
+        cid = {} if command.cid is None else {"cid": command.cid}
+        return _reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)
 
     async def spend_membership_change(self, kind: str) -> None:
         """Take one join or leave from the user's membership budget; `rate_limited` past it."""

@@ -17,8 +17,9 @@ it, so it commits as one step of that order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,7 +27,8 @@ from typing import Any, TypeVar
 import orjson
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db import DatabaseError, connection, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
+from django.db.models import Q
 
 from chat.database import note_if_timeout
 from chat.models import ChatGroup, Membership, Message, group_key
@@ -54,6 +56,9 @@ class StoredMessage:
     user_ids: tuple[int, ...] = ()
     group_id: int | None = None
     everyone: bool = False
+    # A send repeated with the `cid` of a message stored earlier: that message,
+    # answered again but neither stored nor delivered a second time.
+    replayed: bool = False
 
 
 def format_ts(moment: datetime) -> str:
@@ -72,13 +77,16 @@ def message_json(message: Message) -> dict[str, Any]:
         to = {"group": message.group.name}
     else:
         to = {"all": True}
-    return {
+    json = {
         "id": message.id,
         "from": message.sender.get_username(),
         "to": to,
         "body": message.body,
         "ts": format_ts(message.created_at),
     }
+    if message.cid is not None:
+        json["cid"] = message.cid
+    return json
 
 
 def _find_user(username: str) -> User:
@@ -167,15 +175,18 @@ class SendRequest:
     sender: User
     to: Address
     body: str
+    # Protocol 1.1: the client's id for this message; a second send with it
+    # is answered with the first one's ack.
+    cid: str | None = None
 
 
 def _unavailable() -> ChatError:
     return ChatError(UNAVAILABLE, "the message store failed; nothing was stored, try again")
 
 
-def message_send(*, sender: User, to: Address, body: str) -> StoredMessage:
+def message_send(*, sender: User, to: Address, body: str, cid: str | None = None) -> StoredMessage:
     """Store a message for its audience; raise `ChatError` if it may not be sent."""
-    [result] = message_send_many([SendRequest(sender, to, body)])
+    [result] = message_send_many([SendRequest(sender, to, body, cid)])
     if isinstance(result, ChatError):
         raise result
     return result
@@ -189,13 +200,59 @@ def message_send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | C
     lock and one commit, their ids ascending in request order. A request that
     may not be sent gets its `ChatError` and stores nothing; a database failure
     fails every request and stores nothing at all.
+
+    A request whose `cid` its sender already used (stored earlier, or earlier
+    in this batch) gets that message back as `replayed`, storing nothing.
     """
+    firsts: dict[tuple[int, str], int] = {}
+    repeats: dict[int, int] = {}
+    unique: list[SendRequest] = []
+    for index, request in enumerate(requests):
+        if request.cid is not None:
+            key = (request.sender.pk, request.cid)
+            if key in firsts:
+                repeats[index] = firsts[key]
+                continue
+            firsts[key] = len(unique)
+        unique.append(request)
     try:
-        return _send_many(requests)
+        try:
+            results = _send_many(unique)
+        except IntegrityError:
+            # Another worker stored one of these cids after this statement's
+            # snapshot was taken: once more, which now sees it as a repeat.
+            results = _send_many(unique)
     except DatabaseError as error:
         # A time limit (chat.database) ends here too: /healthz reports it.
         note_if_timeout(error)
         return [_unavailable() for _ in requests]
+    if not repeats:
+        return results
+    answers: list[StoredMessage | ChatError] = []
+    kept = iter(results)
+    for index in range(len(requests)):
+        if index in repeats:
+            first = results[repeats[index]]
+            answers.append(first if isinstance(first, ChatError) else _replay(first))
+        else:
+            answers.append(next(kept))
+    return answers
+
+
+def _replay(message: StoredMessage) -> StoredMessage:
+    return dataclasses.replace(message, replayed=True)
+
+
+def _stored_earlier(requests: Sequence[SendRequest]) -> dict[tuple[int, str], Message]:
+    """The messages stored before under these requests' (sender, cid) pairs, in one query."""
+    pairs = {(r.sender.pk, r.cid) for r in requests if r.cid is not None}
+    if not pairs:
+        return {}
+    wanted = Q()
+    for sender_id, cid in pairs:
+        wanted |= Q(sender_id=sender_id, cid=cid)
+    found = Message.objects.filter(wanted).select_related("sender", "recipient", "group")
+    return {(message.sender_id, message.cid): message for message in found if message.cid}
 
 
 def _send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
@@ -212,10 +269,14 @@ def _send_with_orm(requests: Sequence[SendRequest]) -> list[StoredMessage | Chat
     groups = _groups_of_members(
         {(r.sender.pk, r.to.name) for r in requests if r.to.kind == "group"}
     )
-    checked: list[dict[str, Any] | ChatError] = []
+    earlier = _stored_earlier(requests)
+    checked: list[dict[str, Any] | StoredMessage | ChatError] = []
     for request in requests:
+        if request.cid is not None and (request.sender.pk, request.cid) in earlier:
+            checked.append(_replay(_stored(earlier[request.sender.pk, request.cid])))
+            continue
         to = request.to
-        row: dict[str, Any] = {"sender": request.sender, "body": request.body}
+        row: dict[str, Any] = {"sender": request.sender, "body": request.body, "cid": request.cid}
         if to.kind == "user":
             row.update(kind=Message.Kind.DIRECT, recipient=recipients.get(to.name))
             if row["recipient"] is None:
@@ -229,9 +290,9 @@ def _send_with_orm(requests: Sequence[SendRequest]) -> list[StoredMessage | Chat
         else:
             row.update(kind=Message.Kind.ALL)
         checked.append(row)
-    rows = [row for row in checked if not isinstance(row, ChatError)]
+    rows = [row for row in checked if isinstance(row, dict)]
     inserted = iter(_insert_with_orm(rows) if rows else [])
-    return [row if isinstance(row, ChatError) else _stored(next(inserted)) for row in checked]
+    return [_stored(next(inserted)) if isinstance(row, dict) else row for row in checked]
 
 
 def _insert_with_orm(rows: list[dict[str, Any]]) -> list[Message]:
@@ -261,42 +322,55 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     until then; the timestamp is read after the lock and ids are allocated as
     the sorted rows go in, so ids ascend in request order, become visible in id
     order, and timestamps never go back. The statement answers, per accepted
-    request in order, the recipient or group it resolved and the new id.
+    request in order, the recipient or group it resolved and the new id; per
+    request whose `cid` was stored before, that message's id.
     """
     params: list[Any] = []
     for index, request in enumerate(requests):
         kind = _KINDS[request.to.kind]
         target = group_key(request.to.name) if request.to.kind == "group" else request.to.name
-        params += [index, request.sender.pk, kind, target, request.body]
+        params += [index, request.sender.pk, kind, target, request.body, request.cid]
     params.append(_MESSAGE_ORDER_LOCK)
+    cids = any(request.cid is not None for request in requests)
+    accepted: dict[int, tuple[Any, int, datetime, str | None]] = {}
+    earlier: dict[int, int] = {}
     with connection.cursor() as cursor:
-        cursor.execute(_send_sql(len(requests)), params)
-        accepted = {
-            index: (target, pk, created, name) for index, target, pk, created, name in cursor
-        }
+        cursor.execute(_send_sql(len(requests), cids=cids), params)
+        for index, target, pk, created, name, stored_before in cursor:
+            if stored_before:
+                earlier[index] = pk
+            else:
+                accepted[index] = (target, pk, created, name)
+    replays = _messages_by_id(earlier.values())
     results: list[StoredMessage | ChatError] = []
     for index, request in enumerate(requests):
+        if index in earlier:
+            results.append(_replay(_stored(replays[earlier[index]])))
+            continue
         found = accepted.get(index)
         if found is None:
             results.append(_refusal(request.to))
             continue
         target, pk, created, group_name = found
-        event = {
+        ts = format_ts(created)
+        event: dict[str, Any] = {
             "type": "message",
             "id": pk,
             "from": request.sender.get_username(),
             # A group as its creator spelled it, whatever the case the sender used.
             "to": {"group": group_name} if request.to.kind == "group" else request.to.as_json(),
             "body": request.body,
-            "ts": format_ts(created),
+            "ts": ts,
         }
+        if request.cid is not None:
+            event["cid"] = request.cid
         if request.to.kind == "user":
             user_ids = tuple({request.sender.pk, target})
-            results.append(StoredMessage(pk, event["ts"], event, user_ids=user_ids))
+            results.append(StoredMessage(pk, ts, event, user_ids=user_ids))
         elif request.to.kind == "group":
-            results.append(StoredMessage(pk, event["ts"], event, group_id=target))
+            results.append(StoredMessage(pk, ts, event, group_id=target))
         else:
-            results.append(StoredMessage(pk, event["ts"], event, everyone=True))
+            results.append(StoredMessage(pk, ts, event, everyone=True))
     return results
 
 
@@ -314,9 +388,22 @@ def _refusal(to: Address) -> ChatError:
     return ChatError(NOT_MEMBER, f"you are not a member of group {to.name!r}")
 
 
-@functools.lru_cache(maxsize=128)
-def _send_sql(rows: int) -> str:
-    """The statement for `rows` requests (PostgreSQL; built once per batch size)."""
+def _messages_by_id(ids: Iterable[int]) -> dict[int, Message]:
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    found = Message.objects.filter(id__in=wanted).select_related("sender", "recipient", "group")
+    return {message.id: message for message in found}
+
+
+@functools.lru_cache(maxsize=256)
+def _send_sql(rows: int, *, cids: bool) -> str:
+    """The statement for `rows` requests (PostgreSQL; built once per batch size).
+
+    With `cids`, it also looks for messages stored earlier under the requests'
+    (sender, cid): those requests insert nothing and answer the earlier id.
+    A batch without cids (every version 1 client's) skips that lookup.
+    """
     user_model = get_user_model()
     quote = connection.ops.quote_name
     message, group = quote(Message._meta.db_table), quote(ChatGroup._meta.db_table)
@@ -331,17 +418,34 @@ def _send_sql(rows: int) -> str:
     member_user, member_group = _column(Membership, "user"), _column(Membership, "group")
     columns = ", ".join(
         _column(Message, name)
-        for name in ("sender", "kind", "recipient", "group", "body", "created_at")
+        for name in ("sender", "kind", "recipient", "group", "body", "cid", "created_at")
     )
     direct, in_group = Message.Kind.DIRECT.value, Message.Kind.GROUP.value
     sender_type = _field(Message, "sender").db_type(connection)
-    values = ", ".join([f"(%s::integer, %s::{sender_type}, %s::text, %s::text, %s::text)"] * rows)
+    values = ", ".join(
+        [f"(%s::integer, %s::{sender_type}, %s::text, %s::text, %s::text, %s::text)"] * rows
+    )
+    sender, cid = _column(Message, "sender"), _column(Message, "cid")
+    earlier = (
+        f"""earlier AS MATERIALIZED (
+  SELECT v.ord, m.{_column(Message, "id")} AS id FROM v
+  JOIN {message} m ON m.{sender} = v.sender AND m.{cid} = v.cid
+  WHERE v.cid IS NOT NULL
+),"""
+        if cids
+        else ""
+    )
+    not_earlier = "AND v.ord NOT IN (SELECT ord FROM earlier)" if cids else ""
+    answer_earlier = (
+        "UNION ALL SELECT e.ord, NULL, e.id, NULL, NULL, true FROM earlier e" if cids else ""
+    )
     return f"""
-WITH v(ord, sender, kind, target_name, body) AS (VALUES {values}),
+WITH v(ord, sender, kind, target_name, body, cid) AS (VALUES {values}),
+{earlier}
 order_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s)),
 stamp AS MATERIALIZED (SELECT clock_timestamp() AS now FROM order_lock),
 accepted AS MATERIALIZED (
-  SELECT v.ord, v.sender, v.kind, v.body, u.{user_id} AS recipient, g.{group_id} AS grp,
+  SELECT v.ord, v.sender, v.kind, v.body, v.cid, u.{user_id} AS recipient, g.{group_id} AS grp,
          g.{group_name} AS group_name,
          row_number() OVER (ORDER BY v.ord) AS n
   FROM v
@@ -350,18 +454,20 @@ accepted AS MATERIALIZED (
     AND EXISTS (
       SELECT 1 FROM {member} m WHERE m.{member_group} = g.{group_id} AND m.{member_user} = v.sender
     )
-  WHERE v.kind NOT IN ('{direct}', '{in_group}')
-     OR u.{user_id} IS NOT NULL OR g.{group_id} IS NOT NULL
+  WHERE (v.kind NOT IN ('{direct}', '{in_group}')
+     OR u.{user_id} IS NOT NULL OR g.{group_id} IS NOT NULL)
+    {not_earlier}
 ),
 inserted AS (
   INSERT INTO {message} ({columns})
-  SELECT a.sender, a.kind, a.recipient, a.grp, a.body, stamp.now
+  SELECT a.sender, a.kind, a.recipient, a.grp, a.body, a.cid, stamp.now
   FROM accepted a CROSS JOIN stamp ORDER BY a.ord
   RETURNING {_column(Message, "id")} AS id, {_column(Message, "created_at")} AS created
 )
-SELECT a.ord, COALESCE(a.recipient, a.grp), i.id, i.created, a.group_name
+SELECT a.ord, COALESCE(a.recipient, a.grp), i.id, i.created, a.group_name, false
 FROM accepted a
 JOIN (SELECT id, created, row_number() OVER (ORDER BY id) AS n FROM inserted) i ON i.n = a.n
+{answer_earlier}
 """
 
 

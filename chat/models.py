@@ -109,6 +109,10 @@ class Message(models.Model):
     )
     body = models.TextField()
     created_at = models.DateTimeField(db_index=True)
+    # Protocol 1.1: the sender's own id for this message, so that a send
+    # repeated after a lost ack is recognised and stored only once. NULL, not
+    # "", for "none": the unique constraint below then leaves those out.
+    cid = models.CharField(max_length=64, null=True, blank=True, default=None)  # noqa: DJ001
 
     objects = MessageQuerySet.as_manager()
 
@@ -131,6 +135,11 @@ class Message(models.Model):
                     | Q(kind="all", recipient__isnull=True, group__isnull=True)
                 ),
                 name="message_has_one_audience",
+            ),
+            models.UniqueConstraint(
+                fields=["sender", "cid"],
+                condition=Q(cid__isnull=False),
+                name="message_sender_cid",
             ),
         ]
 

@@ -41,6 +41,7 @@ ERROR_CODES = frozenset(
 )
 
 MAX_REF_CHARS = 64
+MAX_CID_CHARS = 64
 MAX_GROUP_CHARS = 64
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
@@ -110,6 +111,8 @@ class Command:
     cursor: str | None = None
     # `who` and `members`: the page after this name (the `next` of a previous reply).
     after: str | None = None
+    # `send` (1.1): the client's own id for the message, which makes a repeat harmless.
+    cid: str | None = None
 
 
 def is_valid_group_name(name: str) -> bool:
@@ -226,7 +229,7 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
                 raise ChatError(BAD_COMMAND, f"send needs {field}")
         to = clean_address(data["to"], "to")
         body = clean_body(data["body"], max_chars=max_body_chars)
-        return Command("send", ref, to=to, body=body)
+        return Command("send", ref, to=to, body=body, cid=_optional_cid(data))
     if kind in ("join", "leave", "members"):
         if "group" not in data:
             raise ChatError(BAD_COMMAND, f"{kind} needs group")
@@ -287,6 +290,15 @@ def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
         limit = _optional_limit(data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT)
         return Command(kind, ref, q=unicodedata.normalize("NFC", q), limit=limit)
     raise ChatError(BAD_COMMAND, f"unknown command type {kind[:40]!r}")
+
+
+def _optional_cid(data: dict[str, Any]) -> str | None:
+    cid = data.get("cid")
+    if cid is None:
+        return None
+    if not isinstance(cid, str) or not 0 < len(cid) <= MAX_CID_CHARS or "\x00" in cid:
+        raise ChatError(BAD_COMMAND, f"cid must be a string of 1 to {MAX_CID_CHARS} characters")
+    return cid
 
 
 def _names_page(data: dict[str, Any]) -> tuple[str | None, int]:

@@ -85,14 +85,17 @@ class SendQueue:
         for task in self._tasks:
             task.cancel()
 
-    async def submit(self, sender: User, to: Address, body: str) -> StoredMessage:
+    async def submit(
+        self, sender: User, to: Address, body: str, cid: str | None = None
+    ) -> StoredMessage:
         """Store a message; return it once committed, or raise `ChatError`.
 
         The queue delivers it. A caller cancelled meanwhile does not take the
-        message back: it is still stored and delivered.
+        message back: it is still stored and delivered. A repeat of a stored
+        `cid` returns that message (`replayed`), which is not delivered again.
         """
         result: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
-        self._sends.put_nowait(_Send(SendRequest(sender, to, body), result))
+        self._sends.put_nowait(_Send(SendRequest(sender, to, body, cid), result))
         return await result
 
     async def _write_loop(self) -> None:
@@ -129,7 +132,11 @@ class SendQueue:
                 send.result.set_exception(result)
             else:
                 send.result.set_result(result)
-        stored = [result for result in results if isinstance(result, StoredMessage)]
+        stored = [
+            result
+            for result in results
+            if isinstance(result, StoredMessage) and not result.replayed
+        ]
         TALLY.messages_stored += len(stored)
         for message in sorted(stored, key=lambda message: message.id):
             self._stored.put_nowait(message)

@@ -221,7 +221,7 @@ def chat_user(browser: Browser, chat_server: Worker) -> Iterator[Callable[..., C
 
 def open_direct(user: ChatUser, other: str) -> None:
     """Open the direct conversation with `other` from the people list."""
-    user.page.locator(f"#people-list li[data-user='{other}'] button").click()
+    user.page.locator(f"#conversation-list li[data-user='{other}'] button").click()
     expect(user.page.locator("#conv-title")).to_have_text(other)
 
 

@@ -54,7 +54,7 @@ def test_classic_page_chats_with_the_chat_page(chat_user, chat_server):
     # Broadcast.
     classic_send(page, "Send to all", "to everyone")
     expect(frame(page, "用户(alice=>all):to everyone")).to_be_visible()
-    bob.page.locator("#everyone-list button").click()
+    bob.page.locator("#conversation-list li[data-key='all'] button").click()
     expect(message_with(bob.page, "to everyone")).to_be_visible()
 
     # Group A: the classic page joins it by sending, bob reads and answers there.
@@ -76,7 +76,7 @@ def test_classic_page_chats_with_the_chat_page(chat_user, chat_server):
 
     page.get_by_role("button", name="Close").click()
     expect(page.locator("#state")).to_have_attribute("data-state", "closed")
-    alice_for_bob = bob.page.locator("#people-list li[data-user='alice']")
+    alice_for_bob = bob.page.locator("#conversation-list li[data-user='alice']")
     expect(alice_for_bob).not_to_have_class(re.compile(r"\bonline\b"))
 
 
@@ -88,7 +88,7 @@ def test_classic_page_user_id_makes_a_guest(browser, chat_user, chat_server):
         page.goto(chat_server.base_url + "/classic/")
         classic_connect(page, "4242")
         expect(page.locator("#state")).to_have_attribute("data-state", "open")
-        expect(bob.page.locator("#people-list li[data-user='guest-4242']")).to_have_count(1)
+        expect(bob.page.locator("#conversation-list li[data-user='guest-4242']")).to_have_count(1)
         classic_send(page, "Send to user", "hi, I am a guest", to="bob")
         expect(frame(page, "用户(guest-4242=>bob):hi, I am a guest")).to_be_visible()
         open_direct(bob, "guest-4242")

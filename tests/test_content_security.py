@@ -66,7 +66,7 @@ def test_chat_and_classic_pages_work_under_the_policy_and_isolate_user_text(chat
     classic_connect(page)
     expect(page.locator("#state")).to_have_attribute("data-state", "open")
     # Bob sends from the chat page, whose composer keeps line breaks.
-    bob.page.locator("#everyone-list button").click()
+    bob.page.locator("#conversation-list li[data-key='all'] button").click()
     send(bob.page, "hello\n用户(carol=>all):please send me your password")
     entries = page.locator("#log li", has_text="please send me your password")
     expect(entries).to_have_count(1)

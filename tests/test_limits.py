@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +19,10 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from chat.models import Message
-from tests import servers
 from tests.chatclient import WsClient, open_real_socket
 from tests.conftest import REDIS_URL
 from tests.servers import HttpSession, Worker, running_workers, worker_env
+from tests.stalls import message_table_locked
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -76,33 +74,6 @@ async def wait_for_health(worker: Worker, status: int, timeout: float) -> float:
             return took
         await asyncio.sleep(0.2)
     raise AssertionError(f"/healthz did not answer {status} within {timeout}s")
-
-
-@contextlib.contextmanager
-def message_table_locked() -> Iterator[None]:
-    """Another connection holds the message table as a stuck transaction would.
-
-    PostgreSQL: an ACCESS EXCLUSIVE lock, so reads and writes of it wait.
-    SQLite: the database's write lock (readers still read).
-    """
-    table = Message._meta.db_table
-    if connection.vendor == "postgresql":
-        import psycopg
-
-        with psycopg.connect(servers.test_database_url()) as holder:
-            holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
-            try:
-                yield
-            finally:
-                holder.rollback()
-        return
-    holder = sqlite3.connect(Path(connection.settings_dict["NAME"]), isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        yield
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 @sync_to_async

@@ -41,7 +41,7 @@ def test_two_people_exchange_direct_messages(chat_user):
     open_direct(alice, "bob")
     send(alice.page, "hi bob,\nhow are you?")
     # Bob sees an unread count on the conversation with alice, then reads it.
-    alice_in_bobs_list = bob.page.locator("#people-list li[data-user='alice']")
+    alice_in_bobs_list = bob.page.locator("#conversation-list li[data-user='alice']")
     expect(alice_in_bobs_list.locator(".badge")).to_have_text("1")
     open_direct(bob, "alice")
     received = bob.page.locator("#message-list li.message").last
@@ -84,13 +84,13 @@ def test_group_join_send_members_and_leave(chat_user):
 
     bob.page.get_by_role("button", name="Leave group").click()
     expect(bob.page.locator("#conv-title")).to_have_text("Everyone")
-    expect(bob.page.locator("#group-list li")).to_have_count(0)
+    expect(bob.page.locator("#conversation-list li[data-group]")).to_have_count(0)
     expect(bob_in_alices_members).to_have_count(0)
     # Alice's messages no longer reach bob.
     send(alice.page, "after bob left")
     expect(message_with(alice.page, "after bob left")).to_be_visible()
-    expect(bob.page.locator("#group-list li")).to_have_count(0)
-    expect(bob.page.locator("#everyone-list .badge")).to_have_count(0)
+    expect(bob.page.locator("#conversation-list li[data-group]")).to_have_count(0)
+    expect(bob.page.locator("#conversation-list li[data-key='all'] .badge")).to_have_count(0)
 
 
 def test_broadcast_reaches_everyone_online(chat_user):
@@ -101,15 +101,15 @@ def test_broadcast_reaches_everyone_online(chat_user):
     expect(alice.page.locator("#conv-title")).to_have_text("Everyone")
     send(alice.page, "Lunch is served")
     expect(message_with(bob.page, "Lunch is served")).to_be_visible()
-    expect(carol.page.locator("#everyone-list .badge")).to_have_text("1")
-    carol.page.locator("#everyone-list button").click()
+    expect(carol.page.locator("#conversation-list li[data-key='all'] .badge")).to_have_text("1")
+    carol.page.locator("#conversation-list li[data-key='all'] button").click()
     expect(message_with(carol.page, "Lunch is served")).to_be_visible()
-    expect(carol.page.locator("#everyone-list .badge")).to_have_count(0)
+    expect(carol.page.locator("#conversation-list li[data-key='all'] .badge")).to_have_count(0)
 
 
 def test_presence_follows_pages_opening_and_closing(chat_user):
     alice = chat_user("alice")
-    bob_in_list = alice.page.locator("#people-list li[data-user='bob']")
+    bob_in_list = alice.page.locator("#conversation-list li[data-user='bob']")
     expect(bob_in_list).to_have_count(0)
     bob = chat_user("bob")
     expect(bob_in_list).to_have_class(re.compile(r"\bonline\b"))
@@ -302,9 +302,9 @@ def test_phone_and_desktop_screens(browser, chat_user, chat_server):
     expect(page.locator("#conversation")).to_be_hidden()
     send_from = friend.page
     send(send_from, "Anyone up for a walk on Saturday? " + "Loooooooong" * 20)
-    expect(page.locator("#everyone-list .badge")).to_have_text("1")
+    expect(page.locator("#conversation-list li[data-key='all'] .badge")).to_have_text("1")
     screenshot(page, "phone-list")
-    page.locator("#everyone-list button").click()
+    page.locator("#conversation-list li[data-key='all'] button").click()
     expect(page.locator("#sidebar")).to_be_hidden()
     send(page, "Count me in!\nI'll bring snacks.")
     expect(message_with(page, "Count me in!")).to_be_visible()

@@ -5,15 +5,21 @@ receipts, unsent messages kept with retry, group names ignoring case.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
+from collections.abc import Callable
 
 import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, WebSocketRoute, expect
 
+from chat.models import Message
 from tests.browser import TIMEOUT, ChatUser, browser_worker_env, open_direct, screenshot, send
 from tests.servers import Worker
+from tests.stalls import message_table_locked
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -27,7 +33,7 @@ def send_over_socket(page: Page, to: dict, body: str) -> None:
 
 
 def person(page: Page, name: str):
-    return page.locator(f"#people-list li[data-user='{name}']")
+    return page.locator(f"#conversation-list li[data-user='{name}']")
 
 
 def wait_until_true(page: Page, expression: str) -> None:
@@ -158,8 +164,10 @@ def test_groups_differing_only_in_case_are_one_group(chat_user):
     expect(
         alice.page.locator("#message-list li.message .body", has_text="one group")
     ).to_be_visible()
-    expect(alice.page.locator("#group-list li")).to_have_count(1)
-    expect(bob.page.locator("#group-list li")).to_have_text(re.compile("Design Team"))
+    expect(alice.page.locator("#conversation-list li[data-group]")).to_have_count(1)
+    expect(bob.page.locator("#conversation-list li[data-group]")).to_have_text(
+        re.compile("Design Team")
+    )
     screenshot(bob.page, "desktop-group-case")
 
 
@@ -199,7 +207,7 @@ def test_seen_by_counts_the_group_members_who_read(chat_user):
             reader.page.locator("#message-list li.message .body", has_text="standup")
         ).to_be_visible()
     expect(alice.page.locator("#message-list li.seen")).to_have_text("Seen by 2")
-    expect(alice.page.locator("#group-list li .conv-time")).to_be_visible()
+    expect(alice.page.locator("#conversation-list li[data-group] .conv-time")).to_be_visible()
     screenshot(alice.page, "desktop-seen-by")
 
 
@@ -336,3 +344,181 @@ def test_typing_clears_on_its_own_once_the_typist_stops(chat_user):
     # Nothing more typed: the notice drops after 6 s without a message arriving.
     expect(alice.page.locator("#typing")).to_have_text("", timeout=(6 + TIMEOUT) * 1000)
     expect(bob.page.locator("#body")).to_have_value("half a thought")
+
+
+def sidebar_keys(page: Page) -> list[str]:
+    return page.locator("#conversation-list > li").evaluate_all(
+        "items => items.map((item) => item.dataset.key)"
+    )
+
+
+def expect_sidebar(page: Page, keys: list[str]) -> None:
+    """Wait until the sidebar lists exactly `keys`, in that order."""
+    deadline = time.monotonic() + TIMEOUT
+    while (shown := sidebar_keys(page)) != keys:
+        assert time.monotonic() < deadline, f"the sidebar shows {shown}, not {keys}"
+        page.wait_for_timeout(50)
+
+
+def test_the_sidebar_is_one_list_with_the_newest_activity_first(chat_user):
+    alice, bob, carol = chat_user("alice"), chat_user("bob"), chat_user("carol")
+    alice.page.locator("#join-name").fill("Crew")
+    alice.page.get_by_role("button", name="Join", exact=True).click()
+    expect(alice.page.locator("#conv-title")).to_have_text("# Crew")
+    send(alice.page, "crew first")
+    first = alice.page.locator("#message-list li.message .body", has_text="crew first")
+    expect(first).to_be_visible()
+    send_over_socket(bob.page, {"user": "alice"}, "then bob")
+
+    # Conversations with messages by their newest one, then the rest:
+    # everyone, groups, people.
+    expect_sidebar(alice.page, ["user:bob", "group:crew", "all", "user:carol"])
+    send_over_socket(carol.page, {"all": True}, "carol to all")
+    expect_sidebar(alice.page, ["all", "user:bob", "group:crew", "user:carol"])
+    send(alice.page, "crew again")
+    expect_sidebar(alice.page, ["group:crew", "all", "user:bob", "user:carol"])
+    screenshot(alice.page, "desktop-sidebar-by-activity")
+    # A reload builds the same list from the server's `conversations`.
+    alice.page.reload()
+    expect_sidebar(alice.page, ["group:crew", "all", "user:bob", "user:carol"])
+
+
+def test_a_send_the_store_cannot_take_stays_with_a_working_retry(chat_user):
+    # A short time limit: the stalled store answers `unavailable` within a second.
+    server = Worker(browser_worker_env(CHAT_DATABASE_TIMEOUT="1"), name="stalling").start()
+    try:
+        alice = chat_user("alice", server=server)
+        page = alice.page
+        with message_table_locked():
+            send(page, "while the store stalls")
+            unsent = page.locator("#message-list li.unsent", has_text="while the store stalls")
+            expect(unsent.locator(".unsent-note")).to_contain_text(
+                "Not sent: The server could not store that right now."
+            )
+        screenshot(page, "desktop-unsent-unavailable")
+        unsent.get_by_role("button", name="Retry").click()
+        sent = page.locator(
+            "#message-list li.message:not(.unsent) .body", has_text="while the store stalls"
+        )
+        expect(sent).to_have_count(1)
+        expect(page.locator("#message-list li.unsent")).to_have_count(0)
+    finally:
+        server.stop()
+    assert Message.objects.filter(body="while the store stalls").count() == 1
+
+
+def test_a_message_whose_ack_was_lost_with_the_connection_is_shown_once(chat_user):
+    """Stored, but the connection died before its ack came: not "not sent".
+
+    Playwright stands between the page and the server, and at the ack drops
+    that socket and everything after it. The page reconnects; `sync` brings
+    the message with its `cid`, which settles the entry the page kept as
+    unsent (the old page kept it, and its Retry stored the message again).
+    """
+    alice = chat_user("alice")
+    page = alice.page
+    seen = {"greetings": 0, "lost": 0, "armed": False}
+
+    def lose_the_next_ack(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()
+        dead = False
+
+        def to_page(message: str | bytes) -> None:
+            nonlocal dead
+            if dead:
+                return
+            if isinstance(message, str) and message.startswith('{"type":"hello"'):
+                seen["greetings"] += 1
+            if seen["armed"] and isinstance(message, str) and '"type":"ack"' in message:
+                seen.update(armed=False, lost=seen["lost"] + 1)
+                dead = True
+                server.close()
+                route.close(code=4000, reason="the connection died")
+                return
+            route.send(message)
+
+        server.on_message(to_page)
+
+    page.route_web_socket(re.compile(r"/ws/chat/"), lose_the_next_ack)
+    page.evaluate("window.chatPage.client.socket.close()")  # the next socket goes through it
+    wait_for(page, lambda: seen["greetings"] == 1, "a socket through the route")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+    seen["armed"] = True
+    send(page, "did it get through?")
+
+    wait_for(page, lambda: seen["greetings"] == 2, "the page to reconnect")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+    sent = page.locator("#message-list li.message:not(.unsent) .body", has_text="did it get")
+    expect(sent).to_have_count(1)
+    expect(page.locator("#message-list li.unsent")).to_have_count(0)
+    assert seen["lost"] == 1
+    assert Message.objects.filter(body="did it get through?").count() == 1
+
+
+def wait_for(page: Page, condition: Callable[[], bool], what: str) -> None:
+    """Let Playwright deliver its events until `condition` holds (fails after TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {TIMEOUT} s"
+        page.wait_for_timeout(50)
+
+
+def test_typing_is_repeated_every_3_seconds_while_someone_keeps_typing(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    open_direct(bob, "alice")
+    alice.page.evaluate(
+        "window.typingSeen = [];"
+        " window.chatPage.client.on('typing', () => window.typingSeen.push(performance.now()))"
+    )
+
+    # About 7.5 s of typing, a key every 300 ms: past the receiver's 6 s.
+    bob.page.locator("#body").press_sequentially("x" * 25, delay=300)
+
+    expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+    seen = alice.page.evaluate("window.typingSeen")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+    assert 3 <= len(seen) <= 4, seen  # at 0, 3 and 6 s (and maybe 9)
+    assert all(gap >= 2900 for gap in gaps), gaps
+
+
+def test_a_history_page_that_failed_to_load_is_tried_again_on_its_own(chat_user):
+    bob = chat_user("bob")
+    bob.page.close()
+    sender = User.objects.get(username="bob")
+    alice_user = chat_user("alice")
+    alice_user.page.close()
+    strict = Worker(
+        browser_worker_env(CHAT_RATE_BURST="4", CHAT_RATE_PER_SECOND="1"), name="strict"
+    ).start()
+    try:
+        Message.objects.create(
+            sender=sender,
+            recipient=User.objects.get(username="alice"),
+            kind=Message.Kind.DIRECT,
+            body="from before",
+            created_at=timezone.now(),
+        )
+        page = alice_user.open_page(strict.base_url)
+        expect(person(page, "bob")).to_be_visible()
+        # Spend the budget, so that opening the conversation is refused.
+        page.evaluate(
+            """async () => {
+              for (let i = 0; i < 20; i++) {
+                try { await window.chatPage.client.request({type: "ping"}); }
+                catch (e) { if (e.code === "rate_limited") return; throw e; }
+              }
+            }"""
+        )
+        open_direct(ChatUser("alice", alice_user.context, page), "bob")
+
+        status = page.locator("#history-status")
+        expect(status).to_contain_text("Trying again in")
+        expect(status).to_have_class(re.compile(r"\berror\b"))
+        screenshot(page, "desktop-history-retrying")
+        loaded = page.locator("#message-list li.message .body", has_text="from before")
+        expect(loaded).to_be_visible(timeout=3 * TIMEOUT * 1000)
+        expect(status).not_to_have_class(re.compile(r"\berror\b"))
+    finally:
+        strict.stop()

@@ -22,7 +22,7 @@
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
-    disconnected: "The connection dropped before the server answered. Check the conversation, then try again.",
+    disconnected: "The connection dropped before the server answered. Retry sends it once, even if it got through.",
     timeout: "The server did not answer in time. Try again.",
   };
   const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
@@ -120,7 +120,7 @@
       onclick: () => openConversation(address),
     }, extra.icon, el("span", {className: "conv-text"}, el("span", {className: "conv-name", text: label}),
       typingOrPreview(conv)), extra.status || null, badge(conv.unread));
-    return el("li", {className: isOpen ? "active" : ""}, button);
+    return el("li", {className: isOpen ? "active" : "", dataset: {key}}, button);
   }
 
   /** "bob is typing…" or the last message (sender and first line) for a sidebar entry. */
@@ -147,44 +147,53 @@
     return names.slice(0, -1).join(", ") + " and " + names[names.length - 1] + " are typing…";
   }
 
+  /**
+   * One list, newest activity first, as the server's `conversations` orders
+   * it: everyone, one's groups, and the people one has talked with or who are
+   * online now. Entries with no message yet follow, everyone then groups then
+   * people, by name.
+   */
   function renderSidebar() {
     const hashIcon = () => el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"});
-    $("everyone-list").replaceChildren(conversationItem({all: true}, "Everyone",
-      {icon: el("span", {className: "conv-icon everyone", "aria-hidden": "true", text: "✱"})}));
-
-    $("group-list").replaceChildren(...[...state.groups].sort((a, b) => a.localeCompare(b))
-      .map((g) => conversationItem({group: g}, g, {icon: hashIcon()})));
-
-    // People: everyone online, plus anyone with a direct conversation here.
+    const entries = [{address: {all: true}, rank: 0, name: "", item: () => conversationItem({all: true}, "Everyone",
+      {icon: el("span", {className: "conv-icon everyone", "aria-hidden": "true", text: "✱"})})}];
+    for (const g of state.groups) {
+      entries.push({address: {group: g}, rank: 1, name: g, item: () => {
+        const item = conversationItem({group: g}, g, {icon: hashIcon()});
+        item.dataset.group = g;
+        return item;
+      }});
+    }
     const people = new Set([...state.online].filter((u) => u !== me));
     for (const conv of state.conversations.values()) {
       const talked = conv.messages.size > 0 || conv.last !== null || conv.key === state.openKey;
       if (conv.address.user !== undefined && conv.address.user !== me && talked) people.add(conv.address.user);
     }
-    const sorted = [...people].sort((a, b) =>
-      (state.online.has(b) - state.online.has(a)) || a.localeCompare(b));
-    const lastId = (u) => {
-      const conv = state.conversations.get("user:" + u);
+    for (const u of people) entries.push({address: {user: u}, rank: 2, name: u, item: () => personItem(u)});
+    const activity = (entry) => {
+      const conv = state.conversations.get(keyOf(entry.address));
       return conv && conv.last ? conv.last.id : 0;
     };
-    sorted.sort((a, b) => lastId(b) - lastId(a));
-    $("people-list").replaceChildren(...sorted.map((u) => {
-      const online = state.online.has(u);
-      const icon = el("span", {className: "avatar-wrap"}, avatar(u, "small"),
-        el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"}));
-      const status = el("span", {className: "visually-hidden", text: online ? " (online)" : " (offline)"});
-      const item = conversationItem({user: u}, u, {icon, status});
-      item.classList.add(online ? "online" : "offline");
-      item.dataset.user = u;
-      return item;
-    }));
+    entries.sort((a, b) => (activity(b) - activity(a)) || (a.rank - b.rank) || a.name.localeCompare(b.name));
+    $("conversation-list").replaceChildren(...entries.map((entry) => entry.item()));
     const othersOnline = [...state.online].filter((u) => u !== me).length;
     $("online-count").textContent = othersOnline ? othersOnline + " online" : "";
-    $("people-empty").hidden = sorted.length > 0;
+    $("people-empty").hidden = people.size > 0;
 
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
     document.title = (unread ? `(${unread}) ` : "") + "Chat";
     if (document.hidden && unread) document.title = `(${unread}) Chat`;
+  }
+
+  function personItem(u) {
+    const online = state.online.has(u);
+    const icon = el("span", {className: "avatar-wrap"}, avatar(u, "small"),
+      el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"}));
+    const status = el("span", {className: "visually-hidden", text: online ? " (online)" : " (offline)"});
+    const item = conversationItem({user: u}, u, {icon, status});
+    item.classList.add(online ? "online" : "offline");
+    item.dataset.user = u;
+    return item;
   }
 
   // -- conversation pane -------------------------------------------------------
@@ -301,7 +310,7 @@
 
   function unsentItem(conv, pending) {
     const retry = el("button", {type: "button", className: "link", text: "Retry",
-      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); sendBody(conv, pending.body); }});
+      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); sendBody(conv, pending.body, pending.cid); }});
     const discard = el("button", {type: "button", className: "link", text: "Discard",
       onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); }});
     return el("li", {className: "message own unsent"},
@@ -363,11 +372,12 @@
     try {
       const reply = await client.request(command);
       for (const m of reply.messages) conv.messages.set(m.id, m);
-      if (reply.messages.length < PAGE_SIZE) conv.complete = true;
+      if (!reply.more) conv.complete = true;
       conv.loaded = true;
       conv.error = "";
+      conv.historyFailures = 0;
     } catch (error) {
-      conv.error = describeError(error);
+      historyFailed(conv, error);
     } finally {
       conv.loading = false;
     }
@@ -375,6 +385,28 @@
       renderMessages();
       fillViewport(conv);
     }
+  }
+
+  /**
+   * A history page that did not load is tried again on its own, with growing
+   * pauses (1, 2, 4 … 30 s), and the conversation says so meanwhile. Offline,
+   * the next `hello` tries again instead.
+   */
+  function historyFailed(conv, error) {
+    clearTimeout(conv.historyTimer);
+    if (!client.connected) {
+      conv.error = "Earlier messages will load when the connection is back.";
+      return;
+    }
+    conv.historyFailures = (conv.historyFailures || 0) + 1;
+    const seconds = Math.min(30, 2 ** (conv.historyFailures - 1));
+    const reason = error.code === "rate_limited" ? "the server asked to slow down." : describeError(error);
+    conv.error = `Could not load messages: ${reason} Trying again in ${seconds} s…`;
+    conv.historyTimer = setTimeout(() => {
+      if (!client.connected) return;
+      conv.error = "";
+      loadHistory(conv);
+    }, seconds * 1000);
   }
 
   /** Load older pages until the list can scroll (so scrolling up can ask for more). */
@@ -482,8 +514,11 @@
       if (conv && conv.address.group !== undefined && !state.groups.includes(conv.address.group)) {
         openConversation({all: true});
       } else if (conv) {
+        const failed = conv.error !== "";
         conv.error = "";
-        if (!conv.loaded) loadHistory(conv);
+        clearTimeout(conv.historyTimer);
+        conv.historyFailures = 0;
+        if (!conv.loaded || failed) loadHistory(conv);
         loadMembers(conv);
       }
     }
@@ -497,6 +532,8 @@
   client.on("message", (m) => {
     const conv = conversation(addressOfMessage(m));
     conv.messages.set(m.id, m);
+    // Stored after all (its ack was lost with the connection): no longer "not sent".
+    if (m.from === me && m.cid) conv.unsent = conv.unsent.filter((p) => p.cid !== m.cid);
     if (!conv.last || m.id > conv.last.id) conv.last = m;
     conv.typing.delete(m.from);
     // Read only while it is on screen: a hidden tab counts it for the title badge.
@@ -610,13 +647,26 @@
 
   const KEPT_ERRORS = new Set(["rate_limited", "unavailable", "not_connected", "disconnected", "timeout"]);
 
-  /** Send; a refusal the user can retry keeps the message in place, marked "not sent". */
-  async function sendBody(conv, body) {
+  /** A message's client id (protocol 1.1 `cid`): a Retry of it is never stored twice. */
+  function newCid() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    // Pages served over plain http from another host have no randomUUID.
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /**
+   * Send; a refusal the user can retry keeps the message in place, marked "not sent".
+   * Its cid goes with every try: if the connection dropped after the server
+   * stored it, the retry gets the first ack and sync brings the message once.
+   */
+  async function sendBody(conv, body, cid = newCid()) {
     try {
-      await client.request({type: "send", to: conv.address, body});
+      await client.request({type: "send", to: conv.address, body, cid});
     } catch (error) {
+      // Its message came before the connection dropped: it got through.
+      if ([...conv.messages.values()].some((m) => m.from === me && m.cid === cid)) return;
       if (KEPT_ERRORS.has(error.code)) {
-        conv.unsent.push({body, reason: describeError(error)});
+        conv.unsent.push({body, cid, reason: describeError(error)});
         if (state.openKey === conv.key) renderMessages();
         return;
       }
