@@ -395,6 +395,7 @@ def test_a_send_the_store_cannot_take_stays_with_a_working_retry(chat_user):
             expect(unsent.locator(".unsent-note")).to_contain_text(
                 "Not sent: The server could not store that right now."
             )
+        expect(page.locator("#empty-conversation")).to_be_hidden()
         screenshot(page, "desktop-unsent-unavailable")
         unsent.get_by_role("button", name="Retry").click()
         sent = page.locator(

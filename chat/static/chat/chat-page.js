@@ -287,7 +287,7 @@
     $("jump-unread").hidden = !dividerShown;
     dividerInView.disconnect();
     if (dividerShown) dividerInView.observe($("new-divider"));
-    $("empty-conversation").hidden = !(conv.loaded && messages.length === 0 && !conv.error);
+    $("empty-conversation").hidden = !(conv.loaded && messages.length === 0 && !conv.unsent.length && !conv.error);
     let status = "";
     if (conv.error) status = conv.error;
     else if (conv.loading) status = "Loading earlier messages…";
