@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -323,7 +323,8 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     the sorted rows go in, so ids ascend in request order, become visible in id
     order, and timestamps never go back. The statement answers, per accepted
     request in order, the recipient or group it resolved and the new id; per
-    request whose `cid` was stored before, that message's id.
+    request whose `cid` was stored before, a mark (that message is loaded
+    as the ORM path loads it, `_stored_earlier`).
     """
     params: list[Any] = []
     for index, request in enumerate(requests):
@@ -333,19 +334,20 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     params.append(_MESSAGE_ORDER_LOCK)
     cids = any(request.cid is not None for request in requests)
     accepted: dict[int, tuple[Any, int, datetime, str | None]] = {}
-    earlier: dict[int, int] = {}
+    earlier: set[int] = set()
     with connection.cursor() as cursor:
         cursor.execute(_send_sql(len(requests), cids=cids), params)
         for index, target, pk, created, name, stored_before in cursor:
             if stored_before:
-                earlier[index] = pk
+                earlier.add(index)
             else:
                 accepted[index] = (target, pk, created, name)
-    replays = _messages_by_id(earlier.values())
+    replays = _stored_earlier([requests[index] for index in earlier])
     results: list[StoredMessage | ChatError] = []
     for index, request in enumerate(requests):
         if index in earlier:
-            results.append(_replay(_stored(replays[earlier[index]])))
+            assert request.cid is not None
+            results.append(_replay(_stored(replays[request.sender.pk, request.cid])))
             continue
         found = accepted.get(index)
         if found is None:
@@ -388,20 +390,12 @@ def _refusal(to: Address) -> ChatError:
     return ChatError(NOT_MEMBER, f"you are not a member of group {to.name!r}")
 
 
-def _messages_by_id(ids: Iterable[int]) -> dict[int, Message]:
-    wanted = list(ids)
-    if not wanted:
-        return {}
-    found = Message.objects.filter(id__in=wanted).select_related("sender", "recipient", "group")
-    return {message.id: message for message in found}
-
-
 @functools.lru_cache(maxsize=256)
 def _send_sql(rows: int, *, cids: bool) -> str:
     """The statement for `rows` requests (PostgreSQL; built once per batch size).
 
     With `cids`, it also looks for messages stored earlier under the requests'
-    (sender, cid): those requests insert nothing and answer the earlier id.
+    (sender, cid): those requests insert nothing and answer a mark.
     A batch without cids (every version 1 client's) skips that lookup.
     """
     user_model = get_user_model()
@@ -428,7 +422,7 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     sender, cid = _column(Message, "sender"), _column(Message, "cid")
     earlier = (
         f"""earlier AS MATERIALIZED (
-  SELECT v.ord, m.{_column(Message, "id")} AS id FROM v
+  SELECT v.ord FROM v
   JOIN {message} m ON m.{sender} = v.sender AND m.{cid} = v.cid
   WHERE v.cid IS NOT NULL
 ),"""
@@ -437,7 +431,7 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     )
     not_earlier = "AND v.ord NOT IN (SELECT ord FROM earlier)" if cids else ""
     answer_earlier = (
-        "UNION ALL SELECT e.ord, NULL, e.id, NULL, NULL, true FROM earlier e" if cids else ""
+        "UNION ALL SELECT e.ord, NULL, NULL, NULL, NULL, true FROM earlier e" if cids else ""
     )
     return f"""
 WITH v(ord, sender, kind, target_name, body, cid) AS (VALUES {values}),
