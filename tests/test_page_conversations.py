@@ -36,12 +36,22 @@ def person(page: Page, name: str):
     return page.locator(f"#conversation-list li[data-user='{name}']")
 
 
+def wait_for(page: Page, condition: Callable[[], bool], failure: Callable[[], str]) -> None:
+    """Let Playwright deliver its events until `condition` holds; after TIMEOUT, fail
+    with `failure()` (what is seen then)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, failure()
+        page.wait_for_timeout(50)
+
+
 def wait_until_true(page: Page, expression: str) -> None:
     """Poll a page expression (wait_for_function evaluates strings, which the CSP forbids)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {TIMEOUT} s: {expression}"
-        page.wait_for_timeout(50)
+    wait_for(
+        page,
+        lambda: bool(page.evaluate(expression)),
+        lambda: f"still false after {TIMEOUT} s: {expression}",
+    )
 
 
 def test_an_offline_direct_message_shows_after_login_with_its_badge(chat_user):
@@ -354,10 +364,11 @@ def sidebar_keys(page: Page) -> list[str]:
 
 def expect_sidebar(page: Page, keys: list[str]) -> None:
     """Wait until the sidebar lists exactly `keys`, in that order."""
-    deadline = time.monotonic() + TIMEOUT
-    while (shown := sidebar_keys(page)) != keys:
-        assert time.monotonic() < deadline, f"the sidebar shows {shown}, not {keys}"
-        page.wait_for_timeout(50)
+    wait_for(
+        page,
+        lambda: sidebar_keys(page) == keys,
+        lambda: f"the sidebar shows {sidebar_keys(page)}, not {keys}",
+    )
 
 
 def test_the_sidebar_is_one_list_with_the_newest_activity_first(chat_user):
@@ -442,26 +453,18 @@ def test_a_message_whose_ack_was_lost_with_the_connection_is_shown_once(chat_use
 
     page.route_web_socket(re.compile(r"/ws/chat/"), lose_the_next_ack)
     page.evaluate("window.chatPage.client.socket.close()")  # the next socket goes through it
-    wait_for(page, lambda: seen["greetings"] == 1, "a socket through the route")
+    wait_for(page, lambda: seen["greetings"] == 1, lambda: "no socket through the route")
     expect(page.locator("#connection")).to_have_attribute("data-state", "online")
     seen["armed"] = True
     send(page, "did it get through?")
 
-    wait_for(page, lambda: seen["greetings"] == 2, "the page to reconnect")
+    wait_for(page, lambda: seen["greetings"] == 2, lambda: "the page did not reconnect")
     expect(page.locator("#connection")).to_have_attribute("data-state", "online")
     sent = page.locator("#message-list li.message:not(.unsent) .body", has_text="did it get")
     expect(sent).to_have_count(1)
     expect(page.locator("#message-list li.unsent")).to_have_count(0)
     assert seen["lost"] == 1
     assert Message.objects.filter(body="did it get through?").count() == 1
-
-
-def wait_for(page: Page, condition: Callable[[], bool], what: str) -> None:
-    """Let Playwright deliver its events until `condition` holds (fails after TIMEOUT)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {TIMEOUT} s"
-        page.wait_for_timeout(50)
 
 
 def test_typing_is_repeated_every_3_seconds_while_someone_keeps_typing(chat_user):
@@ -494,7 +497,11 @@ def test_typing_is_repeated_every_3_seconds_while_someone_keeps_typing(chat_user
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert len(sent) >= 3, sent  # at 0, 3 and 6 s at least
     assert all(gap >= 3000 for gap in gaps), gaps
-    wait_for(alice.page, lambda: alice.page.evaluate("window.typingSeen") == len(sent), "typing")
+    wait_for(
+        alice.page,
+        lambda: alice.page.evaluate("window.typingSeen") == len(sent),
+        lambda: f"alice got {alice.page.evaluate('window.typingSeen')} of {len(sent)} typing",
+    )
 
 
 def test_a_history_page_that_failed_to_load_is_tried_again_on_its_own(chat_user):
