@@ -5,7 +5,7 @@ from django.db import migrations
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chat", "0006_message_cid"),
+        ("chat", "0007_name_skeletons_recompute"),
     ]
 
     operations = [
