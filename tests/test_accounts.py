@@ -154,6 +154,13 @@ def test_guests_past_the_limit_of_an_address_get_429(counted_in):
     assert get_user_model().objects.filter(username__startswith="guest-").count() == 4
 
 
+def test_guests_from_one_ipv6_network_share_its_limit(counted_in):
+    statuses = [guest_post(address=f"2001:db8:1:2::{n:x}") for n in range(1, 31)]
+
+    assert statuses == [302] * 3 + [429] * 27
+    assert guest_post(address="2001:db8:1:3::1") == 302  # the next /64 is another client
+
+
 def test_sign_ups_share_the_limit_with_guests(counted_in):
     assert guest_post() == 302
     assert [signup_post(f"person{i}") for i in range(3)] == [302, 302, 429]
