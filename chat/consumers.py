@@ -644,18 +644,13 @@ class ChatConsumer(ChatSocket):
         return _reply("users", command.ref, users=users)
 
     async def command_groups(self, command: Groups) -> dict[str, Any]:
-        found = await read_for_socket(
-            groups_matching, user=self.user, prefix=command.q, limit=command.limit
-        )
         online = await self.hub.online()
+        found = await read_for_socket(
+            groups_matching, user=self.user, prefix=command.q, limit=command.limit, online=online
+        )
         groups = [
-            {
-                "group": name,
-                "members": len(members),
-                "online": sum(1 for member in members if member in online),
-                "member": is_member,
-            }
-            for name, members, is_member in found
+            {"group": g.name, "members": g.members, "online": g.online, "member": g.member}
+            for g in found
         ]
         return _reply("groups", command.ref, groups=groups)
 
