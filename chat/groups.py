@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 
+from chat.audience import not_member
 from chat.models import ChatGroup, Membership, Message, group_key
-from chat.protocol import NOT_MEMBER, ChatError
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     if group is not None:
         deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+        raise not_member(name)
     assert group is not None
     remove_if_empty(group.pk)
     return MembershipChange(group.pk, group.name, user.pk, user.get_username(), True)
@@ -97,7 +97,7 @@ def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
         .values_list("user_id", "user__username", "group__name")
     )
     if not any(user_id == user.pk for user_id, _, _ in members):
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+        raise not_member(name)
     return members[0][2], [username for _, username, _ in members]
 
 
