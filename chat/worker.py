@@ -32,6 +32,7 @@ from chat.messaging import last_visible_ids
 from chat.redis_client import redis_connect
 
 if TYPE_CHECKING:
+    from chat.actions.services import Services
     from chat.delivery.hub import Hub
     from chat.messaging import StoredMessage
     from chat.presence import PresenceStore
@@ -159,6 +160,12 @@ class Worker:
         else:
             await asyncio.shield(hub.started)
         return hub
+
+    def services(self, hub: Hub) -> Services:
+        """What actions work with (`chat.actions`): this worker's parts and its hub."""
+        from chat.actions.services import Services
+
+        return Services(self, outbox=hub, roster=hub)
 
     @property
     def send_queue(self) -> SendQueue:
