@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--all", action="store_true", help="W1, W2, W3 and W4")
     run_p.add_argument("--repeat", type=int, default=1)
     run_p.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
-    run_p.add_argument("--targets", default="ours,peer", help="ours,peer (default) or one")
+    run_p.add_argument(
+        "--targets",
+        default="ours,peer,socketio",
+        help="ours,peer,socketio (default: all three; peer = the Channels tutorial)",
+    )
     run_p.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     run_p.add_argument("--peer-server", choices=["daphne", "uvicorn"], default="daphne")
     run_p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")

@@ -104,7 +104,7 @@ class LoadGen:
 
     def __init__(self, deployment: Deployment, *, kind: str, redis_pid: int | None = None):
         self.deployment = deployment
-        self.kind = kind  # "ours" or "peer"
+        self.kind = kind  # "ours", "peer" (the Channels tutorial) or "socketio"
         self.ports = [w.port for w in deployment.workers]
         self.redis_pid = redis_pid
         self.clients: list[wsclient.WSClient] = []
@@ -218,7 +218,8 @@ class LoadGen:
     # -- set-up (not timed as load) -----------------------------------------
 
     async def login(self, count: int) -> list[str | None]:
-        if self.kind == "peer":
+        if self.kind != "ours":
+            # The peers have no accounts.
             return [None] * count
         return list(await guest_logins(HOST, self.ports[0], count))
 
@@ -227,15 +228,17 @@ class LoadGen:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         data = {"hello": loop.create_future(), "waiting": {}, "last_id": 0, "seen": set()}
+        socketio = self.kind == "socketio"
         client = await wsclient.connect(
             HOST,
             port,
-            "/ws/chat/",
+            wsclient.SocketIOClient.PATH if socketio else "/ws/chat/",
             origin=f"http://{HOST}:{port}",
             cookie=cookie,
             on_text=self.on_text,
             data=data,
             wait_s=60,
+            factory=wsclient.SocketIOClient if socketio else wsclient.WSClient,
         )
         client.index = index
         # A frame may have come with the handshake answer: hello is read there.

@@ -47,7 +47,7 @@ class Config:
     db: str = "postgres"
     server: str = "daphne"
     peer_server: str = "daphne"
-    targets: tuple[str, ...] = ("ours", "peer")
+    targets: tuple[str, ...] = ("ours", "peer", "socketio")
     overload_check: bool = True
     variant: str = ""
     connect_batch: int = 200
@@ -104,6 +104,8 @@ def _deploy(target: str, workers: int, run_id: str, config: Config) -> servers.D
             server=config.server,
             variant=config.variant,
         )
+    if target == "socketio":
+        return servers.start_socketio(workers=workers, run_id=run_id)
     return servers.start_peer(workers=workers, run_id=run_id, server=config.peer_server)
 
 
