@@ -74,6 +74,11 @@ LADDER_HEAD = (
 Row = tuple[str, Callable[[dict | None], Any], bool, int]
 
 
+def _at(*path: str) -> Callable[[dict | None], Any]:
+    """A row's reader: the figure at `path` in one target's result."""
+    return lambda result: _get(result, *path)
+
+
 def _head(targets: list[str]) -> list[str]:
     peers = [t for t in targets if t in PEERS]
     names = [NAMES[t] for t in targets] + [f"ours / {NAMES[p]}" for p in peers]
@@ -174,6 +179,54 @@ def _w3_table(entries: list[dict]) -> list[str]:
     return out
 
 
+def _w5_table(entries: list[dict]) -> list[str]:
+    targets = _targets(entries)
+    out = [
+        "#### W5: connect and join one group, then reconnect (sockets opened in batches)",
+        "",
+        *_head(targets),
+    ]
+    rows: list[Row] = []
+    for phase in ("connect", "reconnect"):
+        rows += [
+            (f"{phase}: sockets/s", _at(phase, "per_second"), False, 0),
+            (f"{phase}: ok", _at(phase, "ok"), False, 0),
+            (f"{phase}: failed", _at(phase, "failed"), True, 0),
+            (f"{phase}: p99 ms", _at(phase, "ms_p99"), True, 1),
+            (f"{phase}: server CPU ms/socket", _at(phase, "server_cpu_ms_per_socket"), True, 2),
+            (
+                f"one message to the group after {phase}, ms to the last member",
+                _at(f"broadcast_after_{phase}", "all_ms"),
+                True,
+                1,
+            ),
+        ]
+    for entry in entries:
+        out += _rows(entry, targets, rows)
+    return out
+
+
+def _w6_table(entries: list[dict]) -> list[str]:
+    targets = _targets(entries)
+    out = [f"#### W6: a quiet room ({LIGHT} messages/s)", "", *_head(targets)]
+    rows: list[Row] = [
+        ("members", lambda r: _get(r, "quiet", "members"), False, 0),
+        ("p50 ms", lambda r: _get(r, "quiet", "p50_ms"), True, 1),
+        ("p99 ms", lambda r: _get(r, "quiet", "p99_ms"), True, 1),
+        ("max ms", lambda r: _get(r, "quiet", "max_ms"), True, 1),
+        ("lost", lambda r: _get(r, "quiet", "lost"), True, 0),
+        (
+            "server CPU µs/delivery",
+            lambda r: _get(r, "quiet", "server_cpu_us_per_delivery"),
+            True,
+            1,
+        ),
+    ]
+    for entry in entries:
+        out += _rows(entry, targets, rows)
+    return out
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -198,6 +251,10 @@ def markdown(report: dict) -> str:
                     )
         if workload == "W3":
             lines += _w3_table(entries)
+        elif workload == "W5":
+            lines += _w5_table(entries)
+        elif workload == "W6":
+            lines += _w6_table(entries)
         else:
             lines += _sustained_table(entries, workload, light=workload != "W4")
             lines += ["", f"#### {workload}: every step", "", LADDER_HEAD]
