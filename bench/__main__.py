@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     prof_p.add_argument("--clients", type=int, default=200)
     prof_p.add_argument("--variant", default="")
     prof_p.add_argument("--gil", action="store_true", help="py-spy --gil (CPU, not waiting)")
+    prof_p.add_argument(
+        "--phase",
+        choices=["w1", "connect"],
+        default="w1",
+        help="w1: under W1 load; connect: W5's connect and join, then reconnect",
+    )
 
     rep_p = sub.add_parser("report", help="print the tables of a results.json")
     rep_p.add_argument("path")
