@@ -345,7 +345,7 @@ async def test_groups_are_found_by_prefix_with_members_online_and_membership(
 
     assert reply["groups"] == [
         {"group": "Design Team", "members": 2, "online": 1, "member": True},
-        {"group": "Devs", "members": 1, "online": 0, "member": False},
+        {"group": "Devs", "members": 1, "online": None, "member": False},
     ]
     assert await error_of(alice_socket, type="groups", limit=0) == "bad_command"
 
