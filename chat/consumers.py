@@ -36,7 +36,7 @@ from chat.conversations import (
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.delivery.publishing import membership_notices, to_group, to_user, to_username
-from chat.groups import group_join, group_leave, group_members
+from chat.groups import group_join, group_leave, group_members_read
 from chat.logs import close_reason, serving_connection
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
@@ -558,12 +558,20 @@ class ChatConsumer(ChatSocket):
         return _reply("who", command.ref, online=names, **paging)
 
     async def command_members(self, command: Members) -> dict[str, Any]:
-        group, everyone = await read_for_socket(group_members, user=self.user, name=command.group)
+        group, everyone, reads = await read_for_socket(
+            group_members_read, user=self.user, name=command.group
+        )
         names, more = names_page(everyone, after=command.after, limit=command.limit)
         online = set(await self.online_now())
         seen = await self.last_seen_of([name for name in names if name not in online])
         members = [
-            {"user": name, "online": name in online, "last_seen": seen.get(name)} for name in names
+            {
+                "user": name,
+                "online": name in online,
+                "last_seen": seen.get(name),
+                "read_id": reads[name],
+            }
+            for name in names
         ]
         members, paging = fit_page(
             members, more, max_bytes=_reply_room(), name=lambda member: str(member["user"])

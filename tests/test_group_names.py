@@ -1,7 +1,7 @@
 """Group names that look like another group's, or hide invisible characters, are refused.
 
 Issue 24, finding 8: `Team` with a combining grapheme joiner, with a
-variation selector, in fullwidth letters or with a Cyrillic `е` were all
+variation selector, in fullwidth letters or with a Cyrillic ie (U+0435) were all
 accepted beside `Team`. New names are held to the look-alike rule of user
 names (TR39 skeletons, chat.lookalikes), kept unique in `ChatGroup.skeleton`.
 """

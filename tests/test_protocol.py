@@ -12,6 +12,7 @@ from chat.protocol import (
     NAMES_DEFAULT_LIMIT,
     Address,
     ChatError,
+    Command,
     History,
     Ping,
     Send,
