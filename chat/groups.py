@@ -10,6 +10,7 @@ from django.db import IntegrityError, connection, transaction
 
 from chat.models import ChatGroup, Membership, Message, group_key
 from chat.protocol import NOT_MEMBER, ChatError
+from chat.revocation import ending_announced_by_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,9 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
-        deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
+        # The socket that left tells the others itself, before its reply.
+        with ending_announced_by_caller():
+            deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     assert group is not None

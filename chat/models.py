@@ -222,3 +222,22 @@ class ReadPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} read {self.conversation} to #{self.message_id}"
+
+
+class RelayedMessage(models.Model):
+    """A layer message for a worker that the writing process's layer cannot reach.
+
+    Without Redis each process has a channel layer of its own, so a change
+    made by `manage.py` or a shell would reach no worker: it is written here,
+    and the single worker polls this table (`chat.delivery.relay`).
+    """
+
+    origin = models.CharField(max_length=100)
+    message = models.JSONField()
+    created = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "relayed layer message"
+
+    def __str__(self) -> str:
+        return f"{self.message.get('type')} from {self.origin}"
