@@ -174,6 +174,8 @@ class Connection(models.Model):
     class Meta:
         ordering = ["user__username", "opened_at"]
         verbose_name = "online connection"
+        # The admin's Workers page: every worker's name, sockets and version.
+        permissions = [("view_workers", "Can view the Workers page")]
 
     def __str__(self) -> str:
         return f"{self.user} on {self.worker}"

@@ -375,6 +375,11 @@ for _proxy in CHAT_TRUSTED_PROXIES:
         raise ImproperlyConfigured(
             f"CHAT_TRUSTED_PROXIES: {_proxy!r} is not an address or network"
         ) from None
+# Bits of an IPv6 client address that the per-address limits (accounts,
+# login failures, sockets) count by: a client is usually given a whole /64.
+CHAT_IPV6_PREFIX = env_int("CHAT_IPV6_PREFIX", 64, minimum=1)
+if CHAT_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured("CHAT_IPV6_PREFIX must be at most 128")
 # Accounts (guests, both ways, and sign-ups) one client address may create per
 # window of CHAT_ACCOUNTS_WINDOW seconds; 0 turns the limit off.
 CHAT_ACCOUNTS_PER_ADDRESS = env_int("CHAT_ACCOUNTS_PER_ADDRESS", 10)

@@ -154,6 +154,13 @@ def test_guests_past_the_limit_of_an_address_get_429(counted_in):
     assert get_user_model().objects.filter(username__startswith="guest-").count() == 4
 
 
+def test_guests_from_one_ipv6_network_share_its_limit(counted_in):
+    statuses = [guest_post(address=f"2001:db8:1:2::{n:x}") for n in range(1, 31)]
+
+    assert statuses == [302] * 3 + [429] * 27
+    assert guest_post(address="2001:db8:1:3::1") == 302  # the next /64 is another client
+
+
 def test_sign_ups_share_the_limit_with_guests(counted_in):
     assert guest_post() == 302
     assert [signup_post(f"person{i}") for i in range(3)] == [302, 302, 429]
@@ -220,6 +227,64 @@ def test_guests_keep_no_skeletons_and_block_no_names():
     guest = guest_create(suffix="77")
     assert guest is not None
     assert not NameSkeleton.objects.filter(user=guest).exists()
+
+
+def test_the_migration_recomputes_skeletons_stored_by_an_older_icu():
+    """ICU 72 kept "ẞ" (U+1E9E) in a skeleton, ICU 77 maps it to "ß": rows
+    stored before the change must not let "ßen" through beside "ẞen"."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from chat.lookalikes import skeletons
+    from chat.models import NameSkeleton
+
+    before = [("chat", "0006_message_cid")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="\u1e9een")
+    old.get_model("chat", "NameSkeleton").objects.create(user_id=user.pk, skeleton="\u1e9een")
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    stored = set(NameSkeleton.objects.filter(user_id=user.pk).values_list("skeleton", flat=True))
+    assert stored == skeletons("\u1e9een") and "\u1e9een" not in stored
+    assert not signup_form("\u00dfen").is_valid()
+
+
+def test_the_runtime_needs_no_compiler():
+    """Every runtime package installs from a wheel: `make run` on a machine
+    without a C or C++ compiler, libicu-dev or pkg-config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lock = Path(__file__).resolve().parent.parent / "requirements.txt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--only-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+            str(lock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (
+        "a runtime package has no wheel for this machine (or the package index "
+        f"could not be reached: this test needs it):\n{done.stderr[-2000:]}"
+    )
 
 
 # -- removing guests that have not connected for a while -----------------------
