@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
+from django.db.models import CharField, OuterRef, Subquery, Value
+from django.db.models.functions import Cast, Coalesce, Concat
 
-from chat.models import ChatGroup, Membership, Message, group_key
+from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
 from chat.protocol import NOT_MEMBER, ChatError
 from chat.revocation import ending_announced_by_caller
 
@@ -102,6 +104,27 @@ def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
     if not any(user_id == user.pk for user_id, _, _ in members):
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     return members[0][2], [username for _, username, _ in members]
+
+
+def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[str, int]]:
+    """`group_members` and how far each member has read the group (0: not yet), in one query.
+
+    What a member's read receipts show after a reload: `members` carries them.
+    """
+    position = ReadPosition.objects.filter(
+        user_id=OuterRef("user_id"),
+        conversation=Concat(Value("group:"), Cast(OuterRef("group_id"), CharField())),
+    ).values("message_id")[:1]
+    members = list(
+        Membership.objects.filter(group__key=group_key(name))
+        .order_by("user__username")
+        .annotate(read_id=Coalesce(Subquery(position), Value(0)))
+        .values_list("user_id", "user__username", "group__name", "read_id")
+    )
+    if not any(user_id == user.pk for user_id, _, _, _ in members):
+        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+    names = [username for _, username, _, _ in members]
+    return members[0][2], names, {username: read for _, username, _, read in members}
 
 
 def user_groups(*, user: User) -> list[tuple[int, str]]:

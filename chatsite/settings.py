@@ -416,6 +416,9 @@ AXES_RESET_ON_SUCCESS = True
 # The address the other per-address limits count (chat.addresses).
 AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_ip_of_request"
 AXES_HTTP_RESPONSE_CODE = 429
+# No "AXES: BEGIN" banner on every manage.py command; lockouts are still logged
+# (by the lockout parameters, username and address).
+AXES_VERBOSE = False
 # Guests that have not connected for this many days are removed by
 # `manage.py removeguests` (run it daily); what they wrote stays readable.
 CHAT_GUEST_RETENTION_DAYS = env_int("CHAT_GUEST_RETENTION_DAYS", 30, minimum=1)

@@ -371,3 +371,111 @@ def test_guests_are_still_let_in_while_redis_is_down(settings):
     settings.CHAT_ACCOUNTS_PER_ADDRESS = 3
 
     assert guest_post() == 302
+
+
+def _long_gone_guest(suffix: str):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    user = guest_create(suffix=suffix)
+    get_user_model().objects.filter(pk=user.pk).update(
+        date_joined=timezone.now() - timedelta(days=400), last_login=None
+    )
+    return user
+
+
+def test_removeguests_removes_guests_whose_messages_share_a_cid(alice):
+    """The attack: two guests send with the same cid; the hand-over broke the command for good."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from chat.models import Message
+
+    first, second = _long_gone_guest("2001"), _long_gone_guest("2002")
+    for guest in (first, second):
+        Message.objects.create(
+            kind=Message.Kind.ALL, sender=guest, body="same", created_at=timezone.now(), cid="c-1"
+        )
+    out = StringIO()
+
+    call_command("removeguests", stdout=out)
+
+    names = set(get_user_model().objects.values_list("username", flat=True))
+    assert "guest-2001" not in names and "guest-2002" not in names
+    assert "removed 2 guest(s)" in out.getvalue()
+    kept = Message.objects.filter(body="same").select_related("sender")
+    assert [m.sender.username for m in kept] == ["guest-removed", "guest-removed"]
+
+
+@pytest.fixture
+def refused_deletion():
+    """A database trigger that refuses to delete guest-3003: a batch that fails for real."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION refuse_guest_3003() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_guest_3003 BEFORE DELETE ON auth_user FOR EACH ROW "
+                "WHEN (OLD.username = 'guest-3003') EXECUTE FUNCTION refuse_guest_3003()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse_guest_3003 BEFORE DELETE ON auth_user "
+                "WHEN OLD.username = 'guest-3003' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+
+    def lift() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER IF EXISTS refuse_guest_3003"
+                + (" ON auth_user" if connection.vendor == "postgresql" else "")
+            )
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP FUNCTION IF EXISTS refuse_guest_3003()")
+
+    yield lift
+    lift()
+
+
+def test_a_failing_batch_hands_nothing_over_and_blocks_no_other_guest(alice, refused_deletion):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+    from django.utils import timezone
+
+    from chat.accounts import guests_remove_inactive
+    from chat.models import Message
+
+    guests = [_long_gone_guest(str(3000 + n)) for n in range(1, 7)]
+    for guest in guests:
+        Message.objects.create(
+            kind=Message.Kind.DIRECT,
+            sender=guest,
+            recipient=alice,
+            body=f"from {guest.username}",
+            created_at=timezone.now(),
+        )
+
+    removed = guests_remove_inactive(batch=2)
+
+    names = set(get_user_model().objects.values_list("username", flat=True))
+    assert removed.removed == 5 and removed.failed == ["guest-3003"]
+    assert {g.username for g in guests} & names == {"guest-3003"}
+    # Its batch was rolled back whole: the refused guest still owns its message.
+    assert Message.objects.get(body="from guest-3003").sender.username == "guest-3003"
+    with pytest.raises(CommandError, match="guest-3003"):
+        call_command("removeguests", stdout=StringIO())
+
+    refused_deletion()
+    out = StringIO()
+    call_command("removeguests", stdout=out)
+
+    assert "removed 1 guest(s)" in out.getvalue()
+    assert Message.objects.get(body="from guest-3003").sender.username == "guest-removed"
