@@ -13,6 +13,7 @@ from django.db.models.functions import Cast, Coalesce, Concat
 from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
 from chat.protocol import BAD_GROUP, NOT_MEMBER, ChatError
+from chat.revocation import ending_announced_by_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,9 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
-        deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
+        # The socket that left tells the others itself, before its reply.
+        with ending_announced_by_caller():
+            deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     assert group is not None

@@ -27,7 +27,7 @@ class ChatGroup(models.Model):
     # Case folding can lengthen a name (ß becomes ss): room for three times 64.
     key = models.CharField(max_length=192, unique=True)
     # `chat.lookalikes.group_skeleton` of the name: no two groups look alike.
-    # Null only for a look-alike made before the rule (migration 0009): unique
+    # Null only for a look-alike made before the rule (migration 0010): unique
     # allows many nulls, and no empty string would.
     skeleton = models.CharField(  # noqa: DJ001
         max_length=1000, unique=True, null=True, editable=False
@@ -241,3 +241,22 @@ class ReadPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} read {self.conversation} to #{self.message_id}"
+
+
+class RelayedMessage(models.Model):
+    """A layer message for a worker that the writing process's layer cannot reach.
+
+    Without Redis each process has a channel layer of its own, so a change
+    made by `manage.py` or a shell would reach no worker: it is written here,
+    and the single worker polls this table (`chat.delivery.relay`).
+    """
+
+    origin = models.CharField(max_length=100)
+    message = models.JSONField()
+    created = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "relayed layer message"
+
+    def __str__(self) -> str:
+        return f"{self.message.get('type')} from {self.origin}"

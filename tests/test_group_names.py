@@ -87,8 +87,8 @@ def test_the_admin_refuses_look_alikes_and_invisible_characters(alice):
 
 def test_the_migration_gives_existing_groups_their_skeletons_oldest_first(alice, bob):
     executor = MigrationExecutor(connection)
-    executor.migrate([("chat", "0008_connection_view_workers_permission")])
-    old = executor.loader.project_state([("chat", "0008_connection_view_workers_permission")]).apps
+    executor.migrate([("chat", "0009_relayedmessage")])
+    old = executor.loader.project_state([("chat", "0009_relayedmessage")]).apps
     OldGroup = old.get_model("chat", "ChatGroup")
     first = OldGroup.objects.create(name="Team", key="team")
     alike = OldGroup.objects.create(name="T\u0435am", key="t\u0435am")

@@ -36,7 +36,7 @@ def backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chat", "0008_connection_view_workers_permission"),
+        ("chat", "0009_relayedmessage"),
     ]
 
     operations = [
