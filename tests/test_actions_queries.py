@@ -60,8 +60,8 @@ async def test_members_with_presence_and_last_seen(bench, alice, bob):  # noqa: 
     reply = await queries.members(bench.services, actor(alice), Members(group="g"))
     assert reply["group"] == "G"
     assert reply["members"] == [
-        {"user": "alice", "online": True, "last_seen": None},
-        {"user": "bob", "online": False, "last_seen": "2026-01-01T00:00:00.000Z"},
+        {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {"user": "bob", "online": False, "last_seen": "2026-01-01T00:00:00.000Z", "read_id": 0},
     ]
 
 

@@ -19,7 +19,7 @@ from chat.conversations import (
     users_matching,
 )
 from chat.database import read_for_socket
-from chat.groups import group_members
+from chat.groups import group_members_read
 from chat.messaging import message_history_page, message_sync
 from chat.paging import fit_page, names_page
 from chat.protocol import (
@@ -95,12 +95,20 @@ async def who(services: Services, actor: Actor, command: Who) -> Reply:
 
 
 async def members(services: Services, actor: Actor, command: Members) -> Reply:
-    group, everyone = await read_for_socket(group_members, user=actor.user, name=command.group)
+    group, everyone, reads = await read_for_socket(
+        group_members_read, user=actor.user, name=command.group
+    )
     names, more = names_page(everyone, after=command.after, limit=command.limit)
     online = set(await online_now(services))
     seen = await last_seen_of(services, [name for name in names if name not in online])
     found = [
-        {"user": name, "online": name in online, "last_seen": seen.get(name)} for name in names
+        {
+            "user": name,
+            "online": name in online,
+            "last_seen": seen.get(name),
+            "read_id": reads[name],
+        }
+        for name in names
     ]
     found, paging = fit_page(
         found, more, max_bytes=reply_room(), name=lambda member: str(member["user"])
