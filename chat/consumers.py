@@ -81,8 +81,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
     username: str
     connection_id: str
     session_digest: str
-    # Times of recent errors, created by the first error: most sockets never
-    # make one, and an empty deque costs about 760 bytes per idle socket.
+    # Times of recent errors, made by the first error: most sockets never make
+    # one, and an empty deque would cost every idle socket its memory.
     _errors: deque[float] | None = None
     # The client address its socket is counted under (chat.socket_caps), once admitted.
     _address: str | None = None
@@ -200,9 +200,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
         Channels 4.2+ runs `close_old_connections` on its single database
         thread before handling every event (connect, each frame received,
-        disconnect), so every frame queued behind whatever that thread was
-        doing: under load, behind the send queue's batches (acks took seconds
-        while the worker was half idle). This consumer never touches the
+        disconnect), so every frame would queue behind whatever that thread is
+        doing (under load, the send queue's batches). This consumer never touches the
         database on the event loop; `database_sync_to_async`, which all its
         queries go through, closes old connections around each call anyway.
         """
