@@ -105,7 +105,7 @@ STAGES = [
     ("database (executor thread: ORM, driver, connect)", ("DatabaseSyncToAsync.thread_handler",)),
     (
         "frame in: receive, parse, rate limit, publish",
-        ("ChatConsumer.receive", "websocket_receive"),
+        ("JsonFormat.receive", "websocket_receive"),
     ),
     ("socket writes flushed by the reactor", ("doWrite", "_readOrWrite")),
     ("channel layer receive / Redis replies", ("channels_redis/", "redis/")),
@@ -118,17 +118,17 @@ STAGES = [
 CONNECT_STAGES = [
     ("join: membership rate limit (Redis)", ("spend_membership_change",)),
     ("join: group_join in the database thread (queries, commit)", ("group_join",)),
-    ("join: hub membership index and joined notices", ("note_membership", "Hub.tell")),
+    ("join: hub membership index and joined notices", ("membership_changed", "Hub.tell")),
     ("join: frame in, parse, reply", ("websocket_receive",)),
     ("notices flush (presence, joined/left)", ("Hub._flush_notices", "_publish_notices")),
     ("handshake: sockets per user/address (socket_caps.admit)", ("admit (",)),
     ("handshake: the user's groups (groups_of)", ("groups_of",)),
     ("handshake: hub attach (index, layer groups, presence)", ("Hub.attach",)),
     ("handshake: hello (greet)", ("greet",)),
-    ("handshake: accept, frame writers (open_as, other)", ("open_as", "websocket_connect")),
+    ("handshake: accept, frame writers (connect, other)", ("ChatSocket._open", "ChatSocket.connect", "websocket_connect")),
     ("close (disconnect, detach)", ("disconnect", "Hub.detach")),
     # Every stack inside the consumer has the middleware's frame too: after them.
-    ("handshake: session and user (auth middleware, database thread)", ("chat/auth.py",)),
+    ("handshake: session and user (auth middleware, database thread)", ("chat/sockets/auth.py",)),
     ("database thread, other", ("DatabaseSyncToAsync.thread_handler",)),
     # A resumed coroutine shows only its innermost frames: Redis commands whose
     # caller py-spy cannot see (presence, rate limit, layer groups) land here.

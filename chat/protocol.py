@@ -59,9 +59,19 @@ MAX_CURSOR_CHARS = 64
 # Ids are 64-bit signed integers in every supported database.
 MAX_ID = 2**63 - 1
 
-# Close codes.
+# Close codes, all of them (docs/protocol.md, "Closing").
+# Logged out, access revoked, or too many errors.
 CLOSE_POLICY_VIOLATION = 1008
+# The server failed to open the socket.
+CLOSE_INTERNAL_ERROR = 1011
+# The worker is restarting or lost its channel layer: reconnect, then sync.
 CLOSE_SERVICE_RESTART = 1012
+# RFC 6455 "Try Again Later": the server shed this connection (a client not
+# reading, a stalled database); reconnect.
+CLOSE_TRY_AGAIN_LATER = 1013
+# More sockets open than the caps allow (`chat.sockets.socket_caps`): an
+# application code, so that a client can tell it from a refused session.
+CLOSE_TOO_MANY_SOCKETS = 4429
 
 # Group names: letters and digits of any script with their combining marks,
 # and these (no space at either end).

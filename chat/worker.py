@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
     from chat.send_queue import SendQueue
-    from chat.socket_caps import SocketCaps
+    from chat.sockets.socket_caps import SocketCaps
 
 
 class Worker:
@@ -131,8 +131,8 @@ class Worker:
 
     @property
     def socket_caps(self) -> SocketCaps:
-        """This worker's count of sockets per user and per address (`chat.socket_caps`)."""
-        from chat.socket_caps import SocketCaps
+        """This worker's count of sockets per user and per address (`chat.sockets.socket_caps`)."""
+        from chat.sockets.socket_caps import SocketCaps
 
         presence = self.presence
         if self._socket_caps is None or self._socket_caps[0] is not presence:

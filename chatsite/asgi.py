@@ -1,9 +1,9 @@
 """ASGI entry point: `daphne chatsite.asgi:application`.
 
 HTTP goes to Django; websockets must come from the site's own origin
-(`chat.origins`: Django's CSRF rule), get their Django session and user from
-`chat.auth` (one layer where Channels' `AuthMiddlewareStack` has three), then
-are routed to the chat consumers by `chat.routing` (no scope copy or frame of
+(`chat.sockets.origins`: Django's CSRF rule), get their Django session and user from
+`chat.sockets.auth` (one layer where Channels' `AuthMiddlewareStack` has three), then
+are routed to the chat sockets by `chat.sockets.routing` (no scope copy or frame of
 its own, unlike Channels' URLRouter).
 """
 
@@ -26,12 +26,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from chat.auth import SessionAuthMiddleware  # noqa: E402
 from chat.checks import report_fast_paths  # noqa: E402
 from chat.logs import every_line_through_logging  # noqa: E402
-from chat.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
-from chat.routing import websocket_router  # noqa: E402
-from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
+from chat.sockets.auth import SessionAuthMiddleware  # noqa: E402
+from chat.sockets.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
+from chat.sockets.routing import websocket_router  # noqa: E402
+from chat.sockets.transport import defer_autobahn_debug_formatting  # noqa: E402
 
 if settings.CHAT_LOG_FORMAT == "json":
     every_line_through_logging()

@@ -1,4 +1,4 @@
-"""chat.auth: a socket belongs to whom Channels' AuthMiddlewareStack would say.
+"""chat.sockets.auth: a socket belongs to whom Channels' AuthMiddlewareStack would say.
 
 Every case is decided by our middleware and by Channels' stack on the same
 cookie, and through the real application on both endpoints: only a session
@@ -27,9 +27,9 @@ from django.contrib.auth.backends import ModelBackend
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import auth
-from chat.auth import SessionAuthMiddleware
-from chat.transport import daphne_protocol
+from chat.sockets import auth
+from chat.sockets.auth import SessionAuthMiddleware
+from chat.sockets.transport import daphne_protocol
 from tests.chatclient import TIMEOUT, session_cookie_for, socket_headers
 from tests.conftest import _make_user
 

@@ -18,9 +18,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat import protocol
-from chat.classic import ClassicConsumer, classic_command, guest_suffix
-from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError
+from chat.sockets.classic import ClassicFormat, classic_command, guest_suffix
+from chat.sockets.socket import ChatSocket
 from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user
@@ -171,7 +171,10 @@ async def open_classic(
     # Classic clients get no greeting: wait until the socket is fully open
     # (registered, subscribed, announced), as a JSON client waits for hello.
     deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while not any(conn._pending is None for conn in await _sockets_of(username) - before):
+    while not any(
+        conn.out is not None and conn.out.pending is None
+        for conn in await _sockets_of(username) - before
+    ):
         assert asyncio.get_running_loop().time() < deadline, f"{username} never opened"
         await asyncio.sleep(0.01)
     return ClassicClient(communicator, username)
@@ -213,7 +216,7 @@ def test_text_after_the_first_comma_is_kept_whole():
 
 async def test_hub_events_become_classic_frames_without_parsing_json(monkeypatch):
     """The hub's frames are translated from their events; their JSON is never parsed back."""
-    socket = ClassicConsumer()
+    socket = ChatSocket(ClassicFormat())
     written: list[str] = []
 
     async def write(frame: str) -> None:

@@ -19,12 +19,13 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 
-from chat import auth, database, protocol
+from chat import database, protocol
 from chat.groups import group_join
 from chat.messaging import message_history_page, message_send
 from chat.models import ChatGroup, Message
 from chat.protocol import Address
 from chat.ratelimit import command_cost
+from chat.sockets import auth
 from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user, refusing_message_inserts
@@ -1205,7 +1206,9 @@ async def test_errors_older_than_a_minute_are_forgiven(
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 2
     client = await connect(alice)
     now = [1000.0]
-    monkeypatch.setattr("chat.consumers.time", type("Clock", (), {"monotonic": lambda: now[0]}))
+    monkeypatch.setattr(
+        "chat.sockets.errors.time", type("Clock", (), {"monotonic": lambda: now[0]})
+    )
     for _ in range(2):
         await client.send_text("garbage")
         await expect_frame_error(client, protocol.BAD_JSON)
@@ -1275,12 +1278,13 @@ async def test_a_socket_dispatches_in_order_in_its_own_task() -> None:
 
     from channels.exceptions import StopConsumer
 
-    from chat.consumers import ChatConsumer
+    from chat.sockets.json import JsonFormat
+    from chat.sockets.socket import ChatSocket
 
     seen: list[tuple[str, Any]] = []
     receivers: list[Any] = []
 
-    class Probe(ChatConsumer):
+    class Probe(ChatSocket):
         async def dispatch(self, message: dict[str, Any]) -> None:
             seen.append((message["type"], asyncio.current_task()))
             if message["type"] == "websocket.disconnect":
@@ -1301,7 +1305,7 @@ async def test_a_socket_dispatches_in_order_in_its_own_task() -> None:
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    await Probe()({"type": "websocket"}, receive, send)
+    await Probe(JsonFormat())({"type": "websocket"}, receive, send)
     assert [kind for kind, _ in seen] == [
         "websocket.connect",
         "websocket.receive",

@@ -79,7 +79,9 @@ async def test_a_line_logged_while_a_socket_is_served_carries_its_connection():
     tag = ConnectionFilter()
 
     def logged(message: str) -> logging.LogRecord:
-        record = logging.LogRecord("chat.consumers", logging.INFO, __file__, 1, message, (), None)
+        record = logging.LogRecord(
+            "chat.sockets.socket", logging.INFO, __file__, 1, message, (), None
+        )
         assert tag.filter(record)
         return record
 
@@ -123,7 +125,7 @@ async def test_with_json_every_line_of_a_worker_is_json_and_socket_lines_carry_t
     events = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
     assert all(isinstance(event, dict) for event in events)
     loggers = {event["logger"] for event in events}
-    assert {"daphne.access", "django.request", "chat.consumers"} <= loggers, loggers
+    assert {"daphne.access", "django.request", "chat.sockets.socket"} <= loggers, loggers
     [too_many] = [event for event in events if "too many errors" in event["message"]]
     assert too_many["connection"] == connection
     assert secret not in worker.log()

@@ -17,7 +17,7 @@ from chat.delivery import mirror
 from chat.models import Connection
 from chat.presence import MemoryPresenceStore, RedisPresenceStore
 from chat.redis_client import redis_connect
-from chat.socket_caps import SocketCaps
+from chat.sockets.socket_caps import SocketCaps
 from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
@@ -374,7 +374,7 @@ async def test_a_burst_of_connections_queues_instead_of_failing(store):
     assert await store.online() == set(users)
 
 
-# -- socket claims under the per-user cap (chat.socket_caps) -------------------
+# -- socket claims under the per-user cap (chat.sockets.socket_caps) -------------------
 
 
 async def test_two_workers_admitting_at_the_same_instant_cannot_pass_the_cap_together(

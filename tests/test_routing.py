@@ -1,4 +1,4 @@
-"""chat.routing: each path reaches the consumer Channels' URLRouter would pick.
+"""chat.sockets.routing: each path reaches the consumer Channels' URLRouter would pick.
 
 Every path is routed by ours and by a URLRouter built from the same routes;
 an unknown path fails the same way through the real application, and under
@@ -11,6 +11,7 @@ import asyncio
 import base64
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,9 +20,11 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.urls import path as url_path
 
-from chat.classic import ClassicConsumer
-from chat.consumers import ChatConsumer, ChatSocket
-from chat.routing import ENDPOINTS, websocket_router
+from chat.sockets.classic import ClassicFormat
+from chat.sockets.json import JsonFormat
+from chat.sockets.routing import ENDPOINTS, websocket_router
+from chat.sockets.socket import ChatSocket
+from chat.sockets.wire import WireFormat
 from tests.chatclient import TIMEOUT, session_cookie_for, socket_headers
 from tests.conftest import REDIS_URL
 from tests.servers import HttpSession, running_workers, worker_env
@@ -46,10 +49,10 @@ PATHS = [
 
 
 def urlrouter_pick(scope: dict[str, Any]) -> str:
-    """The consumer URLRouter picks from ENDPOINTS' routes, or its error."""
+    """The wire format URLRouter picks from ENDPOINTS' routes, or its error."""
     picked: list[str] = []
 
-    def app(consumer: type[ChatSocket]) -> Any:
+    def app(consumer: Callable[[], WireFormat]) -> Any:
         async def run(scope: Any, receive: Any, send: Any) -> None:
             picked.append(consumer.__name__)
 
@@ -64,13 +67,15 @@ def urlrouter_pick(scope: dict[str, Any]) -> str:
 
 
 def our_pick(scope: dict[str, Any]) -> str:
-    """The consumer `websocket_router` starts, or its error (nothing is run)."""
+    """The wire format of the socket `websocket_router` starts, or its error (nothing is run)."""
     try:
         coroutine = websocket_router(scope, None, None)
     except ValueError as error:
         return str(error)
     try:
-        return type(coroutine.cr_frame.f_locals["self"]).__name__
+        socket = coroutine.cr_frame.f_locals["self"]
+        assert type(socket) is ChatSocket
+        return type(socket.wire).__name__
     finally:
         coroutine.close()
 
@@ -83,11 +88,11 @@ def test_each_path_reaches_what_urlrouter_would_pick(path: str, root_path: str) 
     assert our_pick(dict(scope)) == urlrouter_pick(dict(scope))
 
 
-def test_the_endpoints_are_the_two_consumers() -> None:
+def test_the_endpoints_are_the_two_wire_formats() -> None:
     scope = {"type": "websocket", "path": "/ws/chat/", "headers": []}
 
-    assert our_pick(scope) == ChatConsumer.__name__
-    assert our_pick(dict(scope, path="/socket")) == ClassicConsumer.__name__
+    assert our_pick(scope) == JsonFormat.__name__
+    assert our_pick(dict(scope, path="/socket")) == ClassicFormat.__name__
 
 
 def test_the_consumer_runs_with_the_callers_scope_and_no_frame_in_between() -> None:

@@ -1,4 +1,4 @@
-"""chat.socket_caps: open sockets per user (every worker) and per client address.
+"""chat.sockets.socket_caps: open sockets per user (every worker) and per client address.
 
 In process on the in-memory layer and on a real Redis; across two real
 workers in tests/test_workers.py.
@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
+from chat.protocol import CLOSE_TOO_MANY_SOCKETS
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,7 +22,7 @@ from twisted.web import http
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chat.transport import (
+from chat.sockets.transport import (
     FrameWriter,
     SendBuffer,
     close_on_bad_frames,

@@ -22,10 +22,11 @@ from twisted.web import http
 
 from chat import upstream
 from chat.checks import check_fast_paths, report_fast_paths
-from chat.consumers import ChatConsumer
 from chat.delivery.channel import WorkerChannel
 from chat.delivery.sockets import written_now
-from chat.transport import (
+from chat.sockets.json import JsonFormat
+from chat.sockets.socket import ChatSocket
+from chat.sockets.transport import (
     close_frame,
     close_on_bad_frames,
     daphne_protocol,
@@ -33,6 +34,7 @@ from chat.transport import (
     guard_inbox,
     watch_send_buffer,
 )
+from chat.sockets.writer import Writer
 from tests.conftest import REDIS_URL
 from tests.servers import running_workers, worker_env
 
@@ -196,8 +198,8 @@ class BrokenFrameWriter:
         raise AttributeError("'WebSocketServerProtocol' object has no attribute 'send_queue'")
 
 
-def socket_with_broken_frames(sent: list[dict[str, Any]]) -> ChatConsumer:
-    consumer = ChatConsumer()
+def socket_with_broken_frames(sent: list[dict[str, Any]]) -> ChatSocket:
+    consumer = ChatSocket(JsonFormat())
 
     async def base_send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -205,10 +207,9 @@ def socket_with_broken_frames(sent: list[dict[str, Any]]) -> ChatConsumer:
     consumer.base_send = base_send
     consumer.username = "alice"
     consumer.connection_id = "alice-1"
-    consumer._closed = False
-    consumer._pending = None
-    consumer._send_buffer = None
-    consumer._frames = BrokenFrameWriter()  # type: ignore[assignment]
+    consumer.out = Writer(consumer, None)
+    consumer.out.pending = None
+    consumer.out._frames = BrokenFrameWriter()  # type: ignore[assignment]
     return consumer
 
 
@@ -218,7 +219,7 @@ async def test_a_failing_fast_path_write_goes_through_asgi_send_with_a_warning(
     sent: list[dict[str, Any]] = []
     consumer = socket_with_broken_frames(sent)
 
-    with caplog.at_level(logging.WARNING, logger="chat.consumers"):
+    with caplog.at_level(logging.WARNING, logger="chat.sockets.writer"):
         assert written_now(consumer, "first") is False  # not reported as written
         await consumer.write("first")
         await consumer.write("second")

@@ -59,7 +59,7 @@ def formatting_problem() -> str | None:
 
 
 class FrameWriter:
-    """Writes frames built by `chat.transport.text_frame` to one daphne socket.
+    """Writes frames built by `chat.sockets.transport.text_frame` to one daphne socket.
 
     Every frame through ASGI goes through the consumer's `send`, daphne's
     reply dispatch and autobahn's `sendMessage`, which builds the frame in

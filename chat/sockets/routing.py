@@ -1,26 +1,29 @@
-"""The websocket endpoints, routed without Channels' URLRouter.
+"""The websocket endpoints and their wire formats, routed without Channels' URLRouter.
 
 URLRouter keeps, for each socket's whole life, its own copy of the scope (with
 `path_remaining` and `url_route`) and a suspended coroutine frame, and
 `as_asgi()` adds another frame: memory per idle socket (measured in
 bench/RESULTS.md). Two fixed paths need none of it: `websocket_router`
-looks the path up and returns the consumer's coroutine for the layer above
-to await, so the consumer gets that layer's scope as it is.
+looks the path up and returns its socket's coroutine for the layer above
+to await, so the socket gets that layer's scope as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chat.classic import ClassicConsumer
-from chat.consumers import ChatConsumer, ChatSocket
+from chat.sockets.classic import ClassicFormat
+from chat.sockets.json import JsonFormat
+from chat.sockets.socket import ChatSocket
+from chat.sockets.wire import WireFormat
 
-# Paths as URLRouter matches them: after `root_path`, without leading slashes.
-ENDPOINTS: dict[str, type[ChatSocket]] = {
-    "ws/chat/": ChatConsumer,
+# Paths as URLRouter matches them: after `root_path`, without leading slashes;
+# each with the wire format its sockets speak.
+ENDPOINTS: dict[str, Callable[[], WireFormat]] = {
+    "ws/chat/": JsonFormat,
     # The plain-text protocol of old clients (docs/protocol.md).
-    "socket": ClassicConsumer,
+    "socket": ClassicFormat,
 }
 
 
@@ -37,7 +40,7 @@ def websocket_router(scope: Any, receive: Any, send: Any) -> Awaitable[None]:
             raise ValueError(f"No route found for path {path!r}.")
         path = path[len(root_path) :]
     path = path.lstrip("/")
-    consumer = ENDPOINTS.get(path)
-    if consumer is None:
+    wire = ENDPOINTS.get(path)
+    if wire is None:
         raise ValueError(f"No route found for path {path!r}.")
-    return consumer()(scope, receive, send)
+    return ChatSocket(wire())(scope, receive, send)

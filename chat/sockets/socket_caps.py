@@ -29,8 +29,6 @@ from chat.presence import PresenceStore, SocketClaim
 
 logger = logging.getLogger(__name__)
 
-CLOSE_TOO_MANY_SOCKETS = 4429
-
 K = TypeVar("K")
 
 

@@ -61,9 +61,6 @@ from chat.upstream.autobahn import FrameWriter
 
 logger = logging.getLogger(__name__)
 
-# RFC 6455 "Try Again Later": the server shed this connection; reconnect.
-CLOSE_TRY_AGAIN_LATER = 1013
-
 
 @implementer(IPushProducer)
 class SendBuffer:
@@ -156,7 +153,7 @@ def daphne_protocol(send: Any) -> Any | None:
     """The daphne WebSocketProtocol behind an ASGI `send`, or None elsewhere.
 
     Daphne's `send` is `functools.partial(server.handle_reply, protocol)`,
-    which `chat.auth` passes on untouched.
+    which `chat.sockets.auth` passes on untouched.
     """
     if daphne.send_problem() is not None:
         return None

@@ -31,8 +31,8 @@ from chat import actions, protocol
 from chat.accounts import GUEST_PREFIX, account_creation_allowed, guest_create
 from chat.actions import membership, sending
 from chat.addresses import client_address_of_scope
-from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError, Join, Send, error_event
+from chat.sockets.wire import Socket
 
 logger = logging.getLogger(__name__)
 
@@ -99,43 +99,41 @@ def _classic_guest(suffix: str, address: str) -> Any:
     return guest_create(suffix=suffix)
 
 
-class ClassicConsumer(ChatSocket):
+class ClassicFormat:
     """The plain-text protocol of docs/protocol.md, for old clients."""
 
+    __slots__ = ("_groups",)
     endpoint = "classic"
-    # Groups this user is known to be in, so that a group send joins only when needed.
-    _groups: set[str]
+    shares_frames = False
 
-    async def connect(self) -> None:
-        user = self.scope.get("user")
+    def __init__(self) -> None:
+        # Groups this user is known to be in, so that a group send joins only when needed.
+        self._groups: set[str] = set()
+
+    async def login(self, socket: Socket) -> Any | None:
+        user = socket.scope.get("user")
         if user is not None and user.is_authenticated:
             # The session decides who this is; a userId in the URL is ignored.
-            await self.open_as(user)
-            return
-        suffix = guest_suffix(self.scope.get("query_string", b""))
+            return user
+        suffix = guest_suffix(socket.scope.get("query_string", b""))
         if not settings.CHAT_GUEST_LOGIN or suffix is None:
-            await self.close()  # before accept: the handshake is answered 403
-            return
+            return None
         guest = await database_sync_to_async(_classic_guest)(
-            suffix, client_address_of_scope(self.scope)
+            suffix, client_address_of_scope(socket.scope)
         )
         if guest is None:
             # Someone has that name already (a URL must not take it over),
             # or this address made too many accounts.
             logger.info("refused a classic socket for %s%s", GUEST_PREFIX, suffix)
-            await self.close()
-            return
-        await self.open_as(guest)
+        return guest
 
-    async def greet(self, groups: list[tuple[int, str]]) -> None:
+    async def greet(self, socket: Socket, groups: list[tuple[int, str]]) -> None:
         # Classic clients get no greeting; remember the groups to skip joins.
         self._groups = {name for _, name in groups}
 
-    def write_now(self, text: str) -> bool:
-        return False  # the hub's frames are translated from their events: `write_events`
-
-    async def write_events(self, text: str, events: Sequence[dict[str, Any]]) -> None:
+    def translate(self, events: Sequence[dict[str, Any]]) -> list[str]:
         """The hub's events as classic frames, translated from the events themselves."""
+        frames = []
         for event in events:
             try:
                 frame = _classic_frame(event)
@@ -143,53 +141,53 @@ class ClassicConsumer(ChatSocket):
                 logger.exception("could not translate an event for a classic socket")
                 continue
             if frame is not None:
-                # Through the base class, so its limits on sending apply to frames.
-                await super().write(frame)
+                frames.append(frame)
+        return frames
 
-    async def write_event(self, event: dict[str, Any]) -> None:
-        """This socket's own events, translated as they are: never encoded to JSON first."""
-        frame = _classic_frame(event)
-        if frame is not None:
-            await super().write(frame)
+    def frame(self, event: dict[str, Any]) -> str | None:
+        return _classic_frame(event)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    def closed(self) -> None:
+        pass
+
+    async def receive(self, socket: Socket, text: str | None, data: bytes | None) -> None:
         try:
-            if text_data is None:
+            if text is None:
                 raise ChatError(protocol.BINARY_NOT_SUPPORTED, "send TARGET,TEXT in text frames")
             command = classic_command(
-                text_data,
+                text,
                 max_bytes=settings.CHAT_MAX_FRAME_BYTES,
                 max_body_chars=settings.CHAT_MAX_BODY_CHARS,
             )
             if command is not None:
-                await self.send_classic(command)
+                await self._send(socket, command)
         except ChatError as error:
-            await self.write_event(error_event(error.code, error.message))
-            await self.count_error(error.code)
+            await socket.answer_error(error, None)
         except Exception:
-            logger.exception("classic command failed for %s", self.username)
-            await self.write_event(
+            logger.exception("classic command failed for %s", socket.username)
+            await socket.write_event(
                 error_event(protocol.UNAVAILABLE, "the server failed; try again")
             )
 
-    async def send_classic(self, command: Send) -> None:
+    async def _send(self, socket: Socket, command: Send) -> None:
         """Send a message, joining its group first if needed (as classic servers did)."""
-        await actions.spend(self.services, self.actor, "send")
+        services, actor = socket.services, socket.actor
+        await actions.spend(services, actor, "send")
         if command.to.kind != "group":
-            await sending.send(self.services, self.actor, command)
+            await sending.send(services, actor, command)
             return
         name = command.to.name
         if name not in self._groups:
-            await self.join_group_named(name)
+            await self._join(socket, name)
         try:
-            await sending.send(self.services, self.actor, command)
+            await sending.send(services, actor, command)
         except ChatError as error:
             # Left on another connection since: join again, once.
             if error.code != protocol.NOT_MEMBER:
                 raise
-            await self.join_group_named(name)
-            await sending.send(self.services, self.actor, command)
+            await self._join(socket, name)
+            await sending.send(services, actor, command)
 
-    async def join_group_named(self, name: str) -> None:
-        joined = await membership.join(self.services, self.actor, Join(group=name))
+    async def _join(self, socket: Socket, name: str) -> None:
+        joined = await membership.join(socket.services, socket.actor, Join(group=name))
         self._groups.add(joined["group"])
