@@ -126,6 +126,14 @@ def conversation_list(
             user_id=user.pk, conversation__in=[key for key, _ in page]
         ).values_list("conversation", "message_id")
     )
+    # How far the other party of each direct conversation on the page has read it.
+    peer_ids = [item[1][2] for item in page if item[1][2] is not None]
+    theirs = {
+        peer_id: message_id
+        for peer_id, message_id in ReadPosition.objects.filter(
+            user_id__in=peer_ids, conversation=f"user:{user.pk}"
+        ).values_list("user_id", "message_id")
+    }
     last_messages = {
         message.id: message
         for message in Message.objects.filter(
@@ -151,6 +159,7 @@ def conversation_list(
                 "last": message_json(message) if message is not None else None,
                 "unread": unread,
                 "read_id": read_id,
+                "their_read_id": theirs.get(peer, 0) if peer is not None else None,
             }
         )
     cursor = (page[-1][1][0], page[-1][0]) if more and page else None
