@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 
+from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import NOT_MEMBER, ChatError
+from chat.protocol import BAD_GROUP, NOT_MEMBER, TOO_MANY_GROUPS, ChatError
+from chat.revocation import ending_announced_by_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +35,21 @@ def group_join(*, user: User, name: str) -> MembershipChange:
 
     Names match ignoring case; a group created here keeps this spelling.
     """
+    if (
+        _at_group_cap(user.pk)
+        and not Membership.objects.filter(user_id=user.pk, group__key=group_key(name)).exists()
+    ):
+        # Refused before a new group is made for it.
+        raise _too_many_groups()
     while True:
-        group, made = ChatGroup.objects.get_or_create(key=group_key(name), defaults={"name": name})
+        group, made = _group_named(name)
         try:
-            with transaction.atomic():
-                _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
+            created = add_membership(group_id=group.pk, user_id=user.pk)
             break
+        except ChatError:
+            if made:
+                remove_if_empty(group.pk)
+            raise
         except IntegrityError:
             if ChatGroup.objects.filter(pk=group.pk).exists():
                 # Two sockets of the same user joined at the same moment.
@@ -48,6 +61,59 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     )
 
 
+def add_membership(*, group_id: int, user_id: int) -> bool:
+    """Make the user a member of the group; False if they were one already.
+
+    The one place a membership is added, so every way of adding one (`join`,
+    and from protocol 1.2 `create` and invitations) is held to
+    `CHAT_GROUPS_PER_USER`: past it, `too_many_groups`. The user's row is
+    locked meanwhile (PostgreSQL), so that joins arriving together cannot pass
+    the cap between them; an `IntegrityError` means the group went away.
+    """
+    with transaction.atomic():
+        if settings.CHAT_GROUPS_PER_USER:
+            users = get_user_model()._default_manager
+            list(users.select_for_update().filter(pk=user_id).values_list("pk"))
+        if Membership.objects.filter(group_id=group_id, user_id=user_id).exists():
+            return False
+        if _at_group_cap(user_id):
+            raise _too_many_groups()
+        Membership.objects.create(group_id=group_id, user_id=user_id)
+        return True
+
+
+def _at_group_cap(user_id: int) -> bool:
+    cap = settings.CHAT_GROUPS_PER_USER
+    return bool(cap) and Membership.objects.filter(user_id=user_id).count() >= cap
+
+
+def _too_many_groups() -> ChatError:
+    cap = settings.CHAT_GROUPS_PER_USER
+    return ChatError(TOO_MANY_GROUPS, f"you are in {cap} groups, the most one may be in")
+
+
+def _group_named(name: str) -> tuple[ChatGroup, bool]:
+    """The group called `name` (any case), made if there is none: (group, made).
+
+    A new name is `bad_group` if it holds invisible characters or looks like an
+    existing group's (chat.lookalikes); the unique skeleton settles two such
+    names created at the same moment.
+    """
+    key = group_key(name)
+    while True:
+        group = ChatGroup.objects.filter(key=key).first()
+        if group is not None:
+            return group, False
+        refused = new_group_name_refusal(name)
+        if refused:
+            raise ChatError(BAD_GROUP, refused)
+        try:
+            with transaction.atomic():
+                return ChatGroup.objects.create(name=name), True
+        except IntegrityError:
+            pass  # made a moment ago, by this name or a look-alike: look again
+
+
 def group_leave(*, user: User, name: str) -> MembershipChange:
     """End a membership; `not_member` if there was none.
 
@@ -57,7 +123,9 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
-        deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
+        # The socket that left tells the others itself, before its reply.
+        with ending_announced_by_caller():
+            deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     assert group is not None

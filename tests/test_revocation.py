@@ -181,3 +181,59 @@ def test_staff_who_may_change_users_may_log_them_out_everywhere(alice):
     owners = [s.get_decoded().get(SESSION_KEY) for s in Session.objects.all()]
     assert str(alice.pk) not in owners
     assert "1 session of 1 user ended" in response.content.decode()
+
+
+# Issue 24, finding 14: without Redis, a change made by another process
+# (manage.py, a shell) reached no worker, and the sockets stayed open.
+
+
+def _manage_py_shell(code: str) -> None:
+    """Run `code` in `manage.py shell`, a process of its own, as an operator would."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT, worker_env
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=worker_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+def deactivate_in_manage_py_shell(user) -> None:
+    _manage_py_shell(
+        "from django.contrib.auth import get_user_model as g\n"
+        f"u = g().objects.get(pk={user.pk}); u.is_active = False; u.save()"
+    )
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(
+    "revoke",
+    [deactivate, change_password, delete_sessions, deactivate_in_manage_py_shell],
+    ids=lambda revoke: revoke.__name__,
+)
+async def test_without_redis_a_change_made_by_another_process_closes_the_sockets(
+    memory_layer, revoke
+):
+    from tests.chatclient import open_real_socket
+    from tests.servers import HttpSession, running_workers, worker_env
+
+    with running_workers(1, worker_env()) as (worker,):
+        alice_cookie = await asyncio.to_thread(HttpSession(worker.base_url).signup, "alice")
+        bob_cookie = await asyncio.to_thread(HttpSession(worker.base_url).signup, "bob")
+        alices = [await open_real_socket(worker.base_url, alice_cookie, "alice") for _ in "12"]
+        bob = await open_real_socket(worker.base_url, bob_cookie, "bob")
+        try:
+            alice = await sync_to_async(get_user_model().objects.get)(username="alice")
+            # This test's process is the other process: its in-memory layer reaches no worker.
+            await sync_to_async(revoke)(alice)
+            await expect_all_closed(alices)
+            assert (await bob.request(type="ping"))["type"] == "pong"
+        finally:
+            for client in [*alices, bob]:
+                await client.close()
