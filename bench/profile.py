@@ -125,7 +125,10 @@ CONNECT_STAGES = [
     ("handshake: the user's groups (groups_of)", ("groups_of",)),
     ("handshake: hub attach (index, layer groups, presence)", ("Hub.attach",)),
     ("handshake: hello (greet)", ("greet",)),
-    ("handshake: accept, frame writers (connect, other)", ("ChatSocket._open", "ChatSocket.connect", "websocket_connect")),
+    (
+        "handshake: accept, frame writers (connect, other)",
+        ("ChatSocket._open", "ChatSocket.connect", "websocket_connect"),
+    ),
     ("close (disconnect, detach)", ("disconnect", "Hub.detach")),
     # Every stack inside the consumer has the middleware's frame too: after them.
     ("handshake: session and user (auth middleware, database thread)", ("chat/sockets/auth.py",)),
