@@ -91,7 +91,9 @@ async def test_a_membership_ended_in_the_store_reaches_the_sockets(
     await removed_hears_nothing_more(alices, bobs, group_gone=remove is delete_group)
 
 
-async def test_the_admin_deleting_a_membership_reaches_the_sockets(memory_layer, connect, alice, bob):
+async def test_the_admin_deleting_a_membership_reaches_the_sockets(
+    memory_layer, connect, alice, bob
+):
     alices = [await connect(alice)]
     bobs = await connect(bob)
     await both_in_ops(alices, bobs)
