@@ -10,8 +10,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 
+from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import NOT_MEMBER, ChatError
+from chat.protocol import BAD_GROUP, NOT_MEMBER, ChatError
 from chat.revocation import ending_announced_by_caller
 
 
@@ -33,7 +34,7 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     Names match ignoring case; a group created here keeps this spelling.
     """
     while True:
-        group, made = ChatGroup.objects.get_or_create(key=group_key(name), defaults={"name": name})
+        group, made = _group_named(name)
         try:
             with transaction.atomic():
                 _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
@@ -47,6 +48,28 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     return MembershipChange(
         group.pk, group.name, user.pk, user.get_username(), created, created=made and created
     )
+
+
+def _group_named(name: str) -> tuple[ChatGroup, bool]:
+    """The group called `name` (any case), made if there is none: (group, made).
+
+    A new name is `bad_group` if it holds invisible characters or looks like an
+    existing group's (chat.lookalikes); the unique skeleton settles two such
+    names created at the same moment.
+    """
+    key = group_key(name)
+    while True:
+        group = ChatGroup.objects.filter(key=key).first()
+        if group is not None:
+            return group, False
+        refused = new_group_name_refusal(name)
+        if refused:
+            raise ChatError(BAD_GROUP, refused)
+        try:
+            with transaction.atomic():
+                return ChatGroup.objects.create(name=name), True
+        except IntegrityError:
+            pass  # made a moment ago, by this name or a look-alike: look again
 
 
 def group_leave(*, user: User, name: str) -> MembershipChange:
