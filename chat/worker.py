@@ -86,6 +86,12 @@ class Worker:
         if setting in _REDIS_SETTINGS or setting == "CHAT_MEMBERSHIP_CHANGES_PER_MINUTE":
             self._membership_limiter = None
 
+    async def close_redis(self) -> None:
+        """Close the Redis client, if one was made."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
     @property
     def redis(self) -> aioredis.Redis:
         """The client for `REDIS_URL` (presence, registry, rate limits, health)."""

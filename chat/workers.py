@@ -8,6 +8,7 @@ process: before its first socket it has not heartbeated, and is listed anyway.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -19,8 +20,9 @@ from django.db.models import Count
 
 from chat.models import Connection
 from chat.registry import PROCESS_STARTED, LiveWorker
+from chat.upstream.twisted import running_reactor_loop
 from chat.version import VERSION
-from chat.worker import current_worker
+from chat.worker import Worker, current_worker
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,15 @@ class WorkerRow:
 
 
 async def _live(max_silence: float) -> list[LiveWorker]:
-    # On the server's loop, whose worker holds the registry and its Redis client.
-    return await current_worker().registry.live(max_silence=max_silence)
+    """Under daphne, read on the server's loop through its worker's registry; elsewhere
+    (a test, WSGI) `async_to_sync` made a loop for this call, so a worker for it alone."""
+    if running_reactor_loop() is asyncio.get_running_loop():
+        return await current_worker().registry.live(max_silence=max_silence)
+    worker = Worker()
+    try:
+        return await worker.registry.live(max_silence=max_silence)
+    finally:
+        await worker.close_redis()
 
 
 def live_workers() -> list[WorkerRow]:
