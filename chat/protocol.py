@@ -25,6 +25,7 @@ NO_SUCH_USER = "no_such_user"
 NOT_MEMBER = "not_member"
 RATE_LIMITED = "rate_limited"
 UNAVAILABLE = "unavailable"
+TOO_MANY_GROUPS = "too_many_groups"
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -37,6 +38,7 @@ ERROR_CODES = frozenset(
         NOT_MEMBER,
         RATE_LIMITED,
         UNAVAILABLE,
+        TOO_MANY_GROUPS,
     }
 )
 

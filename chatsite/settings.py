@@ -428,3 +428,6 @@ CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # Joins and leaves a user may make per minute (each tells the group's online
 # members), a budget of its own beside the command budget; 0 turns it off.
 CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = env_int("CHAT_MEMBERSHIP_CHANGES_PER_MINUTE", 10)
+# Groups one user may be a member of: every socket of theirs subscribes to
+# each, and `hello` lists them. Past it a join is `too_many_groups`; 0: no cap.
+CHAT_GROUPS_PER_USER = env_int("CHAT_GROUPS_PER_USER", 1000)

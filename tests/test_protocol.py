@@ -510,4 +510,5 @@ def test_error_codes_are_the_protocols():
         "not_member",
         "rate_limited",
         "unavailable",
+        "too_many_groups",
     } == protocol.ERROR_CODES
