@@ -137,7 +137,7 @@ async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_t
     await store.connect(worker="dead", connection_id="g1", username="ghost")
     registry = ForgetfulRegistry()
     subscriptions = LayerSubscriptions(
-        channel, registry=registry, worker_id="w1", wanted=lambda: {"chat.all"}
+        channel, registry=registry, worker_id="w1", wants=lambda group: group == "chat.all"
     )
     await subscriptions.subscribe(["chat.all"])
     await layer.group_add("chat.all", "dead!1")
@@ -189,7 +189,7 @@ class WritingTab(Tab):
 def handlers_over(index: SocketIndex) -> LayerHandlers:
     channel = WorkerChannel(InMemoryChannelLayer())
     subscriptions = LayerSubscriptions(
-        channel, registry=MemoryWorkerRegistry(), worker_id="w", wanted=index.wanted_layer_groups
+        channel, registry=MemoryWorkerRegistry(), worker_id="w", wants=index.wants
     )
     return LayerHandlers(index, subscriptions=subscriptions, notices=NoticeBatcher(index))
 
