@@ -25,6 +25,12 @@ NO_SUCH_USER = "no_such_user"
 NOT_MEMBER = "not_member"
 RATE_LIMITED = "rate_limited"
 UNAVAILABLE = "unavailable"
+# Protocol 1.2: changing messages.
+NO_SUCH_MESSAGE = "no_such_message"
+NOT_YOURS = "not_yours"
+TOO_LATE = "too_late"
+BAD_EMOJI = "bad_emoji"
+TOO_MANY_REACTIONS = "too_many_reactions"
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -37,6 +43,11 @@ ERROR_CODES = frozenset(
         NOT_MEMBER,
         RATE_LIMITED,
         UNAVAILABLE,
+        NO_SUCH_MESSAGE,
+        NOT_YOURS,
+        TOO_LATE,
+        BAD_EMOJI,
+        TOO_MANY_REACTIONS,
     }
 )
 
@@ -46,6 +57,7 @@ MAX_GROUP_CHARS = 64
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 SYNC_MAX_MESSAGES = 500
+CHANGES_MAX_LIMIT = 500
 CONVERSATIONS_DEFAULT_LIMIT = 50
 CONVERSATIONS_MAX_LIMIT = 100
 SEARCH_DEFAULT_LIMIT = 20

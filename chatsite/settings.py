@@ -420,3 +420,5 @@ CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # Joins and leaves a user may make per minute (each tells the group's online
 # members), a budget of its own beside the command budget; 0 turns it off.
 CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = env_int("CHAT_MEMBERSHIP_CHANGES_PER_MINUTE", 10)
+# Protocol 1.2: seconds after its `ts` that a message's author may edit it; 0: any time.
+CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 3600, minimum=0)
