@@ -55,7 +55,13 @@ async def test_an_offline_direct_message_is_listed_with_its_unread_count(
     bobs = by_address[str({"user": "bob"})]
     assert bobs["unread"] == 2 and bobs["read_id"] == 0
     assert bobs["last"]["id"] == last and bobs["last"]["body"] == "are you there?"
-    assert by_address[str(ALL)] == {"of": ALL, "last": None, "unread": 0, "read_id": 0}
+    assert by_address[str(ALL)] == {
+        "of": ALL,
+        "last": None,
+        "unread": 0,
+        "read_id": 0,
+        "mentions": 0,
+    }
     # Newest last message first; everyone, with nothing in it, comes after.
     assert reply["items"][0]["of"] == {"user": "bob"}
 
