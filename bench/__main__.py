@@ -18,11 +18,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="run workloads against our server and the peer")
-    run_p.add_argument("--workload", action="append", choices=["W1", "W2", "W3", "W4"])
+    run_p.add_argument(
+        "--workload",
+        action="append",
+        choices=["W1", "W2", "W3", "W4", "W5", "W6"],
+        help="W5: connect and join, reconnect; W6: a quiet room (bench/RESULTS.md)",
+    )
     run_p.add_argument("--all", action="store_true", help="W1, W2, W3 and W4")
     run_p.add_argument("--repeat", type=int, default=1)
     run_p.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
-    run_p.add_argument("--targets", default="ours,peer", help="ours,peer (default) or one")
+    run_p.add_argument(
+        "--targets",
+        default="ours,peer,socketio",
+        help="ours,peer,socketio (default: all three; peer = the Channels tutorial)",
+    )
     run_p.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     run_p.add_argument("--peer-server", choices=["daphne", "uvicorn"], default="daphne")
     run_p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
@@ -37,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         "--connect-batch", type=int, default=200, help="W1/W2/W4 sockets opened at once"
     )
     run_p.add_argument("--no-overload", action="store_true", help="skip the overload check")
+    run_p.add_argument("--w3-clients", type=int, help="W3 idle sockets (default 2000)")
+    run_p.add_argument("--w3-batch", type=int, help="W3 sockets opened at once (default 200)")
+    run_p.add_argument("--w5-clients", type=int, help="W5 sockets (default 2000)")
+    run_p.add_argument("--w5-batch", type=int, help="W5 sockets opened at once (default 200)")
+    run_p.add_argument("--quiet-seconds", type=float, help="W6's measured step (default 30)")
 
     prof_p = sub.add_parser("profile", help="py-spy our worker under W1 load")
     prof_p.add_argument("--rate", type=float, default=150, help="messages/s during the profile")
@@ -46,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     prof_p.add_argument("--clients", type=int, default=200)
     prof_p.add_argument("--variant", default="")
     prof_p.add_argument("--gil", action="store_true", help="py-spy --gil (CPU, not waiting)")
+    prof_p.add_argument(
+        "--phase",
+        choices=["w1", "connect"],
+        default="w1",
+        help="w1: under W1 load; connect: W5's connect and join, then reconnect",
+    )
 
     rep_p = sub.add_parser("report", help="print the tables of a results.json")
     rep_p.add_argument("path")
@@ -79,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         changes["clients"] = args.clients
     if args.step_seconds:
         changes["step_seconds"] = args.step_seconds
+    for name in ("w3_clients", "w3_batch", "w5_clients", "w5_batch", "quiet_seconds"):
+        if getattr(args, name):
+            changes[name] = getattr(args, name)
     if args.ladder:
         changes["ladder"] = tuple(float(x) for x in args.ladder.split(","))
     if args.w4_ladder:

@@ -104,7 +104,7 @@ class LoadGen:
 
     def __init__(self, deployment: Deployment, *, kind: str, redis_pid: int | None = None):
         self.deployment = deployment
-        self.kind = kind  # "ours" or "peer"
+        self.kind = kind  # "ours", "peer" (the Channels tutorial) or "socketio"
         self.ports = [w.port for w in deployment.workers]
         self.redis_pid = redis_pid
         self.clients: list[wsclient.WSClient] = []
@@ -218,24 +218,32 @@ class LoadGen:
     # -- set-up (not timed as load) -----------------------------------------
 
     async def login(self, count: int) -> list[str | None]:
-        if self.kind == "peer":
+        if self.kind != "ours":
+            # The peers have no accounts.
             return [None] * count
         return list(await guest_logins(HOST, self.ports[0], count))
 
     async def _open_one(self, index: int, cookie: str | None) -> float:
+        started = time.perf_counter()
+        await self._open_client(index, cookie)
+        return time.perf_counter() - started
+
+    async def _open_client(self, index: int, cookie: str | None) -> wsclient.WSClient:
+        """A socket open and greeted (its `hello` read), kept in `clients`."""
         port = self.ports[index % len(self.ports)]
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         data = {"hello": loop.create_future(), "waiting": {}, "last_id": 0, "seen": set()}
+        socketio = self.kind == "socketio"
         client = await wsclient.connect(
             HOST,
             port,
-            "/ws/chat/",
+            wsclient.SocketIOClient.PATH if socketio else "/ws/chat/",
             origin=f"http://{HOST}:{port}",
             cookie=cookie,
             on_text=self.on_text,
             data=data,
             wait_s=60,
+            factory=wsclient.SocketIOClient if socketio else wsclient.WSClient,
         )
         client.index = index
         # A frame may have come with the handshake answer: hello is read there.
@@ -246,7 +254,7 @@ class LoadGen:
                 client.transport.abort()
             raise
         self.clients.append(client)
-        return time.perf_counter() - started
+        return client
 
     async def open(
         self, cookies: list[str | None], *, batch: int = 200, retries: int = 0
@@ -296,6 +304,59 @@ class LoadGen:
         stats.connect_ms_p99 = percentile(times, 99) * 1000
         stats.connect_ms_max = (times[-1] * 1000) if times else 0.0
         return stats
+
+    async def open_joining(
+        self, cookies: list[str | None], *, batch: int, group: str, join: bool = True
+    ) -> dict[str, Any]:
+        """Open one socket per cookie, `batch` at a time, each then joining `group`.
+
+        A socket counts once its `hello` came and, with `join`, its `joined`
+        reply (for ours: the membership is committed). Without `join` (ours
+        reconnecting: the user is a member already) it counts when its
+        `hello` lists `group`. No retries: every failure is reported.
+        """
+        self.group = group
+        times: list[float] = []
+        failures: Counter = Counter()
+
+        async def one(index: int, cookie: str | None) -> float:
+            started = time.perf_counter()
+            client = await self._open_client(index, cookie)
+            if join:
+                reply = await self.request(client, {"type": "join", "group": group})
+                if reply.get("type") != "joined":
+                    raise RuntimeError(f"join answered {reply.get('code', reply.get('type'))}")
+            elif group not in client.data["hello"].result().get("groups", []):
+                raise RuntimeError("hello does not list the group")
+            return time.perf_counter() - started
+
+        offset = len(self.clients)
+        started = time.perf_counter()
+        for first in range(0, len(cookies), batch):
+            chunk = cookies[first : first + batch]
+            results = await asyncio.gather(
+                *(one(offset + first + i, c) for i, c in enumerate(chunk)),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    status = getattr(result, "status", None)
+                    failures[f"http {status}" if status else str(result)[:60]] += 1
+                else:
+                    times.append(result)
+        seconds = time.perf_counter() - started
+        times.sort()
+        return {
+            "attempted": len(cookies),
+            "ok": len(times),
+            "failed": sum(failures.values()),
+            "failures": dict(failures),
+            "seconds": seconds,
+            "per_second": len(times) / seconds if seconds else 0.0,
+            "ms_p50": percentile(times, 50) * 1000,
+            "ms_p99": percentile(times, 99) * 1000,
+            "ms_max": (times[-1] * 1000) if times else 0.0,
+        }
 
     async def request(self, client: wsclient.WSClient, command: dict[str, Any]) -> dict:
         self._refs += 1

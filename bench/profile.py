@@ -4,6 +4,12 @@
 bench/out/profile-<stamp>/, the raw collapsed stacks (`profile.txt`), a
 flame graph (`profile.svg`, made from the same stacks) and `summary.md`: the
 top functions by self time and by total time, and time per subsystem.
+
+`python -m bench profile --phase connect --clients 400` profiles W5 instead:
+the worker while `--clients` sockets open 200 at a time and each joins one
+group (`connect.txt`), then while they all reconnect, already members
+(`reconnect.txt`); `summary.md` splits each by step of a handshake and of a
+join (CONNECT_STAGES).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import asyncio
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,8 +113,51 @@ STAGES = [
 ]
 
 
-def _stage(stack: str) -> str:
-    for label, markers in STAGES:
+# The connect and join path (W5), by step; first match in the stack wins, so
+# the join's steps come before the consumer's generic receive.
+CONNECT_STAGES = [
+    ("join: membership rate limit (Redis)", ("spend_membership_change",)),
+    ("join: group_join in the database thread (queries, commit)", ("group_join",)),
+    ("join: hub membership index and joined notices", ("note_membership", "Hub.tell")),
+    ("join: frame in, parse, reply", ("websocket_receive",)),
+    ("notices flush (presence, joined/left)", ("Hub._flush_notices", "_publish_notices")),
+    ("handshake: sockets per user/address (socket_caps.admit)", ("admit (",)),
+    ("handshake: the user's groups (groups_of)", ("groups_of",)),
+    ("handshake: hub attach (index, layer groups, presence)", ("Hub.attach",)),
+    ("handshake: hello (greet)", ("greet",)),
+    ("handshake: accept, frame writers (open_as, other)", ("open_as", "websocket_connect")),
+    ("close (disconnect, detach)", ("disconnect", "Hub.detach")),
+    # Every stack inside the consumer has the middleware's frame too: after them.
+    ("handshake: session and user (auth middleware, database thread)", ("chat/auth.py",)),
+    ("database thread, other", ("DatabaseSyncToAsync.thread_handler",)),
+    # A resumed coroutine shows only its innermost frames: Redis commands whose
+    # caller py-spy cannot see (presence, rate limit, layer groups) land here.
+    ("Redis commands and replies, caller not visible", ("channels_redis/", "redis/")),
+    (
+        "handshake: HTTP upgrade, websocket frames (daphne, autobahn, twisted)",
+        (
+            "autobahn/",
+            "twisted/web/",
+            "WebRequest",
+            "WebSocketProtocol",
+            "WebSocketServerProtocol",
+            "buildProtocol",
+            "create_application",
+            "AccessLogGenerator",
+            "doRead",
+            "doWrite",
+        ),
+    ),
+]
+
+
+# Leaves of a thread with nothing to do (the event loop's epoll, an executor
+# thread waiting for work); a database driver waiting for its reply is not one.
+IDLE_LEAVES = ("EpollSelector.select", "_worker (", "Condition.wait", "Event.wait")
+
+
+def _stage(stack: str, stages: list[tuple[str, tuple[str, ...]]] | None = None) -> str:
+    for label, markers in stages or STAGES:
         if any(marker in stack for marker in markers):
             return label
     return "event loop, other"
@@ -135,7 +185,9 @@ def _thread_label(frame: str) -> str:
     return name
 
 
-def summarise(raw: Path, top: int = 25) -> str:
+def summarise(
+    raw: Path, top: int = 25, stages_list: list[tuple[str, tuple[str, ...]]] | None = None
+) -> str:
     self_time: Counter[str] = Counter()
     total_time: Counter[str] = Counter()
     subsystem: Counter[str] = Counter()
@@ -164,7 +216,10 @@ def summarise(raw: Path, top: int = 25) -> str:
         for name in {_frame_name(f) for f in real}:
             total_time[name] += count
         where = "other"
-        stages[_stage(stack)] += count
+        if stages_list is not None and leaf.startswith(IDLE_LEAVES):
+            stages["idle: event loop in epoll, threads waiting for work"] += count
+        else:
+            stages[_stage(stack, stages_list)] += count
         path = leaf.partition(" (")[2]
         for label, markers in SUBSYSTEMS:
             if path.startswith(markers):
@@ -274,14 +329,96 @@ async def _drive(args: argparse.Namespace, out_dir: Path) -> None:
         deployment.stop()
 
 
+async def _record(pid: int, raw: Path, gil: bool) -> asyncio.subprocess.Process:
+    """py-spy recording `pid` until it gets SIGINT (then it writes `raw`)."""
+    spy = await asyncio.create_subprocess_exec(
+        *[
+            _py_spy(),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--threads",
+            "--rate",
+            "250",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            *(["--gil"] if gil else []),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    await asyncio.sleep(1.0)
+    return spy
+
+
+async def _stop_recording(spy: asyncio.subprocess.Process) -> None:
+    spy.send_signal(signal.SIGINT)
+    _, err = await spy.communicate()
+    if spy.returncode not in (0, -signal.SIGINT):
+        raise SystemExit(f"py-spy failed: {err.decode(errors='replace')}")
+
+
+async def _drive_connect(args: argparse.Namespace, out_dir: Path) -> None:
+    """W5 under py-spy: connect and join, then reconnect, one recording each."""
+    run_id = "profc" + datetime.now(UTC).strftime("%H%M%S")
+    deployment = servers.start_ours(
+        workers=1, run_id=run_id, db=args.db, server=args.server, variant=args.variant
+    )
+    mode = "--gil (CPU only)" if args.gil else "all threads, waiting on locks and I/O included"
+    parts = [
+        f"# Profile of our worker ({args.server}, {args.db}) opening and joining\n\n"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {args.clients} sockets, 200 at a time "
+        f"(W5); py-spy 250 Hz, --nonblocking, {mode}.\n"
+    ]
+    try:
+        gen = LoadGen(deployment, kind="ours", redis_pid=servers.redis_server_pid())
+        cookies = await gen.login(args.clients)
+        # Warm-up (not recorded): the hub, the group, connections, code paths.
+        warm = await gen.login(20)
+        await gen.open_joining(warm, batch=20, group="bench")
+        await gen.close_all()
+        await asyncio.sleep(1.0)
+        for phase in ("connect", "reconnect"):
+            raw = out_dir / f"{phase}.txt"
+            spy = await _record(deployment.pids[0], raw, args.gil)
+            cpu = deployment.cpu()
+            result = await gen.open_joining(
+                cookies, batch=200, group="bench", join=phase == "connect"
+            )
+            cpu = deployment.cpu() - cpu
+            await asyncio.sleep(0.5)
+            await _stop_recording(spy)
+            line = (
+                f"{phase}: {result['ok']} of {result['attempted']} in {result['seconds']:.2f} s "
+                f"({result['per_second']:.0f}/s), p50 {result['ms_p50']:.0f} ms, "
+                f"p99 {result['ms_p99']:.0f} ms, worker CPU {1000 * cpu / max(1, result['ok']):.2f}"
+                f" ms per socket"
+            )
+            _log(line)
+            parts.append(f"\n## {phase}\n\n{line}\n\n" + summarise(raw, 30, CONNECT_STAGES))
+            await gen.settle(quiet=1.0, wait_s=60)
+            await gen.close_all()
+            await asyncio.sleep(2.0)
+        text = "".join(parts)
+        (out_dir / "summary.md").write_text(text)
+        print(text)
+    finally:
+        deployment.stop()
+
+
 def profile(args: argparse.Namespace) -> None:
     raise_fd_limit()
     _use_uvloop()
     name = "profile-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name += f"-{args.server}-{args.db}{'-' + args.variant if args.variant else ''}"
     name += "-gil" if args.gil else ""
+    name += "-connect" if args.phase == "connect" else ""
     out_dir = servers.OUT / name
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    asyncio.run(_drive(args, out_dir))
+    drive = _drive_connect if args.phase == "connect" else _drive
+    asyncio.run(drive(args, out_dir))
     _log(f"profile in {out_dir} ({time.perf_counter() - started:.0f}s)")

@@ -47,10 +47,13 @@ class Config:
     db: str = "postgres"
     server: str = "daphne"
     peer_server: str = "daphne"
-    targets: tuple[str, ...] = ("ours", "peer")
+    targets: tuple[str, ...] = ("ours", "peer", "socketio")
     overload_check: bool = True
     variant: str = ""
     connect_batch: int = 200
+    w5_clients: int = 2000
+    w5_batch: int = 200
+    quiet_seconds: float = 30.0
 
     @classmethod
     def quick(cls) -> Config:
@@ -63,6 +66,9 @@ class Config:
             w3_batch=100,
             w4_clients=200,
             w4_ladder=(2, 5),
+            w5_clients=200,
+            w5_batch=100,
+            quiet_seconds=5.0,
         )
 
 
@@ -104,6 +110,8 @@ def _deploy(target: str, workers: int, run_id: str, config: Config) -> servers.D
             server=config.server,
             variant=config.variant,
         )
+    if target == "socketio":
+        return servers.start_socketio(workers=workers, run_id=run_id)
     return servers.start_peer(workers=workers, run_id=run_id, server=config.peer_server)
 
 
@@ -326,7 +334,85 @@ async def workload_w4(target: str, run_id: str, config: Config) -> dict:
         deployment.stop()
 
 
-WORKLOADS = {"W1": workload_w1, "W2": workload_w2, "W3": workload_w3, "W4": workload_w4}
+async def workload_w5(target: str, run_id: str, config: Config) -> dict:
+    """Connect and join, then reconnect: sockets/s with the room membership in place.
+
+    Connect: each socket opens, gets `hello`, sends `join` of one group and
+    counts when `joined` comes (ours commits the membership first). Then one
+    message to the group, timed until the last member has it. Reconnect: every
+    socket closes and the same users open again; ours keeps memberships across
+    reconnects, so a socket counts when its `hello` lists the group, while the
+    peers' memberships live with the socket, so theirs join again. One more
+    message to the group checks that every reconnected socket is in it.
+    """
+    label = f"W5 {target}"
+    group = "bench"
+    deployment = _deploy(target, 1, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        cookies = await gen.login(config.w5_clients)
+        await asyncio.sleep(0.5)
+        cpu = deployment.cpu()
+        connect = await gen.open_joining(cookies, batch=config.w5_batch, group=group)
+        connect["server_cpu_ms_per_socket"] = (
+            1000 * (deployment.cpu() - cpu) / max(1, connect["ok"])
+        )
+        _log(f"{label}: connect and join {json.dumps(connect)}")
+        await gen.settle(quiet=1.0, wait_s=120)
+        after_connect = await gen.broadcast_once(everyone=False, wait_s=15)
+        _log(f"{label}: one message to the group {json.dumps(after_connect)}")
+        await gen.close_all()
+        # Until the server has seen every close (presence, memberships of the peers).
+        await asyncio.sleep(2.0)
+        cpu = deployment.cpu()
+        reconnect = await gen.open_joining(
+            cookies, batch=config.w5_batch, group=group, join=target != "ours"
+        )
+        reconnect["server_cpu_ms_per_socket"] = (
+            1000 * (deployment.cpu() - cpu) / max(1, reconnect["ok"])
+        )
+        _log(f"{label}: reconnect {json.dumps(reconnect)}")
+        await gen.settle(quiet=1.0, wait_s=120)
+        after_reconnect = await gen.broadcast_once(everyone=False, wait_s=15)
+        _log(f"{label}: one message to the group {json.dumps(after_reconnect)}")
+        await gen.close_all()
+        return {
+            "connect": connect,
+            "broadcast_after_connect": after_connect,
+            "reconnect": reconnect,
+            "broadcast_after_reconnect": after_reconnect,
+        }
+    finally:
+        deployment.stop()
+
+
+async def workload_w6(target: str, run_id: str, config: Config) -> dict:
+    """A quiet room: 200 members, 10 messages/s for `quiet_seconds`; the latencies."""
+    label = f"W6 {target}"
+    deployment = _deploy(target, 1, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        setup = await _setup(gen, config.clients, batch=config.connect_batch, join="bench")
+        await gen.step(LIGHT_RATE, 2.0, senders=config.senders)
+        await gen.settle(quiet=0.5, wait_s=30)
+        step = await gen.step(
+            LIGHT_RATE, config.quiet_seconds, senders=config.senders, drain_timeout=10.0
+        )
+        _log(f"{label}: {step.summary()}")
+        await gen.close_all()
+        return {"setup": setup, "quiet": _step_dict(step)}
+    finally:
+        deployment.stop()
+
+
+WORKLOADS = {
+    "W1": workload_w1,
+    "W2": workload_w2,
+    "W3": workload_w3,
+    "W4": workload_w4,
+    "W5": workload_w5,
+    "W6": workload_w6,
+}
 
 
 def run(workloads: list[str], repeat: int, config: Config, out_dir: Path | None = None) -> Path:

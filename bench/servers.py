@@ -3,9 +3,12 @@
 Ours: `daphne chatsite.asgi:application` (or uvicorn on the same app) with a
 throwaway database (PostgreSQL database or SQLite file of its own, migrated
 first), REDIS_URL on a db number of the benchmark's own with a run-specific
-key prefix, DEBUG off, and only the per-user send rate raised. The peer:
-`daphne bench.peers.tutorial.asgi:application` on another Redis db. Every
-process is stopped by its PID, and every key the run made is deleted.
+key prefix, DEBUG off, and only the per-user send rate raised. The peers:
+`daphne bench.peers.tutorial.asgi:application` ("peer", the Channels
+tutorial) and `node bench/peers/socketio/server.js` ("socketio": socket.io
+with its Redis adapter, its packages installed by `npm ci` on first use),
+each on a Redis db of its own. Every process is stopped by its PID, and every
+key the run made is deleted.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ OUT = ROOT / "bench" / "out"
 REDIS_HOST = "127.0.0.1:6379"
 OUR_REDIS_DB = 9
 PEER_REDIS_DB = 10
+SOCKETIO_REDIS_DB = 11
+SOCKETIO_DIR = ROOT / "bench" / "peers" / "socketio"
 PG_URL = "postgres://postgres@127.0.0.1:5432"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LISTEN_BACKLOG = 2048
@@ -363,6 +368,53 @@ def start_peer(*, workers: int, run_id: str, server: str = "daphne") -> Deployme
                 port=port,
                 log_path=out_dir / f"peer-{server}-{index}.log",
                 health_path="/",
+            )
+            deployment.workers.append(process)
+            process.start()
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment
+
+
+def _npm_ci() -> None:
+    """Install the socket.io peer's pinned packages (package-lock.json) if missing."""
+    if (SOCKETIO_DIR / "node_modules" / "socket.io").is_dir():
+        return
+    try:
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=SOCKETIO_DIR, check=True, timeout=600
+        )
+    except FileNotFoundError as exc:
+        raise RuntimeError(
+            "the socket.io peer needs node 20+ and npm (apt-get install nodejs npm)"
+        ) from exc
+
+
+def start_socketio(*, workers: int, run_id: str) -> Deployment:
+    """socket.io on node, one process per worker, joined by its Redis adapter."""
+    _npm_ci()
+    out_dir = OUT / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"benchsio-{run_id}"
+    deployment = Deployment("socketio-node", [], SOCKETIO_REDIS_DB, prefix)
+    try:
+        for index in range(workers):
+            port = free_port()
+            env = dict(os.environ)
+            env.update(
+                PORT=str(port),
+                PEER_REDIS_URL=f"redis://{REDIS_HOST}/{SOCKETIO_REDIS_DB}",
+                PEER_REDIS_PREFIX=prefix,
+                NODE_ENV="production",
+            )
+            process = Process(
+                name=f"socketio{index}",
+                argv=["node", str(SOCKETIO_DIR / "server.js")],
+                env=env,
+                port=port,
+                log_path=out_dir / f"socketio-node-{index}.log",
+                health_path="/healthz",
             )
             deployment.workers.append(process)
             process.start()

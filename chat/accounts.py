@@ -14,6 +14,7 @@ import logging
 import secrets
 import threading
 import time
+from typing import NamedTuple
 
 import redis
 from django import forms
@@ -21,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -123,8 +124,17 @@ def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
 
-def guests_remove_inactive(*, now: datetime.datetime | None = None, batch: int = 500) -> int:
-    """Remove the guests that have not connected for CHAT_GUEST_RETENTION_DAYS; how many.
+class GuestRemoval(NamedTuple):
+    """What one run of `guests_remove_inactive` did: how many removed, whom it could not."""
+
+    removed: int
+    failed: list[str]
+
+
+def guests_remove_inactive(
+    *, now: datetime.datetime | None = None, batch: int = 500
+) -> GuestRemoval:
+    """Remove the guests that have not connected for CHAT_GUEST_RETENTION_DAYS.
 
     A guest connects with a session made at its login (or, on the classic
     endpoint, at its creation), valid for SESSION_COOKIE_AGE: one whose
@@ -133,9 +143,14 @@ def guests_remove_inactive(*, now: datetime.datetime | None = None, batch: int =
     Its messages, sent and received, are handed to the `guest-removed`
     account first, so that they stay in everyone else's history (deleting a
     user deletes its messages); its memberships go with it.
-    """
-    from chat.models import Message
 
+    Each batch is one transaction, so a failure hands nothing over. A failed
+    batch is retried guest by guest, and a guest that still fails is left for
+    a later run (and named in `failed`): one bad row must not stop the rest
+    from being removed, today or on any later run. If every guest of a batch
+    of several fails, the cause is not the guests (the database is down,
+    say): raise.
+    """
     now = now or timezone.now()
     kept_for = max(
         datetime.timedelta(days=settings.CHAT_GUEST_RETENTION_DAYS),
@@ -148,15 +163,46 @@ def guests_remove_inactive(*, now: datetime.datetime | None = None, batch: int =
         .exclude(chat_connections__isnull=False)
         .alias(last_in=Coalesce("last_login", "date_joined"))
         .filter(last_in__lt=now - kept_for)
+        .order_by("pk")
     )
     removed = 0
-    while ids := list(inactive.values_list("pk", flat=True)[:batch]):
-        with transaction.atomic():
-            heir, _ = user_model._default_manager.get_or_create(
-                username=REMOVED_GUEST, defaults={"is_active": False}
-            )
-            Message.objects.filter(sender_id__in=ids).update(sender=heir)
-            Message.objects.filter(recipient_id__in=ids).update(recipient=heir)
-            user_model._default_manager.filter(pk__in=ids).delete()
-        removed += len(ids)
-    return removed
+    failed: dict[int, str] = {}
+    while ids := list(inactive.exclude(pk__in=failed).values_list("pk", flat=True)[:batch]):
+        try:
+            _guests_remove(ids)
+            removed += len(ids)
+            continue
+        except DatabaseError:
+            logger.warning("removing a batch of %d guest(s) failed; one by one", len(ids))
+        last_error: DatabaseError | None = None
+        for pk in ids:
+            try:
+                _guests_remove([pk])
+                removed += 1
+            except DatabaseError as error:
+                last_error = error
+                name = user_model._default_manager.filter(pk=pk).values_list("username", flat=True)
+                failed[pk] = next(iter(name), str(pk))
+                logger.exception("could not remove guest %s; left for a later run", failed[pk])
+        if last_error is not None and len(ids) > 1 and all(pk in failed for pk in ids):
+            raise last_error
+    return GuestRemoval(removed, list(failed.values()))
+
+
+def _guests_remove(ids: list[int]) -> None:
+    """Hand these guests' messages to `guest-removed`, then delete them: all or nothing.
+
+    The handed-over messages lose their `cid`: it only served the guest's own
+    retries, and two guests may have used the same one, which `guest-removed`
+    (one sender) cannot hold twice.
+    """
+    from chat.models import Message
+
+    user_model = get_user_model()
+    with transaction.atomic():
+        heir, _ = user_model._default_manager.get_or_create(
+            username=REMOVED_GUEST, defaults={"is_active": False}
+        )
+        Message.objects.filter(sender_id__in=ids).update(sender=heir, cid=None)
+        Message.objects.filter(recipient_id__in=ids).update(recipient=heir)
+        user_model._default_manager.filter(pk__in=ids).delete()

@@ -6,6 +6,10 @@ are read from the right (the one the trusted proxy appended) past every
 other trusted proxy: anything further left was written by the client and
 proves nothing. A client talking to daphne directly cannot choose its
 address with a header.
+
+An IPv6 client is counted by its network of `CHAT_IPV6_PREFIX` bits (a
+/64 by default): one subscriber is commonly given a whole /64, so counting
+single IPv6 addresses would give each client 2**64 allowances.
 """
 
 from __future__ import annotations
@@ -37,24 +41,41 @@ def client_address(peer: str | None, forwarded_for: Iterable[str] = ()) -> str:
     return str(address)
 
 
+def limit_key(address: str) -> str:
+    """What per-address limits count `address` as: an IPv4 address itself,
+    an IPv6 one as its `CHAT_IPV6_PREFIX` network (`2001:db8:1:2::/64`).
+    Anything that is no IP address is its own key."""
+    parsed = _parsed(address)
+    if not isinstance(parsed, ipaddress.IPv6Address):
+        return str(parsed) if parsed is not None else address
+    prefix = settings.CHAT_IPV6_PREFIX
+    if prefix >= 128:
+        return str(parsed)
+    return str(ipaddress.IPv6Network((parsed, prefix), strict=False))
+
+
 def client_address_of_request(request: HttpRequest) -> str:
-    """`client_address` of a Django request."""
+    """`limit_key` of the client address of a Django request."""
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
-    return client_address(request.META.get("REMOTE_ADDR"), [forwarded] if forwarded else [])
+    peer = request.META.get("REMOTE_ADDR")
+    return limit_key(client_address(peer, [forwarded] if forwarded else []))
 
 
 def client_ip_of_request(request: HttpRequest, *args: Any, **kwargs: Any) -> str | None:
-    """django-axes' client IP lookup: `client_address_of_request`, or None if it is no IP.
+    """django-axes' client IP lookup: an IP standing for `client_address_of_request`,
+    or None if that is no IP.
 
-    Axes stores it in an IP address column, which PostgreSQL checks; a peer
-    that is not an IP (a Unix socket, a test client) is recorded as none.
+    Axes stores it in an IP address column, which PostgreSQL checks, so an
+    IPv6 network is given as its first address; a peer that is not an IP
+    (a Unix socket, a test client) is recorded as none.
     """
-    address = _parsed(client_address_of_request(request))
+    key = client_address_of_request(request)
+    address = _parsed(key.partition("/")[0])
     return str(address) if address is not None else None
 
 
 def client_address_of_scope(scope: Any) -> str:
-    """`client_address` of an ASGI connection scope."""
+    """`limit_key` of the client address of an ASGI connection scope."""
     client = scope.get("client")
     peer = client[0] if client else None
     forwarded = [
@@ -62,7 +83,7 @@ def client_address_of_scope(scope: Any) -> str:
         for name, value in scope.get("headers", ())
         if name == b"x-forwarded-for"
     ]
-    return client_address(peer, forwarded)
+    return limit_key(client_address(peer, forwarded))
 
 
 def _parsed(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

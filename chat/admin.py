@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -147,7 +148,12 @@ class ChatUserAdmin(UserAdmin):  # type: ignore[type-arg]
     def online(self, user: Any) -> bool:
         return bool(user.has_connection)
 
-    @admin.action(description="Log out everywhere (end every session, close every socket)")
+    # "change": Django offers and runs the action only for holders of
+    # auth.change_user; "Can view user" alone must not end a superuser's sessions.
+    @admin.action(
+        description="Log out everywhere (end every session, close every socket)",
+        permissions=("change",),
+    )
     def log_out_everywhere(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         users = list(queryset)
         sessions = sum(log_out_everywhere(user) for user in users)
@@ -167,7 +173,13 @@ admin.site.index_template = "admin/chat_index.html"
 
 
 def workers_view(request: HttpRequest) -> HttpResponse:
-    """Read-only: every live worker with its heartbeat age, open sockets, uptime and version."""
+    """Read-only: every live worker with its heartbeat age, open sockets, uptime and version.
+
+    Staff status alone is not enough, as for every other admin page: it takes
+    chat.view_workers (superusers hold every permission).
+    """
+    if not request.user.has_perm("chat.view_workers"):
+        raise PermissionDenied
     context = {
         **admin.site.each_context(request),
         "title": "Workers",

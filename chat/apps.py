@@ -6,7 +6,7 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat import checks, signals  # noqa: F401  (registers the checks, the logout handler)
+        from chat import checks  # noqa: F401  (registers the checks)
         from chat.lookalikes import connect_name_skeleton_signals
         from chat.revocation import connect_revocation_signals
 

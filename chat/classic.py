@@ -31,7 +31,7 @@ from chat import protocol
 from chat.accounts import GUEST_PREFIX, account_creation_allowed, guest_create
 from chat.addresses import client_address_of_scope
 from chat.consumers import ChatSocket
-from chat.protocol import Address, ChatError, Command, error_event
+from chat.protocol import Address, ChatError, Join, Send, error_event
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ GROUP_PREFIX = "group"
 _USER_ID_RE = re.compile(r"[0-9]{1,12}")
 
 
-def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Command | None:
+def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Send | None:
     """The command a `TARGET,TEXT` frame asks for (None for `login`), or `ChatError`."""
     # A str from the socket has at most 4 bytes per character: skip encoding
     # when it is clearly within the limit.
@@ -66,7 +66,7 @@ def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Comma
     else:
         to = Address("user", protocol.clean_username(target))
     body = protocol.clean_body(text, max_chars=max_body_chars)
-    return Command("send", to=to, body=body)
+    return Send(to=to, body=body)
 
 
 def _classic_frame(event: dict[str, Any]) -> str | None:
@@ -171,9 +171,8 @@ class ClassicConsumer(ChatSocket):
                 error_event(protocol.UNAVAILABLE, "the server failed; try again")
             )
 
-    async def send_classic(self, command: Command) -> None:
+    async def send_classic(self, command: Send) -> None:
         """Send a message, joining its group first if needed (as classic servers did)."""
-        assert command.to is not None
         await self.spend("send")
         if command.to.kind != "group":
             await self.send_message(command)
@@ -191,5 +190,5 @@ class ClassicConsumer(ChatSocket):
             await self.send_message(command)
 
     async def join_group_named(self, name: str) -> None:
-        joined = await self.join_group(Command("join", group=name))
+        joined = await self.join_group(Join(group=name))
         self._groups.add(joined["group"])

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -36,13 +36,31 @@ from chat.conversations import (
 from chat.database import read_for_socket, stalled
 from chat.delivery import Hub, session_digest
 from chat.delivery.publishing import membership_notices, to_group, to_user, to_username
-from chat.groups import group_join, group_leave, group_members
+from chat.groups import group_join, group_leave, group_members_read
 from chat.logs import close_reason, serving_connection
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
 from chat.paging import fit_page, names_page
-from chat.protocol import ChatError, Command, encode, error_event
+from chat.protocol import (
+    ChatError,
+    Command,
+    Conversations,
+    Groups,
+    History,
+    Join,
+    Leave,
+    Members,
+    Ping,
+    Read,
+    Send,
+    Sync,
+    Typing,
+    Users,
+    Who,
+    encode,
+    error_event,
+)
 from chat.ratelimit import command_cost
 from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
 from chat.transport import (
@@ -364,13 +382,12 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             done = "nothing was stored" if kind == "send" else f"this {kind} was not carried out"
             raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
 
-    async def send_message(self, command: Command) -> dict[str, Any]:
+    async def send_message(self, command: Send) -> dict[str, Any]:
         """Store a message and return its ack; the send queue delivers it to its audience.
 
         The caller has spent the command's cost (`spend`) and writes the ack
         (the classic endpoint has none to write).
         """
-        assert command.to is not None
         stored = await current_worker().send_queue.submit(
             self.user, command.to, command.body, command.cid
         )
@@ -394,7 +411,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
                 f"you are joining and leaving groups too fast; this {kind} was not carried out",
             )
 
-    async def join_group(self, command: Command) -> dict[str, Any]:
+    async def join_group(self, command: Join) -> dict[str, Any]:
         await self.spend_membership_change("join")
         change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
         current_worker().group_named[group_key(change.group)] = (change.group_id, change.group)
@@ -416,7 +433,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         return _reply("joined", command.ref, group=change.group, user=self.username)
 
-    async def leave_group(self, command: Command) -> dict[str, Any]:
+    async def leave_group(self, command: Leave) -> dict[str, Any]:
         await self.spend_membership_change("leave")
         change = await database_sync_to_async(group_leave)(user=self.user, name=command.group)
         await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=False)
@@ -492,7 +509,7 @@ class ChatConsumer(ChatSocket):
     async def answer(self, command: Command, ref: str | None) -> None:
         """Carry out `command` and send its reply or error."""
         try:
-            reply = await getattr(self, f"command_{command.type}")(command)
+            reply = await _HANDLERS[command.type](self, command)
         except ChatError as error:
             await self.answer_error(error, ref)
             return
@@ -509,45 +526,52 @@ class ChatConsumer(ChatSocket):
         await self.write_event(error_event(error.code, error.message, ref))
         await self.count_error(error.code)
 
-    async def command_send(self, command: Command) -> dict[str, Any]:
+    async def command_send(self, command: Send) -> dict[str, Any]:
         return await self.send_message(command)
 
-    async def command_join(self, command: Command) -> dict[str, Any]:
+    async def command_join(self, command: Join) -> dict[str, Any]:
         return await self.join_group(command)
 
-    async def command_leave(self, command: Command) -> dict[str, Any]:
+    async def command_leave(self, command: Leave) -> dict[str, Any]:
         return await self.leave_group(command)
 
-    async def command_history(self, command: Command) -> dict[str, Any]:
-        assert command.to is not None
+    async def command_history(self, command: History) -> dict[str, Any]:
         messages, more = await read_for_socket(
             message_history_page,
             user=self.user,
-            of=command.to,
+            of=command.of,
             before=command.before,
             limit=command.limit,
             max_bytes=_reply_room(),
         )
-        return _reply("history", command.ref, of=command.to.as_json(), messages=messages, more=more)
+        return _reply("history", command.ref, of=command.of.as_json(), messages=messages, more=more)
 
-    async def command_sync(self, command: Command) -> dict[str, Any]:
+    async def command_sync(self, command: Sync) -> dict[str, Any]:
         messages, more = await read_for_socket(
             message_sync, user=self.user, since=command.since, max_bytes=_reply_room()
         )
         return _reply("sync", command.ref, messages=messages, more=more)
 
-    async def command_who(self, command: Command) -> dict[str, Any]:
+    async def command_who(self, command: Who) -> dict[str, Any]:
         names, more = names_page(await self.online_now(), after=command.after, limit=command.limit)
         names, paging = fit_page(names, more, max_bytes=_reply_room(), name=str)
         return _reply("who", command.ref, online=names, **paging)
 
-    async def command_members(self, command: Command) -> dict[str, Any]:
-        group, everyone = await read_for_socket(group_members, user=self.user, name=command.group)
+    async def command_members(self, command: Members) -> dict[str, Any]:
+        group, everyone, reads = await read_for_socket(
+            group_members_read, user=self.user, name=command.group
+        )
         names, more = names_page(everyone, after=command.after, limit=command.limit)
         online = set(await self.online_now())
         seen = await self.last_seen_of([name for name in names if name not in online])
         members = [
-            {"user": name, "online": name in online, "last_seen": seen.get(name)} for name in names
+            {
+                "user": name,
+                "online": name in online,
+                "last_seen": seen.get(name),
+                "read_id": reads[name],
+            }
+            for name in names
         ]
         members, paging = fit_page(
             members, more, max_bytes=_reply_room(), name=lambda member: str(member["user"])
@@ -564,10 +588,10 @@ class ChatConsumer(ChatSocket):
 
     # -- protocol 1.1 -------------------------------------------------------
 
-    async def command_conversations(self, command: Command) -> dict[str, Any]:
+    async def command_conversations(self, command: Conversations) -> dict[str, Any]:
         before = None
-        if command.cursor is not None:
-            before = decode_cursor(command.cursor)
+        if command.before is not None:
+            before = decode_cursor(command.before)
             if before is None:
                 raise ChatError(
                     protocol.BAD_COMMAND, "before must be the next cursor of a previous reply"
@@ -581,10 +605,9 @@ class ChatConsumer(ChatSocket):
             "conversations", command.ref, items=items, more=True, next=encode_cursor(cursor)
         )
 
-    async def command_read(self, command: Command) -> dict[str, Any]:
-        assert command.to is not None
+    async def command_read(self, command: Read) -> dict[str, Any]:
         moved = await current_worker().move_read_position(
-            ReadRequest(self.user, command.to, command.id)
+            ReadRequest(self.user, command.of, command.id)
         )
         conversation = moved.conversation
         event = {"type": "read", "of": conversation.address.as_json(), "id": moved.id}
@@ -601,9 +624,8 @@ class ChatConsumer(ChatSocket):
                 )
         return _reply("read", command.ref, of=event["of"], id=moved.id)
 
-    async def command_typing(self, command: Command) -> None:
+    async def command_typing(self, command: Typing) -> None:
         to = command.to
-        assert to is not None
         event: dict[str, Any] = {"type": "typing", "user": self.username}
         if to.kind == "user":
             if to.name != self.username:
@@ -617,7 +639,7 @@ class ChatConsumer(ChatSocket):
         await self.hub.tell(to_group(known[0], event, exclude_user=self.user_id))
         return None
 
-    async def command_users(self, command: Command) -> dict[str, Any]:
+    async def command_users(self, command: Users) -> dict[str, Any]:
         online = await self.hub.online()
         found = await read_for_socket(
             users_matching, prefix=command.q, limit=command.limit, online=online
@@ -629,24 +651,37 @@ class ChatConsumer(ChatSocket):
         ]
         return _reply("users", command.ref, users=users)
 
-    async def command_groups(self, command: Command) -> dict[str, Any]:
-        found = await read_for_socket(
-            groups_matching, user=self.user, prefix=command.q, limit=command.limit
-        )
+    async def command_groups(self, command: Groups) -> dict[str, Any]:
         online = await self.hub.online()
+        found = await read_for_socket(
+            groups_matching, user=self.user, prefix=command.q, limit=command.limit, online=online
+        )
         groups = [
-            {
-                "group": name,
-                "members": len(members),
-                "online": sum(1 for member in members if member in online),
-                "member": is_member,
-            }
-            for name, members, is_member in found
+            {"group": g.name, "members": g.members, "online": g.online, "member": g.member}
+            for g in found
         ]
         return _reply("groups", command.ref, groups=groups)
 
-    async def command_ping(self, command: Command) -> dict[str, Any]:
+    async def command_ping(self, command: Ping) -> dict[str, Any]:
         return _reply("pong", command.ref)
+
+
+# Each command type's handler: the only dispatch from a type to code.
+_HANDLERS: dict[str, Callable[[ChatConsumer, Any], Awaitable[dict[str, Any] | None]]] = {
+    Send.type: ChatConsumer.command_send,
+    Join.type: ChatConsumer.command_join,
+    Leave.type: ChatConsumer.command_leave,
+    History.type: ChatConsumer.command_history,
+    Sync.type: ChatConsumer.command_sync,
+    Who.type: ChatConsumer.command_who,
+    Members.type: ChatConsumer.command_members,
+    Conversations.type: ChatConsumer.command_conversations,
+    Read.type: ChatConsumer.command_read,
+    Typing.type: ChatConsumer.command_typing,
+    Users.type: ChatConsumer.command_users,
+    Groups.type: ChatConsumer.command_groups,
+    Ping.type: ChatConsumer.command_ping,
+}
 
 
 # Bytes of a history or sync reply that are not its messages: the type, `of`

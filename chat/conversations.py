@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Exists, Max, OuterRef, Q
 
 from chat.accounts import is_guest_name
 from chat.messaging import MESSAGE_RELATED, messages_json
@@ -126,6 +126,14 @@ def conversation_list(
             user_id=user.pk, conversation__in=[key for key, _ in page]
         ).values_list("conversation", "message_id")
     )
+    # How far the other party of each direct conversation on the page has read it.
+    peer_ids = [item[1][2] for item in page if item[1][2] is not None]
+    theirs = {
+        peer_id: message_id
+        for peer_id, message_id in ReadPosition.objects.filter(
+            user_id__in=peer_ids, conversation=f"user:{user.pk}"
+        ).values_list("user_id", "message_id")
+    }
     last_messages = {
         message.id: message
         for message in Message.objects.filter(
@@ -155,6 +163,7 @@ def conversation_list(
                 "unread": unread,
                 "read_id": read_id,
                 "mentions": mentions,
+                "their_read_id": theirs.get(peer, 0) if peer is not None else None,
             }
         )
     cursor = (page[-1][1][0], page[-1][0]) if more and page else None
@@ -296,17 +305,62 @@ def users_matching(*, prefix: str, limit: int, online: frozenset[str]) -> list[t
     return [(name, is_online) for name, is_online in found if not is_online or name in known]
 
 
-def groups_matching(*, user: User, prefix: str, limit: int) -> list[tuple[str, list[str], bool]]:
-    """(name, member usernames, is the user a member) of groups whose name starts with `prefix`."""
+@dataclass(frozen=True, slots=True)
+class FoundGroup:
+    name: str
+    members: int
+    # Members online, for a group the asker is in; None otherwise (who is in a
+    # group is its members' business: watching the count would tell).
+    online: int | None
+    member: bool
+
+
+# Online names passed to the database per statement, well inside every
+# backend's limit on parameters.
+_ONLINE_CHUNK = 5000
+
+
+def groups_matching(
+    *, user: User, prefix: str, limit: int, online: frozenset[str]
+) -> list[FoundGroup]:
+    """Groups whose name starts with `prefix`, by name, counted in the database.
+
+    One query for the page with its member counts, one for the online count of
+    the asker's own groups in it: no member is loaded, so a page of large
+    groups costs what a page of small ones does.
+    """
     groups = ChatGroup.objects.all()
     if prefix:
         groups = groups.filter(key__startswith=group_key(prefix))
-    page = list(groups.order_by("key").values_list("pk", "name")[:limit])
-    members: dict[int, list[str]] = {pk: [] for pk, _ in page}
-    user_model = get_user_model()
-    for group_id, name in Membership.objects.filter(group_id__in=members).values_list(
-        "group_id", f"user__{user_model.USERNAME_FIELD}"
-    ):
-        members[group_id].append(name)
-    me = user.get_username()
-    return [(name, members[pk], me in members[pk]) for pk, name in page]
+    mine = Membership.objects.filter(group_id=OuterRef("pk"), user_id=user.pk)
+    page = list(
+        groups.order_by("key")
+        .annotate(count=Count("memberships"), member=Exists(mine))
+        .values_list("pk", "name", "count", "member")[:limit]
+    )
+    online_counts = _online_members([pk for pk, _, _, member in page if member], online)
+    return [
+        FoundGroup(name, count, online_counts.get(pk, 0) if member else None, member)
+        for pk, name, count, member in page
+    ]
+
+
+def _online_members(group_ids: list[int], online: frozenset[str]) -> dict[int, int]:
+    """Members of each group who are online, counted in the database."""
+    counts: dict[int, int] = {}
+    if not group_ids or not online:
+        return counts
+    field = f"user__{get_user_model().USERNAME_FIELD}__in"
+    names = sorted(online)
+    for start in range(0, len(names), _ONLINE_CHUNK):
+        rows = (
+            Membership.objects.filter(
+                group_id__in=group_ids, **{field: names[start : start + _ONLINE_CHUNK]}
+            )
+            .values("group_id")
+            .annotate(count=Count("pk"))
+            .values_list("group_id", "count")
+        )
+        for group_id, count in rows:
+            counts[group_id] = counts.get(group_id, 0) + count
+    return counts

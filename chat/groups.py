@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
+from django.db.models import CharField, OuterRef, Subquery, Value
+from django.db.models.functions import Cast, Coalesce, Concat
 
-from chat.models import ChatGroup, Membership, Message, group_key
-from chat.protocol import NOT_MEMBER, ChatError
+from chat.lookalikes import new_group_name_refusal
+from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
+from chat.protocol import BAD_GROUP, NOT_MEMBER, ChatError
+from chat.revocation import ending_announced_by_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +34,7 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     Names match ignoring case; a group created here keeps this spelling.
     """
     while True:
-        group, made = ChatGroup.objects.get_or_create(key=group_key(name), defaults={"name": name})
+        group, made = _group_named(name)
         try:
             with transaction.atomic():
                 _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
@@ -46,6 +50,28 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     )
 
 
+def _group_named(name: str) -> tuple[ChatGroup, bool]:
+    """The group called `name` (any case), made if there is none: (group, made).
+
+    A new name is `bad_group` if it holds invisible characters or looks like an
+    existing group's (chat.lookalikes); the unique skeleton settles two such
+    names created at the same moment.
+    """
+    key = group_key(name)
+    while True:
+        group = ChatGroup.objects.filter(key=key).first()
+        if group is not None:
+            return group, False
+        refused = new_group_name_refusal(name)
+        if refused:
+            raise ChatError(BAD_GROUP, refused)
+        try:
+            with transaction.atomic():
+                return ChatGroup.objects.create(name=name), True
+        except IntegrityError:
+            pass  # made a moment ago, by this name or a look-alike: look again
+
+
 def group_leave(*, user: User, name: str) -> MembershipChange:
     """End a membership; `not_member` if there was none.
 
@@ -55,7 +81,9 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
-        deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
+        # The socket that left tells the others itself, before its reply.
+        with ending_announced_by_caller():
+            deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     assert group is not None
@@ -99,6 +127,27 @@ def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
     if not any(user_id == user.pk for user_id, _, _ in members):
         raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
     return members[0][2], [username for _, username, _ in members]
+
+
+def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[str, int]]:
+    """`group_members` and how far each member has read the group (0: not yet), in one query.
+
+    What a member's read receipts show after a reload: `members` carries them.
+    """
+    position = ReadPosition.objects.filter(
+        user_id=OuterRef("user_id"),
+        conversation=Concat(Value("group:"), Cast(OuterRef("group_id"), CharField())),
+    ).values("message_id")[:1]
+    members = list(
+        Membership.objects.filter(group__key=group_key(name))
+        .order_by("user__username")
+        .annotate(read_id=Coalesce(Subquery(position), Value(0)))
+        .values_list("user_id", "user__username", "group__name", "read_id")
+    )
+    if not any(user_id == user.pk for user_id, _, _, _ in members):
+        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+    names = [username for _, username, _, _ in members]
+    return members[0][2], names, {username: read for _, username, _, read in members}
 
 
 def user_groups(*, user: User) -> list[tuple[int, str]]:

@@ -4,10 +4,13 @@ Two names whose skeletons are equal read the same on screen (`alice` with a
 Cyrillic small a, U+0430, in place of the Latin one), so a new name whose
 skeleton equals an existing user's, or that looks like the guest prefix, is
 refused at sign-up. The skeleton is ICU's own (`SpoofChecker.getSkeleton`), not a table of our own.
+Group names are held to the same rule (`group_skeleton`), and may not hold
+invisible (default-ignorable) characters at all.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import icu
@@ -24,6 +27,44 @@ def skeleton(text: str) -> str:
 def skeletons(name: str) -> set[str]:
     """The skeletons of `name` as written and case-folded (names are case-insensitive)."""
     return {skeleton(name), skeleton(name.casefold())}
+
+
+def group_skeleton(name: str) -> str:
+    """The one skeleton group names are compared by (`ChatGroup.skeleton`, unique).
+
+    Group names are case-insensitive, so the skeleton is case-folded and taken
+    again (TEAM in Cyrillic capitals skeletons to the Latin TEAM, the group `team`);
+    compatibility forms first (NFKC), as ICU leaves some fullwidth letters be.
+    """
+    return skeleton(skeleton(unicodedata.normalize("NFKC", name)).casefold())
+
+
+def default_ignorables(text: str) -> list[str]:
+    """The default-ignorable code points in `text` (joiners, variation selectors, ...):
+    drawn as nothing, so a name holding one looks like the name without."""
+    return [
+        char
+        for char in text
+        if icu.Char.hasBinaryProperty(char, icu.UProperty.DEFAULT_IGNORABLE_CODE_POINT)
+    ]
+
+
+def new_group_name_refusal(name: str, *, exclude_pk: int | None = None) -> str | None:
+    """Why a group may not be given `name` (it is invisibly padded, or looks like
+    another group's), or None. One indexed query."""
+    from chat.models import ChatGroup
+
+    hidden = default_ignorables(name)
+    if hidden:
+        codes = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(hidden))
+        return f"group names may not hold invisible characters ({codes})"
+    alike = ChatGroup.objects.filter(skeleton=group_skeleton(name))
+    if exclude_pk is not None:
+        alike = alike.exclude(pk=exclude_pk)
+    other = alike.values_list("name", flat=True).first()
+    if other is not None:
+        return f"{name!r} looks like the existing group {other!r}"
+    return None
 
 
 def looks_like_prefix(name: str, prefix: str) -> bool:

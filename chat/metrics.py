@@ -25,6 +25,12 @@ from prometheus_client.core import (
     Metric,
 )
 
+# The close codes `chat_sockets_closed_total` names: a client's normal ones and
+# the server's (docs/protocol.md, "Close codes"). A client may close with any
+# code it likes (3000-4999 are free for applications); each one as a label
+# would be a new series, so everything else is counted under "other".
+CLOSE_CODES_LABELLED = frozenset({1000, 1001, 1005, 1006, 1007, 1008, 1009, 1011, 1012, 1013, 4429})
+
 # Seconds from a message's commit to its frame being written to a socket.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -112,7 +118,7 @@ class _Collector:
             CounterMetricFamily(
                 "chat_sockets_closed", "Sockets closed, by close code", labels=["code"]
             ),
-            tally.closes,
+            _close_labels(tally.closes),
         )
         yield CounterMetricFamily(
             "chat_presence_reaped_users",
@@ -135,6 +141,14 @@ class _Collector:
         for dependency, state in sorted(self.health.items()):
             healthy.add_metric([dependency], 1 if state == "ok" else 0)
         yield healthy
+
+
+def _close_labels(closes: Counter[int]) -> Counter[str]:
+    """The closes by label: documented codes by number, the rest as "other"."""
+    labelled: Counter[str] = Counter()
+    for code, count in closes.items():
+        labelled[str(code) if code in CLOSE_CODES_LABELLED else "other"] += count
+    return labelled
 
 
 def _labelled(family: CounterMetricFamily, counts: Counter[str] | Counter[int]) -> Metric:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+
+from chat.lookalikes import group_skeleton, new_group_name_refusal
 
 
 def group_key(name: str) -> str:
@@ -23,6 +26,12 @@ class ChatGroup(models.Model):
     name = models.CharField(max_length=64, unique=True)
     # Case folding can lengthen a name (ß becomes ss): room for three times 64.
     key = models.CharField(max_length=192, unique=True)
+    # `chat.lookalikes.group_skeleton` of the name: no two groups look alike.
+    # Null only for a look-alike made before the rule (migration 0010): unique
+    # allows many nulls, and no empty string would.
+    skeleton = models.CharField(  # noqa: DJ001
+        max_length=1000, unique=True, null=True, editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="chat_groups"
@@ -38,7 +47,15 @@ class ChatGroup(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.key = group_key(self.name)
+        self.skeleton = group_skeleton(self.name)
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        """The admin's check of the names `chat.groups.group_join` refuses."""
+        super().clean()
+        refused = new_group_name_refusal(self.name, exclude_pk=self.pk)
+        if refused:
+            raise ValidationError({"name": refused})
 
 
 class Membership(models.Model):
@@ -264,6 +281,8 @@ class Connection(models.Model):
     class Meta:
         ordering = ["user__username", "opened_at"]
         verbose_name = "online connection"
+        # The admin's Workers page: every worker's name, sockets and version.
+        permissions = [("view_workers", "Can view the Workers page")]
 
     def __str__(self) -> str:
         return f"{self.user} on {self.worker}"
@@ -312,3 +331,22 @@ class ReadPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} read {self.conversation} to #{self.message_id}"
+
+
+class RelayedMessage(models.Model):
+    """A layer message for a worker that the writing process's layer cannot reach.
+
+    Without Redis each process has a channel layer of its own, so a change
+    made by `manage.py` or a shell would reach no worker: it is written here,
+    and the single worker polls this table (`chat.delivery.relay`).
+    """
+
+    origin = models.CharField(max_length=100)
+    message = models.JSONField()
+    created = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "relayed layer message"
+
+    def __str__(self) -> str:
+        return f"{self.message.get('type')} from {self.origin}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import orjson
 
@@ -103,28 +103,6 @@ class Address:
         if self.kind == "all":
             return {"all": True}
         return {self.kind: self.name}
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A validated client command. Fields not used by a type keep their defaults."""
-
-    type: str
-    ref: str | None = None
-    to: Address | None = None
-    body: str = ""
-    group: str = ""
-    before: int | None = None
-    limit: int = HISTORY_DEFAULT_LIMIT
-    since: int = 0
-    # Protocol 1.1: `read`'s id, `users`/`groups`' prefix, `conversations`' cursor.
-    id: int = 0
-    q: str = ""
-    cursor: str | None = None
-    # `who` and `members`: the page after this name (the `next` of a previous reply).
-    after: str | None = None
-    # `send` (1.1): the client's own id for the message, which makes a repeat harmless.
-    cid: str | None = None
 
 
 def is_valid_group_name(name: str) -> bool:
@@ -227,81 +205,258 @@ def read_ref(data: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
-    """Validate a decoded frame into a `Command`; unknown fields are ignored."""
-    if "ref" in data and read_ref(data) is None:
-        raise ChatError(BAD_COMMAND, f"ref must be a string of at most {MAX_REF_CHARS} characters")
-    ref = read_ref(data)
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise ChatError(BAD_COMMAND, "type must be a string")
-    if kind == "send":
-        for field in ("to", "body"):
-            if field not in data:
-                raise ChatError(BAD_COMMAND, f"send needs {field}")
+# -- client commands: one class each, with only its fields ---------------------
+#
+# A command class names its `type` and parses itself from a decoded frame
+# (`parse`, which raises `ChatError`); `Command` is their union. The table
+# that maps a type to its action is `chat.actions.COMMANDS`.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    type: ClassVar[str] = "send"
+    to: Address
+    body: str
+    # Protocol 1.1: the client's own id for the message, which makes a repeat harmless.
+    cid: str | None = None
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Send:
+        _require(data, "send", "to", "body")
         to = clean_address(data["to"], "to")
         body = clean_body(data["body"], max_chars=max_body_chars)
-        return Command("send", ref, to=to, body=body, cid=_optional_cid(data))
-    if kind in ("join", "leave", "members"):
-        if "group" not in data:
-            raise ChatError(BAD_COMMAND, f"{kind} needs group")
-        group = clean_group_name(data["group"])
-        if kind == "members":
-            after, count = _names_page(data)
-            return Command(kind, ref, group=group, after=after, limit=count)
-        return Command(kind, ref, group=group)
-    if kind == "history":
-        if "of" not in data:
-            raise ChatError(BAD_COMMAND, "history needs of")
+        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join:
+    type: ClassVar[str] = "join"
+    group: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Join:
+        return cls(group=_group_of(data, cls.type), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leave:
+    type: ClassVar[str] = "leave"
+    group: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Leave:
+        return cls(group=_group_of(data, cls.type), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Members:
+    type: ClassVar[str] = "members"
+    group: str
+    # 1.1: the page after this name (the `next` of a previous reply).
+    after: str | None = None
+    limit: int = NAMES_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Members:
+        group = _group_of(data, cls.type)
+        after, limit = _names_page(data)
+        return cls(group=group, after=after, limit=limit, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    type: ClassVar[str] = "history"
+    of: Address
+    before: int | None = None
+    limit: int = HISTORY_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> History:
+        _require(data, cls.type, "of")
         of = clean_address(data["of"], "of")
         # Optional fields: null is the same as leaving the field out.
         before = data.get("before")
         if before is not None:
             before = _clean_int(before, "before", minimum=1)
-        limit = data.get("limit")
-        if limit is None:
-            limit = HISTORY_DEFAULT_LIMIT
-        limit = _clean_int(limit, "limit", minimum=1, maximum=HISTORY_MAX_LIMIT)
-        return Command("history", ref, to=of, before=before, limit=limit)
-    if kind == "sync":
-        if "since" not in data:
-            raise ChatError(BAD_COMMAND, "sync needs since")
-        return Command("sync", ref, since=_clean_int(data["since"], "since", minimum=0))
-    if kind == "who":
-        after, count = _names_page(data)
-        return Command(kind, ref, after=after, limit=count)
-    if kind == "ping":
-        return Command(kind, ref)
-    if kind == "conversations":
-        cursor = data.get("before")
-        if cursor is not None and (not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS):
+        limit = _optional_limit(data, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT)
+        return cls(of=of, before=before, limit=limit, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sync:
+    type: ClassVar[str] = "sync"
+    since: int
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Sync:
+        _require(data, cls.type, "since")
+        return cls(since=_clean_int(data["since"], "since", minimum=0), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Who:
+    type: ClassVar[str] = "who"
+    after: str | None = None
+    limit: int = NAMES_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Who:
+        after, limit = _names_page(data)
+        return cls(after=after, limit=limit, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    type: ClassVar[str] = "ping"
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Ping:
+        return cls(ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conversations:
+    type: ClassVar[str] = "conversations"
+    # The `next` cursor of a previous reply (the wire calls it `before`).
+    before: str | None = None
+    limit: int = CONVERSATIONS_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Conversations:
+        before = data.get("before")
+        if before is not None and (not isinstance(before, str) or len(before) > MAX_CURSOR_CHARS):
             raise ChatError(BAD_COMMAND, "before must be the next cursor of a previous reply")
         limit = _optional_limit(data, CONVERSATIONS_DEFAULT_LIMIT, CONVERSATIONS_MAX_LIMIT)
-        return Command(kind, ref, cursor=cursor, limit=limit)
-    if kind == "read":
-        for field in ("of", "id"):
-            if field not in data:
-                raise ChatError(BAD_COMMAND, f"read needs {field}")
+        return cls(before=before, limit=limit, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Read:
+    type: ClassVar[str] = "read"
+    of: Address
+    id: int
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Read:
+        _require(data, cls.type, "of", "id")
         of = clean_address(data["of"], "of")
-        return Command(kind, ref, to=of, id=_clean_int(data["id"], "id", minimum=0))
-    if kind == "typing":
-        if "to" not in data:
-            raise ChatError(BAD_COMMAND, "typing needs to")
+        return cls(of=of, id=_clean_int(data["id"], "id", minimum=0), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Typing:
+    type: ClassVar[str] = "typing"
+    to: Address
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Typing:
+        _require(data, cls.type, "to")
         to = clean_address(data["to"], "to")
         if to.kind == "all":
             raise ChatError(BAD_COMMAND, "typing goes to a user or a group, not to everyone")
-        return Command(kind, ref, to=to)
-    if kind in ("users", "groups"):
-        q = data.get("q")
-        if q is None:
-            q = ""
-        if not isinstance(q, str) or len(q) > MAX_QUERY_CHARS or "\x00" in q:
-            raise ChatError(
-                BAD_COMMAND, f"q must be a string of at most {MAX_QUERY_CHARS} characters"
-            )
-        limit = _optional_limit(data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT)
-        return Command(kind, ref, q=unicodedata.normalize("NFC", q), limit=limit)
-    raise ChatError(BAD_COMMAND, f"unknown command type {kind[:40]!r}")
+        return cls(to=to, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Users:
+    type: ClassVar[str] = "users"
+    q: str = ""
+    limit: int = SEARCH_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Users:
+        q, limit = _search(data)
+        return cls(q=q, limit=limit, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Groups:
+    type: ClassVar[str] = "groups"
+    q: str = ""
+    limit: int = SEARCH_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Groups:
+        q, limit = _search(data)
+        return cls(q=q, limit=limit, ref=ref)
+
+
+Command = (
+    Send
+    | Join
+    | Leave
+    | Members
+    | History
+    | Sync
+    | Who
+    | Ping
+    | Conversations
+    | Read
+    | Typing
+    | Users
+    | Groups
+)
+# Each command class by its `type`, for `parse_command`.
+COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}
+
+
+def command_type(data: dict[str, Any]) -> str:
+    """The frame's `type`, after checking its `ref`; `ChatError` if either is unusable."""
+    if "ref" in data and read_ref(data) is None:
+        raise ChatError(BAD_COMMAND, f"ref must be a string of at most {MAX_REF_CHARS} characters")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ChatError(BAD_COMMAND, "type must be a string")
+    return kind
+
+
+def unknown_type(kind: str) -> ChatError:
+    return ChatError(BAD_COMMAND, f"unknown command type {kind[:40]!r}")
+
+
+def parse_command(data: dict[str, Any], *, max_body_chars: int) -> Command:
+    """Validate a decoded frame into its command; unknown fields are ignored."""
+    kind = command_type(data)
+    command = COMMAND_CLASSES.get(kind)
+    if command is None:
+        raise unknown_type(kind)
+    return command.parse(data, read_ref(data), max_body_chars=max_body_chars)
+
+
+def _require(data: dict[str, Any], kind: str, *fields: str) -> None:
+    for field in fields:
+        if field not in data:
+            raise ChatError(BAD_COMMAND, f"{kind} needs {field}")
+
+
+def _group_of(data: dict[str, Any], kind: str) -> str:
+    _require(data, kind, "group")
+    return clean_group_name(data["group"])
+
+
+def _search(data: dict[str, Any]) -> tuple[str, int]:
+    """`q` and `limit` of `users` and `groups` (1.1): both optional."""
+    q = data.get("q")
+    if q is None:
+        q = ""
+    if not isinstance(q, str) or len(q) > MAX_QUERY_CHARS or "\x00" in q:
+        raise ChatError(BAD_COMMAND, f"q must be a string of at most {MAX_QUERY_CHARS} characters")
+    return unicodedata.normalize("NFC", q), _optional_limit(
+        data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT
+    )
 
 
 def _optional_cid(data: dict[str, Any]) -> str | None:

@@ -12,13 +12,24 @@ would still see the old state):
   refused.
 - a session is deleted (a row of a database session engine, whoever deletes
   it): that session's sockets close with 1008 (`SessionEnd`, as on logout).
+- a user logs out: that session's sockets close with 1008.
 - `log_out_everywhere(user)` (the admin's "Log out everywhere" action)
   deletes every session of the user and closes all their sockets.
+- a membership ends however it ends (the admin, a deleted group or user, any
+  ORM delete, bulk ones included): every worker drops it from its index, the
+  user's sockets get `left`, and so do the group's online members. A `leave`
+  announces its own (`ending_announced_by_caller`).
+
+Without Redis, a change made in another process (`manage.py`, a shell)
+reaches the worker through the database (`chat.delivery.relay`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from importlib import import_module
 from typing import Any
 
@@ -26,13 +37,18 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth.signals import user_logged_out
 from django.contrib.sessions.base_session import AbstractBaseSession
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.db.models.signals import post_delete, pre_save
 from django.utils import timezone
 
-from chat.delivery.messages import AccessEnd, LayerMessage, SessionEnd, to_layer, user_layer_group
+from chat.delivery.messages import AccessEnd, SessionEnd, to_layer, user_layer_group
+from chat.delivery.publishing import Addressed, membership_notices
+from chat.delivery.relay import relay_if_local
 from chat.delivery.sockets import session_digest
+from chat.models import Membership
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +56,23 @@ logger = logging.getLogger(__name__)
 _REVOKING_FIELDS = ("password", "is_active")
 
 
+# Set while a caller that announces the end itself deletes a membership.
+_announced_by_caller: ContextVar[bool] = ContextVar("chat_membership_announced", default=False)
+
+
 def close_sockets_of_user(user_id: Any) -> None:
     """Close every socket of the user on every worker, once the transaction commits."""
-    _publish_on_commit(user_id, AccessEnd(user_id=user_id))
+    _publish_on_commit([(user_layer_group(user_id), AccessEnd(user_id=user_id))])
+
+
+@contextlib.contextmanager
+def ending_announced_by_caller() -> Iterator[None]:
+    """Memberships deleted inside are announced by the caller (a socket's `leave`)."""
+    token = _announced_by_caller.set(True)
+    try:
+        yield
+    finally:
+        _announced_by_caller.reset(token)
 
 
 def log_out_everywhere(user: Any) -> int:
@@ -108,7 +138,42 @@ def note_session_deleted(sender: Any, instance: AbstractBaseSession, **kwargs: A
         pk = get_user_model()._meta.pk.to_python(user_id)
     except Exception:
         return
-    _publish_on_commit(pk, SessionEnd(user_id=pk, session=session_digest(instance.session_key)))
+    end = SessionEnd(user_id=pk, session=session_digest(instance.session_key))
+    _publish_on_commit([(user_layer_group(pk), end)])
+
+
+def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """`user_logged_out`: the sockets opened with that session close."""
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if user is None or session_key is None:
+        return
+    end = SessionEnd(user_id=user.pk, session=session_digest(session_key))
+    _publish_on_commit([(user_layer_group(user.pk), end)])
+
+
+def note_membership_ended(sender: Any, instance: Membership, **kwargs: Any) -> None:
+    """`post_delete` of a membership, one by one or in bulk: `left` for all concerned.
+
+    The group and user rows of a cascade are deleted after their memberships,
+    so their names are still there to read.
+    """
+    if _announced_by_caller.get():
+        return
+    try:
+        username = instance.user.get_username()
+        group = instance.group.name
+    except ObjectDoesNotExist:
+        return
+    event = {"type": "left", "group": group, "user": username}
+    _publish_on_commit(
+        membership_notices(
+            event,
+            user_id=instance.user_id,
+            group_id=instance.group_id,
+            joined=False,
+            exclude_connection=None,
+        )
+    )
 
 
 def connect_revocation_signals() -> None:
@@ -116,6 +181,10 @@ def connect_revocation_signals() -> None:
     user_model = get_user_model()
     pre_save.connect(note_revoking_change, sender=user_model, dispatch_uid="chat-revoke-save")
     post_delete.connect(note_user_deleted, sender=user_model, dispatch_uid="chat-revoke-delete")
+    post_delete.connect(
+        note_membership_ended, sender=Membership, dispatch_uid="chat-membership-ended"
+    )
+    user_logged_out.connect(close_sockets_of_session, dispatch_uid="chat-revoke-logout")
     engine = import_module(settings.SESSION_ENGINE).SessionStore
     if hasattr(engine, "get_model_class"):
         post_delete.connect(
@@ -125,15 +194,17 @@ def connect_revocation_signals() -> None:
         )
 
 
-def _publish_on_commit(user_id: Any, message: LayerMessage) -> None:
-    transaction.on_commit(lambda: _publish(user_id, message))
+def _publish_on_commit(addressed: Addressed) -> None:
+    transaction.on_commit(lambda: _publish(addressed))
 
 
-def _publish(user_id: Any, message: LayerMessage) -> None:
+def _publish(addressed: Addressed) -> None:
+    """Tell every worker: through the layer, and without Redis through the database too."""
     layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(user_layer_group(user_id), to_layer(message))
-    except Exception:
-        logger.exception("could not tell workers to close the sockets of user %s", user_id)
+    for layer_group, message in addressed:
+        try:
+            if layer is not None:
+                async_to_sync(layer.group_send)(layer_group, to_layer(message))
+            relay_if_local(layer, message)
+        except Exception:
+            logger.exception("could not tell the workers: %s to %s", message.type, layer_group)

@@ -93,7 +93,7 @@ def _switch_user(request: HttpRequest, user: User) -> None:
     """Log `user` in, first logging out whoever this browser was.
 
     `login` alone would silently flush the previous user's session, leaving
-    the sockets opened with it alive; logging out closes them (chat.signals).
+    the sockets opened with it alive; logging out closes them (chat.revocation).
     """
     if request.user.is_authenticated:
         logout(request)

@@ -375,6 +375,11 @@ for _proxy in CHAT_TRUSTED_PROXIES:
         raise ImproperlyConfigured(
             f"CHAT_TRUSTED_PROXIES: {_proxy!r} is not an address or network"
         ) from None
+# Bits of an IPv6 client address that the per-address limits (accounts,
+# login failures, sockets) count by: a client is usually given a whole /64.
+CHAT_IPV6_PREFIX = env_int("CHAT_IPV6_PREFIX", 64, minimum=1)
+if CHAT_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured("CHAT_IPV6_PREFIX must be at most 128")
 # Accounts (guests, both ways, and sign-ups) one client address may create per
 # window of CHAT_ACCOUNTS_WINDOW seconds; 0 turns the limit off.
 CHAT_ACCOUNTS_PER_ADDRESS = env_int("CHAT_ACCOUNTS_PER_ADDRESS", 10)
@@ -411,6 +416,9 @@ AXES_RESET_ON_SUCCESS = True
 # The address the other per-address limits count (chat.addresses).
 AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_ip_of_request"
 AXES_HTTP_RESPONSE_CODE = 429
+# No "AXES: BEGIN" banner on every manage.py command; lockouts are still logged
+# (by the lockout parameters, username and address).
+AXES_VERBOSE = False
 # Guests that have not connected for this many days are removed by
 # `manage.py removeguests` (run it daily); what they wrote stays readable.
 CHAT_GUEST_RETENTION_DAYS = env_int("CHAT_GUEST_RETENTION_DAYS", 30, minimum=1)

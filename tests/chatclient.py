@@ -225,7 +225,12 @@ async def open_socket(
 
 
 async def open_real_socket(
-    base_url: str, session_cookie: str, username: str, *, path: str = "/ws/chat/"
+    base_url: str,
+    session_cookie: str,
+    username: str,
+    *,
+    path: str = "/ws/chat/",
+    headers: dict[str, str] | None = None,
 ) -> WsClient:
     """A socket to a running server (`base_url` is http://host:port), after `hello`."""
     import websockets
@@ -234,7 +239,7 @@ async def open_real_socket(
     websocket = await websockets.connect(
         ws_url,
         origin=base_url,
-        additional_headers={"Cookie": f"sessionid={session_cookie}"},
+        additional_headers={"Cookie": f"sessionid={session_cookie}", **(headers or {})},
         open_timeout=TIMEOUT,
         max_size=2**22,
     )

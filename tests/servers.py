@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -54,9 +54,17 @@ def test_database_url() -> str:
 class Worker:
     """One daphne process serving chatsite.asgi:application."""
 
-    def __init__(self, env: dict[str, str], *, name: str = "worker", port: int | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        name: str = "worker",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ):
         self.name = name
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.env = env
         self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
             prefix=f"chat-{name}-", suffix=".log", delete=False
@@ -65,7 +73,8 @@ class Worker:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -82,7 +91,7 @@ class Worker:
                 "-m",
                 "daphne",
                 "-b",
-                "127.0.0.1",
+                self.host,
                 "-p",
                 str(self.port),
                 "chatsite.asgi:application",

@@ -154,6 +154,13 @@ def test_guests_past_the_limit_of_an_address_get_429(counted_in):
     assert get_user_model().objects.filter(username__startswith="guest-").count() == 4
 
 
+def test_guests_from_one_ipv6_network_share_its_limit(counted_in):
+    statuses = [guest_post(address=f"2001:db8:1:2::{n:x}") for n in range(1, 31)]
+
+    assert statuses == [302] * 3 + [429] * 27
+    assert guest_post(address="2001:db8:1:3::1") == 302  # the next /64 is another client
+
+
 def test_sign_ups_share_the_limit_with_guests(counted_in):
     assert guest_post() == 302
     assert [signup_post(f"person{i}") for i in range(3)] == [302, 302, 429]
@@ -220,6 +227,64 @@ def test_guests_keep_no_skeletons_and_block_no_names():
     guest = guest_create(suffix="77")
     assert guest is not None
     assert not NameSkeleton.objects.filter(user=guest).exists()
+
+
+def test_the_migration_recomputes_skeletons_stored_by_an_older_icu():
+    """ICU 72 kept "ẞ" (U+1E9E) in a skeleton, ICU 77 maps it to "ß": rows
+    stored before the change must not let "ßen" through beside "ẞen"."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from chat.lookalikes import skeletons
+    from chat.models import NameSkeleton
+
+    before = [("chat", "0006_message_cid")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="\u1e9een")
+    old.get_model("chat", "NameSkeleton").objects.create(user_id=user.pk, skeleton="\u1e9een")
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    stored = set(NameSkeleton.objects.filter(user_id=user.pk).values_list("skeleton", flat=True))
+    assert stored == skeletons("\u1e9een") and "\u1e9een" not in stored
+    assert not signup_form("\u00dfen").is_valid()
+
+
+def test_the_runtime_needs_no_compiler():
+    """Every runtime package installs from a wheel: `make run` on a machine
+    without a C or C++ compiler, libicu-dev or pkg-config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lock = Path(__file__).resolve().parent.parent / "requirements.txt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--only-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+            str(lock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (
+        "a runtime package has no wheel for this machine (or the package index "
+        f"could not be reached: this test needs it):\n{done.stderr[-2000:]}"
+    )
 
 
 # -- removing guests that have not connected for a while -----------------------
@@ -306,3 +371,111 @@ def test_guests_are_still_let_in_while_redis_is_down(settings):
     settings.CHAT_ACCOUNTS_PER_ADDRESS = 3
 
     assert guest_post() == 302
+
+
+def _long_gone_guest(suffix: str):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    user = guest_create(suffix=suffix)
+    get_user_model().objects.filter(pk=user.pk).update(
+        date_joined=timezone.now() - timedelta(days=400), last_login=None
+    )
+    return user
+
+
+def test_removeguests_removes_guests_whose_messages_share_a_cid(alice):
+    """The attack: two guests send with the same cid; the hand-over broke the command for good."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from chat.models import Message
+
+    first, second = _long_gone_guest("2001"), _long_gone_guest("2002")
+    for guest in (first, second):
+        Message.objects.create(
+            kind=Message.Kind.ALL, sender=guest, body="same", created_at=timezone.now(), cid="c-1"
+        )
+    out = StringIO()
+
+    call_command("removeguests", stdout=out)
+
+    names = set(get_user_model().objects.values_list("username", flat=True))
+    assert "guest-2001" not in names and "guest-2002" not in names
+    assert "removed 2 guest(s)" in out.getvalue()
+    kept = Message.objects.filter(body="same").select_related("sender")
+    assert [m.sender.username for m in kept] == ["guest-removed", "guest-removed"]
+
+
+@pytest.fixture
+def refused_deletion():
+    """A database trigger that refuses to delete guest-3003: a batch that fails for real."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION refuse_guest_3003() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_guest_3003 BEFORE DELETE ON auth_user FOR EACH ROW "
+                "WHEN (OLD.username = 'guest-3003') EXECUTE FUNCTION refuse_guest_3003()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse_guest_3003 BEFORE DELETE ON auth_user "
+                "WHEN OLD.username = 'guest-3003' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+
+    def lift() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER IF EXISTS refuse_guest_3003"
+                + (" ON auth_user" if connection.vendor == "postgresql" else "")
+            )
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP FUNCTION IF EXISTS refuse_guest_3003()")
+
+    yield lift
+    lift()
+
+
+def test_a_failing_batch_hands_nothing_over_and_blocks_no_other_guest(alice, refused_deletion):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+    from django.utils import timezone
+
+    from chat.accounts import guests_remove_inactive
+    from chat.models import Message
+
+    guests = [_long_gone_guest(str(3000 + n)) for n in range(1, 7)]
+    for guest in guests:
+        Message.objects.create(
+            kind=Message.Kind.DIRECT,
+            sender=guest,
+            recipient=alice,
+            body=f"from {guest.username}",
+            created_at=timezone.now(),
+        )
+
+    removed = guests_remove_inactive(batch=2)
+
+    names = set(get_user_model().objects.values_list("username", flat=True))
+    assert removed.removed == 5 and removed.failed == ["guest-3003"]
+    assert {g.username for g in guests} & names == {"guest-3003"}
+    # Its batch was rolled back whole: the refused guest still owns its message.
+    assert Message.objects.get(body="from guest-3003").sender.username == "guest-3003"
+    with pytest.raises(CommandError, match="guest-3003"):
+        call_command("removeguests", stdout=StringIO())
+
+    refused_deletion()
+    out = StringIO()
+    call_command("removeguests", stdout=out)
+
+    assert "removed 1 guest(s)" in out.getvalue()
+    assert Message.objects.get(body="from guest-3003").sender.username == "guest-removed"

@@ -62,3 +62,45 @@ def test_axes_gets_an_ip_or_none(settings):
 
     assert client_ip_of_request(with_peer) == "203.0.113.7"
     assert client_ip_of_request(without_peer) is None
+
+
+# -- IPv6 clients are counted by network ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "address", "expected"),
+    [
+        (64, "2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        (64, "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        (48, "2001:db8:1:2::1", "2001:db8:1::/48"),
+        (128, "2001:db8:1:2::1", "2001:db8:1:2::1"),
+        (64, "::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+        (64, "203.0.113.7", "203.0.113.7"),
+    ],
+)
+def test_an_ipv6_client_is_its_network(settings, prefix, address, expected):
+    settings.CHAT_IPV6_PREFIX = prefix
+    settings.CHAT_TRUSTED_PROXIES = []
+    request = RequestFactory().get("/", REMOTE_ADDR=address)
+
+    assert client_address_of_scope({"client": (address, 5000)}) == expected
+    assert client_address_of_request(request) == expected
+
+
+def test_addresses_of_one_network_behind_a_trusted_proxy_are_one_client(settings):
+    settings.CHAT_TRUSTED_PROXIES = ["::1"]
+    scopes = [
+        {"client": ("::1", 5000), "headers": [(b"x-forwarded-for", f"2001:db8::{n:x}".encode())]}
+        for n in range(1, 31)
+    ]
+
+    assert {client_address_of_scope(scope) for scope in scopes} == {"2001:db8::/64"}
+
+
+def test_axes_gets_the_first_address_of_an_ipv6_network(settings):
+    from chat.addresses import client_ip_of_request
+
+    settings.CHAT_TRUSTED_PROXIES = []
+    request = RequestFactory().get("/", REMOTE_ADDR="2001:db8:1:2:3:4:5:6")
+
+    assert client_ip_of_request(request) == "2001:db8:1:2::"

@@ -68,6 +68,47 @@ def test_workers_view_is_for_staff_only(client):
     assert response.status_code == 302
 
 
+def staff(username: str, *codenames: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password="pw-staff-member-42")
+    user.is_staff = True
+    user.save()
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_without_the_workers_permission_neither_open_nor_see_the_workers_page(
+    settings, redis_prefix
+):
+    """The attack: any staff account, permissions or not, read every worker's name."""
+    use_redis_layer(settings, redis_prefix)
+    async_to_sync(heartbeat)(redis_prefix, "host-103-secret")
+    viewer = staff("viewer", "view_user", "view_message", "view_connection")
+
+    response = viewer.get("/admin/workers/")
+
+    assert response.status_code == 403
+    assert "host-103-secret" not in response.content.decode()
+    index = viewer.get("/admin/")
+    assert index.status_code == 200
+    assert "/admin/workers/" not in index.content.decode()
+
+
+def test_the_workers_permission_opens_the_workers_page(settings, redis_prefix):
+    use_redis_layer(settings, redis_prefix)
+    async_to_sync(heartbeat)(redis_prefix, "host-104-shown")
+    operator = staff("operator", "view_workers")
+
+    response = operator.get("/admin/workers/")
+
+    assert response.status_code == 200
+    assert "host-104-shown" in response.content.decode()
+    assert "/admin/workers/" in operator.get("/admin/").content.decode()
+
+
 _ROW = re.compile(
     r'<tr class="worker">\s*<td>(?P<worker>[^<]+)</td>\s*<td>(?P<age>[\d.]+) s</td>\s*'
     r"<td>(?P<sockets>\d+)</td>\s*<td>(?P<uptime>\d+) s</td>\s*<td>(?P<version>[^<]+)</td>"

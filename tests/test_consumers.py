@@ -695,9 +695,9 @@ async def test_members_lists_members_with_online_flags(layer, connect, alice, bo
         "type": "members",
         "group": "A",
         "members": [
-            {"user": "alice", "online": True, "last_seen": None},
-            {"user": "bob", "online": True, "last_seen": None},
-            {"user": "carol", "online": False, "last_seen": None},
+            {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
+            {"user": "bob", "online": True, "last_seen": None, "read_id": 0},
+            {"user": "carol", "online": False, "last_seen": None, "read_id": 0},
         ],
         "more": False,
         "ref": "m1",

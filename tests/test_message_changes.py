@@ -1,4 +1,4 @@
-"""Protocol 1.2 storage and rules, called directly: edit, delete, react, mentions, replies, changes."""
+"""Protocol 1.2 storage and rules, called directly: edit, delete, react, mention, reply, changes."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from chat.messaging import (
     message_history,
     message_send,
     message_send_many,
-    message_sync,
 )
 from chat.models import Message, MessageEdit, Reaction
 from chat.protocol import (
@@ -159,15 +158,20 @@ def test_a_reply_to_another_conversation_or_to_no_message_is_refused(alice, bob,
     group_join(user=alice, name="team")
     in_group = message_send(sender=alice, to=to_group("team"), body="group")
 
-    assert code_of(
-        lambda: message_send(sender=alice, to=to_user("bob"), body="?", reply_to=elsewhere.id)
-    ) == NO_SUCH_MESSAGE
-    assert code_of(
-        lambda: message_send(sender=alice, to=TO_ALL, body="?", reply_to=in_group.id)
-    ) == NO_SUCH_MESSAGE
-    assert code_of(
-        lambda: message_send(sender=alice, to=TO_ALL, body="?", reply_to=10**9)
-    ) == NO_SUCH_MESSAGE
+    assert (
+        code_of(
+            lambda: message_send(sender=alice, to=to_user("bob"), body="?", reply_to=elsewhere.id)
+        )
+        == NO_SUCH_MESSAGE
+    )
+    assert (
+        code_of(lambda: message_send(sender=alice, to=TO_ALL, body="?", reply_to=in_group.id))
+        == NO_SUCH_MESSAGE
+    )
+    assert (
+        code_of(lambda: message_send(sender=alice, to=TO_ALL, body="?", reply_to=10**9))
+        == NO_SUCH_MESSAGE
+    )
     assert not Message.objects.filter(body="?").exists()
 
 
@@ -212,8 +216,7 @@ def test_a_message_others_cannot_see_is_no_such_message(alice, bob, carol):
     stored = message_send(sender=alice, to=to_user("bob"), body="between us")
 
     assert (
-        code_of(lambda: message_edit(user=carol, message_id=stored.id, body="x"))
-        == NO_SUCH_MESSAGE
+        code_of(lambda: message_edit(user=carol, message_id=stored.id, body="x")) == NO_SUCH_MESSAGE
     )
     assert code_of(lambda: message_delete(user=carol, message_id=stored.id)) == NO_SUCH_MESSAGE
     assert (
@@ -268,9 +271,7 @@ def _tables_text() -> str:
 
 def test_nothing_of_a_deleted_message_stays_in_the_database(alice, bob):
     original = message_send(sender=bob, to=TO_ALL, body="first")
-    stored = message_send(
-        sender=alice, to=TO_ALL, body="secret-one @bob", reply_to=original.id
-    )
+    stored = message_send(sender=alice, to=TO_ALL, body="secret-one @bob", reply_to=original.id)
     message_edit(user=alice, message_id=stored.id, body="secret-two @bob")
     message_react(user=bob, message_id=stored.id, emoji="👍", on=True)
 
@@ -430,7 +431,6 @@ def test_changes_lists_every_change_since_a_rev_in_rev_order(alice, bob, carol):
     first = message_send(sender=alice, to=TO_ALL, body="one")
     second = message_send(sender=alice, to=TO_ALL, body="two")
     hidden = message_send(sender=alice, to=to_user("carol"), body="not for bob")
-    _, synced_to = message_sync(user=bob, since=0)
     since = max(first.id, second.id)
 
     message_edit(user=alice, message_id=first.id, body="one!")
@@ -460,9 +460,7 @@ def test_changes_pages_with_limit(alice, bob):
     assert [m["id"] for m in page + rest] == [s.id for s in sent[1:]] + [sent[0].id]
 
 
-def test_changes_from_the_highest_seen_rev_miss_nothing_under_concurrent_changes(
-    alice, bob, carol
-):
+def test_changes_from_the_highest_seen_rev_miss_nothing_under_concurrent_changes(alice, bob, carol):
     """Two writers editing and reacting at once while a reader follows `changes`."""
     targets = [message_send(sender=alice, to=TO_ALL, body=f"t{n}").id for n in range(4)]
     start = max(targets)
@@ -481,9 +479,7 @@ def test_changes_from_the_highest_seen_rev_miss_nothing_under_concurrent_changes
                 else:
                     # On, then off again: every call changes something.
                     target = targets[(n // 2) % len(targets)]
-                    result = message_react(
-                        user=user, message_id=target, emoji="👍", on=n % 2 == 0
-                    )
+                    result = message_react(user=user, message_id=target, emoji="👍", on=n % 2 == 0)
                 with lock:
                     made.append(result.event["rev"])
         except BaseException as exc:

@@ -104,3 +104,27 @@ async def test_metrics_count_rate_limited_commands_by_command(
     assert value(after, "chat_rate_limited_commands_total", command="ping") == (
         value(before, "chat_rate_limited_commands_total", command="ping") + 1
     )
+
+
+async def test_close_codes_clients_choose_are_counted_under_other(
+    layer, metrics_on, connect, alice
+):
+    """The attack: every close code 3000-4999 a client picks became a series of its own."""
+    before = await scrape()
+    chosen = (3000, 3999, 4000, 4321, 4999, 1000)
+    for code in chosen:
+        client = await connect(alice)
+        client.closed = True
+        # Returns once the consumer's disconnect has run, counted close included.
+        await client.communicator.disconnect(code=code)
+
+    after = await scrape()
+
+    labels = {dict(labels)["code"] for name, labels in after if name == "chat_sockets_closed_total"}
+    assert not labels & {str(code) for code in chosen[:-1]}, labels
+    assert value(after, "chat_sockets_closed_total", code="other") == (
+        value(before, "chat_sockets_closed_total", code="other") + 5
+    )
+    assert value(after, "chat_sockets_closed_total", code="1000") == (
+        value(before, "chat_sockets_closed_total", code="1000") + 1
+    )

@@ -13,6 +13,11 @@ from chat.protocol import (
     Address,
     ChatError,
     Command,
+    History,
+    Ping,
+    Send,
+    Sync,
+    Who,
     clean_address,
     clean_body,
     clean_group_name,
@@ -188,7 +193,7 @@ def test_unknown_type_error_message_stays_short():
 
 
 def test_unknown_fields_are_ignored():
-    assert parse(type="ping", ref="7", extra=[1, 2], body=None, to="nobody") == Command("ping", "7")
+    assert parse(type="ping", ref="7", extra=[1, 2], body=None, to="nobody") == Ping(ref="7")
 
 
 @pytest.mark.parametrize("ref", ["", "1", "x" * 64, "😀" * 64, "ünï çödé"])
@@ -213,18 +218,18 @@ def test_read_ref_returns_only_a_usable_ref():
 
 
 def test_who_and_ping_need_nothing_but_type():
-    assert parse(type="ping", ref="r") == Command("ping", "r")
+    assert parse(type="ping", ref="r") == Ping(ref="r")
     # Without `after` and `limit` (1.1), `who` lists the first page: everyone.
-    assert parse(type="who", ref="r") == Command("who", "r", limit=NAMES_DEFAULT_LIMIT)
-    assert parse(type="who", after="bob", limit=2) == Command("who", after="bob", limit=2)
+    assert parse(type="who", ref="r") == Who(ref="r", limit=NAMES_DEFAULT_LIMIT)
+    assert parse(type="who", after="bob", limit=2) == Who(after="bob", limit=2)
 
 
 # -- send and addresses ------------------------------------------------------
 
 
 def test_send_to_a_user():
-    assert parse(type="send", to={"user": "bob"}, body="hi", ref="1") == Command(
-        "send", "1", to=Address("user", "bob"), body="hi"
+    assert parse(type="send", to={"user": "bob"}, body="hi", ref="1") == Send(
+        ref="1", to=Address("user", "bob"), body="hi"
     )
 
 
@@ -400,14 +405,14 @@ def test_body_is_kept_exactly_as_sent():
 
 
 def test_history_defaults_to_50_newest_without_before():
-    assert parse(type="history", of={"user": "bob"}) == Command(
-        "history", None, to=Address("user", "bob"), before=None, limit=50
+    assert parse(type="history", of={"user": "bob"}) == History(
+        of=Address("user", "bob"), before=None, limit=50
     )
 
 
 def test_history_takes_before_and_limit():
     command = parse(type="history", of={"all": True}, before=10, limit=100, ref="h")
-    assert (command.ref, command.to, command.before, command.limit) == (
+    assert (command.ref, command.of, command.before, command.limit) == (
         "h",
         Address("all"),
         10,
@@ -453,7 +458,7 @@ def test_history_before_out_of_range_or_not_an_integer_is_bad_command(before):
 
 @pytest.mark.parametrize("since", [0, 1, protocol.MAX_ID])
 def test_sync_since_any_id_from_zero(since):
-    assert parse(type="sync", since=since, ref="s") == Command("sync", "s", since=since)
+    assert parse(type="sync", since=since, ref="s") == Sync(ref="s", since=since)
 
 
 def test_sync_without_since_is_bad_command():

@@ -53,7 +53,7 @@ async def test_an_offline_direct_message_is_listed_with_its_unread_count(
     assert "next" not in reply
     by_address = {str(item["of"]): item for item in reply["items"]}
     bobs = by_address[str({"user": "bob"})]
-    assert bobs["unread"] == 2 and bobs["read_id"] == 0
+    assert bobs["unread"] == 2 and bobs["read_id"] == 0 and bobs["their_read_id"] == 0
     assert bobs["last"]["id"] == last and bobs["last"]["body"] == "are you there?"
     assert by_address[str(ALL)] == {
         "of": ALL,
@@ -61,6 +61,7 @@ async def test_an_offline_direct_message_is_listed_with_its_unread_count(
         "unread": 0,
         "read_id": 0,
         "mentions": 0,
+        "their_read_id": None,
     }
     # Newest last message first; everyone, with nothing in it, comes after.
     assert reply["items"][0]["of"] == {"user": "bob"}
@@ -121,6 +122,58 @@ async def test_read_moves_forward_is_clamped_and_reaches_every_socket_of_the_use
     assert bobs["read_id"] == second and bobs["unread"] == 0
     stored = await database_sync_to_async(ReadPosition.objects.get)(user=alice)
     assert stored.message_id == second
+
+
+async def test_conversations_say_how_far_the_other_party_has_read_a_direct_conversation(
+    layer, connect, alice, bob, carol
+):
+    """After a reload, "Seen" comes from `their_read_id`, not from a live receipt."""
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    first = await send_ok(alice_socket, {"user": "bob"}, "one")
+    await send_ok(alice_socket, {"user": "bob"}, "two")
+    await send_ok(alice_socket, {"user": "carol"}, "to carol, unread")
+    await send_ok(alice_socket, {"user": "alice"}, "note to self")
+    assert (await alice_socket.request(type="join", group="G"))["type"] == "joined"
+    await bob_socket.request(type="read", of={"user": "alice"}, id=first)
+    # alice's own reads move her read_id, never the other party's position.
+    await alice_socket.request(type="read", of={"user": "carol"}, id=first + 10)
+
+    reply = await alice_socket.request(type="conversations")
+    theirs = {str(item["of"]): item["their_read_id"] for item in reply["items"]}
+    assert theirs == {
+        str({"user": "bob"}): first,
+        str({"user": "carol"}): 0,
+        str({"user": "alice"}): 0,
+        str({"group": "G"}): None,
+        str(ALL): None,
+    }
+    bobs = await bob_socket.request(type="conversations")
+    alices = next(item for item in bobs["items"] if item["of"] == {"user": "alice"})
+    assert (alices["read_id"], alices["their_read_id"]) == (first, 0)
+
+
+async def test_members_say_how_far_each_member_has_read_the_group(
+    layer, connect, alice, bob, carol
+):
+    sockets = [await connect(user) for user in (alice, bob, carol)]
+    for client in sockets:
+        assert (await client.request(type="join", group="Readers"))["type"] == "joined"
+    alice_socket, bob_socket, carol_socket = sockets
+    first = await send_ok(alice_socket, {"group": "Readers"}, "one")
+    second = await send_ok(alice_socket, {"group": "Readers"}, "two")
+    await bob_socket.request(type="read", of={"group": "readers"}, id=second)
+    await carol_socket.request(type="read", of={"group": "Readers"}, id=first)
+    # A read of another conversation with the same id is not a read of this group.
+    await carol_socket.request(type="read", of={"user": "alice"}, id=second)
+
+    members = await alice_socket.request(type="members", group="readers")
+    assert {m["user"]: m["read_id"] for m in members["members"]} == {
+        "alice": 0,
+        "bob": second,
+        "carol": first,
+    }
+    page = await alice_socket.request(type="members", group="Readers", after="alice", limit=1)
+    assert [(m["user"], m["read_id"]) for m in page["members"]] == [("bob", second)]
 
 
 async def test_read_of_a_group_not_joined_is_not_member_and_of_nobody_no_such_user(
@@ -273,8 +326,8 @@ async def test_presence_offline_and_members_carry_last_seen(layer, connect, alic
     members = await alice_socket.request(type="members", group="g")
     assert members["group"] == "G"
     assert members["members"] == [
-        {"user": "alice", "online": True, "last_seen": None},
-        {"user": "bob", "online": False, "last_seen": offline["last_seen"]},
+        {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {"user": "bob", "online": False, "last_seen": offline["last_seen"], "read_id": 0},
     ]
 
 
@@ -293,7 +346,7 @@ async def test_groups_are_found_by_prefix_with_members_online_and_membership(
 
     assert reply["groups"] == [
         {"group": "Design Team", "members": 2, "online": 1, "member": True},
-        {"group": "Devs", "members": 1, "online": 0, "member": False},
+        {"group": "Devs", "members": 1, "online": None, "member": False},
     ]
     assert await error_of(alice_socket, type="groups", limit=0) == "bad_command"
 

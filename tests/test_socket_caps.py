@@ -81,6 +81,22 @@ async def test_an_address_past_the_cap_is_closed_with_4429(layer, settings, open
     assert closed is None
 
 
+async def test_an_ipv6_network_is_one_address_for_the_cap(layer, settings, opened, alice, bob):
+    settings.CHAT_SOCKETS_PER_ADDRESS = 2
+    for user, address in ((alice, "2001:db8:7:7::1"), (bob, "2001:db8:7:7::2")):
+        communicator, closed = await open_from(user, address)
+        opened.append(communicator)
+        assert closed is None
+
+    refused, closed = await open_from(alice, "2001:db8:7:7:ffff::3")
+    opened.append(refused)
+    assert closed == CLOSE_TOO_MANY_SOCKETS
+
+    elsewhere, closed = await open_from(alice, "2001:db8:7:8::1")
+    opened.append(elsewhere)
+    assert closed is None
+
+
 async def test_zero_turns_the_caps_off(layer, settings, opened, alice):
     settings.CHAT_SOCKETS_PER_USER = 0
     settings.CHAT_SOCKETS_PER_ADDRESS = 0

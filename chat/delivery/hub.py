@@ -22,7 +22,8 @@ lives in its parts:
 - `mirror`: the admin's list of open sockets;
 - `maintenance`: heartbeat, reaping and outage recovery;
 - `publishing`: stored messages and events into addressed layer messages;
-- `draining`: a stopping worker's sockets closed over a window.
+- `draining`: a stopping worker's sockets closed over a window;
+- `relay`: without Redis, layer messages written by other processes.
 
 A new per-worker part: a class in a module of its own here, built in
 `Hub.__init__` from what it needs (not from the hub), started in `start` and
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 
-from channels.layers import BaseChannelLayer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from django.conf import settings
 
 from chat.cancellation import cancel_and_wait
@@ -62,6 +63,7 @@ from chat.delivery.notices import NoticeBatcher
 from chat.delivery.online import OnlineReader, PresenceRecorder
 from chat.delivery.publishing import Addressed, deliveries, to_group
 from chat.delivery.receipts import ReceiptThrottle
+from chat.delivery.relay import RelayReader
 from chat.delivery.sockets import LocalSocket, SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
@@ -112,6 +114,9 @@ class Hub:
             reset_sockets=self._reset_sockets,
             announce_offline=self._announce_offline,
         )
+        # Other processes' layers cannot reach an in-memory one.
+        in_memory = isinstance(layer, InMemoryChannelLayer)
+        self.relay = RelayReader(self.handlers.dispatch) if in_memory else None
         # Presence changes of sockets opening or closing together travel in
         # one layer message: one `group_send` (three Redis round trips) per
         # burst instead of one per socket.
@@ -136,6 +141,8 @@ class Hub:
                 ),
                 asyncio.create_task(self.maintenance.run(), name="chat-hub-maintenance"),
             ]
+            if self.relay is not None:
+                self._tasks.append(asyncio.create_task(self.relay.run(), name="chat-hub-relay"))
         except BaseException as exc:
             self.started.set_exception(exc)
             raise

@@ -109,7 +109,12 @@ def to_username(username: str, event: dict[str, Any]) -> Addressed:
 
 
 def membership_notices(
-    event: dict[str, Any], *, user_id: int, group_id: int, joined: bool, exclude_connection: str
+    event: dict[str, Any],
+    *,
+    user_id: int,
+    group_id: int,
+    joined: bool,
+    exclude_connection: str | None,
 ) -> Addressed:
     """`joined`/`left` for the group's online members, and for the user's other sockets.
 

@@ -5,20 +5,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0005_chatgroup_verbose_name_chat_group'),
+        ("chat", "0005_chatgroup_verbose_name_chat_group"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='message',
-            name='cid',
+            model_name="message",
+            name="cid",
             field=models.CharField(blank=True, default=None, max_length=64, null=True),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.UniqueConstraint(condition=models.Q(('cid__isnull', False)), fields=('sender', 'cid'), name='message_sender_cid'),
+            model_name="message",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("cid__isnull", False)),
+                fields=("sender", "cid"),
+                name="message_sender_cid",
+            ),
         ),
     ]

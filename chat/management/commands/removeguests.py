@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from chat.accounts import guests_remove_inactive
 
@@ -19,8 +19,14 @@ class Command(BaseCommand):
     help = "Remove guest users that have not connected for CHAT_GUEST_RETENTION_DAYS."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        removed = guests_remove_inactive()
+        result = guests_remove_inactive()
         self.stdout.write(
-            f"removed {removed} guest(s) not connected for "
+            f"removed {result.removed} guest(s) not connected for "
             f"{settings.CHAT_GUEST_RETENTION_DAYS} days or more"
         )
+        if result.failed:
+            # Non-zero exit, so that cron reports it; the next run tries them again.
+            raise CommandError(
+                f"could not remove {len(result.failed)} guest(s), left for the next run: "
+                + ", ".join(result.failed[:20])
+            )

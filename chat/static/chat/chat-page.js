@@ -785,7 +785,9 @@
       el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"}),
       el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: g.group}),
         el("span", {className: "conv-preview",
-          text: `${plural(g.members, "member")}, ${g.online} online` + (g.member ? " · joined" : "")}))))));
+          // `online` is told to members only (null otherwise).
+          text: plural(g.members, "member") + (g.online === null ? "" : `, ${g.online} online`)
+            + (g.member ? " · joined" : "")}))))));
   }
 
   $("people-search").addEventListener("input", () => debounced(searchPeople));

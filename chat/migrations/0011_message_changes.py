@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0006_message_cid'),
+        ('chat', '0010_group_skeleton'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
