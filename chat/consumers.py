@@ -389,7 +389,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         (the classic endpoint has none to write).
         """
         stored = await current_worker().send_queue.submit(
-            self.user, command.to, command.body, command.cid
+            self.user, command.to, command.body, command.cid, command.reply_to
         )
         cid = {} if command.cid is None else {"cid": command.cid}
         return _reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)

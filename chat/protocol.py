@@ -221,12 +221,18 @@ class Send:
     cid: str | None = None
     ref: str | None = None
 
+    # Protocol 1.2: the id of the message of the same conversation it answers.
+    reply_to: int | None = None
+
     @classmethod
     def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Send:
         _require(data, "send", "to", "body")
         to = clean_address(data["to"], "to")
         body = clean_body(data["body"], max_chars=max_body_chars)
-        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref)
+        reply_to = data.get("reply_to")
+        if reply_to is not None:
+            reply_to = _clean_int(reply_to, "reply_to", minimum=1)
+        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref, reply_to=reply_to)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -392,6 +398,94 @@ class Groups:
     def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Groups:
         q, limit = _search(data)
         return cls(q=q, limit=limit, ref=ref)
+
+
+# -- protocol 1.2: changing messages ------------------------------------------
+
+# Longer than any emoji sequence: longer strings are `bad_emoji` unread.
+MAX_EMOJI_CHARS = 32
+
+
+def _message_id(data: dict[str, Any], kind: str) -> int:
+    _require(data, kind, "id")
+    return _clean_int(data["id"], "id", minimum=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edit:
+    type: ClassVar[str] = "edit"
+    id: int
+    body: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Edit:
+        _require(data, cls.type, "id", "body")
+        message_id = _message_id(data, cls.type)
+        return cls(id=message_id, body=clean_body(data["body"], max_chars=max_body_chars), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    type: ClassVar[str] = "delete"
+    id: int
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Delete:
+        return cls(id=_message_id(data, cls.type), ref=ref)
+
+
+def _emoji_of(data: dict[str, Any], kind: str) -> str:
+    """A string to check against the emoji list (chat.message_changes): `bad_emoji` if not one."""
+    _require(data, kind, "id", "emoji")
+    emoji = data["emoji"]
+    if not isinstance(emoji, str):
+        raise ChatError(BAD_COMMAND, "emoji must be a string")
+    if not 0 < len(emoji) <= MAX_EMOJI_CHARS:
+        raise ChatError(BAD_EMOJI, "emoji must be one fully-qualified Unicode emoji")
+    return emoji
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class React:
+    type: ClassVar[str] = "react"
+    id: int
+    emoji: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> React:
+        emoji = _emoji_of(data, cls.type)
+        return cls(id=_message_id(data, cls.type), emoji=emoji, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unreact:
+    type: ClassVar[str] = "unreact"
+    id: int
+    emoji: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Unreact:
+        emoji = _emoji_of(data, cls.type)
+        return cls(id=_message_id(data, cls.type), emoji=emoji, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Changes:
+    type: ClassVar[str] = "changes"
+    since: int
+    limit: int = CHANGES_MAX_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Changes:
+        _require(data, cls.type, "since")
+        since = _clean_int(data["since"], "since", minimum=0)
+        limit = _optional_limit(data, CHANGES_MAX_LIMIT, CHANGES_MAX_LIMIT)
+        return cls(since=since, limit=limit, ref=ref)
 
 
 Command = (
