@@ -738,41 +738,61 @@ _LAST_IDS_KINDS = (Message.Kind.ALL.value, Message.Kind.DIRECT.value)
 
 
 def last_visible_revs(user_ids: Sequence[int]) -> dict[int, int]:
-    """The highest `rev` among the messages each user may see (`hello.last_rev`), or 0.
+    """The highest `rev` among the messages each user may see (`hello.last_rev`), or 0."""
+    return {user_id: rev for user_id, (_, rev) in last_visible_marks(user_ids).items()}
 
-    A message that never changed has its id for `rev`, so this is the newest
-    visible id or a higher `rev` of a changed message, each read as in
-    `last_visible_ids` (the changed messages through their partial indexes).
+
+def last_visible_marks(user_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Per user, (`last_visible_id`, highest visible `rev`), in one statement (`hello`).
+
+    A message that never changed has its id for `rev`, so the highest `rev` is
+    the newest visible id or a higher `rev` of a changed message, read as the
+    ids are but through the partial indexes of changed messages.
     """
     wanted = sorted(set(user_ids))
-    answer = dict.fromkeys(user_ids, 0)
+    answer = dict.fromkeys(user_ids, (0, 0))
     if not wanted:
         return answer
     with connection.cursor() as cursor:
-        cursor.execute(_last_ids_sql(len(wanted), "rev"), [*_LAST_IDS_KINDS, *wanted])
-        changed = {user_id: newest for user_id, *newest in cursor.fetchall()}
-    for user_id, newest_id in last_visible_ids(wanted).items():
-        revs = [i for i in changed.get(user_id, []) if i is not None]
-        answer[user_id] = max([newest_id, *revs])
+        cursor.execute(_last_marks_sql(len(wanted)), [*_LAST_IDS_KINDS, *_LAST_IDS_KINDS, *wanted])
+        for user_id, *newest in cursor.fetchall():
+            last_id = max((i for i in newest[:4] if i is not None), default=0)
+            last_rev = max((i for i in newest[4:] if i is not None), default=last_id)
+            answer[user_id] = (last_id, max(last_id, last_rev))
     return answer
 
 
 @functools.lru_cache(maxsize=64)
-def _last_ids_sql(count: int, column: str = "id") -> str:
-    """Per user, the newest `column` of each kind of visible message ("rev": changed ones)."""
+def _last_marks_sql(count: int) -> str:
+    ids, revs = _newest_of_kinds("id"), _newest_of_kinds("rev")
+    users = get_user_model()._meta.db_table
+    return f"""
+        SELECT u.id, {ids}, {revs}
+        FROM {users} u
+        WHERE u.id IN ({", ".join(["%s"] * count)})
+    """
+
+
+def _newest_of_kinds(column: str) -> str:
+    """Per user `u`, the newest `column` of each kind of visible message ("rev": changed ones)."""
     message = Message._meta.db_table
     membership = Membership._meta.db_table
-    users = get_user_model()._meta.db_table
     # The condition that lets the partial indexes of changed messages serve.
     only = " AND rev IS NOT NULL" if column == "rev" else ""
     return f"""
-        SELECT u.id,
             (SELECT MAX({column}) FROM {message} WHERE kind = %s{only}),
             (SELECT MAX({column}) FROM {message} WHERE sender_id = u.id AND kind = %s{only}),
             (SELECT MAX({column}) FROM {message} WHERE recipient_id = u.id{only}),
             (SELECT MAX((SELECT MAX(m.{column}) FROM {message} m
                          WHERE m.group_id = ms.group_id{only.replace("rev", "m.rev")}))
-                FROM {membership} ms WHERE ms.user_id = u.id)
+                FROM {membership} ms WHERE ms.user_id = u.id)"""
+
+
+@functools.lru_cache(maxsize=64)
+def _last_ids_sql(count: int) -> str:
+    users = get_user_model()._meta.db_table
+    return f"""
+        SELECT u.id, {_newest_of_kinds("id")}
         FROM {users} u
         WHERE u.id IN ({", ".join(["%s"] * count)})
     """

@@ -502,6 +502,11 @@ Command = (
     | Typing
     | Users
     | Groups
+    | Edit
+    | Delete
+    | React
+    | Unreact
+    | Changes
 )
 # Each command class by its `type`, for `parse_command`.
 COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}
