@@ -253,3 +253,35 @@ async def test_an_edit_notifies_only_the_newly_mentioned(layer, connect, alice, 
     event = await bob_socket.expect("edited")
     assert event["new_mentions"] == ["carol"]
     assert event["message"]["mentions"] == ["bob", "carol"]
+
+
+def _every_table_as_text() -> str:
+    """Every row of every table in the database, as text."""
+    from django.db import connection
+
+    rows: list[str] = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names(cursor):
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
+            rows.extend(repr(row) for row in cursor.fetchall())
+    return "\n".join(rows)
+
+
+async def test_the_database_holds_nothing_of_a_deleted_message(layer, connect, alice, bob):
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    earlier = await send_ok(bob_socket, {"user": "alice"}, "question")
+    sent = await send_ok(
+        alice_socket, {"user": "bob"}, "first-secret-wording @bob", reply_to=earlier
+    )
+    await alice_socket.request(type="edit", id=sent, body="second-secret-wording @bob")
+    await bob_socket.request(type="react", id=sent, emoji="🦄")
+    assert "first-secret-wording" in await database_sync_to_async(_every_table_as_text)()
+
+    reply = await alice_socket.request(type="delete", id=sent)
+
+    assert reply["type"] == "deleted"
+    text = await database_sync_to_async(_every_table_as_text)()
+    assert "secret-wording" not in text
+    assert "🦄" not in text
+    row = await database_sync_to_async(lambda: Message.objects.get(id=sent))()
+    assert (row.body, row.mentions, row.reply_to_id) == ("", "", None)
