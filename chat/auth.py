@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from importlib import import_module
 from typing import Any
 
@@ -50,7 +51,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chat.coalesce import Coalescer, each
-from chat.database import bounded, stalled
+from chat.database import bounded, handshake_admitted, handshake_done
 from chat.protocol import UNAVAILABLE, ChatError
 from chat.upstream.channels import get_user_sync, user_session_key
 from chat.upstream.django import preloading
@@ -204,16 +205,19 @@ class SessionAuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         key = session_key_of(scope["headers"])
+        # While the database is stalled one handshake at a time tries it (chat.database).
+        handshake = (object(), time.monotonic())
         try:
-            if stalled():
+            if not handshake_admitted(handshake[0]):
                 raise ChatError(UNAVAILABLE, "the database is stalled")
             session_key, user = await _load(key)
         except ChatError as error:
+            handshake_done(handshake[0], started=handshake[1], ok=False)
             if error.code != UNAVAILABLE:
                 raise
             # Not "no session" (403, which a client takes as logged out): the
             # consumer accepts and closes with 1013, try again later.
             scope = dict(scope, session_key=None, user=None, database_stalled=True)
             return await self.inner(scope, receive, send)
-        scope = dict(scope, session_key=session_key, user=user)
+        scope = dict(scope, session_key=session_key, user=user, database_handshake=handshake)
         return await self.inner(scope, receive, send)

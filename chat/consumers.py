@@ -33,7 +33,7 @@ from chat.conversations import (
     groups_matching,
     users_matching,
 )
-from chat.database import read_for_socket, stalled
+from chat.database import handshake_admitted, handshake_done, read_for_socket
 from chat.delivery import Hub, session_digest
 from chat.delivery.publishing import (
     change_event,
@@ -164,7 +164,16 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             self._wire = daphne_protocol(self.base_send)
             await self.close_with(CLOSE_TRY_AGAIN_LATER)
             return
-        await super().websocket_connect(message)
+        self._handshake = self.scope.get("database_handshake") or (object(), time.monotonic())
+        try:
+            await super().websocket_connect(message)
+        finally:
+            # Opened: its reads succeeded, so a stall is over (chat.database).
+            handshake_done(
+                self._handshake[0],
+                started=self._handshake[1],
+                ok=getattr(self, "_attached", False),
+            )
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -204,7 +213,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._send_buffer = watch_send_buffer(self._wire, settings.CHAT_MAX_BUFFERED_BYTES)
         self._inbox = guard_inbox(self._wire, settings.CHAT_MAX_INCOMING_BYTES)
         close_on_bad_frames(self._wire)
-        if stalled():
+        if not handshake_admitted(self._handshake[0]):
             # Opening reads the database: fail now rather than queue behind it.
             logger.warning("closing a new socket of %s: the database is stalled", self.username)
             await self.close_with(CLOSE_TRY_AGAIN_LATER)

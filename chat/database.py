@@ -15,10 +15,15 @@ bound what it costs:
   of their own (`read_for_socket`), not on Channels' single database
   thread, where they would queue behind a stalled write and hold up every
   other socket's reads and sends.
-- `stalled()` is true while a socket's database call has recently run out of
-  time: `/healthz` then answers 503, and new sockets are closed at once with
-  1013 instead of queueing behind the stall. The handshake that notices a
-  stall first (its own read ran out of time) is closed with 1013 too.
+- `stalled()` is true from a socket's database call running out of time
+  until the first call started after it succeeds (or two limits pass):
+  `/healthz` then answers 503. Reads that succeed end a stall of reads only
+  (on SQLite they succeed while a writer holds the lock); a write that
+  succeeds ends any. While stalled, one new socket at a time tries its
+  reads (`handshake_admitted`): if they succeed the stall is over and it
+  opens, and so do the next ones at once; the others, meanwhile, are closed
+  at once with 1013 instead of queueing behind the stall, as is the one
+  whose reads run out of time.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ R = TypeVar("R")
 READ_THREADS = 4
 
 _reads: ThreadPoolExecutor | None = None
-# When a socket's database call last ran out of time (monotonic), or None.
-_last_stall: float | None = None
+# When a socket's database read, and write, last ran out of time (monotonic);
+# absent once a call started after it succeeded.
+_stalls: dict[str, float] = {}
+# The handshake trying its reads while stalled (`handshake_admitted`), and since when.
+_probe: tuple[object, float] | None = None
 
 
 def limit_statements(databases: Any, seconds: float) -> None:
@@ -64,22 +72,63 @@ def limit_statements(databases: Any, seconds: float) -> None:
             options["timeout"] = seconds
 
 
-def note_stall() -> None:
-    """Record that a socket's database call ran out of time just now."""
-    global _last_stall
-    _last_stall = time.monotonic()
+def note_stall(kind: str = "read") -> None:
+    """Record that a socket's database call (a "read" or a "write") ran out of time just now."""
+    _stalls[kind] = time.monotonic()
+
+
+def note_answered(started: float, kind: str = "read") -> None:
+    """A database call started at `started` (monotonic) succeeded: the stall it outlived is over.
+
+    A read ends a stall of reads; a write ends any. A call started before the
+    stall was noted proves nothing about it.
+    """
+    for stalled_kind in ("read", "write") if kind == "write" else (kind,):
+        noted = _stalls.get(stalled_kind)
+        if noted is not None and started >= noted:
+            _stalls.pop(stalled_kind, None)
 
 
 def stalled() -> bool:
-    """Whether a socket's database call ran out of time within the last two limits."""
+    """Whether a socket's database call ran out of time and none has succeeded since."""
     limit = settings.CHAT_DATABASE_TIMEOUT
-    last = _last_stall
-    return bool(limit) and last is not None and time.monotonic() - last < 2 * limit
+    now = time.monotonic()
+    return bool(limit) and any(now - noted < 2 * limit for noted in list(_stalls.values()))
+
+
+def handshake_admitted(handshake: object) -> bool:
+    """Whether a new socket may read the database now; one at a time while stalled.
+
+    While stalled (or while another handshake tries), the first handshake to
+    come is let through to try its reads, and the others are refused: if its
+    reads succeed, the stall ends there and the next sockets are let in at
+    once, without a wait of two limits. It must call `handshake_done`.
+    """
+    global _probe
+    now = time.monotonic()
+    if _probe is not None and now - _probe[1] < 2 * settings.CHAT_DATABASE_TIMEOUT:
+        return _probe[0] is handshake
+    if not stalled():
+        _probe = None
+        return True
+    _probe = (handshake, now)
+    logger.info("the database is stalled: one new socket tries it")
+    return True
+
+
+def handshake_done(handshake: object, *, started: float, ok: bool) -> None:
+    """A handshake's reads ended: if they all succeeded, the stall of reads is over."""
+    global _probe
+    if _probe is not None and _probe[0] is handshake:
+        _probe = None
+    if ok:
+        note_answered(started)
 
 
 def forget_stalls() -> None:
-    global _last_stall
-    _last_stall = None
+    global _probe
+    _stalls.clear()
+    _probe = None
 
 
 async def read_for_socket(read: Callable[..., R], /, **kwargs: Any) -> R:
@@ -114,12 +163,15 @@ async def _within_limit(call: Callable[[], R]) -> R:
     if _reads is None:
         _reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="chat-socket-read")
     limit = settings.CHAT_DATABASE_TIMEOUT
+    started = time.monotonic()
     future = asyncio.get_running_loop().run_in_executor(
         _reads, functools.partial(_run_closing_connections, call)
     )
     try:
         # The statement limit ends the query; this bounds the wait if it does not.
-        return await asyncio.wait_for(future, 2 * limit if limit else None)
+        result = await asyncio.wait_for(future, 2 * limit if limit else None)
+        note_answered(started)
+        return result
     except TimeoutError:
         note_stall()
     except DatabaseError as error:
@@ -149,7 +201,7 @@ def _is_timeout(error: BaseException) -> bool:
     )
 
 
-def note_if_timeout(error: BaseException) -> None:
-    """`note_stall` if `error` is a database time limit running out."""
+def note_if_timeout(error: BaseException, kind: str = "read") -> None:
+    """`note_stall(kind)` if `error` is a database time limit running out."""
     if isinstance(error, TimeoutError) or (isinstance(error, DatabaseError) and _is_timeout(error)):
-        note_stall()
+        note_stall(kind)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, OuterRef, Subquery, Value
@@ -12,7 +14,7 @@ from django.db.models.functions import Cast, Coalesce, Concat
 
 from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import BAD_GROUP, NOT_MEMBER, ChatError
+from chat.protocol import BAD_GROUP, NOT_MEMBER, TOO_MANY_GROUPS, ChatError
 from chat.revocation import ending_announced_by_caller
 
 
@@ -33,12 +35,21 @@ def group_join(*, user: User, name: str) -> MembershipChange:
 
     Names match ignoring case; a group created here keeps this spelling.
     """
+    if (
+        _at_group_cap(user.pk)
+        and not Membership.objects.filter(user_id=user.pk, group__key=group_key(name)).exists()
+    ):
+        # Refused before a new group is made for it.
+        raise _too_many_groups()
     while True:
         group, made = _group_named(name)
         try:
-            with transaction.atomic():
-                _, created = Membership.objects.get_or_create(group=group, user_id=user.pk)
+            created = add_membership(group_id=group.pk, user_id=user.pk)
             break
+        except ChatError:
+            if made:
+                remove_if_empty(group.pk)
+            raise
         except IntegrityError:
             if ChatGroup.objects.filter(pk=group.pk).exists():
                 # Two sockets of the same user joined at the same moment.
@@ -48,6 +59,37 @@ def group_join(*, user: User, name: str) -> MembershipChange:
     return MembershipChange(
         group.pk, group.name, user.pk, user.get_username(), created, created=made and created
     )
+
+
+def add_membership(*, group_id: int, user_id: int) -> bool:
+    """Make the user a member of the group; False if they were one already.
+
+    The one place a membership is added, so every way of adding one (`join`,
+    and from protocol 1.2 `create` and invitations) is held to
+    `CHAT_GROUPS_PER_USER`: past it, `too_many_groups`. The user's row is
+    locked meanwhile (PostgreSQL), so that joins arriving together cannot pass
+    the cap between them; an `IntegrityError` means the group went away.
+    """
+    with transaction.atomic():
+        if settings.CHAT_GROUPS_PER_USER:
+            users = get_user_model()._default_manager
+            list(users.select_for_update().filter(pk=user_id).values_list("pk"))
+        if Membership.objects.filter(group_id=group_id, user_id=user_id).exists():
+            return False
+        if _at_group_cap(user_id):
+            raise _too_many_groups()
+        Membership.objects.create(group_id=group_id, user_id=user_id)
+        return True
+
+
+def _at_group_cap(user_id: int) -> bool:
+    cap = settings.CHAT_GROUPS_PER_USER
+    return bool(cap) and Membership.objects.filter(user_id=user_id).count() >= cap
+
+
+def _too_many_groups() -> ChatError:
+    cap = settings.CHAT_GROUPS_PER_USER
+    return ChatError(TOO_MANY_GROUPS, f"you are in {cap} groups, the most one may be in")
 
 
 def _group_named(name: str) -> tuple[ChatGroup, bool]:

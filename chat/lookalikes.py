@@ -52,13 +52,14 @@ def default_ignorables(text: str) -> list[str]:
 def new_group_name_refusal(name: str, *, exclude_pk: int | None = None) -> str | None:
     """Why a group may not be given `name` (it is invisibly padded, or looks like
     another group's), or None. One indexed query."""
-    from chat.models import ChatGroup
+    from chat.models import ChatGroup, group_key
 
     hidden = default_ignorables(name)
     if hidden:
         codes = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(hidden))
         return f"group names may not hold invisible characters ({codes})"
-    alike = ChatGroup.objects.filter(skeleton=group_skeleton(name))
+    # A group of the same name in any case is that group, not a look-alike.
+    alike = ChatGroup.objects.filter(skeleton=group_skeleton(name)).exclude(key=group_key(name))
     if exclude_pk is not None:
         alike = alike.exclude(pk=exclude_pk)
     other = alike.values_list("name", flat=True).first()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Q
 
-from chat.database import note_if_timeout
+from chat.database import note_answered, note_if_timeout
 from chat.mentions import MentionRequest, resolve, stored_form
 from chat.models import ChatGroup, Membership, Message, Reaction, group_key
 from chat.protocol import (
@@ -277,6 +278,7 @@ def message_send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | C
                 continue
             firsts[key] = len(unique)
         unique.append(request)
+    started = time.monotonic()
     try:
         try:
             results = _send_many(unique)
@@ -286,8 +288,10 @@ def message_send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | C
             results = _send_many(unique)
     except DatabaseError as error:
         # A time limit (chat.database) ends here too: /healthz reports it.
-        note_if_timeout(error)
+        note_if_timeout(error, "write")
         return [_unavailable() for _ in requests]
+    # Stored: whatever stall came before is over (chat.database).
+    note_answered(started, "write")
     if not repeats:
         return results
     answers: list[StoredMessage | ChatError] = []

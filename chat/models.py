@@ -54,6 +54,9 @@ class ChatGroup(models.Model):
         """The admin's check of the names `chat.groups.group_join` refuses."""
         super().clean()
         refused = new_group_name_refusal(self.name, exclude_pk=self.pk)
+        same = ChatGroup.objects.filter(key=group_key(self.name)).exclude(pk=self.pk)
+        if refused is None and same.exists():
+            refused = f"a group named {self.name!r} exists already (names ignore case)"
         if refused:
             raise ValidationError({"name": refused})
 

@@ -31,6 +31,7 @@ NOT_YOURS = "not_yours"
 TOO_LATE = "too_late"
 BAD_EMOJI = "bad_emoji"
 TOO_MANY_REACTIONS = "too_many_reactions"
+TOO_MANY_GROUPS = "too_many_groups"
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -48,6 +49,7 @@ ERROR_CODES = frozenset(
         TOO_LATE,
         BAD_EMOJI,
         TOO_MANY_REACTIONS,
+        TOO_MANY_GROUPS,
     }
 )
 

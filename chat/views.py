@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_POST
 
 from chat import metrics
@@ -126,3 +127,8 @@ async def metrics_export(request: HttpRequest) -> HttpResponse:
         send_queue_depth=current_worker().send_queue_depth(), health=await health_check()
     )
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on pages without an icon link (the admin's)."""
+    return redirect(static("chat/icon.svg"))

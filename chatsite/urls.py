@@ -12,6 +12,7 @@ urlpatterns = [
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("metrics", views.metrics_export, name="metrics"),
     path("admin/workers/", admin.site.admin_view(chat_admin.workers_view), name="admin-workers"),
     path("admin/", admin.site.urls),

@@ -216,7 +216,8 @@ async def test_the_consumer_gets_one_copy_of_the_scope_with_the_session_key(alic
     scope, outer = seen["scope"], seen["outer"]
     assert scope is not outer
     # The key, not the session: its decoded data would stay for the socket's life.
-    assert set(scope) == set(outer) | {"session_key", "user"}
+    # (and the handshake's token for the stall rule of chat.database).
+    assert set(scope) == set(outer) | {"session_key", "user", "database_handshake"}
     assert scope["user"] == alice
     assert scope["session_key"] == session_key
 

@@ -115,3 +115,11 @@ async def test_a_join_of_a_look_alike_is_answered_bad_group_and_the_socket_stays
     assert (refused["type"], refused["code"]) == ("error", BAD_GROUP)
     assert "looks like the existing group 'Team'" in refused["message"]
     assert (await bob_socket.request(type="join", group="team"))["group"] == "Team"
+
+
+def test_the_admin_refuses_another_case_of_an_existing_name(alice):
+    ChatGroup.objects.create(name="Team")
+
+    with pytest.raises(ValidationError) as refused:
+        ChatGroup(name="TEAM").full_clean()
+    assert "exists already" in str(refused.value.message_dict["name"])

@@ -82,10 +82,24 @@ def test_group_join_send_members_and_leave(chat_user):
     expect(message_with(alice.page, "Yes!")).to_be_visible()
     screenshot(alice.page, "desktop-group-members")
 
+    # Leaving asks first; Cancel keeps the membership.
     bob.page.get_by_role("button", name="Leave group").click()
+    expect(bob.page.locator("#leave-question")).to_have_text("Leave # Book club?")
+    bob.page.get_by_role("button", name="Cancel").click()
+    expect(bob.page.locator("#leave-confirm")).to_be_hidden()
+    expect(bob.page.locator("#conv-title")).to_have_text("# Book club")
+    bob.page.get_by_role("button", name="Leave group").click()
+    bob.page.get_by_role("button", name="Leave", exact=True).click()
     expect(bob.page.locator("#conv-title")).to_have_text("Everyone")
     expect(bob.page.locator("#conversation-list li[data-group]")).to_have_count(0)
+    expect(bob.page.locator("#join-note")).to_be_hidden()  # no "Joined # Book club." left over
     expect(bob_in_alices_members).to_have_count(0)
+    # Joins and leaves are a quiet line in the conversation, after the messages before them.
+    notices = alice.page.locator("#message-list li.notice")
+    expect(notices).to_have_count(2)
+    expect(notices.nth(0)).to_contain_text("bob joined")
+    expect(notices.nth(1)).to_contain_text("bob left")
+    expect(alice.page.locator("#message-list > li").last).to_contain_text("bob left")
     # Alice's messages no longer reach bob.
     send(alice.page, "after bob left")
     expect(message_with(alice.page, "after bob left")).to_be_visible()

@@ -339,7 +339,12 @@ def test_the_jump_to_new_messages_shows_only_while_they_are_out_of_sight(chat_us
     expect(person(page, "bob").locator(".badge")).to_have_text("3")
     open_direct(ChatUser("alice", alice.context, page), "bob")
     jump = page.locator("#jump-unread")
-    expect(jump).to_be_visible()  # the list opens at its newest message
+    # It opens at the first unread message, under the divider (issue 25).
+    expect(page.locator("#new-divider")).to_be_in_viewport()
+    expect(page.locator("#message-list li.message").last).not_to_be_in_viewport()
+    expect(jump).to_be_hidden()
+    page.locator("#messages").evaluate("box => { box.scrollTop = box.scrollHeight; }")
+    expect(jump).to_be_visible()
     jump.click()
     expect(page.locator("#new-divider")).to_be_in_viewport()
     expect(jump).to_be_hidden()

@@ -516,4 +516,5 @@ def test_error_codes_are_the_protocols():
         "too_late",
         "bad_emoji",
         "too_many_reactions",
+        "too_many_groups",
     } == protocol.ERROR_CODES

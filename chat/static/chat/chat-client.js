@@ -24,6 +24,12 @@
  * "message" event; ids already seen are dropped, so listeners never get one
  * twice.
  *
+ * The "offline" status that announces a wait carries `retryIn` (ms) and
+ * `retryAt` (a Date.now() time), so a page can count down. The wait is cut
+ * short when the browser says the network is back (`online`) or the tab
+ * becomes visible again: nobody should stare at a countdown to a server that
+ * is already there.
+ *
  * Logging out closes the socket with 1008; a refused handshake (session gone)
  * looks like a failed connection. So after every close the client asks the
  * server whether the session is still logged in (a HEAD request to
@@ -57,6 +63,11 @@
       this.socket = null;
       this.stopped = false;
       this.timer = null;
+      this.retryAt = null;
+      if (options.retryOnWake !== false) {
+        window.addEventListener("online", () => this.retryNow());
+        document.addEventListener("visibilitychange", () => { if (!document.hidden) this.retryNow(); });
+      }
     }
 
     /** Listen to a server event type, or "status". */
@@ -73,6 +84,7 @@
     connect() {
       this.stopped = false;
       clearTimeout(this.timer);
+      this.retryAt = null;
       this.emit("status", {state: this.greeted ? "reconnecting" : "connecting", attempt: this.attempt});
       let opened = false;
       const socket = new WebSocket(this.url);
@@ -91,7 +103,8 @@
         // retrying (a server that is down counts as "yes, keep trying").
         this.emit("status", {state: "offline", code: close.code, opened});
         this.checkSession().then((ok) => {
-          if (this.stopped) return;
+          // Already trying again (retryNow while the session was being checked).
+          if (this.stopped || this.socket) return;
           if (ok) this.scheduleReconnect(close.code);
           else { this.stopped = true; this.emit("status", {state: "logged-out", code: close.code}); }
         });
@@ -125,8 +138,9 @@
         ? MAX_DELAY / 2 + Math.random() * MAX_DELAY / 2
         : Math.random() * Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
       this.attempt += 1;
-      this.emit("status", {state: "offline", code, retryIn: delay, attempt: this.attempt});
-      this.timer = setTimeout(() => this.connect(), delay);
+      this.retryAt = Date.now() + delay;
+      this.emit("status", {state: "offline", code, retryIn: delay, retryAt: this.retryAt, attempt: this.attempt});
+      this.timer = setTimeout(() => { if (!this.socket) this.connect(); }, delay);
     }
 
     /** Reconnect now instead of waiting for the backoff timer. */

@@ -22,7 +22,7 @@
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
-    disconnected: "The connection dropped before the server answered. Retry sends it once, even if it got through.",
+    disconnected: "The connection dropped before the server confirmed it. Retry is safe: it will not be sent twice.",
     timeout: "The server did not answer in time. Try again.",
   };
   const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
@@ -56,10 +56,28 @@
       conv = {key, address, messages: new Map(), unread: 0, loaded: false, complete: false,
         loading: false, members: null, error: "", draft: "",
         // Protocol 1.1: the server's read position, the newest message, who typed, who read.
-        readId: 0, last: null, typing: new Map(), seen: new Map(), unsent: []};
+        readId: 0, last: null, typing: new Map(), seen: new Map(), unsent: [], notices: []};
       state.conversations.set(key, conv);
     }
     return conv;
+  }
+
+  /** The URL fragment of a conversation: `#all`, `#group/NAME`, `#user/NAME`. */
+  function hashOf(address) {
+    if (address.all) return "#all";
+    if (address.group !== undefined) return "#group/" + encodeURIComponent(address.group);
+    return "#user/" + encodeURIComponent(address.user);
+  }
+
+  /** The conversation the URL names, or null (no fragment, or not one of ours). */
+  function addressFromHash() {
+    const match = /^#(all|group|user)(?:\/(.+))?$/.exec(location.hash);
+    if (!match) return null;
+    if (match[1] === "all") return match[2] === undefined ? {all: true} : null;
+    let name;
+    try { name = decodeURIComponent(match[2] || ""); } catch (e) { return null; }
+    if (!name) return null;
+    return match[1] === "group" ? {group: name} : {user: name};
   }
 
   function titleOf(conv) {
@@ -178,7 +196,7 @@
     $("conversation-list").replaceChildren(...entries.map((entry) => entry.item()));
     const othersOnline = [...state.online].filter((u) => u !== me).length;
     $("online-count").textContent = othersOnline ? othersOnline + " online" : "";
-    $("people-empty").hidden = people.size > 0;
+    $("people-empty").hidden = people.size > 0 || !$("people-found").hidden;
 
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
     document.title = (unread ? `(${unread}) ` : "") + "Chat";
@@ -265,6 +283,7 @@
     let previous = null;
     const divider = conv.dividerAt === undefined ? null : conv.dividerAt;
     let dividerShown = false;
+    const notices = [...conv.notices];
     for (const m of messages) {
       const day = new Date(m.ts).toDateString();
       if (!previous || new Date(previous.ts).toDateString() !== day) {
@@ -277,11 +296,17 @@
           el("span", {text: "New messages"})));
         previous = null;
       }
+      // Joins and leaves go after the last message that came before them.
+      while (notices.length && notices[0].after < m.id) { items.push(noticeItem(notices.shift())); previous = null; }
       items.push(messageItem(m, previous));
       previous = m;
     }
+    for (const notice of notices) items.push(noticeItem(notice));
     const seen = seenLine(conv, messages);
-    if (seen) items.push(seen);
+    if (seen) {
+      const under = items.findIndex((item) => item.dataset && item.dataset.id === String(seen.under));
+      items.splice(under + 1, 0, seen.item);
+    }
     for (const pending of conv.unsent) items.push(unsentItem(conv, pending));
     $("message-list").replaceChildren(...items);
     $("jump-unread").hidden = !dividerShown;
@@ -295,17 +320,49 @@
     $("history-status").textContent = status;
     $("history-status").className = "history-status" + (conv.error ? " error" : "");
     box.scrollTop = atBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
+    if (conv.landing && dividerShown && dividerReached(conv)) {
+      conv.landing = false;
+      const divider = $("new-divider");
+      box.scrollTop += divider.getBoundingClientRect().top - box.getBoundingClientRect().top - 8;
+    }
   }
 
-  /** "Seen" under one's own last direct message once read; "Seen by N" in groups. */
+  /** Whether the loaded history reaches back to the divider (the last read message or the start). */
+  function dividerReached(conv) {
+    if (conv.complete) return true;
+    for (const id of conv.messages.keys()) if (id <= conv.dividerAt) return true;
+    return false;
+  }
+
+  /** Load older pages until the first unread message is loaded (each page asks for the next). */
+  function loadUntilDivider(conv) {
+    if (conv.landing && !dividerReached(conv) && !conv.loading && !conv.error) loadHistory(conv);
+  }
+
+  /**
+   * The receipt, under one's own messages only: "Seen" under one's last direct
+   * message the other person has read, "Seen by N" (names in its tooltip)
+   * under one's last group message that anyone else has read. Returns the
+   * line and the id of the message it goes under, or null.
+   */
   function seenLine(conv, messages) {
+    if (conv.address.all || conv.address.user === me) return null;
+    const others = [...conv.seen.entries()].filter(([user]) => user !== me);
     const mine = messages.filter((m) => m.from === me);
-    if (!mine.length || conv.address.all) return null;
-    const lastMine = mine[mine.length - 1].id;
-    const readers = [...conv.seen.entries()].filter(([user, id]) => user !== me && id >= lastMine);
-    if (!readers.length) return null;
-    const text = conv.address.group !== undefined ? `Seen by ${readers.length}` : "Seen";
-    return el("li", {className: "seen", title: readers.map(([u]) => u).join(", "), text});
+    for (let i = mine.length - 1; i >= 0; i--) {
+      const readers = others.filter(([, id]) => id >= mine[i].id).map(([user]) => user);
+      if (!readers.length) continue;
+      const group = conv.address.group !== undefined;
+      const item = el("li", {className: "seen", text: group ? `Seen by ${readers.length}` : "Seen"});
+      if (group) item.title = "Seen by " + readers.sort().join(", ");
+      return {item, under: mine[i].id};
+    }
+    return null;
+  }
+
+  function noticeItem(notice) {
+    return el("li", {className: "notice", role: "status"}, el("span", {text: notice.text}),
+      el("time", {datetime: notice.ts.toISOString(), text: " · " + timeFormat.format(notice.ts)}));
   }
 
   function unsentItem(conv, pending) {
@@ -322,7 +379,9 @@
     const conv = state.conversations.get(state.openKey);
     const isGroup = conv && conv.address.group !== undefined;
     $("members-toggle").hidden = !isGroup;
-    $("leave-button").hidden = !isGroup;
+    if (!isGroup || !$("leave-confirm").hidden) $("leave-button").hidden = true;
+    else $("leave-button").hidden = false;
+    if (!isGroup) $("leave-confirm").hidden = true;
     $("members-panel").hidden = !(isGroup && state.membersOpen);
     $("members-toggle").setAttribute("aria-expanded", String(isGroup && state.membersOpen));
     if (!isGroup) return;
@@ -333,13 +392,15 @@
       return el("li", {className: online ? "online" : "offline", dataset: {user: m.user}},
         el("span", {className: "avatar-wrap"}, avatar(m.user, "small"),
           el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"})),
-        el("span", {className: "member-name", text: m.user === me ? m.user + " (you)" : m.user}),
+        el("span", {className: "member-name"}, el("bdi", {className: "member-user", text: m.user}),
+          m.user === me ? el("span", {className: "member-you", text: "(you)"}) : null),
         el("span", {className: "visually-hidden", text: online ? " online" : " offline"}));
     }));
     const onlineCount = sorted.filter((m) => m.user === me || state.online.has(m.user)).length;
-    $("member-count").textContent = members.length ? `${onlineCount}/${members.length} online` : "";
-    $("conv-subtitle").textContent = members.length
-      ? `${members.length} member${members.length === 1 ? "" : "s"}, ${onlineCount} online` : "";
+    const known = client.connected; // who is online is unknown while this page is offline
+    $("member-count").textContent = !members.length ? "" : known ? `${onlineCount}/${members.length} online` : "";
+    $("conv-subtitle").textContent = !members.length ? ""
+      : plural(members.length, "member") + (known ? `, ${onlineCount} online` : "");
   }
 
   function renderHeader() {
@@ -349,7 +410,8 @@
     let placeholder = "Message everyone";
     if (conv.address.all) subtitle = "Messages here reach everyone";
     else if (conv.address.user !== undefined) {
-      subtitle = state.online.has(conv.address.user) || conv.address.user === me ? "Online" : "Offline";
+      if (conv.address.user === me) subtitle = "Notes to self";
+      else if (client.connected) subtitle = state.online.has(conv.address.user) ? "Online" : "Offline";
       placeholder = "Message " + conv.address.user;
     } else placeholder = "Message # " + conv.address.group;
     $("conv-subtitle").textContent = subtitle;
@@ -383,7 +445,8 @@
     }
     if (state.openKey === conv.key) {
       renderMessages();
-      fillViewport(conv);
+      if (conv.landing && !dividerReached(conv)) loadUntilDivider(conv);
+      else fillViewport(conv);
     }
   }
 
@@ -420,18 +483,35 @@
     try {
       const reply = await client.request({type: "members", group: conv.address.group});
       conv.members = reply.members;
+      // Where each member has read to: the receipts after a reload.
+      for (const m of reply.members) noteSeen(conv, m.user, m.read_id);
     } catch (error) {
       conv.error = describeError(error);
     }
     if (state.openKey === conv.key) { renderMembers(); renderMessages(); }
   }
 
-  function openConversation(address) {
+  /**
+   * Show a conversation. Its address goes in the URL (`#user/bob`,
+   * `#group/Design%20Team`, `#all`): `history` "push" (a click: the back
+   * button returns), "replace" (opened by the page itself) or "none" (the
+   * URL already says it: a link, a reload, the back button).
+   */
+  function openConversation(address, history = "push") {
     const conv = conversation(address);
     const previous = state.conversations.get(state.openKey);
     if (previous) previous.draft = $("body").value;
+    $("leave-confirm").hidden = true;
     state.openKey = conv.key;
+    if (history !== "none" && location.hash !== hashOf(conv.address)) {
+      if (history === "push") window.history.pushState(null, "", hashOf(conv.address));
+      else window.history.replaceState(null, "", hashOf(conv.address));
+    }
+    // Unread ones wait under a "New messages" divider, the view opening there.
+    // Before the server's list has come (a reload) nobody knows yet: it decides.
     conv.dividerAt = conv.unread ? conv.readId : null;
+    conv.landing = conv.unread > 0;
+    conv.awaitingList = !state.listed;
     conv.unread = 0;
     markRead(conv);
     $("body").value = conv.draft;
@@ -444,6 +524,7 @@
     renderConversation();
     $("messages").scrollTop = $("messages").scrollHeight;
     if (!conv.loaded) loadHistory(conv);
+    else if (conv.landing) loadUntilDivider(conv);
     loadMembers(conv);
     if (window.matchMedia("(min-width: 721px)").matches) $("body").focus();
   }
@@ -455,6 +536,12 @@
     if (!newest || newest <= conv.readId || !client.connected) return;
     conv.readId = newest;
     client.request({type: "read", of: conv.address, id: newest}).catch(() => {});
+  }
+
+  /** Record that `user` has read `conv` up to `id` (positions only move forward). */
+  function noteSeen(conv, user, id) {
+    if (typeof id !== "number" || user === me) return;
+    conv.seen.set(user, Math.max(conv.seen.get(user) || 0, id));
   }
 
   /** Conversations, unread counts and read positions from the server (after every hello). */
@@ -469,6 +556,13 @@
         const conv = conversation(item.of);
         conv.address = item.of;
         conv.last = item.last;
+        if (conv.address.user !== undefined) noteSeen(conv, conv.address.user, item.their_read_id);
+        // Opened before the list came (a reload): its unread ones get the divider now.
+        if (conv.key === state.openKey && conv.awaitingList && item.unread) {
+          conv.dividerAt = item.read_id;
+          conv.landing = true;
+        }
+        conv.awaitingList = false;
         conv.readId = Math.max(conv.readId, item.read_id);
         conv.unread = isShowing(conv) ? 0 : item.unread;
         if (item.last) conv.messages.size && conv.messages.set(item.last.id, item.last);
@@ -476,8 +570,11 @@
       if (!reply.more) break;
       before = reply.next;
     }
+    state.listed = true;
+    for (const conv of state.conversations.values()) conv.awaitingList = false;
     const open = state.conversations.get(state.openKey);
     if (open && isShowing(open)) markRead(open);
+    if (open) { renderMessages(); if (open.landing) loadUntilDivider(open); }
     renderSidebar();
   }
 
@@ -487,32 +584,70 @@
 
   // -- events from the server ------------------------------------------------
 
-  client.on("status", (s) => {
-    const box = $("connection");
-    box.dataset.state = s.state;
-    $("app").dataset.connection = s.state; // presence is unknown while offline
+  // While offline: "retrying in N s", counting down each second to the client's retry.
+  let countdown = null;
+  function renderConnectionLabel(s) {
     const labels = {connecting: "Connecting…", reconnecting: "Reconnecting…", online: "Connected",
       "logged-out": "Logged out"};
     let label = labels[s.state] || "Offline";
-    if (s.state === "offline" && s.retryIn !== undefined) {
-      label = `Offline · retrying in ${Math.max(1, Math.round(s.retryIn / 1000))} s`;
+    if (s.state === "offline" && s.retryAt) {
+      const seconds = Math.ceil((s.retryAt - Date.now()) / 1000);
+      label = seconds > 0 ? `Offline · retrying in ${seconds} s` : "Offline · retrying…";
     }
-    box.querySelector(".label").textContent = label;
+    $("connection").querySelector(".label").textContent = label;
+  }
+
+  client.on("status", (s) => {
+    const box = $("connection");
+    const wasOnline = box.dataset.state === "online";
+    box.dataset.state = s.state;
+    $("app").dataset.connection = s.state; // presence is unknown while offline
+    clearInterval(countdown);
+    renderConnectionLabel(s);
+    if (s.state === "offline" && s.retryAt) countdown = setInterval(() => renderConnectionLabel(s), 1000);
     $("retry").hidden = s.state !== "offline";
     if (s.state === "logged-out") location.assign(config.loginUrl + "?next=/");
+    // Who is online is unknown while this page is not: the header stops saying so.
+    if (wasOnline !== (s.state === "online") && state.openKey) { renderHeader(); renderMembers(); }
+  });
+
+  const isPhone = () => window.matchMedia("(max-width: 720px)").matches;
+
+  /** The conversation the URL names, if this user may open it; else everyone. */
+  function openFromUrl() {
+    const wanted = addressFromHash();
+    const group = wanted && wanted.group !== undefined
+      ? state.groups.find((g) => g.toLowerCase() === wanted.group.toLowerCase()) : null;
+    if (wanted && wanted.group !== undefined && !group) {
+      openConversation({all: true}, "replace");
+    } else if (wanted) {
+      openConversation(group ? {group} : wanted, group && group !== wanted.group ? "replace" : "none");
+      return;
+    } else {
+      openConversation({all: true}, "none");
+    }
+    // On a phone, no conversation named: the list.
+    if (isPhone()) $("app").dataset.view = "list";
+  }
+
+  // The back and forward buttons, and links to another conversation on this page.
+  window.addEventListener("popstate", () => {
+    if (!client.greeted) return;
+    const wanted = addressFromHash();
+    if (!wanted && isPhone()) { $("app").dataset.view = "list"; renderSidebar(); return; }
+    if (!wanted || keyOf(wanted) !== state.openKey || $("app").dataset.view !== "conversation") openFromUrl();
   });
 
   client.on("hello", (hello) => {
     state.online = new Set(hello.online);
     state.groups = [...hello.groups];
     if (!hello.resumed) {
-      openConversation({all: true});
-      if (window.matchMedia("(max-width: 720px)").matches) $("app").dataset.view = "list";
+      openFromUrl();
     } else {
       // Reconnected: whatever failed while offline is worth another try.
       const conv = state.conversations.get(state.openKey);
       if (conv && conv.address.group !== undefined && !state.groups.includes(conv.address.group)) {
-        openConversation({all: true});
+        openConversation({all: true}, "replace");
       } else if (conv) {
         const failed = conv.error !== "";
         conv.error = "";
@@ -564,7 +699,7 @@
 
   client.on("receipt", (r) => {
     const conv = conversation(r.of);
-    conv.seen.set(r.user, Math.max(conv.seen.get(r.user) || 0, r.id));
+    noteSeen(conv, r.user, r.id);
     if (state.openKey === conv.key) renderMessages();
   });
 
@@ -603,13 +738,22 @@
   });
 
   function membershipChanged(event, joined) {
+    const groupConv = state.conversations.get(keyOf({group: event.group}));
+    // A quiet line in the conversation: "bob joined", "bob left" (live only, not history).
+    if (groupConv && groupConv.loaded && !(event.user === me && !joined)) {
+      const ids = [...groupConv.messages.keys()];
+      groupConv.notices.push({after: ids.length ? Math.max(...ids) : 0, ts: new Date(),
+        text: `${event.user === me ? "You" : event.user} ${joined ? "joined" : "left"}`});
+      if (state.openKey === groupConv.key) renderMessages();
+    }
     if (event.user === me) {
+      if (!joined && $("join-note").textContent.endsWith(`# ${event.group}.`)) showError($("join-note"), "");
       if (joined && !state.groups.includes(event.group)) state.groups.push(event.group);
       if (!joined) {
         state.groups = state.groups.filter((g) => g !== event.group);
         const conv = state.conversations.get(keyOf({group: event.group}));
         if (conv) { conv.loaded = false; conv.complete = false; conv.messages.clear(); conv.unread = 0; }
-        if (state.openKey === keyOf({group: event.group})) openConversation({all: true});
+        if (state.openKey === keyOf({group: event.group})) openConversation({all: true}, "replace");
       }
       renderSidebar();
     }
@@ -712,8 +856,21 @@
     }
   });
 
-  $("leave-button").addEventListener("click", async () => {
+  // Leaving asks first, in place: "Leave # G?" with Leave and Cancel.
+  function askLeave(asking) {
     const conv = state.conversations.get(state.openKey);
+    $("leave-confirm").hidden = !asking;
+    $("leave-button").hidden = asking || !conv || conv.address.group === undefined;
+    if (asking) {
+      $("leave-question").textContent = `Leave # ${conv.address.group}?`;
+      $("leave-yes").focus();
+    }
+  }
+  $("leave-button").addEventListener("click", () => askLeave(true));
+  $("leave-no").addEventListener("click", () => { askLeave(false); $("leave-button").focus(); });
+  $("leave-yes").addEventListener("click", async () => {
+    const conv = state.conversations.get(state.openKey);
+    askLeave(false);
     if (!conv || conv.address.group === undefined) return;
     try {
       const reply = await client.request({type: "leave", group: conv.address.group});
@@ -750,17 +907,35 @@
     searchTimer = setTimeout(run, 200);
   }
 
+  /**
+   * While the search box holds a name, its results replace the conversation
+   * list (so nobody is listed twice), under their own heading; "Nobody found"
+   * when no one matches.
+   */
+  function showPeopleSearch(searching, text) {
+    $("people-found").hidden = !searching;
+    $("people-found-title").textContent = text || "";
+    $("conversation-list").hidden = searching;
+    if (searching) $("people-empty").hidden = true;
+    else renderSidebar();
+  }
+
   async function searchPeople() {
     const q = $("people-search").value.trim();
-    if (!q || !client.connected) { $("people-results").replaceChildren(); return; }
+    if (!q) { $("people-results").replaceChildren(); showPeopleSearch(false); return; }
+    if (!client.connected) { $("people-results").replaceChildren(); showPeopleSearch(true, "Not connected"); return; }
     let reply;
     try { reply = await client.request({type: "users", q, limit: 10}); } catch (error) { return; }
     if ($("people-search").value.trim() !== q) return;
-    $("people-results").replaceChildren(...reply.users.filter((u) => u.user !== me).map((u) =>
+    const names = new Set();
+    const users = reply.users.filter((u) => u.user !== me && !names.has(u.user) && names.add(u.user));
+    showPeopleSearch(true, users.length ? "People" : "Nobody found");
+    $("people-results").replaceChildren(...users.map((u) =>
       el("li", {dataset: {user: u.user}}, el("button", {type: "button", className: "conv-link",
         onclick: () => {
           $("people-search").value = "";
           $("people-results").replaceChildren();
+          showPeopleSearch(false);
           openConversation({user: u.user});
         }},
       el("span", {className: "avatar-wrap"}, avatar(u.user, "small"),
@@ -791,6 +966,9 @@
   }
 
   $("people-search").addEventListener("input", () => debounced(searchPeople));
+  $("people-search").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") { $("people-search").value = ""; debounced(searchPeople); }
+  });
   $("join-name").addEventListener("input", () => {
     showError($("join-note"), "");
     showError($("join-error"), "");
@@ -811,12 +989,19 @@
   });
   function renderNotifyToggle() {
     const on = localStorage.getItem("chat-notify") === "on";
-    $("notify-toggle").textContent = on ? "Notifications on" : "Notify me";
+    // On a phone only the bell shows: the label stays its accessible name.
+    $("notify-label").textContent = on ? "Notifications on" : "Notify me";
+    $("notify-toggle").title = on ? "Notifications on" : "Notify me";
     $("notify-toggle").setAttribute("aria-pressed", String(on));
   }
   renderNotifyToggle();
 
-  $("back").addEventListener("click", () => { $("app").dataset.view = "list"; renderSidebar(); });
+  $("back").addEventListener("click", () => {
+    // The list has no address of its own: the back button from a conversation returns to it.
+    window.history.pushState(null, "", location.pathname + location.search);
+    $("app").dataset.view = "list";
+    renderSidebar();
+  });
   $("retry").addEventListener("click", () => client.retryNow());
   $("me-avatar").replaceWith(avatar(me, "small"));
 
