@@ -134,7 +134,7 @@ async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_t
     await channel.open()
     store = ForgetfulStore()
     subscriptions = LayerSubscriptions(
-        channel, presence=store, worker_id="w1", wanted=lambda: {"chat.all"}
+        channel, presence=store, worker_id="w1", wants=lambda group: group == "chat.all"
     )
     await subscriptions.subscribe(["chat.all"])
     await layer.group_add("chat.all", "dead!1")
@@ -185,9 +185,7 @@ class WritingTab(Tab):
 def handlers_over(index: SocketIndex) -> LayerHandlers:
     channel = WorkerChannel(InMemoryChannelLayer())
     presence = MemoryPresenceStore()
-    subscriptions = LayerSubscriptions(
-        channel, presence=presence, worker_id="w", wanted=index.wanted_layer_groups
-    )
+    subscriptions = LayerSubscriptions(channel, presence=presence, worker_id="w", wants=index.wants)
     return LayerHandlers(index, subscriptions=subscriptions, notices=NoticeBatcher(index))
 
 

@@ -90,7 +90,7 @@ class Hub:
             self.channel,
             presence=self.presence,
             worker_id=self.worker_id,
-            wanted=self.sockets.wanted_layer_groups,
+            wants=self.sockets.wants,
         )
         self.recorder = PresenceRecorder(self.presence, worker_id=self.worker_id)
         self.online_reader = OnlineReader(self.presence)
@@ -191,15 +191,17 @@ class Hub:
 
     async def detach(self, conn: LocalSocket) -> None:
         """Forget a closed socket; announce the user offline if it was the last."""
-        if not self.sockets.remove(conn):
+        released = self.sockets.remove(conn)
+        if released is None:
             return
-        if conn.user_id not in self.sockets.by_user:
-            await self.subscriptions.unsubscribe_unused()
+        # Presence first: the socket stops counting against CHAT_SOCKETS_PER_USER
+        # before the layer groups are left.
         try:
             if await self.recorder.disconnected(conn.connection_id, conn.username):
                 await self.announcing(await self.recorder.went_offline(conn.username))
         finally:
             self.mirror.closed(conn.connection_id)
+            await self.subscriptions.unsubscribe(released)
 
     async def _reset_sockets(self) -> None:
         """Close every local socket with 1012 and forget it at once."""

@@ -30,13 +30,13 @@ class LayerSubscriptions:
         *,
         presence: PresenceStore,
         worker_id: str,
-        wanted: Callable[[], set[str]],
+        wants: Callable[[str], bool],
     ) -> None:
         self.channel = channel
         self.presence = presence
         self.worker_id = worker_id
-        # The groups the sockets here need now (`SocketIndex.wanted_layer_groups`).
-        self._wanted = wanted
+        # Whether the sockets here need a layer group now (`SocketIndex.wants`).
+        self._wants = wants
         # Joined, or to be joined again by `refresh` after a failure.
         self.names: set[str] = set()
         # Layer groups that sockets opening together need are joined in one
@@ -70,15 +70,22 @@ class LayerSubscriptions:
             logger.warning("could not record %d layer groups", len(layer_groups), exc_info=True)
         return [None] * len(layer_groups)
 
-    async def unsubscribe_unused(self) -> None:
-        unused = self.names - self._wanted()
-        for layer_group in unused:
-            self.names.discard(layer_group)
-            with contextlib.suppress(Exception):
-                await self.channel.leave(layer_group)
-            # A socket may have needed it again while the leave was in flight.
-            if layer_group in self._wanted() and layer_group not in self.names:
-                await self.subscribe([layer_group])
+    async def unsubscribe(self, layer_groups: Iterable[str]) -> None:
+        """Leave those of `layer_groups` no socket here needs any more.
+
+        One trip per Redis shard however many there are, and linear in their
+        number: a socket of a user in 10,000 groups closes in milliseconds.
+        """
+        gone = [g for g in dict.fromkeys(layer_groups) if g in self.names and not self._wants(g)]
+        if not gone:
+            return
+        self.names.difference_update(gone)
+        with contextlib.suppress(Exception):
+            await self.channel.leave_many(gone)
+        # A socket may have needed some again while the leave was in flight.
+        again = [g for g in gone if self._wants(g) and g not in self.names]
+        if again:
+            await self.subscribe(again)
 
     async def refresh(self) -> None:
         """Join every group again: channels_redis expires a membership not renewed."""
