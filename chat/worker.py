@@ -34,7 +34,7 @@ from django.core.signals import setting_changed
 from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
 from chat.groups import groups_of_users
-from chat.messaging import last_visible_ids
+from chat.messaging import last_visible_marks
 from chat.redis_client import redis_connect
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class Worker:
         self._send_queue: SendQueue | None = None
         # What a socket reads when it opens; sockets opening together share the trips.
         self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_read(groups_of_users)
-        self.last_id_of: Coalescer[int, int] = bulk_read(last_visible_ids)
+        # `hello`'s last_id and last_rev, read together.
+        self.last_marks_of: Coalescer[int, tuple[int, int]] = bulk_read(last_visible_marks)
         # Read positions moved by sockets at the same time are written in one statement.
         self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
             database_sync_to_async(read_positions_move)
