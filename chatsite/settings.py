@@ -443,6 +443,8 @@ CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # Joins and leaves a user may make per minute (each tells the group's online
 # members), a budget of its own beside the command budget; 0 turns it off.
 CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = env_int("CHAT_MEMBERSHIP_CHANGES_PER_MINUTE", 10)
+# Protocol 1.2: seconds after its `ts` that a message's author may edit it; 0: any time.
+CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 3600, minimum=0)
 # Groups one user may be a member of: every socket of theirs subscribes to
 # each, and `hello` lists them. Past it a join is `too_many_groups`; 0: no cap.
 CHAT_GROUPS_PER_USER = env_int("CHAT_GROUPS_PER_USER", 1000)

@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from chat.actions import Actor, Services
 from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
-from chat.messaging import StoredMessage, last_visible_ids
+from chat.messaging import StoredMessage, last_visible_marks
 from chat.presence import MemoryPresenceStore
 from chat.ratelimit import MemoryRateLimiter, RateLimiter
 from chat.send_queue import SendQueue
@@ -44,6 +44,12 @@ class RecordingOutbox:
 
     async def to_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
         self.told.append((("group", group_id, exclude_user), event))
+
+    async def to_message_audience(
+        self, change: Any, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        audience = ("message", change.user_ids, change.group_id, change.everyone)
+        self.told.append(((*audience, exclude_connection), event))
 
     async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
         self.told.append((("group receipt", group_id, reader_id), event))
@@ -87,7 +93,7 @@ class Parts:
         self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
             database_sync_to_async(read_positions_move)
         )
-        self.last_id_of: Coalescer[int, int] = bulk_read(last_visible_ids)
+        self.last_marks_of: Coalescer[int, tuple[int, int]] = bulk_read(last_visible_marks)
 
     async def _deliver(self, messages: list[StoredMessage]) -> None:
         self.delivered.extend(messages)

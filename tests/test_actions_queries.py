@@ -102,4 +102,5 @@ async def test_ping_and_hello(bench, alice):  # noqa: F811
         "online": ("alice",),
         "groups": ["G"],
         "last_id": 0,
+        "last_rev": 0,
     }

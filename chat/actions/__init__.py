@@ -4,8 +4,9 @@ A socket parses a frame into a command (`chat.protocol`), then calls its
 action with the worker's `Services` and the acting user (`Actor`). The action
 checks the rules, changes the store, names the audience of every event it
 causes through the `Outbox` (the hub carries them), and returns the reply.
-Families: `sending`, `membership`, `reading` (read positions, receipts,
-typing) and `queries` (the read-only commands).
+Families: `sending`, `changing` (edit, delete, react), `membership`,
+`reading` (read positions, receipts, typing) and `queries` (the read-only
+commands).
 
 `COMMANDS` is the one table from a command `type` to its parser and action.
 Adding a command: its dataclass with `type` and `parse` in `chat.protocol`
@@ -19,22 +20,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chat.actions import membership, queries, reading, sending
+from chat.actions import changing, membership, queries, reading, sending
 from chat.actions.budget import spend
 from chat.actions.services import Actor, Outbox, Reply, Roster, Services
 from chat.protocol import (
+    Changes,
     Command,
     Conversations,
+    Delete,
+    Edit,
     Groups,
     History,
     Join,
     Leave,
     Members,
     Ping,
+    React,
     Read,
     Send,
     Sync,
     Typing,
+    Unreact,
     Users,
     Who,
     command_type,
@@ -81,6 +87,12 @@ COMMANDS: dict[str, Entry] = {
     Groups.type: Entry(Groups.parse, queries.groups, reads=True),
     Who.type: Entry(Who.parse, queries.who),
     Ping.type: Entry(Ping.parse, queries.ping),
+    # Protocol 1.2: changing messages.
+    Edit.type: Entry(Edit.parse, changing.edit),
+    Delete.type: Entry(Delete.parse, changing.delete),
+    React.type: Entry(React.parse, changing.react),
+    Unreact.type: Entry(Unreact.parse, changing.unreact),
+    Changes.type: Entry(Changes.parse, queries.changes, reads=True),
 }
 
 

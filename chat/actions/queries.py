@@ -20,11 +20,13 @@ from chat.conversations import (
 )
 from chat.database import read_for_socket
 from chat.groups import group_members_read
+from chat.message_changes import message_changes
 from chat.messaging import message_history_page, message_sync
 from chat.paging import fit_page, names_page
 from chat.protocol import (
     BAD_COMMAND,
     UNAVAILABLE,
+    Changes,
     ChatError,
     Conversations,
     Groups,
@@ -59,13 +61,14 @@ async def hello(services: Services, actor: Actor, groups: list[tuple[int, str]])
         online = await online_now(services)
     except ChatError:
         online = ()
-    last_id = await services.last_id_of(actor.user_id)
+    last_id, last_rev = await services.last_marks_of(actor.user_id)
     return {
         "type": "hello",
         "user": actor.username,
         "online": online,
         "groups": [name for _, name in groups],
         "last_id": last_id,
+        "last_rev": last_rev,
     }
 
 
@@ -153,6 +156,21 @@ async def groups(services: Services, actor: Actor, command: Groups) -> Reply:
         for g in found
     ]
     return reply("groups", command.ref, groups=listed)
+
+
+async def changes(services: Services, actor: Actor, command: Changes) -> Reply:
+    """Messages changed or stored since a `rev` (1.2), as they are now, in `rev` order."""
+    messages, more = await read_for_socket(
+        message_changes,
+        user=actor.user,
+        since=command.since,
+        limit=command.limit,
+        max_bytes=reply_room(),
+    )
+    if more and messages:
+        last = messages[-1]["rev"]
+        return reply("changes", command.ref, messages=messages, more=True, next=last)
+    return reply("changes", command.ref, messages=messages, more=False)
 
 
 async def ping(services: Services, actor: Actor, command: Ping) -> Reply:

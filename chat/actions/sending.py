@@ -12,6 +12,8 @@ async def send(services: Services, actor: Actor, command: Send) -> Reply:
     The audience is the message's address, resolved where it is stored
     (`chat.audience`); live delivery follows the commit, in id order.
     """
-    stored = await services.send_queue.submit(actor.user, command.to, command.body, command.cid)
+    stored = await services.send_queue.submit(
+        actor.user, command.to, command.body, command.cid, command.reply_to
+    )
     cid = {} if command.cid is None else {"cid": command.cid}
     return reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from chat.coalesce import Coalescer
     from chat.conversations import ReadMove, ReadRequest
+    from chat.message_changes import Change
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
     from chat.send_queue import SendQueue
@@ -49,6 +50,11 @@ class Outbox(Protocol):
 
     async def to_group(self, group_id: int, event: Event, *, exclude_user: int) -> None:
         """A group's online members but one user, on every worker."""
+
+    async def to_message_audience(
+        self, change: Change, event: Event, *, exclude_connection: str | None = None
+    ) -> None:
+        """A changed message's audience (edited, deleted, reaction), on every worker."""
 
     async def group_receipt(self, *, reader_id: int, group_id: int, event: Event) -> None:
         """A read receipt for a group's members, at most one per reader a moment."""
@@ -101,7 +107,7 @@ class WorkerParts(Protocol):
     def move_read_position(self) -> Coalescer[ReadRequest, ReadMove]: ...
 
     @property
-    def last_id_of(self) -> Coalescer[int, int]: ...
+    def last_marks_of(self) -> Coalescer[int, tuple[int, int]]: ...
 
 
 class Services:
@@ -144,8 +150,9 @@ class Services:
         return self._parts.move_read_position
 
     @property
-    def last_id_of(self) -> Coalescer[int, int]:
-        return self._parts.last_id_of
+    def last_marks_of(self) -> Coalescer[int, tuple[int, int]]:
+        """A user's newest visible message id and change `rev`, for the greeting."""
+        return self._parts.last_marks_of
 
 
 def reply(kind: str, ref: str | None, **fields: Any) -> Reply:

@@ -67,6 +67,7 @@ from chat.delivery.publishing import (
     deliveries,
     membership_notices,
     to_group,
+    to_message_audience,
     to_user,
     to_username,
 )
@@ -74,9 +75,11 @@ from chat.delivery.receipts import ReceiptThrottle
 from chat.delivery.relay import RelayReader
 from chat.delivery.sockets import LocalSocket, SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
+from chat.message_changes import Change
 from chat.messaging import StoredMessage
 from chat.presence import PresenceStore
 from chat.protocol import CLOSE_SERVICE_RESTART
+from chat.registry import WorkerRegistry
 from chat.upstream.twisted import run_before_reactor_shutdown
 
 logger = logging.getLogger(__name__)
@@ -89,14 +92,17 @@ _STOP_TIMEOUT = 5.0
 class Hub:
     """Opens and closes sockets, publishes what was stored, and handles layer messages."""
 
-    def __init__(self, layer: BaseChannelLayer, *, presence: PresenceStore) -> None:
+    def __init__(
+        self, layer: BaseChannelLayer, *, presence: PresenceStore, registry: WorkerRegistry
+    ) -> None:
         self.presence = presence
+        self.registry = registry
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.channel = WorkerChannel(layer)
         self.sockets = SocketIndex()
         self.subscriptions = LayerSubscriptions(
             self.channel,
-            presence=self.presence,
+            registry=self.registry,
             worker_id=self.worker_id,
             wants=self.sockets.wants,
         )
@@ -114,6 +120,7 @@ class Hub:
         )
         self.maintenance = Maintenance(
             presence=self.presence,
+            registry=self.registry,
             worker_id=self.worker_id,
             channel=self.channel,
             subscriptions=self.subscriptions,
@@ -138,7 +145,7 @@ class Hub:
     async def start(self) -> None:
         try:
             await self.channel.open()
-            await self.maintenance.heartbeat()
+            await self.maintenance.start()
             spread = settings.CHAT_RESTART_SPREAD
             run_before_reactor_shutdown(
                 lambda: asyncio.wait_for(self.stop(spread=spread), spread + _STOP_TIMEOUT)
@@ -172,6 +179,7 @@ class Hub:
             task.cancel()
         for username in await self.presence.drop_worker(worker=self.worker_id):
             await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
+        await self.registry.forget(worker=self.worker_id)
         await self.subscriptions.unsubscribe_all()
         await self.mirror.stop()
         await cancel_and_wait(self._tasks, within=2.0)
@@ -290,6 +298,11 @@ class Hub:
 
     async def to_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
         await self.tell(to_group(group_id, event, exclude_user=exclude_user))
+
+    async def to_message_audience(
+        self, change: Change, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        await self.tell(to_message_audience(change, event, exclude_connection=exclude_connection))
 
     async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
         await self.receipts.receipt(reader_id=reader_id, group_id=group_id, event=event)
