@@ -205,6 +205,11 @@ class LoadGen:
                 self.acks += 1
                 self.acked[seq] = True
                 self.ack_latencies.append(now - self.sent_ns[seq])
+                return
+            # A send made through `request` (W7's one message).
+            waiter = client.data["waiting"].pop(ref, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
             return
         if kind == "error":
             self.errors += 1
