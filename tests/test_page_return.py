@@ -303,3 +303,20 @@ def test_no_page_asks_for_something_that_is_not_there(chat_user):
     assert icon.ok and "svg" in icon.headers["content-type"], icon.status
     assert not missing, missing
     assert page.locator("link[rel=icon]").count() == 1
+
+
+def test_leaving_asks_first_on_a_phone_too_and_forgets_the_joined_note(chat_user):
+    alice = chat_user("alice", viewport=PHONE_390)
+    page = alice.page
+    join_group(alice, "Hikers")
+    page.get_by_role("button", name="Leave group").click()
+    confirm = page.locator("#leave-confirm")
+    for name in ("Leave", "Cancel"):
+        button = confirm.get_by_role("button", name=name, exact=True)
+        expect(button).to_be_in_viewport(ratio=1)
+    screenshot(page, "h25-phone-leave-confirm")
+    confirm.get_by_role("button", name="Leave", exact=True).click()
+    expect(page.locator("#conv-title")).to_have_text("Everyone")
+    page.get_by_role("button", name="Back to conversations").click()
+    expect(page.locator("#conversation-list li[data-group]")).to_have_count(0)
+    expect(page.locator("#join-note")).to_be_hidden()

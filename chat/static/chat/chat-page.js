@@ -195,7 +195,7 @@
     entries.sort((a, b) => (activity(b) - activity(a)) || (a.rank - b.rank) || a.name.localeCompare(b.name));
     $("conversation-list").replaceChildren(...entries.map((entry) => entry.item()));
     const othersOnline = [...state.online].filter((u) => u !== me).length;
-    $("online-count").textContent = othersOnline ? othersOnline + " online" : "";
+    $("online-count").textContent = othersOnline && client.connected ? othersOnline + " online" : "";
     $("people-empty").hidden = people.size > 0 || !$("people-found").hidden;
 
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
@@ -608,7 +608,7 @@
     $("retry").hidden = s.state !== "offline";
     if (s.state === "logged-out") location.assign(config.loginUrl + "?next=/");
     // Who is online is unknown while this page is not: the header stops saying so.
-    if (wasOnline !== (s.state === "online") && state.openKey) { renderHeader(); renderMembers(); }
+    if (wasOnline !== (s.state === "online") && state.openKey) { renderHeader(); renderMembers(); renderSidebar(); }
   });
 
   const isPhone = () => window.matchMedia("(max-width: 720px)").matches;
