@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -319,3 +320,69 @@ async def test_runworkers_restarts_its_workers_one_at_a_time_on_sighup(runworker
     for port in worker_ports:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
     assert process.poll() is None
+
+
+async def test_with_json_logs_every_line_runworkers_writes_is_json(production_env, tmp_path):
+    """Issue 24.12: its own lines (checks, "2 workers on …", restarts) were plain text.
+
+    The real command, its workers killed and restarted and stopped; every line
+    of its stdout and of its stderr, its workers' included, parses as JSON.
+    """
+    env, _ = production_env
+    env = {**env, "CHAT_LOG_FORMAT": "json"}
+    base = free_port_pair()
+    out_path, err_path = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "runworkers", *_runworkers_args(base)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        for port in (base, base + 1):
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
+        # A worker that dies and is started again, then a restart of every worker.
+        victim = min(children_of(process.pid))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 40
+        while victim in (now := children_of(process.pid)) or len(now) != 2:
+            assert time.monotonic() < deadline, f"no replacement worker: {now}"
+            await asyncio.sleep(0.2)
+        before = children_of(process.pid)
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        while (now := children_of(process.pid)) & before or len(now) != 2:
+            assert time.monotonic() < deadline, f"workers not all restarted: {before} -> {now}"
+            await asyncio.sleep(0.2)
+        for port in (base, base + 1):
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz", 40)
+        while "every worker restarted" not in (
+            written := out_path.read_text(errors="replace") + err_path.read_text(errors="replace")
+        ):
+            assert time.monotonic() < deadline, written[-3000:]
+            await asyncio.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+    messages = []
+    for path in (out_path, err_path):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"not JSON in {path.name}: {line!r}") from None
+            assert isinstance(event, dict) and "message" in event, line
+            messages.append(event["message"])
+    said = "\n".join(messages)
+    own = ("2 workers on", "exited with", "restarting the worker on", "all workers stopped")
+    for line in own:
+        assert line in said, (line, said[-3000:])

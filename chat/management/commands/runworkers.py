@@ -16,10 +16,14 @@ Each worker listens with a backlog of `--backlog` connections (2048, as
 uvicorn and gunicorn do). daphne's own is Twisted's 50: a burst of sockets
 (every client reconnecting after a restart, say) overflowed it, and each
 connection the kernel dropped waited a second for its SYN to be sent again.
+
+With CHAT_LOG_FORMAT=json every line it writes is JSON, as its workers' are:
+its own lines, the system checks and its errors go through logging then.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -31,7 +35,10 @@ from typing import Any
 
 from daphne.endpoints import build_endpoint_description_strings
 from django.conf import settings
+from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+logger = logging.getLogger("chat.runworkers")
 
 # Seconds between checks on the workers, and before starting a dead one again
 # (so a worker that cannot start does not spin).
@@ -46,6 +53,8 @@ _STOP_MARGIN = 10.0
 
 class Command(BaseCommand):
     help = "Run several daphne workers on consecutive ports (they need REDIS_URL to act as one)."
+    # Run by `handle` instead (`_check`), so that what they say can be JSON.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workers", type=int, default=2, help="number of processes")
@@ -61,7 +70,52 @@ class Command(BaseCommand):
             "--backlog", type=int, default=2048, help="connections the kernel queues per worker"
         )
 
+    def execute(self, *args: Any, **options: Any) -> Any:
+        if not _json():
+            return super().execute(*args, **options)
+        try:
+            return super().execute(*args, **options)
+        except CommandError as error:
+            # Django would print "CommandError: ..." as plain text.
+            logger.error("%s", error)
+            sys.exit(error.returncode)
+
+    def _say(self, line: str) -> None:
+        if _json():
+            logger.info("%s", line)
+        else:
+            self.stdout.write(line)
+
+    def _complain(self, line: str) -> None:
+        if _json():
+            logger.warning("%s", line)
+        else:
+            self.stderr.write(line)
+
+    def _check(self) -> None:
+        """Django's system checks, as `requires_system_checks` would run them."""
+        if not _json():
+            self.check()
+            return
+        found = [message for message in checks.run_checks() if not message.is_silenced()]
+        for message in found:
+            level = (
+                logging.ERROR
+                if message.is_serious()
+                else logging.WARNING
+                if message.is_serious(checks.WARNING)
+                else logging.INFO
+            )
+            hint = f" ({message.hint})" if message.hint else ""
+            logger.log(
+                level, "%s: %s%s", message.id, message.msg, hint, extra={"check": message.id}
+            )
+        if any(message.is_serious() for message in found):
+            raise CommandError("the system checks found errors; see above")
+
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options.get("skip_checks"):
+            self._check()
         count: int = options["workers"]
         if count < 1:
             raise CommandError("--workers must be at least 1")
@@ -94,7 +148,7 @@ class Command(BaseCommand):
         if backlog < 1:
             raise CommandError("--backlog must be at least 1")
         processes = {port: self._start(host, port, backlog) for port in ports}
-        self.stdout.write(
+        self._say(
             f"{count} workers on {', '.join(f'{host}:{p}' for p in ports)}; Ctrl-C stops them"
         )
         died_at: dict[int, float] = {}
@@ -111,7 +165,7 @@ class Command(BaseCommand):
                         continue
                     now = time.monotonic()
                     if port not in died_at:
-                        self.stderr.write(
+                        self._complain(
                             f"worker on port {port} exited with {process.returncode}; restarting"
                         )
                         died_at[port] = now
@@ -120,7 +174,7 @@ class Command(BaseCommand):
                         processes[port] = self._start(host, port, backlog)
         finally:
             self._stop_all(list(processes.values()), stop_timeout)
-            self.stdout.write("all workers stopped")
+            self._say("all workers stopped")
 
     def _restart_one_by_one(
         self,
@@ -134,12 +188,12 @@ class Command(BaseCommand):
         for port in list(processes):
             if stopping():
                 return
-            self.stdout.write(f"restarting the worker on port {port}")
+            self._say(f"restarting the worker on port {port}")
             self._stop_all([processes[port]], stop_timeout)
             processes[port] = self._start(host, port, backlog)
             if not self._wait_answering(host, port, processes[port]):
-                self.stderr.write(f"the worker on port {port} is not answering; going on")
-        self.stdout.write("every worker restarted")
+                self._complain(f"the worker on port {port} is not answering; going on")
+        self._say("every worker restarted")
 
     def _wait_answering(self, host: str, port: int, process: subprocess.Popen[bytes]) -> bool:
         """Whether the worker answers /healthz (any status) within _START_TIMEOUT."""
@@ -171,6 +225,10 @@ class Command(BaseCommand):
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                self.stderr.write(f"worker {process.pid} did not stop in {timeout}s; killing it")
+                self._complain(f"worker {process.pid} did not stop in {timeout}s; killing it")
                 process.kill()
                 process.wait(timeout=5)
+
+
+def _json() -> bool:
+    return bool(settings.CHAT_LOG_FORMAT == "json")
