@@ -50,6 +50,13 @@ COMMAND_COSTS: dict[str, int] = {
     "users": 1,
     "groups": 1,
     "conversations": 2,
+    # Protocol 1.2: a change writes one message under the order lock and
+    # tells its audience, like a send; `changes` reads up to 500, like `sync`.
+    "edit": 1,
+    "delete": 1,
+    "react": 1,
+    "unreact": 1,
+    "changes": 3,
 }
 DEFAULT_COST = 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -20,7 +20,7 @@ from channels.layers import BaseChannelLayer
 from chat import upstream
 from chat.cancellation import raise_if_cancelled
 from chat.delivery.messages import LayerMessage, from_layer, to_layer
-from chat.upstream.channels_redis import group_add_many
+from chat.upstream.channels_redis import group_add_many, group_discard_many
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class WorkerChannel:
                 self.name,
                 pipelined=upstream.is_on(upstream.PIPELINED_JOINS),
             )
+
+    async def leave_many(self, layer_groups: Sequence[str]) -> None:
+        """Remove this channel from the layer groups, in one trip per Redis shard."""
+        async with self._slots:
+            await group_discard_many(self.layer, layer_groups, self.name)
 
     async def leave(self, layer_group: str, channel: str | None = None) -> None:
         """Remove this channel (or a dead worker's) from a layer group."""

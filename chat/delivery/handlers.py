@@ -55,7 +55,7 @@ class LayerHandlers:
         if change.joined:
             await self.subscriptions.subscribe([group_layer_group(change.group_id)])
         else:
-            await self.subscriptions.unsubscribe_unused()
+            await self.subscriptions.unsubscribe([group_layer_group(change.group_id)])
 
     async def chat_deliver(self, message: Deliver) -> None:
         targets = self.sockets.targets(message.audience)

@@ -23,6 +23,9 @@ from chat.delivery.messages import (
 
 logger = logging.getLogger(__name__)
 
+_USER_LAYER_PREFIX = user_layer_group(0).rpartition(".")[0]
+_GROUP_LAYER_PREFIX = group_layer_group(0).rpartition(".")[0]
+
 
 def session_digest(session_key: str) -> str:
     """A session key as it travels between workers (never the key itself)."""
@@ -101,18 +104,25 @@ class SocketIndex:
             wanted.append(group_layer_group(group_id))
         return wanted
 
-    def remove(self, conn: LocalSocket) -> bool:
-        """Forget a socket; True if it was indexed (False: already forgotten)."""
+    def remove(self, conn: LocalSocket) -> list[str] | None:
+        """Forget a socket: the layer groups no socket here needs any more (its
+        user's, and those of their groups with no other member here), or None if
+        it was not indexed. Linear in the user's groups."""
         sockets = self.by_user.get(conn.user_id)
         if sockets is None or conn not in sockets:
-            return False
+            return None
         sockets.discard(conn)
-        if not sockets:
-            del self.by_user[conn.user_id]
-            self.user_named.pop(conn.username, None)
-            for group_id in self.groups_of.pop(conn.user_id, set()):
-                self._forget_member(group_id, conn.user_id)
-        return True
+        if sockets:
+            return []
+        del self.by_user[conn.user_id]
+        self.user_named.pop(conn.username, None)
+        released = [user_layer_group(conn.user_id)]
+        for group_id in self.groups_of.pop(conn.user_id, set()):
+            if self._forget_member(group_id, conn.user_id):
+                released.append(group_layer_group(group_id))
+        if not self.by_user:
+            released.append(LAYER_ALL)
+        return released
 
     def apply(self, change: MemberChange) -> bool:
         """Record a membership change of a user connected here; False if none is."""
@@ -127,12 +137,29 @@ class SocketIndex:
             self._forget_member(change.group_id, change.user_id)
         return True
 
-    def _forget_member(self, group_id: int, user_id: int) -> None:
+    def _forget_member(self, group_id: int, user_id: int) -> bool:
+        """Drop a member of a group here; True if the group has none left here."""
         members = self.members_here.get(group_id)
-        if members is not None:
-            members.discard(user_id)
-            if not members:
-                del self.members_here[group_id]
+        if members is None:
+            return False
+        members.discard(user_id)
+        if members:
+            return False
+        del self.members_here[group_id]
+        return True
+
+    def wants(self, layer_group: str) -> bool:
+        """Whether the sockets here need `layer_group`: one of `wanted_layer_groups`, in O(1)."""
+        if layer_group == LAYER_ALL:
+            return bool(self.by_user)
+        kind, _, number = layer_group.rpartition(".")
+        if not number.isdigit():
+            return False
+        if kind == _USER_LAYER_PREFIX:
+            return int(number) in self.by_user
+        if kind == _GROUP_LAYER_PREFIX:
+            return int(number) in self.members_here
+        return False
 
     def sockets_of(self, user_id: int) -> list[LocalSocket]:
         return list(self.by_user.get(user_id, ()))

@@ -3,7 +3,7 @@
 A worker joins `chat.all`, `chat.user.<id>` for each user connected here and
 `chat.group.<id>` for each chat group with a member connected here, and
 leaves them as the last such socket closes. The groups are also recorded in
-the presence store, so that whoever reaps this worker if it is killed can
+the worker registry, so that whoever reaps this worker if it is killed can
 take its channel out of them.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from chat.coalesce import Coalescer
 from chat.delivery.channel import WorkerChannel
-from chat.presence import PresenceStore
+from chat.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +28,15 @@ class LayerSubscriptions:
         self,
         channel: WorkerChannel,
         *,
-        presence: PresenceStore,
+        registry: WorkerRegistry,
         worker_id: str,
-        wanted: Callable[[], set[str]],
+        wants: Callable[[str], bool],
     ) -> None:
         self.channel = channel
-        self.presence = presence
+        self.registry = registry
         self.worker_id = worker_id
-        # The groups the sockets here need now (`SocketIndex.wanted_layer_groups`).
-        self._wanted = wanted
+        # Whether the sockets here need a layer group now (`SocketIndex.wants`).
+        self._wants = wants
         # Joined, or to be joined again by `refresh` after a failure.
         self.names: set[str] = set()
         # Layer groups that sockets opening together need are joined in one
@@ -64,21 +64,28 @@ class LayerSubscriptions:
             logger.warning("could not join %d layer groups", len(layer_groups), exc_info=True)
         # The heartbeat records the rest.
         try:
-            await self.presence.note_layer_groups(worker=self.worker_id, layer_groups=layer_groups)
+            await self.registry.note_layer_groups(worker=self.worker_id, layer_groups=layer_groups)
         except Exception:
             self.channel.failed = True
             logger.warning("could not record %d layer groups", len(layer_groups), exc_info=True)
         return [None] * len(layer_groups)
 
-    async def unsubscribe_unused(self) -> None:
-        unused = self.names - self._wanted()
-        for layer_group in unused:
-            self.names.discard(layer_group)
-            with contextlib.suppress(Exception):
-                await self.channel.leave(layer_group)
-            # A socket may have needed it again while the leave was in flight.
-            if layer_group in self._wanted() and layer_group not in self.names:
-                await self.subscribe([layer_group])
+    async def unsubscribe(self, layer_groups: Iterable[str]) -> None:
+        """Leave those of `layer_groups` no socket here needs any more.
+
+        One trip per Redis shard however many there are, and linear in their
+        number: a socket of a user in 10,000 groups closes in milliseconds.
+        """
+        gone = [g for g in dict.fromkeys(layer_groups) if g in self.names and not self._wants(g)]
+        if not gone:
+            return
+        self.names.difference_update(gone)
+        with contextlib.suppress(Exception):
+            await self.channel.leave_many(gone)
+        # A socket may have needed some again while the leave was in flight.
+        again = [g for g in gone if self._wants(g) and g not in self.names]
+        if again:
+            await self.subscribe(again)
 
     async def refresh(self) -> None:
         """Join every group again: channels_redis expires a membership not renewed."""
