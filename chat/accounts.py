@@ -76,44 +76,58 @@ def guest_create(*, suffix: str | None = None) -> User | None:
 def account_creation_allowed(address: str) -> bool:
     """Count one account created by `address`; False past CHAT_ACCOUNTS_PER_ADDRESS.
 
-    A fixed window of CHAT_ACCOUNTS_WINDOW seconds per address, counted in
-    Redis when REDIS_URL is set (all workers together), in this process's
-    memory otherwise. A refused attempt counts too, so hammering does not
-    reopen the limit early. Runs on a thread (it may wait on Redis).
+    A fixed window of CHAT_ACCOUNTS_WINDOW seconds per address (`counted`).
     """
-    limit, window = settings.CHAT_ACCOUNTS_PER_ADDRESS, settings.CHAT_ACCOUNTS_WINDOW
+    return counted(
+        "accounts",
+        address,
+        limit=settings.CHAT_ACCOUNTS_PER_ADDRESS,
+        window=settings.CHAT_ACCOUNTS_WINDOW,
+    )
+
+
+def counted(kind: str, key: str, *, limit: int, window: int) -> bool:
+    """Count one `kind` of request for `key`; False once past `limit` in this window.
+
+    A fixed window of `window` seconds, counted in Redis when REDIS_URL is
+    set (all workers together), in this process's memory otherwise. A
+    refused attempt counts too, so hammering does not reopen the limit
+    early. `limit` or `window` 0: no limit. Runs on a thread (it may wait on
+    Redis).
+    """
     if not limit or not window:
         return True
     slot = int(time.time() // window)
     if settings.REDIS_URL:
-        key = f"{settings.REDIS_PREFIX}:accounts:{address}:{slot}"
+        redis_key = f"{settings.REDIS_PREFIX}:{kind}:{key}:{slot}"
         pipe = _redis(settings.REDIS_URL).pipeline()
-        pipe.incr(key)
-        pipe.expire(key, window + 1)
+        pipe.incr(redis_key)
+        pipe.expire(redis_key, window + 1)
         try:
             count, _ = pipe.execute()
         except redis.RedisError:
-            # Sign-up keeps working through a Redis outage, unlimited meanwhile.
-            logger.warning("could not count the accounts of %s", address, exc_info=True)
+            # Sign-up and the rest keep working through a Redis outage, unlimited meanwhile.
+            logger.warning("could not count the %s of %s", kind, key, exc_info=True)
             return True
         return int(count) <= limit
-    return _memory_counts.count(address, slot) <= limit
+    return _memory_counts.count(kind, key, slot) <= limit
 
 
 class _WindowCounts:
-    """Counts per address for the current window, in memory; older windows pruned."""
+    """Counts per kind and key for each kind's current window, in memory; older windows pruned."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slot = -1
-        self._counts: dict[str, int] = {}
+        self._windows: dict[str, tuple[int, dict[str, int]]] = {}
 
-    def count(self, address: str, slot: int) -> int:
+    def count(self, kind: str, key: str, slot: int) -> int:
         with self._lock:
-            if slot != self._slot:
-                self._slot, self._counts = slot, {}
-            self._counts[address] = self._counts.get(address, 0) + 1
-            return self._counts[address]
+            current, counts = self._windows.get(kind, (-1, {}))
+            if slot != current:
+                counts = {}
+                self._windows[kind] = (slot, counts)
+            counts[key] = counts.get(key, 0) + 1
+            return counts[key]
 
 
 _memory_counts = _WindowCounts()

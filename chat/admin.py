@@ -1,13 +1,17 @@
 """Admin: inspect groups, memberships, messages and who is online; log users out everywhere.
 
-Messages and connections are read-only: editing a stored message would change
-history that clients have already synced, and connections mirror live sockets.
+Messages and connections are read-only: an edit is its author's alone (over the
+protocol; earlier bodies are shown here), and connections mirror live sockets.
+Deleting a message goes the protocol's way: a tombstone, its audience told.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
@@ -17,9 +21,15 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from chat.models import ChatGroup, Connection, Membership, Message
+from chat.delivery.messages import to_layer
+from chat.delivery.publishing import Addressed, change_event, to_message_audience
+from chat.delivery.relay import relay_if_local
+from chat.message_changes import message_tombstone
+from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit
 from chat.revocation import log_out_everywhere
 from chat.workers import live_workers
+
+logger = logging.getLogger(__name__)
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -77,10 +87,48 @@ class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     raw_id_fields = ("user",)
 
 
+class MessageEditInline(admin.TabularInline):  # type: ignore[type-arg]
+    """A message's earlier bodies: kept for the admin, never sent over the protocol."""
+
+    model = MessageEdit
+    fields = ("edited_at", "edited_by", "body")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+def _tell_workers(addressed: Addressed) -> None:
+    """Publish from this (synchronous) request; without Redis through the database too."""
+    layer = get_channel_layer()
+    for layer_group, message in addressed:
+        try:
+            if layer is not None:
+                async_to_sync(layer.group_send)(layer_group, to_layer(message))
+            relay_if_local(layer, message)
+        except Exception:
+            logger.exception("could not tell the workers: %s to %s", message.type, layer_group)
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("id", "sender", "kind", "audience_label", "short_body", "created_at")
-    list_filter = ("kind", "created_at")
+    list_display = (
+        "id",
+        "sender",
+        "kind",
+        "audience_label",
+        "short_body",
+        "created_at",
+        "edited_at",
+        "deleted",
+    )
+    list_filter = ("kind", "deleted", "created_at")
+    inlines = [MessageEditInline]
     date_hierarchy = "created_at"
     search_fields = ("body", "sender__username", "recipient__username", "group__name")
     list_select_related = ("sender", "recipient", "group")
@@ -105,6 +153,16 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: Message) -> None:
+        """The protocol's delete: a tombstone, its content removed, its audience told."""
+        change = message_tombstone(obj.pk)
+        if change is not None and change.changed:
+            _tell_workers(to_message_audience(change, change_event(change)))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        for message in queryset:
+            self.delete_model(request, message)
 
 
 @admin.register(Connection)

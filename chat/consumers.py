@@ -35,27 +35,46 @@ from chat.conversations import (
 )
 from chat.database import handshake_admitted, handshake_done, read_for_socket
 from chat.delivery import Hub, session_digest
-from chat.delivery.publishing import membership_notices, to_group, to_user, to_username
+from chat.delivery.publishing import (
+    change_event,
+    membership_notices,
+    to_group,
+    to_message_audience,
+    to_user,
+    to_username,
+)
 from chat.groups import group_join, group_leave, group_members_read
 from chat.logs import close_reason, serving_connection
+from chat.message_changes import (
+    Change,
+    message_changes,
+    message_delete,
+    message_edit,
+    message_react,
+)
 from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
 from chat.paging import fit_page, names_page
 from chat.protocol import (
+    Changes,
     ChatError,
     Command,
     Conversations,
+    Delete,
+    Edit,
     Groups,
     History,
     Join,
     Leave,
     Members,
     Ping,
+    React,
     Read,
     Send,
     Sync,
     Typing,
+    Unreact,
     Users,
     Who,
     encode,
@@ -410,7 +429,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         (the classic endpoint has none to write).
         """
         stored = await current_worker().send_queue.submit(
-            self.user, command.to, command.body, command.cid
+            self.user, command.to, command.body, command.cid, command.reply_to
         )
         cid = {} if command.cid is None else {"cid": command.cid}
         return _reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)
@@ -484,7 +503,7 @@ class ChatConsumer(ChatSocket):
     # Commands that only read the database: one with a `ref` runs in a task
     # of its own, alongside the socket's later commands.
     reads: frozenset[str] = frozenset(
-        {"history", "sync", "members", "conversations", "users", "groups"}
+        {"history", "sync", "members", "conversations", "users", "groups", "changes"}
     )
     # The read in progress, if any (most sockets never have one).
     _read: asyncio.Task[None] | None = None
@@ -494,13 +513,14 @@ class ChatConsumer(ChatSocket):
             online = await self.online_now()
         except ChatError:
             online = ()
-        last_id = await current_worker().last_id_of(self.user_id)
+        last_id, last_rev = await current_worker().last_marks_of(self.user_id)
         hello = {
             "type": "hello",
             "user": self.username,
             "online": online,
             "groups": [name for _, name in groups],
             "last_id": last_id,
+            "last_rev": last_rev,
         }
         await self.send(text_data=encode(hello))
 
@@ -686,6 +706,52 @@ class ChatConsumer(ChatSocket):
     async def command_ping(self, command: Ping) -> dict[str, Any]:
         return _reply("pong", command.ref)
 
+    # -- protocol 1.2: changing messages -----------------------------------
+
+    async def command_edit(self, command: Edit) -> dict[str, Any]:
+        change = await database_sync_to_async(message_edit)(
+            user=self.user, message_id=command.id, body=command.body
+        )
+        return await self._changed(change, command.ref)
+
+    async def command_delete(self, command: Delete) -> dict[str, Any]:
+        change = await database_sync_to_async(message_delete)(user=self.user, message_id=command.id)
+        return await self._changed(change, command.ref)
+
+    async def command_react(self, command: React) -> dict[str, Any]:
+        change = await database_sync_to_async(message_react)(
+            user=self.user, message_id=command.id, emoji=command.emoji, on=True
+        )
+        return await self._changed(change, command.ref)
+
+    async def command_unreact(self, command: Unreact) -> dict[str, Any]:
+        change = await database_sync_to_async(message_react)(
+            user=self.user, message_id=command.id, emoji=command.emoji, on=False
+        )
+        return await self._changed(change, command.ref)
+
+    async def _changed(self, change: Change, ref: str | None) -> dict[str, Any]:
+        """Tell the message's audience (but this socket, which gets the reply), if it changed."""
+        if change.changed:
+            event = change_event(change)
+            await self.hub.tell(
+                to_message_audience(change, event, exclude_connection=self.connection_id)
+            )
+        return change_event(change, ref)
+
+    async def command_changes(self, command: Changes) -> dict[str, Any]:
+        messages, more = await read_for_socket(
+            message_changes,
+            user=self.user,
+            since=command.since,
+            limit=command.limit,
+            max_bytes=_reply_room(),
+        )
+        if more and messages:
+            last = messages[-1]["rev"]
+            return _reply("changes", command.ref, messages=messages, more=True, next=last)
+        return _reply("changes", command.ref, messages=messages, more=False)
+
 
 # Each command type's handler: the only dispatch from a type to code.
 _HANDLERS: dict[str, Callable[[ChatConsumer, Any], Awaitable[dict[str, Any] | None]]] = {
@@ -702,6 +768,11 @@ _HANDLERS: dict[str, Callable[[ChatConsumer, Any], Awaitable[dict[str, Any] | No
     Users.type: ChatConsumer.command_users,
     Groups.type: ChatConsumer.command_groups,
     Ping.type: ChatConsumer.command_ping,
+    Edit.type: ChatConsumer.command_edit,
+    Delete.type: ChatConsumer.command_delete,
+    React.type: ChatConsumer.command_react,
+    Unreact.type: ChatConsumer.command_unreact,
+    Changes.type: ChatConsumer.command_changes,
 }
 
 

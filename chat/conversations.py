@@ -19,7 +19,7 @@ from django.db import connection
 from django.db.models import Count, Exists, Max, OuterRef, Q
 
 from chat.accounts import is_guest_name
-from chat.messaging import message_json
+from chat.messaging import MESSAGE_RELATED, messages_json
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
 from chat.protocol import NO_SUCH_USER, NOT_MEMBER, Address, ChatError
 
@@ -138,32 +138,47 @@ def conversation_list(
         message.id: message
         for message in Message.objects.filter(
             id__in=[item[1][0] for item in page if item[1][0]]
-        ).select_related("sender", "recipient", "group")
+        ).select_related(*MESSAGE_RELATED)
+    }
+    last_json = {
+        message.id: json
+        for message, json in zip(
+            last_messages.values(), messages_json(list(last_messages.values())), strict=True
+        )
     }
     items = []
     for key, (last, address, peer, group) in page:
         read_id = positions.get(key, 0)
         conversation = Conversation(key, address, peer_id=peer, group_id=group)
-        unread = (
-            conversation.messages(user.pk)
-            .filter(id__gt=read_id)
-            .exclude(sender_id=user.pk)
-            .aggregate(n=Count("id"))["n"]
-            if last > read_id
-            else 0
-        )
-        message = last_messages.get(last)
+        unread = mentions = 0
+        if last > read_id:
+            unseen = conversation.messages(user.pk).filter(id__gt=read_id)
+            unseen = unseen.exclude(sender_id=user.pk)
+            unread = unseen.aggregate(n=Count("id"))["n"]
+            mentions = _mentioning(unseen, user.get_username())
         items.append(
             {
                 "of": address.as_json(),
-                "last": message_json(message) if message is not None else None,
+                "last": last_json.get(last),
                 "unread": unread,
                 "read_id": read_id,
+                "mentions": mentions,
                 "their_read_id": theirs.get(peer, 0) if peer is not None else None,
             }
         )
     cursor = (page[-1][1][0], page[-1][0]) if more and page else None
     return items, cursor
+
+
+def _mentioning(messages: Any, username: str) -> int:
+    """How many of `messages` mention `username`.
+
+    The database narrows them down (`contains` ignores case on SQLite); the
+    exact, case-sensitive match is made here, on those few.
+    """
+    marked = f" {username} "
+    found = messages.filter(mentions__contains=marked).values_list("mentions", flat=True)
+    return sum(1 for mentions in found if marked in mentions)
 
 
 def encode_cursor(cursor: tuple[int, str]) -> str:

@@ -32,8 +32,10 @@ from django.db import DatabaseError, IntegrityError, connection, models, transac
 from django.db.models import Q
 
 from chat.database import note_answered, note_if_timeout
-from chat.models import ChatGroup, Membership, Message, group_key
+from chat.mentions import MentionRequest, resolve, stored_form
+from chat.models import ChatGroup, Membership, Message, Reaction, group_key
 from chat.protocol import (
+    NO_SUCH_MESSAGE,
     NO_SUCH_USER,
     NOT_MEMBER,
     SYNC_MAX_MESSAGES,
@@ -67,8 +69,20 @@ def format_ts(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_json(message: Message) -> dict[str, Any]:
-    """A message as the protocol writes it (without `type`)."""
+# Messages selected with what `message_json` reads.
+MESSAGE_RELATED = ("sender", "recipient", "group", "reply_to", "reply_to__sender")
+# Characters of the replied message's body that a reply quotes.
+EXCERPT_CHARS = 100
+# Reactors listed per emoji; `count` says how many there are in all.
+REACTION_USERS = 20
+
+
+def message_json(message: Message, reactions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A message as the protocol writes it (without `type`).
+
+    `reactions` as `reactions_of` gives them; a message that never changed
+    (`rev` NULL) has none, so callers need not look.
+    """
     to: dict[str, Any]
     if message.kind == Message.Kind.DIRECT:
         assert message.recipient is not None
@@ -84,10 +98,54 @@ def message_json(message: Message) -> dict[str, Any]:
         "to": to,
         "body": message.body,
         "ts": format_ts(message.created_at),
+        "rev": message.current_rev,
+        "edited_at": None if message.edited_at is None else format_ts(message.edited_at),
+        "deleted": message.deleted,
+        "reply_to": None if message.deleted else reply_json(message.reply_to),
+        "reactions": [] if message.deleted or reactions is None else reactions,
+        "mentions": [] if message.deleted else message.mentioned_names(),
     }
     if message.cid is not None:
         json["cid"] = message.cid
     return json
+
+
+def reply_json(replied: Message | None) -> dict[str, Any] | None:
+    """What a reply shows of the message it answers: its current body's start."""
+    if replied is None:
+        return None
+    return {
+        "id": replied.id,
+        "from": replied.sender.get_username(),
+        "excerpt": replied.body[:EXCERPT_CHARS],
+    }
+
+
+def messages_json(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """`message_json` of many, their reactions read in one query (none if none changed)."""
+    reactions = reactions_of([m.id for m in messages if m.rev is not None and not m.deleted])
+    return [message_json(m, reactions.get(m.id, [])) for m in messages]
+
+
+def reactions_of(message_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each message's reactions: per emoji in order of first use, its count and first users."""
+    if not message_ids:
+        return {}
+    user_model = get_user_model()
+    rows = (
+        Reaction.objects.filter(message_id__in=message_ids)
+        .order_by("id")
+        .values_list("message_id", "emoji", f"user__{user_model.USERNAME_FIELD}")
+    )
+    found: dict[int, dict[str, dict[str, Any]]] = {}
+    for message_id, emoji, username in rows:
+        entry = found.setdefault(message_id, {}).setdefault(
+            emoji, {"emoji": emoji, "count": 0, "users": []}
+        )
+        entry["count"] += 1
+        if len(entry["users"]) < REACTION_USERS:
+            entry["users"].append(username)
+    return {message_id: list(by_emoji.values()) for message_id, by_emoji in found.items()}
 
 
 def _find_user(username: str) -> User:
@@ -179,15 +237,19 @@ class SendRequest:
     # Protocol 1.1: the client's id for this message; a second send with it
     # is answered with the first one's ack.
     cid: str | None = None
+    # Protocol 1.2: the id of the message of the same conversation it answers.
+    reply_to: int | None = None
 
 
 def _unavailable() -> ChatError:
     return ChatError(UNAVAILABLE, "the message store failed; nothing was stored, try again")
 
 
-def message_send(*, sender: User, to: Address, body: str, cid: str | None = None) -> StoredMessage:
+def message_send(
+    *, sender: User, to: Address, body: str, cid: str | None = None, reply_to: int | None = None
+) -> StoredMessage:
     """Store a message for its audience; raise `ChatError` if it may not be sent."""
-    [result] = message_send_many([SendRequest(sender, to, body, cid)])
+    [result] = message_send_many([SendRequest(sender, to, body, cid, reply_to)])
     if isinstance(result, ChatError):
         raise result
     return result
@@ -255,19 +317,92 @@ def _stored_earlier(requests: Sequence[SendRequest]) -> dict[tuple[int, str], Me
     wanted = Q()
     for sender_id, cid in pairs:
         wanted |= Q(sender_id=sender_id, cid=cid)
-    found = Message.objects.filter(wanted).select_related("sender", "recipient", "group")
+    found = Message.objects.filter(wanted).select_related(*MESSAGE_RELATED)
     return {(message.sender_id, message.cid): message for message in found if message.cid}
+
+
+@dataclass(frozen=True, slots=True)
+class _Extras:
+    """What protocol 1.2 adds to a send: the resolved mentions and the replied message."""
+
+    mentions: list[str]
+    replied: Message | None
+
+
+def _extras(requests: Sequence[SendRequest]) -> list[_Extras | ChatError]:
+    """Mentions and replies of a batch: one query each, only when some request has them."""
+    mentions = resolve(
+        [
+            MentionRequest(
+                r.body,
+                peer=r.to.name if r.to.kind == "user" else None,
+                group=r.to.name if r.to.kind == "group" else None,
+            )
+            for r in requests
+        ]
+    )
+    wanted = {r.reply_to for r in requests if r.reply_to is not None}
+    replied = (
+        Message.objects.select_related("sender", "recipient", "group").in_bulk(wanted)
+        if wanted
+        else {}
+    )
+    extras: list[_Extras | ChatError] = []
+    for request, names in zip(requests, mentions, strict=True):
+        target = None if request.reply_to is None else replied.get(request.reply_to)
+        if request.reply_to is not None and (
+            target is None or not _same_conversation(target, request)
+        ):
+            extras.append(
+                ChatError(NO_SUCH_MESSAGE, f"there is no message {request.reply_to} to answer here")
+            )
+            continue
+        extras.append(_Extras(names, target))
+    return extras
+
+
+def _same_conversation(message: Message, request: SendRequest) -> bool:
+    """Whether `message` belongs to the conversation `request` sends to (and so is seen)."""
+    to = request.to
+    if to.kind == "user":
+        if message.kind != Message.Kind.DIRECT or message.recipient is None:
+            return False
+        pair = sorted([message.sender.get_username(), message.recipient.get_username()])
+        return pair == sorted([request.sender.get_username(), to.name])
+    if to.kind == "group":
+        # The sender's membership is checked by the send itself.
+        return (
+            message.kind == Message.Kind.GROUP
+            and message.group is not None
+            and message.group.key == group_key(to.name)
+        )
+    return message.kind == Message.Kind.ALL
 
 
 def _send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
     if not requests:
         return []
+    extras = _extras(requests)
+    accepted = [(r, e) for r, e in zip(requests, extras, strict=True) if isinstance(e, _Extras)]
+    if len(accepted) == len(requests):
+        return _send_checked(requests, [e for e in extras if isinstance(e, _Extras)])
+    stored = iter(_send_checked([r for r, _ in accepted], [e for _, e in accepted]))
+    return [next(stored) if isinstance(e, _Extras) else e for e in extras]
+
+
+def _send_checked(
+    requests: Sequence[SendRequest], extras: Sequence[_Extras]
+) -> list[StoredMessage | ChatError]:
+    if not requests:
+        return []
     if connection.vendor == "postgresql":
-        return _send_in_one_statement(requests)
-    return _send_with_orm(requests)
+        return _send_in_one_statement(requests, extras)
+    return _send_with_orm(requests, extras)
 
 
-def _send_with_orm(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
+def _send_with_orm(
+    requests: Sequence[SendRequest], extras: Sequence[_Extras]
+) -> list[StoredMessage | ChatError]:
     """SQLite (and others): one query per audience kind, then the inserts."""
     recipients = _users_named({r.to.name for r in requests if r.to.kind == "user"})
     groups = _groups_of_members(
@@ -275,12 +410,18 @@ def _send_with_orm(requests: Sequence[SendRequest]) -> list[StoredMessage | Chat
     )
     earlier = _stored_earlier(requests)
     checked: list[dict[str, Any] | StoredMessage | ChatError] = []
-    for request in requests:
+    for request, extra in zip(requests, extras, strict=True):
         if request.cid is not None and (request.sender.pk, request.cid) in earlier:
             checked.append(_replay(_stored(earlier[request.sender.pk, request.cid])))
             continue
         to = request.to
-        row: dict[str, Any] = {"sender": request.sender, "body": request.body, "cid": request.cid}
+        row: dict[str, Any] = {
+            "sender": request.sender,
+            "body": request.body,
+            "cid": request.cid,
+            "reply_to": extra.replied,
+            "mentions": stored_form(extra.mentions),
+        }
         if to.kind == "user":
             row.update(kind=Message.Kind.DIRECT, recipient=recipients.get(to.name))
             if row["recipient"] is None:
@@ -316,7 +457,9 @@ def _insert_with_orm(rows: list[dict[str, Any]]) -> list[Message]:
         return messages
 
 
-def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
+def _send_in_one_statement(
+    requests: Sequence[SendRequest], extras: Sequence[_Extras]
+) -> list[StoredMessage | ChatError]:
     """PostgreSQL: check, lock, timestamp and insert a batch in one statement.
 
     Separate statements (the audience checks, BEGIN, the order lock, INSERT,
@@ -331,10 +474,12 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
     as the ORM path loads it, `_stored_earlier`).
     """
     params: list[Any] = []
-    for index, request in enumerate(requests):
+    for index, (request, extra) in enumerate(zip(requests, extras, strict=True)):
         kind = _KINDS[request.to.kind]
         target = group_key(request.to.name) if request.to.kind == "group" else request.to.name
         params += [index, request.sender.pk, kind, target, request.body, request.cid]
+        params += [None if extra.replied is None else extra.replied.id]
+        params += [stored_form(extra.mentions)]
     params.append(_MESSAGE_ORDER_LOCK)
     cids = any(request.cid is not None for request in requests)
     accepted: dict[int, tuple[Any, int, datetime, str | None]] = {}
@@ -348,7 +493,7 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
                 accepted[index] = (target, pk, created, name)
     replays = _stored_earlier([requests[index] for index in earlier])
     results: list[StoredMessage | ChatError] = []
-    for index, request in enumerate(requests):
+    for index, (request, extra) in enumerate(zip(requests, extras, strict=True)):
         if index in earlier:
             assert request.cid is not None
             results.append(_replay(_stored(replays[request.sender.pk, request.cid])))
@@ -367,6 +512,12 @@ def _send_in_one_statement(requests: Sequence[SendRequest]) -> list[StoredMessag
             "to": {"group": group_name} if request.to.kind == "group" else request.to.as_json(),
             "body": request.body,
             "ts": ts,
+            "rev": pk,
+            "edited_at": None,
+            "deleted": False,
+            "reply_to": reply_json(extra.replied),
+            "reactions": [],
+            "mentions": extra.mentions,
         }
         if request.cid is not None:
             event["cid"] = request.cid
@@ -416,12 +567,27 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     member_user, member_group = _column(Membership, "user"), _column(Membership, "group")
     columns = ", ".join(
         _column(Message, name)
-        for name in ("sender", "kind", "recipient", "group", "body", "cid", "created_at")
+        for name in (
+            "sender",
+            "kind",
+            "recipient",
+            "group",
+            "body",
+            "cid",
+            "reply_to",
+            "mentions",
+            "created_at",
+        )
     )
     direct, in_group = Message.Kind.DIRECT.value, Message.Kind.GROUP.value
     sender_type = _field(Message, "sender").db_type(connection)
+    reply_type = _field(Message, "reply_to").db_type(connection)
     values = ", ".join(
-        [f"(%s::integer, %s::{sender_type}, %s::text, %s::text, %s::text, %s::text)"] * rows
+        [
+            f"(%s::integer, %s::{sender_type}, %s::text, %s::text, %s::text, %s::text,"
+            f" %s::{reply_type}, %s::text)"
+        ]
+        * rows
     )
     sender, cid = _column(Message, "sender"), _column(Message, "cid")
     earlier = (
@@ -438,12 +604,13 @@ def _send_sql(rows: int, *, cids: bool) -> str:
         "UNION ALL SELECT e.ord, NULL, NULL, NULL, NULL, true FROM earlier e" if cids else ""
     )
     return f"""
-WITH v(ord, sender, kind, target_name, body, cid) AS (VALUES {values}),
+WITH v(ord, sender, kind, target_name, body, cid, reply_to, mentions) AS (VALUES {values}),
 {earlier}
 order_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s)),
 stamp AS MATERIALIZED (SELECT clock_timestamp() AS now FROM order_lock),
 accepted AS MATERIALIZED (
-  SELECT v.ord, v.sender, v.kind, v.body, v.cid, u.{user_id} AS recipient, g.{group_id} AS grp,
+  SELECT v.ord, v.sender, v.kind, v.body, v.cid, v.reply_to, v.mentions,
+         u.{user_id} AS recipient, g.{group_id} AS grp,
          g.{group_name} AS group_name,
          row_number() OVER (ORDER BY v.ord) AS n
   FROM v
@@ -458,7 +625,7 @@ accepted AS MATERIALIZED (
 ),
 inserted AS (
   INSERT INTO {message} ({columns})
-  SELECT a.sender, a.kind, a.recipient, a.grp, a.body, a.cid, stamp.now
+  SELECT a.sender, a.kind, a.recipient, a.grp, a.body, a.cid, a.reply_to, a.mentions, stamp.now
   FROM accepted a CROSS JOIN stamp ORDER BY a.ord
   RETURNING {_column(Message, "id")} AS id, {_column(Message, "created_at")} AS created
 )
@@ -470,7 +637,7 @@ JOIN (SELECT id, created, row_number() OVER (ORDER BY id) AS n FROM inserted) i 
 
 
 def _stored(message: Message) -> StoredMessage:
-    event = {"type": "message", **message_json(message)}
+    event = {"type": "message", **messages_json([message])[0]}
     if message.recipient is not None:
         user_ids = tuple({message.sender.pk, message.recipient.pk})
         return StoredMessage(message.id, event["ts"], event, user_ids=user_ids)
@@ -502,9 +669,9 @@ def message_history_page(
         messages = Message.objects.broadcasts()
     if before is not None:
         messages = messages.filter(id__lt=before)
-    newest = messages.select_related("sender", "recipient", "group").order_by("-id")
+    newest = messages.select_related(*MESSAGE_RELATED).order_by("-id")
     rows = list(newest[: limit + 1])
-    kept = fit_in_bytes([message_json(m) for m in rows[:limit]], max_bytes)
+    kept = fit_in_bytes(messages_json(rows[:limit]), max_bytes)
     return kept[::-1], len(rows) > len(kept)
 
 
@@ -518,10 +685,10 @@ def message_sync(
     rows = list(
         Message.objects.visible_to(user.pk)
         .filter(id__gt=since)
-        .select_related("sender", "recipient", "group")
+        .select_related(*MESSAGE_RELATED)
         .order_by("id")[: SYNC_MAX_MESSAGES + 1]
     )
-    kept = fit_in_bytes([message_json(m) for m in rows[:SYNC_MAX_MESSAGES]], max_bytes)
+    kept = fit_in_bytes(messages_json(rows[:SYNC_MAX_MESSAGES]), max_bytes)
     return kept, len(rows) > len(kept)
 
 
@@ -574,18 +741,62 @@ def last_visible_ids(user_ids: Sequence[int]) -> dict[int, int]:
 _LAST_IDS_KINDS = (Message.Kind.ALL.value, Message.Kind.DIRECT.value)
 
 
+def last_visible_revs(user_ids: Sequence[int]) -> dict[int, int]:
+    """The highest `rev` among the messages each user may see (`hello.last_rev`), or 0."""
+    return {user_id: rev for user_id, (_, rev) in last_visible_marks(user_ids).items()}
+
+
+def last_visible_marks(user_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Per user, (`last_visible_id`, highest visible `rev`), in one statement (`hello`).
+
+    A message that never changed has its id for `rev`, so the highest `rev` is
+    the newest visible id or a higher `rev` of a changed message, read as the
+    ids are but through the partial indexes of changed messages.
+    """
+    wanted = sorted(set(user_ids))
+    answer = dict.fromkeys(user_ids, (0, 0))
+    if not wanted:
+        return answer
+    with connection.cursor() as cursor:
+        cursor.execute(_last_marks_sql(len(wanted)), [*_LAST_IDS_KINDS, *_LAST_IDS_KINDS, *wanted])
+        for user_id, *newest in cursor.fetchall():
+            last_id = max((i for i in newest[:4] if i is not None), default=0)
+            last_rev = max((i for i in newest[4:] if i is not None), default=last_id)
+            answer[user_id] = (last_id, max(last_id, last_rev))
+    return answer
+
+
 @functools.lru_cache(maxsize=64)
-def _last_ids_sql(count: int) -> str:
-    message = Message._meta.db_table
-    membership = Membership._meta.db_table
+def _last_marks_sql(count: int) -> str:
+    ids, revs = _newest_of_kinds("id"), _newest_of_kinds("rev")
     users = get_user_model()._meta.db_table
     return f"""
-        SELECT u.id,
-            (SELECT MAX(id) FROM {message} WHERE kind = %s),
-            (SELECT MAX(id) FROM {message} WHERE sender_id = u.id AND kind = %s),
-            (SELECT MAX(id) FROM {message} WHERE recipient_id = u.id),
-            (SELECT MAX((SELECT MAX(m.id) FROM {message} m WHERE m.group_id = ms.group_id))
-                FROM {membership} ms WHERE ms.user_id = u.id)
+        SELECT u.id, {ids}, {revs}
+        FROM {users} u
+        WHERE u.id IN ({", ".join(["%s"] * count)})
+    """
+
+
+def _newest_of_kinds(column: str) -> str:
+    """Per user `u`, the newest `column` of each kind of visible message ("rev": changed ones)."""
+    message = Message._meta.db_table
+    membership = Membership._meta.db_table
+    # The condition that lets the partial indexes of changed messages serve.
+    only = " AND rev IS NOT NULL" if column == "rev" else ""
+    return f"""
+            (SELECT MAX({column}) FROM {message} WHERE kind = %s{only}),
+            (SELECT MAX({column}) FROM {message} WHERE sender_id = u.id AND kind = %s{only}),
+            (SELECT MAX({column}) FROM {message} WHERE recipient_id = u.id{only}),
+            (SELECT MAX((SELECT MAX(m.{column}) FROM {message} m
+                         WHERE m.group_id = ms.group_id{only.replace("rev", "m.rev")}))
+                FROM {membership} ms WHERE ms.user_id = u.id)"""
+
+
+@functools.lru_cache(maxsize=64)
+def _last_ids_sql(count: int) -> str:
+    users = get_user_model()._meta.db_table
+    return f"""
+        SELECT u.id, {_newest_of_kinds("id")}
         FROM {users} u
         WHERE u.id IN ({", ".join(["%s"] * count)})
     """

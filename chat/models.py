@@ -133,6 +133,25 @@ class Message(models.Model):
     # repeated after a lost ack is recognised and stored only once. NULL, not
     # "", for "none": the unique constraint below then leaves those out.
     cid = models.CharField(max_length=64, null=True, blank=True, default=None)  # noqa: DJ001
+    # Protocol 1.2. `rev` is NULL until the message first changes after it was
+    # stored: its change number is then its id, which came from the same
+    # counter (see chat.message_changes), so a store writes nothing extra.
+    rev = models.BigIntegerField(null=True, blank=True, default=None, editable=False)
+    edited_at = models.DateTimeField(null=True, blank=True, default=None, editable=False)
+    deleted = models.BooleanField(default=False, db_default=False, editable=False)
+    reply_to = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="replies",
+        editable=False,
+        # Indexed for replies only (message_reply_to): a store pays nothing.
+        db_index=False,
+    )
+    # The usernames the body mentions, sorted, each between spaces (" ann bob "),
+    # resolved when the message is stored or edited (chat.mentions); "" for none.
+    mentions = models.TextField(default="", db_default="", blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 
@@ -146,6 +165,27 @@ class Message(models.Model):
             models.Index(fields=["group", "id"], name="message_group_id"),
             models.Index(fields=["recipient", "id"], name="message_recipient_id"),
             models.Index(fields=["sender", "id"], name="message_sender_id"),
+            models.Index(
+                fields=["reply_to"], condition=Q(reply_to__isnull=False), name="message_reply_to"
+            ),
+            # Changed messages only: a store, which leaves `rev` NULL, pays nothing.
+            models.Index(
+                fields=["rev"], condition=Q(rev__isnull=False), name="message_changed_rev"
+            ),
+            models.Index(
+                fields=["kind", "rev"], condition=Q(rev__isnull=False), name="message_kind_rev"
+            ),
+            models.Index(
+                fields=["group", "rev"], condition=Q(rev__isnull=False), name="message_group_rev"
+            ),
+            models.Index(
+                fields=["recipient", "rev"],
+                condition=Q(rev__isnull=False),
+                name="message_recipient_rev",
+            ),
+            models.Index(
+                fields=["sender", "rev"], condition=Q(rev__isnull=False), name="message_sender_rev"
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -167,12 +207,62 @@ class Message(models.Model):
         return f"#{self.id} {self.sender} → {self.audience_label}"
 
     @property
+    def current_rev(self) -> int:
+        """Its change number: its id until it first changed."""
+        return self.rev if self.rev is not None else self.id
+
+    def mentioned_names(self) -> list[str]:
+        return self.mentions.split()
+
+    @property
     def audience_label(self) -> str:
         if self.kind == self.Kind.DIRECT:
             return f"@{self.recipient}"
         if self.kind == self.Kind.GROUP:
             return f"#{self.group}"
         return "everyone"
+
+
+class MessageEdit(models.Model):
+    """A body a message had before an edit: who replaced it and when.
+
+    Shown in the admin, never sent over the protocol; removed with the
+    message's other content when it is deleted.
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="edits")
+    body = models.TextField()
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="message_edits"
+    )
+    edited_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["message_id", "id"]
+        verbose_name = "earlier body"
+        verbose_name_plural = "earlier bodies"
+
+    def __str__(self) -> str:
+        return f"#{self.message_id} before {self.edited_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Reaction(models.Model):
+    """One user's reaction with one emoji to one message; ids give the order of use."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reactions")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_reactions"
+    )
+    emoji = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["message_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="unique_reaction"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.emoji} #{self.message_id}"
 
 
 class Connection(models.Model):

@@ -25,6 +25,12 @@ NO_SUCH_USER = "no_such_user"
 NOT_MEMBER = "not_member"
 RATE_LIMITED = "rate_limited"
 UNAVAILABLE = "unavailable"
+# Protocol 1.2: changing messages.
+NO_SUCH_MESSAGE = "no_such_message"
+NOT_YOURS = "not_yours"
+TOO_LATE = "too_late"
+BAD_EMOJI = "bad_emoji"
+TOO_MANY_REACTIONS = "too_many_reactions"
 TOO_MANY_GROUPS = "too_many_groups"
 ERROR_CODES = frozenset(
     {
@@ -38,6 +44,11 @@ ERROR_CODES = frozenset(
         NOT_MEMBER,
         RATE_LIMITED,
         UNAVAILABLE,
+        NO_SUCH_MESSAGE,
+        NOT_YOURS,
+        TOO_LATE,
+        BAD_EMOJI,
+        TOO_MANY_REACTIONS,
         TOO_MANY_GROUPS,
     }
 )
@@ -48,6 +59,7 @@ MAX_GROUP_CHARS = 64
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 SYNC_MAX_MESSAGES = 500
+CHANGES_MAX_LIMIT = 500
 CONVERSATIONS_DEFAULT_LIMIT = 50
 CONVERSATIONS_MAX_LIMIT = 100
 SEARCH_DEFAULT_LIMIT = 20
@@ -211,12 +223,18 @@ class Send:
     cid: str | None = None
     ref: str | None = None
 
+    # Protocol 1.2: the id of the message of the same conversation it answers.
+    reply_to: int | None = None
+
     @classmethod
     def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Send:
         _require(data, "send", "to", "body")
         to = clean_address(data["to"], "to")
         body = clean_body(data["body"], max_chars=max_body_chars)
-        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref)
+        reply_to = data.get("reply_to")
+        if reply_to is not None:
+            reply_to = _clean_int(reply_to, "reply_to", minimum=1)
+        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref, reply_to=reply_to)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,6 +402,94 @@ class Groups:
         return cls(q=q, limit=limit, ref=ref)
 
 
+# -- protocol 1.2: changing messages ------------------------------------------
+
+# Longer than any emoji sequence: longer strings are `bad_emoji` unread.
+MAX_EMOJI_CHARS = 32
+
+
+def _message_id(data: dict[str, Any], kind: str) -> int:
+    _require(data, kind, "id")
+    return _clean_int(data["id"], "id", minimum=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edit:
+    type: ClassVar[str] = "edit"
+    id: int
+    body: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Edit:
+        _require(data, cls.type, "id", "body")
+        message_id = _message_id(data, cls.type)
+        return cls(id=message_id, body=clean_body(data["body"], max_chars=max_body_chars), ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    type: ClassVar[str] = "delete"
+    id: int
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Delete:
+        return cls(id=_message_id(data, cls.type), ref=ref)
+
+
+def _emoji_of(data: dict[str, Any], kind: str) -> str:
+    """A string to check against the emoji list (chat.message_changes): `bad_emoji` if not one."""
+    _require(data, kind, "id", "emoji")
+    emoji = data["emoji"]
+    if not isinstance(emoji, str):
+        raise ChatError(BAD_COMMAND, "emoji must be a string")
+    if not 0 < len(emoji) <= MAX_EMOJI_CHARS:
+        raise ChatError(BAD_EMOJI, "emoji must be one fully-qualified Unicode emoji")
+    return emoji
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class React:
+    type: ClassVar[str] = "react"
+    id: int
+    emoji: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> React:
+        emoji = _emoji_of(data, cls.type)
+        return cls(id=_message_id(data, cls.type), emoji=emoji, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unreact:
+    type: ClassVar[str] = "unreact"
+    id: int
+    emoji: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Unreact:
+        emoji = _emoji_of(data, cls.type)
+        return cls(id=_message_id(data, cls.type), emoji=emoji, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Changes:
+    type: ClassVar[str] = "changes"
+    since: int
+    limit: int = CHANGES_MAX_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Changes:
+        _require(data, cls.type, "since")
+        since = _clean_int(data["since"], "since", minimum=0)
+        limit = _optional_limit(data, CHANGES_MAX_LIMIT, CHANGES_MAX_LIMIT)
+        return cls(since=since, limit=limit, ref=ref)
+
+
 Command = (
     Send
     | Join
@@ -398,6 +504,11 @@ Command = (
     | Typing
     | Users
     | Groups
+    | Edit
+    | Delete
+    | React
+    | Unreact
+    | Changes
 )
 # Each command class by its `type`, for `parse_command`.
 COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}

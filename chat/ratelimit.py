@@ -50,6 +50,13 @@ COMMAND_COSTS: dict[str, int] = {
     "users": 1,
     "groups": 1,
     "conversations": 2,
+    # Protocol 1.2: a change writes one message under the order lock and
+    # tells its audience, like a send; `changes` reads up to 500, like `sync`.
+    "edit": 1,
+    "delete": 1,
+    "react": 1,
+    "unreact": 1,
+    "changes": 3,
     # Opening a socket (not a command): it loads and subscribes to each of the
     # user's groups, so a client reconnecting in a loop spends from the budget
     # too, and is refused (4429) past it. One token, so a budget of one still

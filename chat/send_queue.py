@@ -86,7 +86,12 @@ class SendQueue:
             task.cancel()
 
     async def submit(
-        self, sender: User, to: Address, body: str, cid: str | None = None
+        self,
+        sender: User,
+        to: Address,
+        body: str,
+        cid: str | None = None,
+        reply_to: int | None = None,
     ) -> StoredMessage:
         """Store a message; return it once committed, or raise `ChatError`.
 
@@ -95,7 +100,7 @@ class SendQueue:
         `cid` returns that message (`replayed`), which is not delivered again.
         """
         result: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
-        self._sends.put_nowait(_Send(SendRequest(sender, to, body, cid), result))
+        self._sends.put_nowait(_Send(SendRequest(sender, to, body, cid, reply_to), result))
         return await result
 
     async def _write_loop(self) -> None:

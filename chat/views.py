@@ -11,13 +11,13 @@ from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.views.decorators.http import require_POST
 
 from chat import metrics
-from chat.accounts import SignupForm, account_creation_allowed, guest_create
+from chat.accounts import SignupForm, account_creation_allowed, counted, guest_create
 from chat.addresses import client_address_of_request
 from chat.health import health_check
 from chat.worker import current_worker
@@ -76,6 +76,7 @@ class LoginView(auth_views.LoginView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["guest_login"] = settings.CHAT_GUEST_LOGIN
+        context["password_reset"] = password_reset_on()
         return context
 
 
@@ -132,3 +133,63 @@ async def metrics_export(request: HttpRequest) -> HttpResponse:
 def favicon(request: HttpRequest) -> HttpResponse:
     """/favicon.ico, which browsers ask for on pages without an icon link (the admin's)."""
     return redirect(static("chat/icon.svg"))
+
+
+def password_reset_on() -> bool:
+    """Whether the password reset pages exist: only with an SMTP server to mail from."""
+    return bool(settings.EMAIL_HOST)
+
+
+class _NeedsEmail:
+    """A password reset page: 404 while no e-mail is configured (EMAIL_HOST)."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not password_reset_on():
+            raise Http404("password reset needs e-mail (EMAIL_HOST)")
+        response: HttpResponse = super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        return response
+
+
+class PasswordResetView(_NeedsEmail, auth_views.PasswordResetView):
+    """Django's reset request, limited per client address and per e-mail address.
+
+    Counted only for a valid request, before anything is mailed; past
+    either limit, 429 and nothing is sent, so that no one can mail-bomb a
+    user (CHAT_PASSWORD_RESETS_PER_ADDRESS, CHAT_PASSWORD_RESETS_PER_ACCOUNT).
+    """
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        window = settings.CHAT_PASSWORD_RESET_WINDOW
+        by_address = counted(
+            "password-resets-address",
+            client_address_of_request(self.request),
+            limit=settings.CHAT_PASSWORD_RESETS_PER_ADDRESS,
+            window=window,
+        )
+        by_account = counted(
+            "password-resets-account",
+            form.cleaned_data["email"].strip().lower(),
+            limit=settings.CHAT_PASSWORD_RESETS_PER_ACCOUNT,
+            window=window,
+        )
+        if not (by_address and by_account):
+            response = HttpResponse(
+                "Too many password resets were asked for; try again later.",
+                status=429,
+                content_type="text/plain; charset=utf-8",
+            )
+            response["Retry-After"] = str(window - int(time.time()) % window)
+            return response
+        return super().form_valid(form)
+
+
+class PasswordResetDoneView(_NeedsEmail, auth_views.PasswordResetDoneView):
+    pass
+
+
+class PasswordResetConfirmView(_NeedsEmail, auth_views.PasswordResetConfirmView):
+    pass
+
+
+class PasswordResetCompleteView(_NeedsEmail, auth_views.PasswordResetCompleteView):
+    pass

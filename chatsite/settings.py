@@ -384,6 +384,21 @@ if CHAT_IPV6_PREFIX > 128:
 # window of CHAT_ACCOUNTS_WINDOW seconds; 0 turns the limit off.
 CHAT_ACCOUNTS_PER_ADDRESS = env_int("CHAT_ACCOUNTS_PER_ADDRESS", 10)
 CHAT_ACCOUNTS_WINDOW = env_int("CHAT_ACCOUNTS_WINDOW", 3600)
+# E-mail, for password reset only: the reset pages exist only when EMAIL_HOST
+# names an SMTP server (without one each request failed with a traceback).
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "webmaster@localhost")
+# Reset requests one client address, and one e-mail address (an account),
+# may make per window of CHAT_PASSWORD_RESET_WINDOW seconds; past either the
+# request is answered 429 and nothing is mailed. 0 turns each off.
+CHAT_PASSWORD_RESETS_PER_ADDRESS = env_int("CHAT_PASSWORD_RESETS_PER_ADDRESS", 5)
+CHAT_PASSWORD_RESETS_PER_ACCOUNT = env_int("CHAT_PASSWORD_RESETS_PER_ACCOUNT", 3)
+CHAT_PASSWORD_RESET_WINDOW = env_int("CHAT_PASSWORD_RESET_WINDOW", 3600)
 # Bytes of received frames that may wait for a socket's commands to be handled
 # before the server stops reading that socket (its client's sends then wait in
 # TCP) until they are: a client sending faster than it is served cannot grow
@@ -428,6 +443,8 @@ CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
 # Joins and leaves a user may make per minute (each tells the group's online
 # members), a budget of its own beside the command budget; 0 turns it off.
 CHAT_MEMBERSHIP_CHANGES_PER_MINUTE = env_int("CHAT_MEMBERSHIP_CHANGES_PER_MINUTE", 10)
+# Protocol 1.2: seconds after its `ts` that a message's author may edit it; 0: any time.
+CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 3600, minimum=0)
 # Groups one user may be a member of: every socket of theirs subscribes to
 # each, and `hello` lists them. Past it a join is `too_many_groups`; 0: no cap.
 CHAT_GROUPS_PER_USER = env_int("CHAT_GROUPS_PER_USER", 1000)

@@ -10,6 +10,23 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/guest/", views.guest_login, name="guest"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
+    # Before Django's own: these exist only with e-mail configured, and are limited.
+    path("accounts/password_reset/", views.PasswordResetView.as_view(), name="password_reset"),
+    path(
+        "accounts/password_reset/done/",
+        views.PasswordResetDoneView.as_view(),
+        name="password_reset_done",
+    ),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "accounts/reset/done/",
+        views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon, name="favicon"),

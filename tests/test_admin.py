@@ -229,6 +229,46 @@ def test_messages_are_read_only(admin, messages):
     assert message.body == "lunch at noon?"
 
 
+def test_a_message_page_shows_its_earlier_bodies(admin, alice):
+    from chat.message_changes import message_edit
+
+    stored = message_send(sender=alice, to=Address("all"), body="first wording")
+    message_edit(user=alice, message_id=stored.id, body="second wording")
+
+    page = admin.get(change("message", stored.id)).content.decode()
+
+    assert "first wording" in page and "second wording" in page
+
+
+def test_deleting_in_the_admin_leaves_the_protocols_tombstone(admin, messages, alice):
+    from chat.message_changes import message_edit, message_react
+
+    message = messages["all"]
+    message_react(user=alice, message_id=message.pk, emoji="👍", on=True)
+    message_edit(user=message.sender, message_id=message.pk, body="hello again")
+
+    response = admin.post(reverse("admin:chat_message_delete", args=[message.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    message.refresh_from_db()
+    assert (message.deleted, message.body, message.rev is not None) == (True, "", True)
+    assert not message.reactions.exists() and not message.edits.exists()
+
+
+def test_deleting_selected_messages_in_the_admin_tombstones_each(admin, messages):
+    ids = [messages["group"].pk, messages["all"].pk]
+
+    admin.post(
+        changelist("message"),
+        {"action": "delete_selected", "_selected_action": ids, "post": "yes"},
+    )
+
+    assert list(Message.objects.filter(pk__in=ids).values_list("deleted", "body")) == [
+        (True, ""),
+        (True, ""),
+    ]
+
+
 # -- connections ---------------------------------------------------------------
 
 

@@ -575,3 +575,23 @@ def test_classic_page_names_the_signed_in_user(client, alice):
     client.force_login(alice)
     page = client.get("/classic/").content.decode()
     assert '<strong id="me">alice</strong>' in page
+
+
+async def test_edits_deletes_and_reactions_are_not_shown_here(layer, connect, classic, alice, bob):
+    """The plain-text endpoint is unchanged by protocol 1.2 (docs/protocol.md)."""
+    a = await classic(alice)
+    b = await json_peer(connect, a, bob)
+    sent = await b.request(type="send", to={"all": True}, body="before")
+    await a.expect("用户(bob=>all):before")
+
+    assert (await b.request(type="edit", id=sent["id"], body="after"))["type"] == "edited"
+    assert (await b.request(type="react", id=sent["id"], emoji="👍"))["type"] == "reaction"
+    assert (await b.request(type="delete", id=sent["id"]))["type"] == "deleted"
+
+    await a.assert_nothing()
+
+
+def test_the_classic_page_says_changes_are_not_shown(client, transactional_db):
+    page = client.get("/classic/").content.decode()
+
+    assert "edits, deletions and reactions" in page

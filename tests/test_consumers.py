@@ -246,6 +246,13 @@ async def test_direct_message_reaches_every_socket_of_both_and_nobody_else(
         "to": {"user": "bob"},
         "body": "hello bob",
         "ts": ack["ts"],
+        # Protocol 1.2
+        "rev": ack["id"],
+        "edited_at": None,
+        "deleted": False,
+        "reply_to": None,
+        "reactions": [],
+        "mentions": [],
     }
     for client in (alice1, alice2, bob1, bob2):
         assert await client.expect("message", id=ack["id"]) == expected
@@ -459,6 +466,12 @@ async def test_history_of_a_direct_conversation_lists_it_oldest_first(
         "to": {"user": "alice"},
         "body": "two",
         "ts": reply["messages"][1]["ts"],
+        "rev": second,
+        "edited_at": None,
+        "deleted": False,
+        "reply_to": None,
+        "reactions": [],
+        "mentions": [],
     }
     assert_utc_timestamp(reply["messages"][1]["ts"])
 

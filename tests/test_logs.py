@@ -127,3 +127,31 @@ async def test_with_json_every_line_of_a_worker_is_json_and_socket_lines_carry_t
     [too_many] = [event for event in events if "too many errors" in event["message"]]
     assert too_many["connection"] == connection
     assert secret not in worker.log()
+
+
+@pytest.mark.django_db
+def test_with_json_runworkers_logs_what_the_system_checks_say_and_its_errors(settings, caplog):
+    """Django's checks printed "System check identified some issues:" as plain text."""
+    from django.core import checks
+    from django.core.management import call_command
+
+    def a_check(app_configs=None, **kwargs):
+        return [
+            checks.Warning("a warning of the test", id="test.W001"),
+            checks.Error("an error of the test", hint="fix it", id="test.E001"),
+        ]
+
+    settings.CHAT_LOG_FORMAT = "json"
+    checks.register(a_check)
+    caplog.set_level(logging.INFO, logger="chat.runworkers")
+    try:
+        with pytest.raises(SystemExit) as exited:
+            call_command("runworkers", "--workers", "1", skip_checks=False)
+    finally:
+        checks.registry.registry.registered_checks.discard(a_check)
+
+    assert exited.value.code == 1
+    said = {(r.levelname, r.getMessage()) for r in caplog.records if r.name == "chat.runworkers"}
+    assert ("WARNING", "test.W001: a warning of the test") in said
+    assert ("ERROR", "test.E001: an error of the test (fix it)") in said
+    assert ("ERROR", "the system checks found errors; see above") in said

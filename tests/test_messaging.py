@@ -157,6 +157,13 @@ def test_stored_event_is_the_protocol_message(alice, bob):
         "to": {"user": "bob"},
         "body": "héllo 👋",
         "ts": stored.ts,
+        # Protocol 1.2
+        "rev": stored.id,
+        "edited_at": None,
+        "deleted": False,
+        "reply_to": None,
+        "reactions": [],
+        "mentions": [],
     }
 
 

@@ -510,5 +510,11 @@ def test_error_codes_are_the_protocols():
         "not_member",
         "rate_limited",
         "unavailable",
+        # 1.2
+        "no_such_message",
+        "not_yours",
+        "too_late",
+        "bad_emoji",
+        "too_many_reactions",
         "too_many_groups",
     } == protocol.ERROR_CODES

@@ -60,6 +60,7 @@ async def test_an_offline_direct_message_is_listed_with_its_unread_count(
         "last": None,
         "unread": 0,
         "read_id": 0,
+        "mentions": 0,
         "their_read_id": None,
     }
     # Newest last message first; everyone, with nothing in it, comes after.

@@ -25,6 +25,7 @@ from chat.delivery.messages import (
     group_layer_group,
     user_layer_group,
 )
+from chat.message_changes import Change
 from chat.messaging import StoredMessage
 
 # Most messages carried by one layer message and one frame. Bodies are bounded
@@ -135,3 +136,39 @@ def membership_notices(
             ),
         ),
     ]
+
+
+def to_message_audience(
+    change: Change, event: dict[str, Any], *, exclude_connection: str | None = None
+) -> Addressed:
+    """A change's event (edited, deleted, reaction) for the message's audience, on every worker.
+
+    `exclude_connection`: the socket that made the change, which gets the reply instead.
+    """
+    if change.everyone:
+        audience = Audience(everyone=True, exclude_connection=exclude_connection)
+        return [(LAYER_ALL, Deliver.of([event], audience))]
+    if change.group_id is not None:
+        audience = Audience(group=change.group_id, exclude_connection=exclude_connection)
+        return [(group_layer_group(change.group_id), Deliver.of([event], audience))]
+    return [
+        (
+            user_layer_group(user_id),
+            Deliver.of([event], Audience(users=(user_id,), exclude_connection=exclude_connection)),
+        )
+        for user_id in change.user_ids
+    ]
+
+
+def change_event(change: Change, ref: str | None = None) -> dict[str, Any]:
+    """The reply (with `ref`) or event (without) of a change (docs/protocol.md, 1.2)."""
+    event: dict[str, Any] = {"type": change.kind}
+    if ref is not None:
+        event["ref"] = ref
+    if change.kind == "reaction":
+        event.update(change.event)
+    else:
+        event["message"] = change.event
+    if change.kind == "edited":
+        event["new_mentions"] = change.new_mentions
+    return event

@@ -69,6 +69,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--backlog", type=int, default=2048, help="connections the kernel queues per worker"
         )
+        # Django adds it only with requires_system_checks, which this runs itself.
+        parser.add_argument("--skip-checks", action="store_true", help="skip system checks")
 
     def execute(self, *args: Any, **options: Any) -> Any:
         if not _json():

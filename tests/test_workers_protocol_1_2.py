@@ -1,0 +1,121 @@
+"""Protocol 1.2 across two real daphne workers sharing one Redis: `edited`,
+`deleted` and `reaction` reach the audience on the other worker, and two
+workers changing messages at the same moment lose no change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from tests.chatclient import WsClient, open_real_socket
+from tests.conftest import REDIS_URL
+from tests.servers import HttpSession, Worker, running_workers, worker_env
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+ALL = {"all": True}
+
+
+@pytest.fixture
+def two_workers(redis_prefix):
+    env = worker_env(redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    # The concurrency test sends a few dozen changes at once.
+    env["CHAT_RATE_BURST"] = "200"
+    with running_workers(2, env) as workers:
+        yield workers
+
+
+@pytest.fixture
+async def sockets():
+    opened: list[WsClient] = []
+
+    class Opener:
+        async def open(self, worker: Worker, cookie: str, username: str) -> WsClient:
+            client = await open_real_socket(worker.base_url, cookie, username)
+            opened.append(client)
+            return client
+
+    yield Opener()
+    for client in opened:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 5)
+
+
+async def test_edited_deleted_and_reaction_cross_workers(two_workers, sockets):
+    first, second = two_workers
+    alice = await sockets.open(first, HttpSession(first.base_url).signup("alice"), "alice")
+    bob = await sockets.open(second, HttpSession(second.base_url).signup("bob"), "bob")
+    alice_on_second = await sockets.open(
+        second, HttpSession(second.base_url).login("alice"), "alice"
+    )
+
+    ack = await alice.request(type="send", to={"user": "bob"}, body="helo")
+    edited = await alice.request(type="edit", id=ack["id"], body="hello @bob")
+    assert edited["type"] == "edited"
+    for client in (bob, alice_on_second):
+        event = await client.expect("edited")
+        assert event["message"] == edited["message"] and event["new_mentions"] == ["bob"]
+
+    reaction = await bob.request(type="react", id=ack["id"], emoji="👍")
+    assert reaction["type"] == "reaction" and reaction["count"] == 1
+    event = await alice.expect("reaction", id=ack["id"])
+    assert event["user"] == "bob" and event["on"] is True and event["rev"] == reaction["rev"]
+
+    deleted = await alice.request(type="delete", id=ack["id"])
+    assert deleted["type"] == "deleted"
+    for client in (bob, alice_on_second):
+        event = await client.expect("deleted")
+        assert event["message"]["deleted"] is True and event["message"]["body"] == ""
+
+
+async def test_two_workers_changing_at_the_same_moment_lose_no_change(two_workers, sockets):
+    first, second = two_workers
+    alice = await sockets.open(first, HttpSession(first.base_url).signup("alice"), "alice")
+    bob = await sockets.open(second, HttpSession(second.base_url).signup("bob"), "bob")
+    targets = [(await alice.request(type="send", to=ALL, body=f"t{n}"))["id"] for n in range(3)]
+    start = alice.hello["last_rev"]
+    faces = list("😀😃😄😁😆😅🤣😂🙂🙃")
+
+    async def all_at_once(client: WsClient, commands: list[dict]) -> list[dict]:
+        """Every command sent before any answer is read: the worker has them all at once."""
+        refs = [f"{client.username}-{n}" for n in range(len(commands))]
+        for ref, command in zip(refs, commands, strict=True):
+            await client.send(ref=ref, **command)
+        return [await client.answer(ref) for ref in refs]
+
+    async def react_all(client: WsClient) -> list[dict]:
+        reacts = [
+            {"type": "react", "id": target, "emoji": face} for target in targets for face in faces
+        ]
+        return await all_at_once(client, reacts)
+
+    async def edit_all(client: WsClient) -> list[dict]:
+        edits = [
+            {"type": "edit", "id": target, "body": f"edit {n}"}
+            for n in range(5)
+            for target in targets
+        ]
+        return await all_at_once(client, edits)
+
+    reactions, edits = await asyncio.gather(react_all(bob), edit_all(alice))
+
+    replies = reactions + edits
+    assert all(r["type"] in ("reaction", "edited") for r in replies), replies
+    revs = [r["rev"] if r["type"] == "reaction" else r["message"]["rev"] for r in replies]
+    assert len(set(revs)) == len(revs), "two changes got one rev"
+    later = await sockets.open(first, HttpSession(first.base_url).signup("carol"), "carol")
+    listed = await later.request(type="changes", since=start)
+    by_id = {m["id"]: m for m in listed["messages"]}
+    assert set(by_id) == set(targets)
+    for target in targets:
+        mine = [rev for reply, rev in zip(replies, revs, strict=True) if _target(reply) == target]
+        assert by_id[target]["rev"] == max(mine)
+        assert [r["emoji"] for r in by_id[target]["reactions"]] == faces
+    assert later.hello["last_rev"] == max(revs)
+
+
+def _target(reply: dict) -> int:
+    return int(reply["id"] if reply["type"] == "reaction" else reply["message"]["id"])
