@@ -203,9 +203,12 @@ def seed_broadcasts(username: str, count: int) -> None:
 
 def test_history_loads_on_open_and_older_pages_on_scrolling_up(chat_user):
     bob = chat_user("bob")
-    seed_broadcasts("bob", 120)
     alice = chat_user("alice")
+    # Her own: never unread, so the page opens at the newest (unread ones land at the first).
+    seed_broadcasts("alice", 120)
     page = alice.page
+    page.reload()
+    wait_connected(page)
     expect(messages(page)).to_have_count(50)
     expect(messages(page).last.locator(".body")).to_have_text("old message 120")
     page.locator("#messages").evaluate("(box) => { box.scrollTop = 0; }")
