@@ -19,11 +19,12 @@ bound what it costs:
   until the first call started after it succeeds (or two limits pass):
   `/healthz` then answers 503. Reads that succeed end a stall of reads only
   (on SQLite they succeed while a writer holds the lock); a write that
-  succeeds ends any. While stalled, one new socket at a time tries its
-  reads (`handshake_admitted`): if they succeed the stall is over and it
-  opens, and so do the next ones at once; the others, meanwhile, are closed
-  at once with 1013 instead of queueing behind the stall, as is the one
-  whose reads run out of time.
+  succeeds ends any. While reads are stalled, one new socket at a time
+  tries its reads (`handshake_admitted`): if they succeed the stall is over
+  and it opens, and so do the next ones at once; the others, meanwhile, are
+  closed at once with 1013 instead of queueing behind the stall, as is the
+  one whose reads run out of time. A stall of writes alone holds back no
+  handshake, which only reads.
 """
 
 from __future__ import annotations
@@ -89,11 +90,12 @@ def note_answered(started: float, kind: str = "read") -> None:
             _stalls.pop(stalled_kind, None)
 
 
-def stalled() -> bool:
-    """Whether a socket's database call ran out of time and none has succeeded since."""
+def stalled(kinds: tuple[str, ...] = ("read", "write")) -> bool:
+    """Whether a database call of `kinds` ran out of time and none has succeeded since."""
     limit = settings.CHAT_DATABASE_TIMEOUT
     now = time.monotonic()
-    return bool(limit) and any(now - noted < 2 * limit for noted in list(_stalls.values()))
+    noted = [_stalls.get(kind) for kind in kinds]
+    return bool(limit) and any(t is not None and now - t < 2 * limit for t in noted)
 
 
 def handshake_admitted(handshake: object) -> bool:
@@ -108,7 +110,8 @@ def handshake_admitted(handshake: object) -> bool:
     now = time.monotonic()
     if _probe is not None and now - _probe[1] < 2 * settings.CHAT_DATABASE_TIMEOUT:
         return _probe[0] is handshake
-    if not stalled():
+    # A handshake only reads: a stall of writes alone does not hold it back.
+    if not stalled(("read",)):
         _probe = None
         return True
     _probe = (handshake, now)

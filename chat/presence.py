@@ -4,40 +4,23 @@ A user is online while at least one of their sockets is open on a live
 worker. The store answers each change with whether it was a *transition*
 (first socket opened, last socket closed), atomically, so that exactly one
 worker announces it even when tabs on different workers open or close at the
-same moment.
+same moment. Socket-cap claims live here too: a claim counts with the user's
+recorded sockets in the same atomic step.
 
-Workers heartbeat; a worker that stops heartbeating (killed, frozen, cut off)
-is reaped by any other worker after `CHAT_PRESENCE_TIMEOUT`, and its users who
-have no other socket go offline. The in-memory store serves a single process
-(development, tests); `RedisPresenceStore` is picked when `REDIS_URL` is set
-(`chat.worker.Worker.presence`).
+Which workers are alive is the worker registry's (`chat.registry`); when it
+finds one dead, `drop_worker` takes that worker's sockets out of presence.
+The in-memory store serves a single process (development, tests);
+`RedisPresenceStore` is picked when `REDIS_URL` is set (`chat.worker`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from django.conf import settings
-
-from chat.version import VERSION
-
-PROCESS_STARTED = time.time()
-
-
-@dataclass
-class Reaped:
-    """What reaping dead workers found: the workers, users now offline, and the
-    layer channel and layer groups each dead worker had, to remove it from them."""
-
-    workers: list[str] = field(default_factory=list)
-    offline: list[str] = field(default_factory=list)
-    layer_memberships: list[tuple[str, list[str]]] = field(default_factory=list)
-
 
 # Seconds a granted socket claim counts while its socket is not yet recorded.
 CLAIM_SECONDS = 30
@@ -99,25 +82,8 @@ class PresenceStore(ABC):
         """
 
     @abstractmethod
-    async def heartbeat(
-        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
-    ) -> bool:
-        """Mark the worker alive and record its layer channel and groups.
-
-        False when the store did not know the worker (new, reaped, or state lost).
-        """
-
-    @abstractmethod
-    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
-        """Record layer groups the worker's channel joined since its last heartbeat."""
-
-    @abstractmethod
-    async def reap(self, *, max_silence: float) -> Reaped:
-        """Remove workers silent for longer than `max_silence` seconds, with their sockets."""
-
-    @abstractmethod
     async def drop_worker(self, *, worker: str) -> list[str]:
-        """Remove a worker that is shutting down; the users who went offline."""
+        """Forget every socket of a worker (stopping, or found dead); the users now offline."""
 
 
 class MemoryPresenceStore(PresenceStore):
@@ -125,8 +91,6 @@ class MemoryPresenceStore(PresenceStore):
 
     def __init__(self) -> None:
         self._sockets: dict[str, set[tuple[str, str]]] = {}
-        self._workers: dict[str, float] = {}
-        self._layer: dict[str, tuple[str, list[str]]] = {}
         self._seen: dict[str, str] = {}
         self._claims: dict[str, dict[str, float]] = {}
 
@@ -182,32 +146,7 @@ class MemoryPresenceStore(PresenceStore):
             if not pending:
                 del self._claims[username]
 
-    async def heartbeat(
-        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
-    ) -> bool:
-        known = worker in self._workers
-        self._workers[worker] = time.time()
-        self._layer[worker] = (channel, sorted(layer_groups))
-        return known
-
-    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
-        channel, groups = self._layer.get(worker, ("", []))
-        self._layer[worker] = (channel, sorted({*groups, *layer_groups}))
-
-    async def reap(self, *, max_silence: float) -> Reaped:
-        deadline = time.time() - max_silence
-        dead = [w for w, seen in self._workers.items() if seen < deadline]
-        reaped = Reaped(workers=dead)
-        for worker in dead:
-            channel, groups = self._layer.get(worker, ("", []))
-            if channel:
-                reaped.layer_memberships.append((channel, groups))
-            reaped.offline.extend(await self.drop_worker(worker=worker))
-        return reaped
-
     async def drop_worker(self, *, worker: str) -> list[str]:
-        self._workers.pop(worker, None)
-        self._layer.pop(worker, None)
         offline = []
         for username, sockets in list(self._sockets.items()):
             remaining = {s for s in sockets if s[0] != worker}
@@ -221,13 +160,10 @@ class MemoryPresenceStore(PresenceStore):
         return offline
 
 
-# Keys (below the deployment prefix):
-#   presence:workers            ZSET worker -> last heartbeat (unix seconds)
+# Keys (below the deployment prefix; the worker registry's are in chat.registry):
 #   presence:worker:<w>         SET of "<username>\n<connection id>" on that worker
 #   presence:user:<username>    SET of connection ids
 #   presence:online             SET of usernames with at least one socket
-#   presence:channel:<w>        STRING: the worker's layer channel
-#   presence:layergroups:<w>    SET of the layer groups the worker's channel is in
 #   presence:claims:<username>  ZSET connection id -> expiry: sockets admitted
 #                               under the user's cap and not recorded yet
 # Each change is one Lua script, so transitions are decided atomically.
@@ -265,7 +201,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
-# KEYS: workers zset, online set. ARGV: key prefix, worker.
+# KEYS: online set. ARGV: key prefix, worker.
 _DROP_WORKER = """
 local prefix = ARGV[1]
 local worker_key = prefix .. 'presence:worker:' .. ARGV[2]
@@ -276,15 +212,12 @@ for _, entry in ipairs(redis.call('SMEMBERS', worker_key)) do
   local conn = string.sub(entry, sep + 1)
   local user_key = prefix .. 'presence:user:' .. username
   if redis.call('SREM', user_key, conn) == 1 and redis.call('SCARD', user_key) == 0 then
-    if redis.call('SREM', KEYS[2], username) == 1 then
+    if redis.call('SREM', KEYS[1], username) == 1 then
       table.insert(offline, username)
     end
   end
 end
 redis.call('DEL', worker_key)
-redis.call('DEL', prefix .. 'presence:channel:' .. ARGV[2])
-redis.call('DEL', prefix .. 'presence:layergroups:' .. ARGV[2])
-redis.call('ZREM', KEYS[1], ARGV[2])
 return offline
 """
 
@@ -295,7 +228,6 @@ class RedisPresenceStore(PresenceStore):
     def __init__(self, prefix: str, *, redis: aioredis.Redis) -> None:
         self.prefix = prefix
         self.redis = redis
-        self._workers_key = f"{prefix}presence:workers"
         self._online_key = f"{prefix}presence:online"
 
     async def note_seen(self, username: str, moment: str) -> None:
@@ -362,52 +294,7 @@ class RedisPresenceStore(PresenceStore):
         redis = self.redis
         return {str(m) for m in await redis.smembers(self._online_key)}
 
-    async def heartbeat(
-        self, *, worker: str, channel: str = "", layer_groups: Iterable[str] = ()
-    ) -> bool:
-        redis = self.redis
-        groups = list(layer_groups)
-        groups_key = f"{self.prefix}presence:layergroups:{worker}"
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self._workers_key, {worker: time.time()})
-            pipe.set(f"{self.prefix}presence:channel:{worker}", channel)
-            # For the admin's Workers view; expires once the worker is long dead.
-            pipe.set(
-                f"{self.prefix}presence:info:{worker}",
-                json.dumps({"started": PROCESS_STARTED, "version": VERSION}),
-                ex=int(settings.CHAT_PRESENCE_TIMEOUT * 2) + 1,
-            )
-            pipe.delete(groups_key)
-            if groups:
-                pipe.sadd(groups_key, *groups)
-            results = await pipe.execute()
-        return bool(results[0] == 0)
-
-    async def note_layer_groups(self, *, worker: str, layer_groups: Iterable[str]) -> None:
-        groups = list(layer_groups)
-        if groups:
-            redis = self.redis
-            await redis.sadd(f"{self.prefix}presence:layergroups:{worker}", *groups)
-
-    async def reap(self, *, max_silence: float) -> Reaped:
-        redis = self.redis
-        dead = await redis.zrangebyscore(self._workers_key, "-inf", time.time() - max_silence)
-        reaped = Reaped()
-        for raw in dead:
-            worker = str(raw)
-            channel = await redis.get(f"{self.prefix}presence:channel:{worker}")
-            if channel:
-                groups = await redis.smembers(f"{self.prefix}presence:layergroups:{worker}")
-                reaped.layer_memberships.append((str(channel), sorted(str(g) for g in groups)))
-            # The script removes the worker; of two reapers racing, the
-            # second finds its set empty and reports nobody twice.
-            reaped.workers.append(worker)
-            reaped.offline.extend(await self.drop_worker(worker=worker))
-        return reaped
-
     async def drop_worker(self, *, worker: str) -> list[str]:
         redis = self.redis
-        result = await redis.eval(
-            _DROP_WORKER, 2, self._workers_key, self._online_key, self.prefix, worker
-        )
+        result = await redis.eval(_DROP_WORKER, 1, self._online_key, self.prefix, worker)
         return [str(u) for u in result]

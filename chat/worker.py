@@ -11,6 +11,10 @@ Keyed by loop rather than by process because tests and management commands
 run several loops in one process; code outside a loop (a sync test, say)
 gets a worker of its own.
 
+The parts chosen by settings are made once and made again after Django's
+`setting_changed` names one of their settings, as Channels does for its
+layers: reading settings on every use cost each command a few lookups.
+
 A new per-worker thing: a lazily made attribute here, built from settings
 and from the worker's other parts, and closed in `close` if it runs tasks.
 Hub parts (chat.delivery) belong to the hub instead.
@@ -19,11 +23,13 @@ Hub parts (chat.delivery) belong to the hub instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
@@ -31,11 +37,14 @@ from chat.groups import groups_of_users
 from chat.messaging import last_visible_marks
 from chat.redis_client import redis_connect
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from chat.delivery.hub import Hub
     from chat.messaging import StoredMessage
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
+    from chat.registry import WorkerRegistry
     from chat.send_queue import SendQueue
     from chat.socket_caps import SocketCaps
 
@@ -45,11 +54,13 @@ class Worker:
 
     def __init__(self) -> None:
         self._redis: aioredis.Redis | None = None
-        self._presence: tuple[tuple[str, str], PresenceStore] | None = None
-        self._limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
-        self._membership_limiter: tuple[tuple[str, str, int, float], RateLimiter] | None = None
+        self._presence: PresenceStore | None = None
+        self._registry: WorkerRegistry | None = None
+        self._limiter: RateLimiter | None = None
+        # A 1-tuple once made, since None means "off".
+        self._membership_limiter: tuple[RateLimiter | None] | None = None
         self._hub: Hub | None = None
-        self._socket_caps: tuple[PresenceStore, SocketCaps] | None = None
+        self._socket_caps: SocketCaps | None = None
         self._send_queue: SendQueue | None = None
         # What a socket reads when it opens; sockets opening together share the trips.
         self.groups_of: Coalescer[int, list[tuple[int, str]]] = bulk_read(groups_of_users)
@@ -63,9 +74,28 @@ class Worker:
         # Typing checks its audience here and in the hub's index, never in the database.
         self.group_named: dict[str, tuple[int, str]] = {}
 
+    def settings_changed(self, setting: str) -> None:
+        """Make the parts chosen by `setting` again when next used (the hub keeps its own)."""
+        if setting in _REDIS_SETTINGS:
+            self._redis = None
+            self._presence = None
+            self._socket_caps = None
+        if setting in _REDIS_SETTINGS or setting == "CHAT_PRESENCE_TIMEOUT":
+            self._registry = None
+        if setting in _REDIS_SETTINGS or setting in ("CHAT_RATE_BURST", "CHAT_RATE_PER_SECOND"):
+            self._limiter = None
+        if setting in _REDIS_SETTINGS or setting == "CHAT_MEMBERSHIP_CHANGES_PER_MINUTE":
+            self._membership_limiter = None
+
+    async def close_redis(self) -> None:
+        """Close the Redis client, if one was made."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
     @property
     def redis(self) -> aioredis.Redis:
-        """The client for `REDIS_URL` (presence, rate limits, health)."""
+        """The client for `REDIS_URL` (presence, registry, rate limits, health)."""
         if self._redis is None:
             self._redis = redis_connect(settings.REDIS_URL)
         return self._redis
@@ -76,28 +106,42 @@ class Worker:
 
     @property
     def presence(self) -> PresenceStore:
-        """The presence store chosen by settings: Redis when `REDIS_URL` is set, else memory."""
-        from chat.presence import MemoryPresenceStore, RedisPresenceStore
+        """The presence store: Redis when `REDIS_URL` is set, else memory."""
+        if self._presence is None:
+            from chat.presence import MemoryPresenceStore, RedisPresenceStore
 
-        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX)
-        if self._presence is None or self._presence[0] != chosen:
-            store: PresenceStore = (
+            self._presence = (
                 RedisPresenceStore(prefix=f"{settings.REDIS_PREFIX}:", redis=self.redis)
                 if settings.REDIS_URL
                 else MemoryPresenceStore()
             )
-            self._presence = (chosen, store)
-        return self._presence[1]
+        return self._presence
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The worker registry: Redis when `REDIS_URL` is set, else this process's memory."""
+        if self._registry is None:
+            from chat.registry import MemoryWorkerRegistry, RedisWorkerRegistry
+
+            self._registry = (
+                RedisWorkerRegistry(
+                    prefix=f"{settings.REDIS_PREFIX}:",
+                    redis=self.redis,
+                    info_seconds=int(settings.CHAT_PRESENCE_TIMEOUT * 2) + 1,
+                )
+                if settings.REDIS_URL
+                else MemoryWorkerRegistry()
+            )
+        return self._registry
 
     @property
     def rate_limiter(self) -> RateLimiter:
-        """The limiter chosen by settings, made again when they change."""
-
-        burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
-        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, burst, rate)
-        if self._limiter is None or self._limiter[0] != chosen:
-            self._limiter = (chosen, self._make_limiter(burst=burst, per_second=rate))
-        return self._limiter[1]
+        """The command budget (`CHAT_RATE_BURST`, `CHAT_RATE_PER_SECOND`)."""
+        if self._limiter is None:
+            self._limiter = self._make_limiter(
+                burst=settings.CHAT_RATE_BURST, per_second=settings.CHAT_RATE_PER_SECOND
+            )
+        return self._limiter
 
     @property
     def membership_limiter(self) -> RateLimiter | None:
@@ -107,14 +151,14 @@ class Worker:
         member of the group: the command budget alone let a client send them
         a few notices a second for as long as it liked.
         """
-        per_minute = settings.CHAT_MEMBERSHIP_CHANGES_PER_MINUTE
-        if not per_minute:
-            return None
-        chosen = (settings.REDIS_URL, settings.REDIS_PREFIX, per_minute, 0.0)
-        if self._membership_limiter is None or self._membership_limiter[0] != chosen:
-            limiter = self._make_limiter(burst=per_minute, per_second=per_minute / 60)
-            self._membership_limiter = (chosen, limiter)
-        return self._membership_limiter[1]
+        if self._membership_limiter is None:
+            per_minute = settings.CHAT_MEMBERSHIP_CHANGES_PER_MINUTE
+            self._membership_limiter = (
+                self._make_limiter(burst=per_minute, per_second=per_minute / 60)
+                if per_minute
+                else None,
+            )
+        return self._membership_limiter[0]
 
     def _make_limiter(self, *, burst: int, per_second: float) -> RateLimiter:
         """A limiter in Redis when `REDIS_URL` is set (shared by all workers), else in memory."""
@@ -132,12 +176,11 @@ class Worker:
     @property
     def socket_caps(self) -> SocketCaps:
         """This worker's count of sockets per user and per address (`chat.socket_caps`)."""
-        from chat.socket_caps import SocketCaps
+        if self._socket_caps is None:
+            from chat.socket_caps import SocketCaps
 
-        presence = self.presence
-        if self._socket_caps is None or self._socket_caps[0] is not presence:
-            self._socket_caps = (presence, SocketCaps(presence))
-        return self._socket_caps[1]
+            self._socket_caps = SocketCaps(self.presence)
+        return self._socket_caps
 
     @property
     def stopping(self) -> bool:
@@ -155,7 +198,7 @@ class Worker:
             layer = get_channel_layer()
             if layer is None:
                 raise RuntimeError("CHANNEL_LAYERS must configure a default layer")
-            hub = self._hub = Hub(layer, presence=self.presence)
+            hub = self._hub = Hub(layer, presence=self.presence, registry=self.registry)
             await hub.start()
         else:
             await asyncio.shield(hub.started)
@@ -199,6 +242,37 @@ def current_worker() -> Worker:
     return worker
 
 
+_REDIS_SETTINGS = ("REDIS_URL", "REDIS_PREFIX")
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    for worker in _workers.values():
+        worker.settings_changed(setting)
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="chat-worker-settings")
+
+
+def start_with_the_server() -> bool:
+    """Under daphne, start the worker's hub as the server starts, not at its first socket.
+
+    So it heartbeats (the Workers page lists it) and, without Redis, removes
+    what a crashed earlier process left, before anyone connects.
+    """
+    from chat.upstream.twisted import run_when_reactor_runs
+
+    async def start() -> None:
+        try:
+            await current_worker().hub()
+        except Exception:
+            logger.warning("the hub did not start; the first socket tries again", exc_info=True)
+
+    return run_when_reactor_runs(start)
+
+
 def forget_workers() -> None:
     """Drop every worker (tests start each case from a fresh process state)."""
+    from chat.registry import forget_memory_registry
+
     _workers.clear()
+    forget_memory_registry()

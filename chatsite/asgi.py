@@ -32,6 +32,7 @@ from chat.logs import every_line_through_logging  # noqa: E402
 from chat.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
 from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
+from chat.worker import start_with_the_server  # noqa: E402
 
 if settings.CHAT_LOG_FORMAT == "json":
     every_line_through_logging()
@@ -41,6 +42,8 @@ report_fast_paths()
 defer_autobahn_debug_formatting()
 # Under daphne: an Origin autobahn cannot parse is refused with 403 too.
 answer_malformed_origins_with_403()
+# Under daphne: the hub starts with the server (heartbeat, stale rows cleared).
+start_with_the_server()
 
 application = ProtocolTypeRouter(
     {

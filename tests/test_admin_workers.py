@@ -15,11 +15,11 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat.delivery.mirror import connection_record
-from chat.presence import RedisPresenceStore
+from chat.registry import RedisWorkerRegistry
 from chat.version import VERSION
 from tests.chatclient import open_real_socket
 from tests.conftest import REDIS_URL, use_redis_layer
-from tests.servers import HttpSession, running_workers, worker_env
+from tests.servers import HttpSession, Worker, running_workers, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +27,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def heartbeat(prefix: str, worker: str) -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        await RedisPresenceStore(prefix=f"{prefix}:", redis=client).heartbeat(worker=worker)
+        registry = RedisWorkerRegistry(f"{prefix}:", redis=client, info_seconds=61)
+        await registry.heartbeat(worker=worker)
     finally:
         await client.aclose()
 
@@ -175,3 +176,56 @@ async def test_workers_page_lists_two_real_workers_and_drops_a_killed_one(redis_
         for client in sockets:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 5)
+
+
+@pytest.mark.processes
+async def test_without_redis_a_worker_restarted_after_kill_9_owns_every_row():
+    """Issue 25, point 8: after `kill -9` of a single worker and a restart, the admin
+    listed the dead process's sockets for minutes and the dead process as the worker."""
+    from chat.models import Connection
+
+    def rows_of(pid: int) -> int:
+        return Connection.objects.filter(worker__contains=f"-{pid}-").count()
+
+    async def wait_until(condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not await sync_to_async(condition)():
+            assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+            await asyncio.sleep(0.1)
+
+    await sync_to_async(get_user_model().objects.create_superuser)(
+        "root", "root@example.com", "a-Long-passw0rd!"
+    )
+    env = worker_env()
+    with running_workers(1, env) as (crashed,):
+        cookie = await asyncio.to_thread(HttpSession(crashed.base_url).signup, "alice")
+        sockets = [await open_real_socket(crashed.base_url, cookie, "alice") for _ in "12"]
+        await wait_until(lambda: rows_of(crashed.pid) == 2, 10, "both sockets recorded")
+        crashed.kill()
+        assert await sync_to_async(rows_of)(crashed.pid) == 2  # what the crash leaves
+
+        restarted = Worker(env, name="restarted", port=crashed.port).start()
+        try:
+            restarted_at = time.monotonic()
+            # Nobody has connected yet: the worker clears them as it starts.
+            await wait_until(
+                lambda: not Connection.objects.exists(), 5, "the dead process's rows gone"
+            )
+            admin = HttpSession(restarted.base_url)
+            await asyncio.to_thread(admin.login, "root")
+            rows = await asyncio.to_thread(workers_page, admin)
+            assert list(rows) == [restarted.pid]
+            assert int(rows[restarted.pid]["uptime"]) <= time.monotonic() - restarted_at + 2
+            assert rows[restarted.pid]["sockets"] == "0"
+
+            again = await open_real_socket(restarted.base_url, cookie, "alice")
+            await wait_until(lambda: rows_of(restarted.pid) == 1, 10, "the new socket recorded")
+            rows = await asyncio.to_thread(workers_page, admin)
+            assert rows[restarted.pid]["sockets"] == "1"
+            await again.close()
+        finally:
+            restarted.stop()
+            restarted.print_log()
+            for client in sockets:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)

@@ -136,7 +136,9 @@ class BrokenConnection(FakeConnection):
 
 @pytest.fixture
 async def hub(layer, transactional_db):
-    started = Hub(get_channel_layer(), presence=current_worker().presence)
+    started = Hub(
+        get_channel_layer(), presence=current_worker().presence, registry=current_worker().registry
+    )
     await started.start()
     yield started
     await started.stop()
@@ -648,7 +650,8 @@ async def test_the_receive_loop_ends_when_the_layer_turns_cancellation_into_an_e
 
     layer = SwallowingLayer()
     # A hub of its own, never started: no other loop reads a real layer here.
-    hub = Hub(layer, presence=current_worker().presence)  # type: ignore[arg-type]
+    worker = current_worker()
+    hub = Hub(layer, presence=worker.presence, registry=worker.registry)  # type: ignore[arg-type]
     loop_task = asyncio.ensure_future(hub.channel.receive_loop(hub.handlers.dispatch))
     await asyncio.wait_for(layer.reading.wait(), WAIT)
     loop_task.cancel()

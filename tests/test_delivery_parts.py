@@ -29,7 +29,8 @@ from chat.delivery.publishing import deliveries, membership_notices, to_group, t
 from chat.delivery.sockets import SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
-from chat.presence import MemoryPresenceStore, Reaped
+from chat.presence import MemoryPresenceStore
+from chat.registry import DeadWorker, MemoryWorkerRegistry
 
 
 @dataclass(eq=False)
@@ -115,26 +116,28 @@ def test_a_direct_message_goes_to_each_of_its_users_layer_groups():
 # -- maintenance, with the store and the layer in memory -------------------------
 
 
-class ForgetfulStore(MemoryPresenceStore):
-    """A store that has lost this worker (Redis restarted empty) and reaps a dead one."""
+class ForgetfulRegistry(MemoryWorkerRegistry):
+    """A registry that has lost this worker (Redis restarted empty) and finds one dead."""
 
     async def heartbeat(self, *, worker: str, channel: str = "", layer_groups: Any = ()) -> bool:
         return False
 
-    async def reap(self, *, max_silence: float) -> Reaped:
-        return Reaped(workers=[], offline=["ghost"], layer_memberships=[("dead!1", ["chat.all"])])
+    async def dead(self, *, max_silence: float) -> list[DeadWorker]:
+        return [DeadWorker("dead", "dead!1", ["chat.all"])]
 
 
 async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_the_reaped(
-    settings,
+    settings, transactional_db
 ):
     settings.CHAT_PRESENCE_TIMEOUT = 3.0
     layer = InMemoryChannelLayer()
     channel = WorkerChannel(layer)
     await channel.open()
-    store = ForgetfulStore()
+    store = MemoryPresenceStore()
+    await store.connect(worker="dead", connection_id="g1", username="ghost")
+    registry = ForgetfulRegistry()
     subscriptions = LayerSubscriptions(
-        channel, presence=store, worker_id="w1", wants=lambda group: group == "chat.all"
+        channel, registry=registry, worker_id="w1", wants=lambda group: group == "chat.all"
     )
     await subscriptions.subscribe(["chat.all"])
     await layer.group_add("chat.all", "dead!1")
@@ -149,6 +152,7 @@ async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_t
 
     maintenance = Maintenance(
         presence=store,
+        registry=registry,
         worker_id="w1",
         channel=channel,
         subscriptions=subscriptions,
@@ -184,8 +188,9 @@ class WritingTab(Tab):
 
 def handlers_over(index: SocketIndex) -> LayerHandlers:
     channel = WorkerChannel(InMemoryChannelLayer())
-    presence = MemoryPresenceStore()
-    subscriptions = LayerSubscriptions(channel, presence=presence, worker_id="w", wants=index.wants)
+    subscriptions = LayerSubscriptions(
+        channel, registry=MemoryWorkerRegistry(), worker_id="w", wants=index.wants
+    )
     return LayerHandlers(index, subscriptions=subscriptions, notices=NoticeBatcher(index))
 
 

@@ -53,7 +53,9 @@ class Tab:
 
 @pytest.fixture
 async def hub(layer, transactional_db):
-    started = Hub(get_channel_layer(), presence=current_worker().presence)
+    started = Hub(
+        get_channel_layer(), presence=current_worker().presence, registry=current_worker().registry
+    )
     await started.start()
     yield started
     await started.stop()
@@ -130,7 +132,9 @@ async def test_a_detach_leaves_its_layer_groups_in_one_trip_to_redis(
     from redis.asyncio.client import Redis
 
     use_redis_layer(settings, redis_prefix)
-    hub = Hub(get_channel_layer(), presence=current_worker().presence)
+    hub = Hub(
+        get_channel_layer(), presence=current_worker().presence, registry=current_worker().registry
+    )
     await hub.start()
     trips = 0
     real_command, real_pipeline = Redis.execute_command, Pipeline.execute

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -21,8 +20,6 @@ from chat.socket_caps import SocketCaps
 from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
 
-SILENCE = 30.0
-
 
 @pytest.fixture(params=["memory", "redis"])
 def store(request, settings) -> presence.PresenceStore:
@@ -34,24 +31,6 @@ def store(request, settings) -> presence.PresenceStore:
     prefix = request.getfixturevalue("redis_prefix")
     # A client of its own: this fixture runs outside the test's event loop.
     return RedisPresenceStore(prefix=f"{prefix}:", redis=redis_connect(REDIS_URL))
-
-
-@pytest.fixture
-def long_ago(monkeypatch):
-    """`with long_ago():` makes the store's clock read an hour earlier."""
-
-    class _Clock:
-        def __init__(self) -> None:
-            self._context = monkeypatch.context()
-
-        def __enter__(self) -> None:
-            patch = self._context.__enter__()
-            patch.setattr(presence, "time", SimpleNamespace(time=lambda: time.time() - 3600))
-
-        def __exit__(self, *exc) -> None:
-            self._context.__exit__(*exc)
-
-    return _Clock
 
 
 async def connect(store, worker: str, conn: str, user: str) -> bool:
@@ -151,85 +130,7 @@ async def test_concurrent_last_sockets_closing_make_one_transition(store):
     assert await store.online() == set()
 
 
-# -- heartbeats, reaping, dropping a worker --------------------------------------
-
-
-async def test_heartbeat_is_false_for_an_unknown_worker_then_true(store):
-    assert await store.heartbeat(worker="w1") is False
-    assert await store.heartbeat(worker="w1") is True
-
-
-async def test_heartbeat_is_false_again_after_the_worker_was_dropped(store):
-    await store.heartbeat(worker="w1")
-    await store.drop_worker(worker="w1")
-
-    assert await store.heartbeat(worker="w1") is False
-
-
-async def test_reap_removes_a_silent_worker_and_reports_its_users_offline(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="dead")
-    await store.heartbeat(worker="alive")
-    await connect(store, "dead", "c1", "alice")
-    await connect(store, "dead", "c2", "alice")
-    await connect(store, "dead", "c3", "bob")
-    await connect(store, "alive", "c4", "carol")
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.workers == ["dead"]
-    assert sorted(reaped.offline) == ["alice", "bob"]
-    assert await store.online() == {"carol"}
-    assert await store.heartbeat(worker="dead") is False
-    assert await store.heartbeat(worker="alive") is True
-
-
-async def test_reap_keeps_online_a_user_with_a_socket_on_a_live_worker(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="dead")
-    await store.heartbeat(worker="alive")
-    await connect(store, "dead", "c1", "alice")
-    await connect(store, "alive", "c2", "alice")
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.offline == []
-    assert await store.online() == {"alice"}
-    # The surviving socket is still the user's last one.
-    assert await disconnect(store, "alive", "c2", "alice") is True
-
-
-async def test_reap_leaves_workers_that_heartbeat_recently(store):
-    await store.heartbeat(worker="w1")
-    await connect(store, "w1", "c1", "alice")
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.workers == [] and reaped.offline == []
-    assert await store.online() == {"alice"}
-
-
-async def test_racing_reapers_report_each_user_offline_once(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="dead")
-    for n, user in enumerate(["alice", "bob", "carol"]):
-        await connect(store, "dead", f"c{n}", user)
-
-    first, second = await asyncio.gather(
-        store.reap(max_silence=SILENCE), store.reap(max_silence=SILENCE)
-    )
-
-    assert sorted(first.offline + second.offline) == ["alice", "bob", "carol"]
-    assert await store.online() == set()
-
-
-async def test_a_socket_closing_after_its_worker_was_reaped_is_no_transition(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="dead")
-    await connect(store, "dead", "c1", "alice")
-    assert (await store.reap(max_silence=SILENCE)).offline == ["alice"]
-
-    assert await disconnect(store, "dead", "c1", "alice") is False
+# -- dropping a worker's sockets (the registry found it dead, or it stops) ----------
 
 
 async def test_drop_worker_reports_only_users_left_without_a_socket(store):
@@ -256,37 +157,6 @@ async def test_usernames_with_unusual_characters_round_trip(store):
     assert await connect(store, "w1", "c1", name) is True
     assert await store.online() == {name}
     assert await store.drop_worker(worker="w1") == [name]
-
-
-async def test_reap_reports_the_dead_workers_layer_channel_and_groups(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="dead", channel="chan-dead", layer_groups=["chat.all"])
-        await store.note_layer_groups(worker="dead", layer_groups=["chat.user.1", "chat.group.7"])
-    await store.heartbeat(worker="alive", channel="chan-alive", layer_groups=["chat.all"])
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.layer_memberships == [("chan-dead", ["chat.all", "chat.group.7", "chat.user.1"])]
-
-
-async def test_a_heartbeat_replaces_the_recorded_layer_groups(store, long_ago):
-    await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all", "chat.user.1"])
-    with long_ago():
-        await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all"])
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.layer_memberships == [("chan", ["chat.all"])]
-
-
-async def test_a_dropped_worker_leaves_no_layer_groups_to_reap(store, long_ago):
-    with long_ago():
-        await store.heartbeat(worker="w1", channel="chan", layer_groups=["chat.all"])
-    await store.drop_worker(worker="w1")
-
-    reaped = await store.reap(max_silence=SILENCE)
-
-    assert reaped.workers == [] and reaped.layer_memberships == []
 
 
 # -- choosing the store --------------------------------------------------------

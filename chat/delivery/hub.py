@@ -69,6 +69,7 @@ from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
 from chat.presence import PresenceStore
 from chat.protocol import CLOSE_SERVICE_RESTART
+from chat.registry import WorkerRegistry
 from chat.upstream.twisted import run_before_reactor_shutdown
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,17 @@ _STOP_TIMEOUT = 5.0
 class Hub:
     """Opens and closes sockets, publishes what was stored, and handles layer messages."""
 
-    def __init__(self, layer: BaseChannelLayer, *, presence: PresenceStore) -> None:
+    def __init__(
+        self, layer: BaseChannelLayer, *, presence: PresenceStore, registry: WorkerRegistry
+    ) -> None:
         self.presence = presence
+        self.registry = registry
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.channel = WorkerChannel(layer)
         self.sockets = SocketIndex()
         self.subscriptions = LayerSubscriptions(
             self.channel,
-            presence=self.presence,
+            registry=self.registry,
             worker_id=self.worker_id,
             wants=self.sockets.wants,
         )
@@ -106,6 +110,7 @@ class Hub:
         )
         self.maintenance = Maintenance(
             presence=self.presence,
+            registry=self.registry,
             worker_id=self.worker_id,
             channel=self.channel,
             subscriptions=self.subscriptions,
@@ -130,7 +135,7 @@ class Hub:
     async def start(self) -> None:
         try:
             await self.channel.open()
-            await self.maintenance.heartbeat()
+            await self.maintenance.start()
             spread = settings.CHAT_RESTART_SPREAD
             run_before_reactor_shutdown(
                 lambda: asyncio.wait_for(self.stop(spread=spread), spread + _STOP_TIMEOUT)
@@ -164,6 +169,7 @@ class Hub:
             task.cancel()
         for username in await self.presence.drop_worker(worker=self.worker_id):
             await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
+        await self.registry.forget(worker=self.worker_id)
         await self.subscriptions.unsubscribe_all()
         await self.mirror.stop()
         await cancel_and_wait(self._tasks, within=2.0)

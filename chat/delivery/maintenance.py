@@ -1,9 +1,10 @@
 """Keeping a worker's presence honest: heartbeat, refresh, reaping and outage recovery.
 
-Every few seconds the worker tells the presence store it is alive (with its
-layer channel and groups, for whoever reaps it), renews its layer group
+Every few seconds the worker tells the registry it is alive (with its layer
+channel and groups, for whoever reaps it), renews its layer group
 memberships (so a killed worker's channel expires from them), and reaps the
-workers that stopped heartbeating. After a layer or Redis outage it closes its
+workers that stopped heartbeating: their sockets leave presence, their
+channel leaves its layer groups. After a layer or Redis outage it closes its
 sockets so that clients reconnect and `sync` what they may have missed.
 """
 
@@ -18,10 +19,15 @@ from django.conf import settings
 
 from chat.cancellation import raise_if_cancelled
 from chat.delivery.channel import WorkerChannel
-from chat.delivery.mirror import ConnectionMirror, connections_forget_workers
+from chat.delivery.mirror import (
+    ConnectionMirror,
+    connections_forget_other_workers,
+    connections_forget_workers,
+)
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.metrics import TALLY
 from chat.presence import PresenceStore
+from chat.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class Maintenance:
         self,
         *,
         presence: PresenceStore,
+        registry: WorkerRegistry,
         worker_id: str,
         channel: WorkerChannel,
         subscriptions: LayerSubscriptions,
@@ -56,6 +63,7 @@ class Maintenance:
         announce_offline: Callable[[str], Awaitable[object]],
     ) -> None:
         self.presence = presence
+        self.registry = registry
         self.worker_id = worker_id
         self.channel = channel
         self.subscriptions = subscriptions
@@ -92,8 +100,8 @@ class Maintenance:
                 logger.warning("presence maintenance failed; retrying", exc_info=True)
 
     async def heartbeat(self) -> bool:
-        """Heartbeat, recording the layer channel and groups; False if the store forgot us."""
-        return await self.presence.heartbeat(
+        """Heartbeat, recording the layer channel and groups; False if the registry forgot us."""
+        return await self.registry.heartbeat(
             worker=self.worker_id,
             channel=self.channel.name,
             layer_groups=list(self.subscriptions.names),
@@ -113,18 +121,36 @@ class Maintenance:
         await self.subscriptions.refresh()
         await self.reap()
 
+    async def start(self) -> None:
+        """Heartbeat once; a worker that owns everything drops what a dead process left."""
+        await self.heartbeat()
+        if self.registry.owns_everything:
+            try:
+                await database_sync_to_async(connections_forget_other_workers)(self.worker_id)
+            except Exception:
+                logger.warning("could not remove earlier processes' connections", exc_info=True)
+
     async def reap(self) -> None:
         """Drop the workers that stopped heartbeating; announce their users offline."""
-        reaped = await self.presence.reap(max_silence=reap_silence(settings.CHAT_PRESENCE_TIMEOUT))
-        TALLY.reaped_workers += len(reaped.workers)
-        TALLY.reaped_users += len(reaped.offline)
-        if reaped.workers:
-            logger.warning("reaped dead workers %s", ", ".join(reaped.workers))
-            await database_sync_to_async(connections_forget_workers)(reaped.workers)
-        for username in reaped.offline:
+        dead = await self.registry.dead(max_silence=reap_silence(settings.CHAT_PRESENCE_TIMEOUT))
+        if not dead:
+            return
+        offline = []
+        for found in dead:
+            # Presence first: of two reapers racing, the second finds no
+            # sockets left and reports nobody twice.
+            offline.extend(await self.presence.drop_worker(worker=found.worker))
+            await self.registry.forget(worker=found.worker)
+        workers = [found.worker for found in dead]
+        TALLY.reaped_workers += len(workers)
+        TALLY.reaped_users += len(offline)
+        logger.warning("reaped dead workers %s", ", ".join(workers))
+        await database_sync_to_async(connections_forget_workers)(workers)
+        for username in offline:
             await self._announce_offline(username)
         # channels_redis would drop a dead channel from a group only after
         # `group_expiry`; meanwhile every group_send would still queue for it.
-        for dead_channel, layer_groups in reaped.layer_memberships:
-            for layer_group in layer_groups:
-                await self.channel.leave(layer_group, dead_channel)
+        for found in dead:
+            if found.channel:
+                for layer_group in found.layer_groups:
+                    await self.channel.leave(layer_group, found.channel)

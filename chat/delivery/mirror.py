@@ -120,3 +120,8 @@ def connections_mirror(
 
 def connections_forget_workers(workers: list[str]) -> None:
     Connection.objects.filter(worker__in=workers).delete()
+
+
+def connections_forget_other_workers(worker: str) -> None:
+    """Without Redis the one worker owns every row: the others are a dead process's."""
+    Connection.objects.exclude(worker=worker).delete()

@@ -45,10 +45,8 @@ class NoticeBatcher:
         pending, self._pending = drop_flaps(self._pending), []
         if not pending:
             return
-        # Presence goes to every socket here but the user's own: such notices
-        # are `shared` by most sockets, and one socket in a burst of opening
-        # users misses just its own. Finding each notice's targets instead
-        # cost notices x sockets steps; the others (joined, left) are few.
+        # Presence goes to every socket here but the user's own, so it is
+        # `shared` rather than targeted (which costs notices x sockets steps).
         shared: list[int] = []
         own: dict[str, set[int]] = {}
         targeted: dict[LocalSocket, list[int]] = {}
@@ -65,11 +63,8 @@ class NoticeBatcher:
                     if conn in index:
                         targeted.setdefault(conn, []).append(position)
         receivers = list(index) if shared else list(targeted)
-        # Most sockets receive the same set of notices: it is encoded once.
-        # The other sets (a user in the burst misses just their own) are kept
-        # only while the sockets next in line want the same one: a user's
-        # sockets come one after another. Keeping them all until the end
-        # meant, in a burst of n users, n texts of n notices alive at once.
+        # The common set is encoded once; another set is kept only while the
+        # next sockets (the same user's, in a row) want it, to bound memory.
         shared_text: str | None = None
         last: tuple[tuple[int, ...], str] | None = None
         for conn in receivers:

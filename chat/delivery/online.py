@@ -1,7 +1,7 @@
 """Who is online: recorded as sockets come and go, and read once for all who ask together.
 
-Every `hello` lists who is online: read per socket, a burst of N connections
-would read the whole set N times (O(N²) in all). Calls share a read instead.
+Every `hello` lists who is online; calls share a read, so a burst of N
+connections does not read the whole set N times.
 """
 
 from __future__ import annotations
@@ -43,11 +43,7 @@ class OnlineReader:
         return await asyncio.shield(self._next)
 
     async def online_names(self) -> tuple[str, ...]:
-        """`online()` sorted by name, sorted once per read.
-
-        Every greeting of a burst shares a read; sorting thousands of names
-        for each of them was a visible share of the worker's CPU.
-        """
+        """`online()` sorted by name, once per read: every greeting of a burst shares it."""
         online = await self.online()
         cached = self._sorted
         if cached is None or cached[0] is not online:

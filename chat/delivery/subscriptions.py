@@ -3,7 +3,7 @@
 A worker joins `chat.all`, `chat.user.<id>` for each user connected here and
 `chat.group.<id>` for each chat group with a member connected here, and
 leaves them as the last such socket closes. The groups are also recorded in
-the presence store, so that whoever reaps this worker if it is killed can
+the worker registry, so that whoever reaps this worker if it is killed can
 take its channel out of them.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from chat.coalesce import Coalescer
 from chat.delivery.channel import WorkerChannel
-from chat.presence import PresenceStore
+from chat.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ class LayerSubscriptions:
         self,
         channel: WorkerChannel,
         *,
-        presence: PresenceStore,
+        registry: WorkerRegistry,
         worker_id: str,
         wants: Callable[[str], bool],
     ) -> None:
         self.channel = channel
-        self.presence = presence
+        self.registry = registry
         self.worker_id = worker_id
         # Whether the sockets here need a layer group now (`SocketIndex.wants`).
         self._wants = wants
@@ -64,7 +64,7 @@ class LayerSubscriptions:
             logger.warning("could not join %d layer groups", len(layer_groups), exc_info=True)
         # The heartbeat records the rest.
         try:
-            await self.presence.note_layer_groups(worker=self.worker_id, layer_groups=layer_groups)
+            await self.registry.note_layer_groups(worker=self.worker_id, layer_groups=layer_groups)
         except Exception:
             self.channel.failed = True
             logger.warning("could not record %d layer groups", len(layer_groups), exc_info=True)

@@ -111,6 +111,25 @@ def running_reactor_loop() -> asyncio.AbstractEventLoop | None:
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
+def run_when_reactor_runs(start: Callable[[], Awaitable[object]]) -> bool:
+    """Start `start()` as a task on daphne's loop once its reactor runs.
+
+    Not under daphne (no reactor installed: tests, other servers) nothing is
+    scheduled, and False is returned.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return False
+
+    def begin() -> None:
+        loop = running_reactor_loop()
+        if loop is not None:
+            loop.create_task(_awaited(start), context=contextvars.Context())
+
+    reactor.callWhenRunning(begin)
+    return True
+
+
 def run_before_reactor_shutdown(stop: Callable[[], Awaitable[object]]) -> bool:
     """Await `stop()` when daphne shuts down (SIGTERM, SIGINT), before the loop ends.
 
