@@ -195,13 +195,17 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._closed = False
         self._attached = False
         address = client_address_of_scope(self.scope)
-        if not await current_worker().socket_caps.admit(
+        # Opening loads and subscribes to every group of the user: a reconnect
+        # loop spends from the same budget as commands.
+        if not await self.spend_handshake() or not await current_worker().socket_caps.admit(
             user_id=user.pk,
             username=self.username,
             connection_id=self.connection_id,
             address=address,
         ):
-            logger.info("refused a socket of %s from %s: too many open", self.username, address)
+            logger.info(
+                "refused a socket of %s from %s: too many open or opening", self.username, address
+            )
             await self.accept()
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             self._closed = True
@@ -409,6 +413,14 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             TALLY.rate_limited[kind] += 1
             done = "nothing was stored" if kind == "send" else f"this {kind} was not carried out"
             raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
+
+    async def spend_handshake(self) -> bool:
+        """Take a handshake's cost (`connect`) from the user's budget; False past it."""
+        try:
+            await self.spend("connect")
+        except ChatError:
+            return False
+        return True
 
     async def send_message(self, command: Send) -> dict[str, Any]:
         """Store a message and return its ack; the send queue delivers it to its audience.
