@@ -21,6 +21,7 @@ from chat import protocol
 from chat.classic import ClassicConsumer, classic_command, guest_suffix
 from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError
+from chat.ratelimit import command_cost
 from chat.worker import current_worker
 from tests.chatclient import TIMEOUT, ChatTestClient, session_cookie_for, socket_headers
 from tests.conftest import make_user
@@ -420,7 +421,7 @@ async def test_binary_frames_are_refused_with_an_error(layer, classic, alice):
 
 
 async def test_sending_too_fast_is_rate_limited(layer, settings, connect, classic, alice, bob):
-    settings.CHAT_RATE_BURST = 2
+    settings.CHAT_RATE_BURST = command_cost("connect") + 2  # the socket, then two sends
     settings.CHAT_RATE_PER_SECOND = 0.01
     b = await connect(bob)
     a = await classic(alice)
