@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument(
         "--workload",
         action="append",
-        choices=["W1", "W2", "W3", "W4", "W5", "W6"],
-        help="W5: connect and join, reconnect; W6: a quiet room (bench/RESULTS.md)",
+        choices=["W1", "W2", "W3", "W4", "W5", "W6", "W7"],
+        help="W5: connect and join, reconnect; W6: a quiet room; W7: 200 members react to one"
+        " message at once (bench/RESULTS.md)",
     )
     run_p.add_argument("--all", action="store_true", help="W1, W2, W3 and W4")
     run_p.add_argument("--repeat", type=int, default=1)

@@ -15,6 +15,7 @@ generator costs a few microseconds per delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections import Counter
@@ -125,6 +126,11 @@ class LoadGen:
         self.track_sets = True
         self.last_rx_ns = 0
         self._refs = 0
+        # W7: `reaction` events received (not replies), and when the last came.
+        self.reaction_events = 0
+        self.last_reaction_ns = 0
+        self._reactions_expected = 0
+        self._reactions_done: asyncio.Event | None = None
 
     # -- receiving ------------------------------------------------------------
 
@@ -153,6 +159,11 @@ class LoadGen:
     def on_text(self, client: wsclient.WSClient, payload: bytes, now: int) -> None:
         head = payload[:24]
         if b"batch" in head:
+            if b'"type":"reaction"' in payload:
+                for event in orjson.loads(payload)["events"]:
+                    if event.get("type") == "reaction":
+                        self._on_reaction(client, now)
+                return
             if b'"type":"message"' not in payload:
                 # Presence and joined/left notices only: counted, not parsed.
                 self.notice_frames += 1
@@ -194,6 +205,11 @@ class LoadGen:
                 self.acks += 1
                 self.acked[seq] = True
                 self.ack_latencies.append(now - self.sent_ns[seq])
+                return
+            # A send made through `request` (W7's one message).
+            waiter = client.data["waiting"].pop(ref, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
             return
         if kind == "error":
             self.errors += 1
@@ -208,12 +224,23 @@ class LoadGen:
             if not hello.done():
                 hello.set_result(event)
             return
+        if kind == "reaction" and event.get("ref") is None:
+            self._on_reaction(client, now)
+            return
         if kind in ("presence", "joined", "left") and event.get("ref") is None:
             self.notice_frames += 1
             return
         waiter = client.data["waiting"].pop(event.get("ref"), None)
         if waiter is not None and not waiter.done():
             waiter.set_result(event)
+
+    def _on_reaction(self, client: wsclient.WSClient, now: int) -> None:
+        self.reaction_events += 1
+        self.last_reaction_ns = now
+        client.data["reactions"] = client.data.get("reactions", 0) + 1
+        done = self._reactions_done
+        if done is not None and self.reaction_events >= self._reactions_expected:
+            done.set()
 
     # -- set-up (not timed as load) -----------------------------------------
 
@@ -563,6 +590,64 @@ class LoadGen:
             "all_ms": (lat[-1] / 1e6) if len(lat) >= len(open_clients) else float("nan"),
             "p50_ms": percentile(lat, 50) / 1e6,
         }
+
+    async def react_storm(self, emoji: str = "👍", wait_s: float = 60.0) -> dict[str, Any]:
+        """W7: every open client reacts to one group message at the same moment.
+
+        Each member gets the others' `reaction` events (not its own: that is
+        its reply). Timed from the first `react` sent: every reply, and until
+        every member has every other member's event.
+        """
+        open_clients = [c for c in self.clients if c.is_open]
+        first = await self.request(
+            open_clients[0], {"type": "send", "to": {"group": self.group}, "body": "react here"}
+        )
+        await self.settle(quiet=0.5, wait_s=30)
+        for client in open_clients:
+            client.data["reactions"] = 0
+        self.reaction_events = 0
+        members = len(open_clients)
+        expected = members * (members - 1)
+        self._reactions_expected = expected
+        self._reactions_done = asyncio.Event()
+        cpu = self._cpu()
+        started = time.perf_counter_ns()
+        replies = await asyncio.gather(
+            *(
+                self._timed(c, {"type": "react", "id": first["id"], "emoji": emoji})
+                for c in open_clients
+            ),
+            return_exceptions=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reactions_done.wait(), wait_s)
+        done_ns = self.last_reaction_ns
+        used = [after - before for before, after in zip(cpu, self._cpu(), strict=True)]
+        ok = [r for r in replies if isinstance(r, tuple) and r[0].get("type") == "reaction"]
+        reply_ms = sorted(elapsed / 1e6 for _, elapsed in ok)
+        counts = [r.get("count", 0) for r, _ in ok]
+        check = await self.request(open_clients[-1], {"type": "changes", "since": first["id"] - 1})
+        final = [m for m in check.get("messages", []) if m.get("id") == first["id"]]
+        return {
+            "members": members,
+            "replies_ok": len(ok),
+            "reply_p50_ms": percentile(reply_ms, 50),
+            "reply_p99_ms": percentile(reply_ms, 99),
+            "reply_max_ms": reply_ms[-1] if reply_ms else float("nan"),
+            "highest_count_in_a_reply": max(counts, default=0),
+            "events_expected": expected,
+            "events_received": self.reaction_events,
+            "all_events_ms": (done_ns - started) / 1e6
+            if self.reaction_events >= expected
+            else float("nan"),
+            "final_count": final[0]["reactions"][0]["count"] if final else 0,
+            "server_cpu_s": used[0],
+        }
+
+    async def _timed(self, client: wsclient.WSClient, command: dict[str, Any]) -> tuple[dict, int]:
+        before = time.perf_counter_ns()
+        reply = await self.request(client, command)
+        return reply, time.perf_counter_ns() - before
 
     async def sync_check(self, step: StepResult, seq_range: tuple[int, int], limit: int = 5):
         """For clients that missed live messages: does `sync` return them?"""

@@ -405,6 +405,28 @@ async def workload_w6(target: str, run_id: str, config: Config) -> dict:
         deployment.stop()
 
 
+async def workload_w7(target: str, run_id: str, config: Config) -> dict:
+    """Protocol 1.2: every member of a 200-member group reacts to one message at once.
+
+    Ours only: the peers have no reactions. Reports each `react`'s reply
+    time, the time until every member has had every other member's
+    `reaction` event (200 * 199 of them), and the count `changes` reads after.
+    """
+    if target != "ours":
+        return {"skipped": "the peer has no reactions"}
+    label = f"W7 {target}"
+    deployment = _deploy(target, 1, run_id, config)
+    try:
+        gen = LoadGen(deployment, kind=target, redis_pid=servers.redis_server_pid())
+        setup = await _setup(gen, config.clients, batch=config.connect_batch, join="bench")
+        storm = await gen.react_storm()
+        _log(f"{label}: {json.dumps(storm)}")
+        await gen.close_all()
+        return {"setup": setup, "storm": storm}
+    finally:
+        deployment.stop()
+
+
 WORKLOADS = {
     "W1": workload_w1,
     "W2": workload_w2,
@@ -412,6 +434,7 @@ WORKLOADS = {
     "W4": workload_w4,
     "W5": workload_w5,
     "W6": workload_w6,
+    "W7": workload_w7,
 }
 
 

@@ -33,6 +33,7 @@ from chat.messaging import (
     _MESSAGE_ORDER_LOCK,
     MESSAGE_RELATED,
     fit_in_bytes,
+    message_json,
     messages_json,
 )
 from chat.models import Message, MessageEdit, Reaction
@@ -99,6 +100,24 @@ def _next_rev() -> int:
         row = cursor.fetchone()
     if row is None:
         raise RuntimeError("the message counter has no row: no message was ever stored")
+    return int(row[0])
+
+
+def _bump_rev(message_id: int) -> int:
+    """Give the message the next change number (under the lock); PostgreSQL in one statement."""
+    if connection.vendor != "postgresql":
+        rev = _next_rev()
+        Message.objects.filter(id=message_id).update(rev=rev)
+        return rev
+    table = connection.ops.quote_name(Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET rev = nextval(pg_get_serial_sequence(%s, 'id'))"
+            " WHERE id = %s RETURNING rev",
+            [Message._meta.db_table, message_id],
+        )
+        row = cursor.fetchone()
+    assert row is not None
     return int(row[0])
 
 
@@ -224,27 +243,28 @@ def message_react(*, user: User, message_id: int, emoji: str, on: bool) -> Chang
         raise ChatError(BAD_EMOJI, "emoji must be one fully-qualified Unicode emoji")
     with _in_change_order():
         message = _visible(user, message_id)
-        reactions = Reaction.objects.filter(message=message)
-        mine = reactions.filter(user_id=user.pk, emoji=emoji)
+        # All of the message's reactions in one read: the rules and the count.
+        rows = list(Reaction.objects.filter(message=message).values_list("emoji", "user_id"))
+        mine = (emoji, user.pk) in rows
+        count = sum(1 for used, _ in rows if used == emoji)
         changed = False
-        if on and not mine.exists():
-            used = set(reactions.values_list("emoji", flat=True).distinct())
-            if emoji not in used and len(used) >= MAX_EMOJI_PER_MESSAGE:
+        if on and not mine:
+            used_emoji = {used for used, _ in rows}
+            if emoji not in used_emoji and len(used_emoji) >= MAX_EMOJI_PER_MESSAGE:
                 raise ChatError(
                     TOO_MANY_REACTIONS,
                     f"a message holds at most {MAX_EMOJI_PER_MESSAGE} different emoji",
                 )
             Reaction.objects.create(message=message, user_id=user.pk, emoji=emoji)
-            changed = True
-        elif not on:
-            changed = mine.delete()[0] > 0
+            changed, count = True, count + 1
+        elif not on and mine:
+            Reaction.objects.filter(message=message, user_id=user.pk, emoji=emoji).delete()
+            changed, count = True, count - 1
         if changed:
-            message.rev = _next_rev()
-            message.save(update_fields=["rev"])
-        count = reactions.filter(emoji=emoji).count()
+            message.rev = _bump_rev(message.id)
     event = {
         "id": message.id,
-        "to": messages_json([message])[0]["to"],
+        "to": message_json(message)["to"],
         "emoji": emoji,
         "user": user.get_username(),
         "on": on,

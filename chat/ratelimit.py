@@ -57,6 +57,11 @@ COMMAND_COSTS: dict[str, int] = {
     "react": 1,
     "unreact": 1,
     "changes": 3,
+    # Opening a socket (not a command): it loads and subscribes to each of the
+    # user's groups, so a client reconnecting in a loop spends from the budget
+    # too, and is refused (4429) past it. One token, so a budget of one still
+    # opens a socket.
+    "connect": 1,
 }
 DEFAULT_COST = 1
 
@@ -178,10 +183,28 @@ class RedisRateLimiter(RateLimiter):
             return True
         # While a top-up is on its way, take nothing more ahead.
         ahead = 0 if reserve is not None and reserve.topping_up else self.reserve_size
-        taken = await self._take(key, need=cost, extra=ahead)
-        if taken > cost:
-            self._keep(key, taken - cost)
-        return taken >= cost
+        # What is left in the reserve pays part of the cost, so that tokens are
+        # not stranded there by a command costing more than they are.
+        held = 0
+        if reserve is not None and time.monotonic() < reserve.expires:
+            held, reserve.tokens = reserve.tokens, 0
+        need = cost - held
+        try:
+            taken = await self._take(key, need=need, extra=ahead)
+        except BaseException:
+            self._give_back(reserve, held)
+            raise
+        if taken < need:
+            self._give_back(reserve, held)
+            return False
+        if taken > need:
+            self._keep(key, taken - need)
+        return True
+
+    @staticmethod
+    def _give_back(reserve: _Reserve | None, tokens: int) -> None:
+        if reserve is not None and tokens:
+            reserve.tokens += tokens
 
     async def _take(self, key: str, *, need: int, extra: int) -> int:
         redis = self.redis

@@ -1024,7 +1024,7 @@ async def test_send_to_a_group_not_joined_is_not_member_and_reaches_nobody(
 async def test_sending_faster_than_the_rate_is_rate_limited_and_stores_nothing(
     layer, connect, settings, alice, bob
 ):
-    settings.CHAT_RATE_BURST = 2
+    settings.CHAT_RATE_BURST = command_cost("connect") + 2  # the socket, then two sends
     settings.CHAT_RATE_PER_SECOND = 0.001
     alice1, bob1 = await connect(alice), await connect(bob)
     first = await send_ok(alice1, to_user("bob"), "one")
@@ -1042,7 +1042,7 @@ async def test_every_command_spends_from_the_budget_reads_cost_more(
     layer, connect, settings, alice
 ):
     """300 requests for 100 messages each: the budget answers a few, not all."""
-    settings.CHAT_RATE_BURST = 20
+    settings.CHAT_RATE_BURST = command_cost("connect") + 20
     settings.CHAT_RATE_PER_SECOND = 0.001
     settings.CHAT_MAX_ERRORS_PER_MINUTE = 1000
     client = await connect(alice)
@@ -1059,7 +1059,7 @@ async def test_every_command_spends_from_the_budget_reads_cost_more(
 async def test_a_command_past_the_budget_is_rate_limited_and_does_nothing(
     layer, connect, settings, alice, bob
 ):
-    settings.CHAT_RATE_BURST = command_cost("join")
+    settings.CHAT_RATE_BURST = command_cost("connect") + command_cost("join")
     settings.CHAT_RATE_PER_SECOND = 0.001
     alice1, bob1 = await connect(alice), await connect(bob)
     await join(bob1, "A")
@@ -1120,7 +1120,7 @@ def member_names(group: str) -> list[str]:
 
 
 async def test_rate_is_per_user_across_sockets(layer, connect, settings, alice, bob):
-    settings.CHAT_RATE_BURST = 1
+    settings.CHAT_RATE_BURST = 2 * command_cost("connect") + 1  # two sockets, one send
     settings.CHAT_RATE_PER_SECOND = 0.001
     alice1, alice2, bob1 = await connect(alice), await connect(alice), await connect(bob)
     await send_ok(alice1, ALL, "one")

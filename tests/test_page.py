@@ -173,8 +173,9 @@ def test_server_errors_are_shown_in_place(chat_user):
 
 
 def test_rate_limit_is_explained_and_the_message_kept_in_place(chat_user):
+    # One token opens the page's socket, one sends "first".
     strict = Worker(
-        browser_worker_env(CHAT_RATE_BURST="1", CHAT_RATE_PER_SECOND="0.01"), name="strict"
+        browser_worker_env(CHAT_RATE_BURST="2", CHAT_RATE_PER_SECOND="0.01"), name="strict"
     ).start()
     try:
         alice = chat_user("alice", server=strict)
@@ -202,9 +203,12 @@ def seed_broadcasts(username: str, count: int) -> None:
 
 def test_history_loads_on_open_and_older_pages_on_scrolling_up(chat_user):
     bob = chat_user("bob")
-    seed_broadcasts("bob", 120)
     alice = chat_user("alice")
+    # Her own: never unread, so the page opens at the newest (unread ones land at the first).
+    seed_broadcasts("alice", 120)
     page = alice.page
+    page.reload()
+    wait_connected(page)
     expect(messages(page)).to_have_count(50)
     expect(messages(page).last.locator(".body")).to_have_text("old message 120")
     page.locator("#messages").evaluate("(box) => { box.scrollTop = 0; }")

@@ -119,8 +119,9 @@ def test_typing_shows_and_clears_and_seen_appears(chat_user):
 
 
 def test_a_rate_limited_message_stays_with_a_working_retry_and_discard(chat_user):
+    # One token opens the page's socket, one sends "first".
     strict = Worker(
-        browser_worker_env(CHAT_RATE_BURST="1", CHAT_RATE_PER_SECOND="0.5"), name="strict"
+        browser_worker_env(CHAT_RATE_BURST="2", CHAT_RATE_PER_SECOND="0.5"), name="strict"
     ).start()
     try:
         alice = chat_user("alice", server=strict)
@@ -516,8 +517,9 @@ def test_a_history_page_that_failed_to_load_is_tried_again_on_its_own(chat_user)
     sender = User.objects.get(username="bob")
     alice_user = chat_user("alice")
     alice_user.page.close()
+    # The page's socket takes one token of the five.
     strict = Worker(
-        browser_worker_env(CHAT_RATE_BURST="4", CHAT_RATE_PER_SECOND="1"), name="strict"
+        browser_worker_env(CHAT_RATE_BURST="5", CHAT_RATE_PER_SECOND="1"), name="strict"
     ).start()
     try:
         Message.objects.create(

@@ -8,6 +8,7 @@ the unsent bubble, the favicon.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from django.contrib.auth.models import User
@@ -17,6 +18,7 @@ from chat.conversations import ReadRequest, read_positions_move
 from chat.messaging import message_send
 from chat.protocol import Address
 from tests.browser import (
+    TIMEOUT,
     ChatUser,
     browser_worker_env,
     open_direct,
@@ -165,14 +167,15 @@ def test_a_conversation_with_unread_messages_opens_at_the_first_one_under_the_di
     expect(message_li(page, "new 69")).not_to_be_in_viewport()
     expect(page.locator("#jump-unread")).to_be_hidden()
     screenshot(page, "h25-desktop-landed-at-unread")
-    # Read now, everywhere: the server has the position.
-    assert (
-        page.evaluate(
-            "() => window.chatPage.client.request({type: 'conversations'})"
-            ".then(r => r.items.find(i => i.of.user === 'bob').unread)"
-        )
-        == 0
+    # Read now, everywhere: the server has the position (reads are written coalesced).
+    unread = (
+        "() => window.chatPage.client.request({type: 'conversations'})"
+        ".then(r => r.items.find(i => i.of.user === 'bob').unread)"
     )
+    deadline = time.monotonic() + TIMEOUT
+    while (left := page.evaluate(unread)) != 0:
+        assert time.monotonic() < deadline, f"still {left} unread on the server"
+        page.wait_for_timeout(100)
 
 
 # -- 4: reconnecting --------------------------------------------------------------
@@ -303,3 +306,44 @@ def test_no_page_asks_for_something_that_is_not_there(chat_user):
     assert icon.ok and "svg" in icon.headers["content-type"], icon.status
     assert not missing, missing
     assert page.locator("link[rel=icon]").count() == 1
+
+
+def test_leaving_asks_first_on_a_phone_too_and_forgets_the_joined_note(chat_user):
+    alice = chat_user("alice", viewport=PHONE_390)
+    page = alice.page
+    join_group(alice, "Hikers")
+    page.get_by_role("button", name="Leave group").click()
+    confirm = page.locator("#leave-confirm")
+    for name in ("Leave", "Cancel"):
+        button = confirm.get_by_role("button", name=name, exact=True)
+        expect(button).to_be_in_viewport(ratio=1)
+    screenshot(page, "h25-phone-leave-confirm")
+    confirm.get_by_role("button", name="Leave", exact=True).click()
+    expect(page.locator("#conv-title")).to_have_text("Everyone")
+    page.get_by_role("button", name="Back to conversations").click()
+    expect(page.locator("#conversation-list li[data-group]")).to_have_count(0)
+    expect(page.locator("#join-note")).to_be_hidden()
+
+
+def test_a_newcomer_to_a_long_conversation_lands_without_loading_all_of_it(chat_user):
+    """Everything said before one arrived is unread: the landing loads five pages, not 600."""
+    chat_user("bob", viewport=DESKTOP_1280)
+    bob_user = User.objects.get(username="bob")
+    for n in range(600):
+        message_send(sender=bob_user, to=Address("all"), body=f"before you came {n}")
+    alice = chat_user("alice", viewport=DESKTOP_1280)
+    page = alice.page
+    landed = (
+        "() => { const conv = window.chatPage.state.conversations.get('all');"
+        " const state = window.chatPage.state;"
+        " return state.listed && conv && conv.loaded && !conv.landing"
+        " ? [conv.messages.size, conv.complete] : null; }"
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while (state := page.evaluate(landed)) is None:
+        assert time.monotonic() < deadline, "the page never landed"
+        page.wait_for_timeout(50)
+    size, complete = state
+    assert 250 <= size <= 300 and not complete, state
+    expect(page.locator("#new-divider")).to_be_in_viewport()
+    expect(page.locator("#history-status")).not_to_have_text(re.compile("beginning"))

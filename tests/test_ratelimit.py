@@ -44,6 +44,16 @@ async def test_a_burst_is_allowed_then_refused(make_limiter):
     assert await take(limiter, "user:1", 5) == [True, True, True, False, False]
 
 
+async def test_tokens_left_ahead_pay_part_of_a_dearer_command(make_limiter):
+    """A handshake (1) then reads (2 each): no token is stranded in a reserve."""
+    limiter = make_limiter(burst=21, per_second=NO_REFILL)
+
+    assert await limiter.allow("user:1", 1) is True
+    reads = [await limiter.allow("user:1", 2) for _ in range(12)]
+
+    assert reads == [True] * 10 + [False] * 2
+
+
 async def test_keys_have_independent_buckets(make_limiter):
     limiter = make_limiter(burst=2, per_second=NO_REFILL)
     await take(limiter, "user:1", 2)

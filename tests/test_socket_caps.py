@@ -100,6 +100,7 @@ async def test_an_ipv6_network_is_one_address_for_the_cap(layer, settings, opene
 async def test_zero_turns_the_caps_off(layer, settings, opened, alice):
     settings.CHAT_SOCKETS_PER_USER = 0
     settings.CHAT_SOCKETS_PER_ADDRESS = 0
+    settings.CHAT_RATE_BURST = 1000  # each handshake spends from it: not what is tested here
     for _ in range(25):
         communicator, closed = await open_from(alice)
         opened.append(communicator)
@@ -116,3 +117,25 @@ async def test_a_burst_of_handshakes_on_one_worker_stays_within_the_cap(
 
     codes = sorted((closed or 0) for _, closed in outcomes)
     assert codes == [0, 0, 0] + [CLOSE_TOO_MANY_SOCKETS] * 5
+
+
+async def test_a_handshake_spends_from_the_users_command_budget(
+    layer, settings, opened, alice, bob
+):
+    """A reconnect loop (each open loads and subscribes to every group) is held to the budget."""
+    from chat.ratelimit import command_cost
+
+    settings.CHAT_RATE_BURST = 3 * command_cost("connect")
+    settings.CHAT_RATE_PER_SECOND = 0.001
+    for _ in range(3):
+        communicator, closed = await open_from(alice)
+        assert closed is None
+        await communicator.disconnect()  # closed at once: the cap is not what stops it
+
+    refused, closed = await open_from(alice)
+    opened.append(refused)
+    assert closed == CLOSE_TOO_MANY_SOCKETS
+
+    bobs, closed = await open_from(bob)  # a budget of his own
+    opened.append(bobs)
+    assert closed is None

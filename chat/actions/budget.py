@@ -7,15 +7,32 @@ import logging
 from chat.actions.services import Actor, Services
 from chat.metrics import TALLY
 from chat.protocol import RATE_LIMITED, ChatError
-from chat.ratelimit import command_cost
+from chat.ratelimit import RateLimiter, command_cost
 
 logger = logging.getLogger(__name__)
 
 
 async def spend(services: Services, actor: Actor, kind: str) -> None:
     """Take a command's cost from the user's budget; `rate_limited` past it."""
+    await _spend(services.rate_limiter, actor.user_id, kind)
+
+
+async def spend_handshake(limiter: RateLimiter, user_id: int) -> bool:
+    """Take a handshake's cost (`connect`) from the user's budget; False past it.
+
+    Opening loads and subscribes to every group of the user: a reconnect loop
+    spends from the same budget as commands.
+    """
     try:
-        allowed = await services.rate_limiter.allow(f"user:{actor.user_id}", command_cost(kind))
+        await _spend(limiter, user_id, "connect")
+    except ChatError:
+        return False
+    return True
+
+
+async def _spend(limiter: RateLimiter, user_id: int, kind: str) -> None:
+    try:
+        allowed = await limiter.allow(f"user:{user_id}", command_cost(kind))
     except Exception:
         # The limiter lives in Redis; an outage must not stop messages
         # from being stored (docs/protocol.md, guarantees).

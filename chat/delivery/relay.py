@@ -45,12 +45,8 @@ def relay_if_local(layer: BaseChannelLayer | None, message: LayerMessage) -> Non
 
 
 def relayed_recently(since: datetime) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of other processes within the window and after `since`, oldest first.
-
-    Rows older than `KEEP` are deleted on the way.
-    """
+    """Rows of other processes within the window and after `since`, oldest first."""
     now = timezone.now()
-    RelayedMessage.objects.filter(created__lt=now - KEEP).delete()
     rows = (
         RelayedMessage.objects.filter(created__gte=max(now - WINDOW, since))
         .exclude(origin=PROCESS)
@@ -58,6 +54,13 @@ def relayed_recently(since: datetime) -> list[tuple[int, dict[str, Any]]]:
         .values_list("id", "message")
     )
     return list(rows)
+
+
+def relayed_forget_old() -> None:
+    """Delete rows older than `KEEP`, only if there are: a delete takes SQLite's write lock."""
+    old = RelayedMessage.objects.filter(created__lt=timezone.now() - KEEP)
+    if old.exists():
+        old.delete()
 
 
 class RelayReader:
@@ -70,10 +73,14 @@ class RelayReader:
         self._since = timezone.now()
 
     async def run(self) -> None:
+        polls = 0
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            polls += 1
             try:
                 await self.poll()
+                if polls % 60 == 0:
+                    await database_sync_to_async(relayed_forget_old)()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -23,6 +23,7 @@ from django.conf import settings
 
 from chat import protocol
 from chat.actions import Actor, Services
+from chat.actions.budget import spend_handshake
 from chat.addresses import client_address_of_scope
 from chat.database import handshake_admitted, handshake_done
 from chat.delivery import Hub, session_digest
@@ -146,13 +147,20 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         serving_connection(self.connection_id)
         self.session_digest = session_digest(self.scope.get("session_key") or "")
         address = client_address_of_scope(self.scope)
-        if not await current_worker().socket_caps.admit(
+        # Opening loads and subscribes to every group of the user: a reconnect
+        # loop spends from the same budget as commands.
+        worker = current_worker()
+        if not await spend_handshake(
+            worker.rate_limiter, user.pk
+        ) or not await worker.socket_caps.admit(
             user_id=user.pk,
             username=self.username,
             connection_id=self.connection_id,
             address=address,
         ):
-            logger.info("refused a socket of %s from %s: too many open", self.username, address)
+            logger.info(
+                "refused a socket of %s from %s: too many open or opening", self.username, address
+            )
             await self.accept()
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return

@@ -10,6 +10,7 @@
   const config = JSON.parse(document.getElementById("chat-config").textContent);
   const me = config.user;
   const PAGE_SIZE = 50;
+  const LANDING_PAGES = 4;
   const client = new ChatClient();
   const $ = (id) => document.getElementById(id);
 
@@ -195,7 +196,7 @@
     entries.sort((a, b) => (activity(b) - activity(a)) || (a.rank - b.rank) || a.name.localeCompare(b.name));
     $("conversation-list").replaceChildren(...entries.map((entry) => entry.item()));
     const othersOnline = [...state.online].filter((u) => u !== me).length;
-    $("online-count").textContent = othersOnline ? othersOnline + " online" : "";
+    $("online-count").textContent = othersOnline && client.connected ? othersOnline + " online" : "";
     $("people-empty").hidden = people.size > 0 || !$("people-found").hidden;
 
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
@@ -279,6 +280,10 @@
     const fromBottom = box.scrollHeight - box.scrollTop;
     const atBottom = fromBottom - box.clientHeight < 60;
     const messages = [...conv.messages.values()].sort((a, b) => a.id - b.id);
+    // A landing that stopped short of the last read message: the divider stays
+    // above the oldest one loaded now, wherever older pages come in later.
+    if (conv.landing && dividerReached(conv) && messages.length && messages[0].id > conv.dividerAt + 1
+        && !conv.complete) conv.dividerAt = messages[0].id - 1;
     const items = [];
     let previous = null;
     const divider = conv.dividerAt === undefined ? null : conv.dividerAt;
@@ -327,16 +332,23 @@
     }
   }
 
-  /** Whether the loaded history reaches back to the divider (the last read message or the start). */
+  /**
+   * Whether the loaded history reaches back to the divider (the last read
+   * message or the start), or as far as a landing loads: LANDING_PAGES pages,
+   * so a newcomer to a long conversation does not load all of it (the
+   * divider then heads what is loaded, and scrolling up loads the rest).
+   */
   function dividerReached(conv) {
-    if (conv.complete) return true;
+    if (conv.complete || (conv.landingPages >= LANDING_PAGES && !conv.loading)) return true;
     for (const id of conv.messages.keys()) if (id <= conv.dividerAt) return true;
     return false;
   }
 
   /** Load older pages until the first unread message is loaded (each page asks for the next). */
   function loadUntilDivider(conv) {
-    if (conv.landing && !dividerReached(conv) && !conv.loading && !conv.error) loadHistory(conv);
+    if (!conv.landing || dividerReached(conv) || conv.loading || conv.error) return;
+    conv.landingPages = (conv.landingPages || 0) + 1;
+    loadHistory(conv);
   }
 
   /**
@@ -511,6 +523,7 @@
     // Before the server's list has come (a reload) nobody knows yet: it decides.
     conv.dividerAt = conv.unread ? conv.readId : null;
     conv.landing = conv.unread > 0;
+    conv.landingPages = 0;
     conv.awaitingList = !state.listed;
     conv.unread = 0;
     markRead(conv);
@@ -561,6 +574,7 @@
         if (conv.key === state.openKey && conv.awaitingList && item.unread) {
           conv.dividerAt = item.read_id;
           conv.landing = true;
+          conv.landingPages = 0;
         }
         conv.awaitingList = false;
         conv.readId = Math.max(conv.readId, item.read_id);
@@ -608,7 +622,7 @@
     $("retry").hidden = s.state !== "offline";
     if (s.state === "logged-out") location.assign(config.loginUrl + "?next=/");
     // Who is online is unknown while this page is not: the header stops saying so.
-    if (wasOnline !== (s.state === "online") && state.openKey) { renderHeader(); renderMembers(); }
+    if (wasOnline !== (s.state === "online") && state.openKey) { renderHeader(); renderMembers(); renderSidebar(); }
   });
 
   const isPhone = () => window.matchMedia("(max-width: 720px)").matches;
