@@ -81,12 +81,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.wire = wire
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Channels' consumer loop, minus a task and an `asyncio.wait` per socket.
-
-        With no layer channel the client is the only source of messages, but
-        Channels still runs each `receive` in a task of its own and waits on
-        it: kilobytes per idle socket. Messages are dispatched in the same order.
-        """
+        """Channels' consumer loop without a task and an `asyncio.wait` per socket (memory:
+        with no layer channel the client is the only source); the same order."""
         if get_channel_layer(self.channel_layer_alias) is not None:
             await super().__call__(scope, receive, send)
             return
@@ -100,14 +96,9 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             pass
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch without its hop to the database thread per event.
-
-        Channels 4.2+ runs `close_old_connections` on its single database
-        thread before every event, so each frame would queue behind whatever
-        that thread is doing (under load, the send queue's batches). The
-        socket never touches the database on the event loop, and
-        `database_sync_to_async` closes old connections around each call.
-        """
+        """Channels' dispatch without its `close_old_connections` hop to the database thread
+        per event, where each frame would queue behind the send queue's batches. The socket
+        never uses the database on the loop; `database_sync_to_async` closes connections."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
