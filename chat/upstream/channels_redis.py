@@ -60,12 +60,26 @@ async def group_add_many(
             await pipe.execute()
 
 
-async def group_discard_many(layer: BaseChannelLayer, groups: Iterable[str], channel: str) -> None:
-    """`layer.group_discard(group, channel)` for each group, in one trip per shard on Redis.
+# KEYS: the groups' sorted sets; ARGV[1]: the channel. What `group_discard` does
+# to each, in one command: a pipeline of ZREMs still cost redis-py a command
+# packed and a reply parsed per group (over 200 ms for 10,000 groups).
+_DISCARD_MANY = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZREM', key, ARGV[1])
+end
+return #KEYS
+"""
+# Groups per script call: Redis runs nothing else while a script runs.
+_DISCARD_CHUNK = 1000
 
-    What `group_discard` does: the channel taken out of the group's sorted set.
+
+async def group_discard_many(layer: BaseChannelLayer, groups: Iterable[str], channel: str) -> None:
+    """`layer.group_discard(group, channel)` for each group, in one command per
+    thousand groups of a shard on Redis.
+
     A socket of a user in thousands of groups closing must not cost a Redis
-    round trip per group. Other layers get their own `group_discard`, one by one.
+    round trip, or a command packed and parsed, per group. Other layers get
+    their own `group_discard`, one by one.
     """
     if not isinstance(layer, RedisChannelLayer):
         for group in groups:
@@ -75,9 +89,9 @@ async def group_discard_many(layer: BaseChannelLayer, groups: Iterable[str], cha
     by_shard: dict[int, list[str]] = defaultdict(list)
     for group in groups:
         layer.require_valid_group_name(group)
-        by_shard[layer.consistent_hash(group)].append(group)
-    for shard, names in by_shard.items():
-        async with layer.connection(shard).pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zrem(layer._group_key(name), channel)
-            await pipe.execute()
+        by_shard[layer.consistent_hash(group)].append(layer._group_key(group))
+    for shard, keys in by_shard.items():
+        connection = layer.connection(shard)
+        for start in range(0, len(keys), _DISCARD_CHUNK):
+            chunk = keys[start : start + _DISCARD_CHUNK]
+            await connection.eval(_DISCARD_MANY, len(chunk), *chunk, channel)
