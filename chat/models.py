@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -353,3 +354,37 @@ class RelayedMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message.get('type')} from {self.origin}"
+
+
+def _upload_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Upload(models.Model):
+    """A file uploaded over HTTP (issue 28); `message` is set when a send carries it.
+
+    The id is random, not a counter, so that one upload's URL tells nothing of
+    the others'. The stored file keeps nothing of the name the browser gave.
+    """
+
+    id = models.CharField(primary_key=True, max_length=32, default=_upload_id, editable=False)
+    uploader = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads"
+    )
+    storage_name = models.CharField(max_length=255)
+    name = models.CharField(max_length=200)
+    size = models.BigIntegerField()
+    content_type = models.CharField(max_length=100)
+    width = models.IntegerField(null=True, blank=True)
+    height = models.IntegerField(null=True, blank=True)
+    thumb_name = models.CharField(max_length=255, blank=True, default="")
+    created = models.DateTimeField(db_index=True)
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="files"
+    )
+
+    class Meta:
+        ordering = ["created"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes)"

@@ -32,6 +32,7 @@ from chat.logs import every_line_through_logging  # noqa: E402
 from chat.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
 from chat.routing import websocket_router  # noqa: E402
 from chat.transport import defer_autobahn_debug_formatting  # noqa: E402
+from chat.upload_views import limit_upload_bodies  # noqa: E402
 from chat.worker import start_with_the_server  # noqa: E402
 
 if settings.CHAT_LOG_FORMAT == "json":
@@ -47,7 +48,8 @@ start_with_the_server()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # A too-large upload is refused while it streams in, not after.
+        "http": limit_upload_bodies(django_asgi_app),
         "websocket": SiteOriginValidator(SessionAuthMiddleware(websocket_router)),
     }
 )

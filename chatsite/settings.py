@@ -448,3 +448,14 @@ CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 3600, minimum=0)
 # Groups one user may be a member of: every socket of theirs subscribes to
 # each, and `hello` lists them. Past it a join is `too_many_groups`; 0: no cap.
 CHAT_GROUPS_PER_USER = env_int("CHAT_GROUPS_PER_USER", 1000)
+
+# Uploaded files (issue 28): through Django's storage API, on the local disk
+# under MEDIA_ROOT (beside the SQLite database by default). MEDIA_URL is
+# never served as such: every download goes through the permission check.
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+# Largest file one upload may carry (the proxy's body limit must match: README).
+CHAT_UPLOAD_MAX_BYTES = env_int("CHAT_UPLOAD_MAX_BYTES", 25 * 1024 * 1024, minimum=1)
+# Bytes one user's stored files may take together.
+CHAT_UPLOAD_QUOTA_BYTES = env_int("CHAT_UPLOAD_QUOTA_BYTES", 1024 * 1024 * 1024, minimum=1)
+# Uploads one user may start per minute (0: no limit).
+CHAT_UPLOADS_PER_MINUTE = env_int("CHAT_UPLOADS_PER_MINUTE", 20)

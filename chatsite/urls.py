@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat import admin as chat_admin
-from chat import views
+from chat import upload_views, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -28,6 +28,9 @@ urlpatterns = [
         name="password_reset_complete",
     ),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("uploads/", upload_views.upload, name="upload"),
+    path("uploads/<str:upload_id>", upload_views.download, name="upload-file"),
+    path("uploads/<str:upload_id>/thumb", upload_views.thumbnail, name="upload-thumb"),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("metrics", views.metrics_export, name="metrics"),
