@@ -22,9 +22,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from chat.delivery.messages import to_layer
-from chat.delivery.publishing import Addressed, change_event, to_message_audience
+from chat.delivery.publishing import Addressed, to_message_audience
 from chat.delivery.relay import relay_if_local
-from chat.message_changes import message_tombstone
+from chat.message_changes import change_event, message_tombstone
 from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit, Upload
 from chat.revocation import log_out_everywhere
 from chat.workers import live_workers

@@ -2,7 +2,7 @@
 
 A thin translation, not a second chat server (docs/protocol.md, "The
 plain-text endpoint"). `TARGET,TEXT` frames become the same `send` and `join`
-commands as on `/ws/chat/`, run through the `ChatSocket` helpers; the hub's
+commands as on `/ws/chat/`, run through the same actions (`chat.actions`); the hub's
 JSON events become plain-text frames. Users, groups, storage, presence, limits
 and error codes are therefore shared with JSON clients.
 
@@ -27,8 +27,9 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import protocol
+from chat import actions, protocol
 from chat.accounts import GUEST_PREFIX, account_creation_allowed, guest_create
+from chat.actions import membership, sending
 from chat.addresses import client_address_of_scope
 from chat.consumers import ChatSocket
 from chat.protocol import Address, ChatError, Join, Send, error_event
@@ -173,22 +174,22 @@ class ClassicConsumer(ChatSocket):
 
     async def send_classic(self, command: Send) -> None:
         """Send a message, joining its group first if needed (as classic servers did)."""
-        await self.spend("send")
+        await actions.spend(self.services, self.actor, "send")
         if command.to.kind != "group":
-            await self.send_message(command)
+            await sending.send(self.services, self.actor, command)
             return
         name = command.to.name
         if name not in self._groups:
             await self.join_group_named(name)
         try:
-            await self.send_message(command)
+            await sending.send(self.services, self.actor, command)
         except ChatError as error:
             # Left on another connection since: join again, once.
             if error.code != protocol.NOT_MEMBER:
                 raise
             await self.join_group_named(name)
-            await self.send_message(command)
+            await sending.send(self.services, self.actor, command)
 
     async def join_group_named(self, name: str) -> None:
-        joined = await self.join_group(Join(group=name))
+        joined = await membership.join(self.services, self.actor, Join(group=name))
         self._groups.add(joined["group"])

@@ -1,9 +1,10 @@
-"""The `/ws/chat/` socket: parse a frame, call the domain, send what it returns.
+"""The `/ws/chat/` socket: parse a frame, call its action, send what it returns.
 
-Consumers hold no chat rules. `chat.protocol` validates frames, `chat.messaging`
-and `chat.groups` decide and store, `chat.delivery` carries events to other
-sockets. A consumer does not get a channel layer channel of its own: the
-worker's hub is the only layer subscriber and writes to sockets directly.
+Consumers hold no chat rules. `chat.protocol` validates frames into commands,
+`chat.actions` decides what each does and who is told (through the hub's
+outbox), and `chat.delivery` carries events to sockets. A consumer does not
+get a channel layer channel of its own: the worker's hub is the only layer
+subscriber and writes to sockets directly.
 """
 
 from __future__ import annotations
@@ -13,74 +14,30 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import protocol
+from chat import actions, protocol
+from chat.actions import Actor, Services, queries
+from chat.actions.budget import spend_handshake
 from chat.addresses import client_address_of_scope
-from chat.conversations import (
-    ReadRequest,
-    conversation_list,
-    decode_cursor,
-    encode_cursor,
-    groups_matching,
-    users_matching,
-)
-from chat.database import handshake_admitted, handshake_done, read_for_socket
+from chat.database import handshake_admitted, handshake_done
 from chat.delivery import Hub, session_digest
-from chat.delivery.publishing import (
-    change_event,
-    membership_notices,
-    to_group,
-    to_message_audience,
-    to_user,
-    to_username,
-)
-from chat.groups import group_join, group_leave, group_members_read
 from chat.logs import close_reason, serving_connection
-from chat.message_changes import (
-    Change,
-    message_changes,
-    message_delete,
-    message_edit,
-    message_react,
-)
-from chat.messaging import message_history_page, message_sync
 from chat.metrics import TALLY
 from chat.models import group_key
-from chat.paging import fit_page, names_page
 from chat.protocol import (
-    Changes,
     ChatError,
     Command,
-    Conversations,
-    Delete,
-    Edit,
-    Groups,
-    History,
-    Join,
-    Leave,
-    Members,
-    Ping,
-    React,
-    Read,
-    Send,
-    Sync,
-    Typing,
-    Unreact,
-    Users,
-    Who,
     encode,
     error_event,
 )
-from chat.ratelimit import command_cost
 from chat.socket_caps import CLOSE_TOO_MANY_SOCKETS
 from chat.transport import (
     CLOSE_TRY_AGAIN_LATER,
@@ -118,13 +75,15 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
     endpoint = "json"
 
     hub: Hub
+    services: Services
+    actor: Actor
     user: Any
     user_id: int
     username: str
     connection_id: str
     session_digest: str
-    # Times of recent errors, created by the first error: most sockets never
-    # make one, and an empty deque costs about 760 bytes per idle socket.
+    # Times of recent errors, made by the first error: most sockets never make
+    # one, and an empty deque would cost every idle socket its memory.
     _errors: deque[float] | None = None
     # The client address its socket is counted under (chat.socket_caps), once admitted.
     _address: str | None = None
@@ -189,6 +148,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.user_id = user.pk
         self.username = user.get_username()
         self.connection_id = uuid.uuid4().hex
+        self.actor = Actor(user, user.pk, self.username, self.connection_id)
         serving_connection(self.connection_id)
         self.session_digest = session_digest(self.scope.get("session_key") or "")
         self._pending: list[str] | None = []
@@ -197,7 +157,10 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         address = client_address_of_scope(self.scope)
         # Opening loads and subscribes to every group of the user: a reconnect
         # loop spends from the same budget as commands.
-        if not await self.spend_handshake() or not await current_worker().socket_caps.admit(
+        worker = current_worker()
+        if not await spend_handshake(
+            worker.rate_limiter, user.pk
+        ) or not await worker.socket_caps.admit(
             user_id=user.pk,
             username=self.username,
             connection_id=self.connection_id,
@@ -225,6 +188,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             worker = current_worker()
             self.hub = await worker.hub()
+            self.services = worker.services(self.hub)
             groups = await worker.groups_of(user.pk)
             for group_id, name in groups:
                 worker.group_named[group_key(name)] = (group_id, name)
@@ -253,9 +217,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
 
         Channels 4.2+ runs `close_old_connections` on its single database
         thread before handling every event (connect, each frame received,
-        disconnect), so every frame queued behind whatever that thread was
-        doing: under load, behind the send queue's batches (acks took seconds
-        while the worker was half idle). This consumer never touches the
+        disconnect), so every frame would queue behind whatever that thread is
+        doing (under load, the send queue's batches). This consumer never touches the
         database on the event loop; `database_sync_to_async`, which all its
         queries go through, closes old connections around each call anyway.
         """
@@ -396,133 +359,15 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             logger.info("closing %s's socket: too many errors", self.username)
             await self.close_with(protocol.CLOSE_POLICY_VIOLATION)
 
-    # -- commands shared by every wire format -------------------------------
-
-    async def spend(self, kind: str) -> None:
-        """Take a command's cost from the user's budget; `rate_limited` past it."""
-        try:
-            allowed = await current_worker().rate_limiter.allow(
-                f"user:{self.user_id}", command_cost(kind)
-            )
-        except Exception:
-            # The limiter lives in Redis; an outage must not stop messages
-            # from being stored (docs/protocol.md, guarantees).
-            logger.warning("rate limiter unavailable; letting a %s through", kind)
-            return
-        if not allowed:
-            TALLY.rate_limited[kind] += 1
-            done = "nothing was stored" if kind == "send" else f"this {kind} was not carried out"
-            raise ChatError(protocol.RATE_LIMITED, f"you are sending too fast; {done}")
-
-    async def spend_handshake(self) -> bool:
-        """Take a handshake's cost (`connect`) from the user's budget; False past it."""
-        try:
-            await self.spend("connect")
-        except ChatError:
-            return False
-        return True
-
-    async def send_message(self, command: Send) -> dict[str, Any]:
-        """Store a message and return its ack; the send queue delivers it to its audience.
-
-        The caller has spent the command's cost (`spend`) and writes the ack
-        (the classic endpoint has none to write).
-        """
-        stored = await current_worker().send_queue.submit(
-            self.user, command.to, command.body, command.cid, command.reply_to
-        )
-        cid = {} if command.cid is None else {"cid": command.cid}
-        return _reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)
-
-    async def spend_membership_change(self, kind: str) -> None:
-        """Take one join or leave from the user's membership budget; `rate_limited` past it."""
-        limiter = current_worker().membership_limiter
-        if limiter is None:
-            return
-        try:
-            allowed = await limiter.allow(f"membership:{self.user_id}")
-        except Exception:
-            logger.warning("rate limiter unavailable; letting a %s through", kind)
-            return
-        if not allowed:
-            TALLY.rate_limited[kind] += 1
-            raise ChatError(
-                protocol.RATE_LIMITED,
-                f"you are joining and leaving groups too fast; this {kind} was not carried out",
-            )
-
-    async def join_group(self, command: Join) -> dict[str, Any]:
-        await self.spend_membership_change("join")
-        change = await database_sync_to_async(group_join)(user=self.user, name=command.group)
-        current_worker().group_named[group_key(change.group)] = (change.group_id, change.group)
-        await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=True)
-        event = {"type": "joined", "group": change.group, "user": self.username}
-        if change.changed:
-            await self.hub.tell(
-                membership_notices(
-                    event,
-                    user_id=self.user_id,
-                    group_id=change.group_id,
-                    joined=True,
-                    exclude_connection=self.connection_id,
-                )
-            )
-        if change.created:
-            return _reply(
-                "joined", command.ref, group=change.group, user=self.username, created=True
-            )
-        return _reply("joined", command.ref, group=change.group, user=self.username)
-
-    async def leave_group(self, command: Leave) -> dict[str, Any]:
-        await self.spend_membership_change("leave")
-        change = await database_sync_to_async(group_leave)(user=self.user, name=command.group)
-        await self.hub.note_membership(user_id=self.user_id, group_id=change.group_id, joined=False)
-        event = {"type": "left", "group": change.group, "user": self.username}
-        await self.hub.tell(
-            membership_notices(
-                event,
-                user_id=self.user_id,
-                group_id=change.group_id,
-                joined=False,
-                exclude_connection=self.connection_id,
-            )
-        )
-        return _reply("left", command.ref, group=change.group, user=self.username)
-
-    async def online_now(self) -> tuple[str, ...]:
-        try:
-            return await self.hub.online_names()
-        except Exception:
-            logger.warning("presence store unavailable", exc_info=True)
-            raise ChatError(protocol.UNAVAILABLE, "presence is unavailable; try again") from None
-
 
 class ChatConsumer(ChatSocket):
     """The JSON protocol of docs/protocol.md."""
 
-    # Commands that only read the database: one with a `ref` runs in a task
-    # of its own, alongside the socket's later commands.
-    reads: frozenset[str] = frozenset(
-        {"history", "sync", "members", "conversations", "users", "groups", "changes"}
-    )
     # The read in progress, if any (most sockets never have one).
     _read: asyncio.Task[None] | None = None
 
     async def greet(self, groups: list[tuple[int, str]]) -> None:
-        try:
-            online = await self.online_now()
-        except ChatError:
-            online = ()
-        last_id, last_rev = await current_worker().last_marks_of(self.user_id)
-        hello = {
-            "type": "hello",
-            "user": self.username,
-            "online": online,
-            "groups": [name for _, name in groups],
-            "last_id": last_id,
-            "last_rev": last_rev,
-        }
-        await self.send(text_data=encode(hello))
+        await self.send(text_data=encode(await queries.hello(self.services, self.actor, groups)))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         ref = None
@@ -531,13 +376,13 @@ class ChatConsumer(ChatSocket):
                 raise ChatError(protocol.BINARY_NOT_SUPPORTED, "send JSON in text frames")
             data = protocol.decode_frame(text_data, max_bytes=settings.CHAT_MAX_FRAME_BYTES)
             ref = protocol.read_ref(data)
-            command = protocol.parse_command(data, max_body_chars=settings.CHAT_MAX_BODY_CHARS)
-            await self.spend(command.type)
+            entry, command = actions.parse(data, max_body_chars=settings.CHAT_MAX_BODY_CHARS)
+            await actions.spend(self.services, self.actor, command.type)
         except ChatError as error:
             await self.answer_error(error, ref)
             return
-        if ref is None or command.type not in self.reads:
-            await self.answer(command, ref)
+        if ref is None or not entry.reads:
+            await self.answer(entry, command)
             return
         # A read with a `ref` runs alongside the commands after it (one read
         # at a time), so that a slow database read does not hold up this
@@ -545,19 +390,19 @@ class ChatConsumer(ChatSocket):
         read = self._read
         if read is not None and not read.done():
             await asyncio.wait([read])
-        self._read = asyncio.ensure_future(self.answer(command, ref))
+        self._read = asyncio.ensure_future(self.answer(entry, command))
 
-    async def answer(self, command: Command, ref: str | None) -> None:
+    async def answer(self, entry: actions.Entry, command: Command) -> None:
         """Carry out `command` and send its reply or error."""
         try:
-            reply = await _HANDLERS[command.type](self, command)
+            reply = await entry.act(self.services, self.actor, command)
         except ChatError as error:
-            await self.answer_error(error, ref)
+            await self.answer_error(error, command.ref)
             return
         except Exception:
             logger.exception("command failed for %s", self.username)
             await self.write_event(
-                error_event(protocol.UNAVAILABLE, "the server failed; try again", ref)
+                error_event(protocol.UNAVAILABLE, "the server failed; try again", command.ref)
             )
             return
         if reply is not None:
@@ -566,233 +411,3 @@ class ChatConsumer(ChatSocket):
     async def answer_error(self, error: ChatError, ref: str | None) -> None:
         await self.write_event(error_event(error.code, error.message, ref))
         await self.count_error(error.code)
-
-    async def command_send(self, command: Send) -> dict[str, Any]:
-        return await self.send_message(command)
-
-    async def command_join(self, command: Join) -> dict[str, Any]:
-        return await self.join_group(command)
-
-    async def command_leave(self, command: Leave) -> dict[str, Any]:
-        return await self.leave_group(command)
-
-    async def command_history(self, command: History) -> dict[str, Any]:
-        messages, more = await read_for_socket(
-            message_history_page,
-            user=self.user,
-            of=command.of,
-            before=command.before,
-            limit=command.limit,
-            max_bytes=_reply_room(),
-        )
-        return _reply("history", command.ref, of=command.of.as_json(), messages=messages, more=more)
-
-    async def command_sync(self, command: Sync) -> dict[str, Any]:
-        messages, more = await read_for_socket(
-            message_sync, user=self.user, since=command.since, max_bytes=_reply_room()
-        )
-        return _reply("sync", command.ref, messages=messages, more=more)
-
-    async def command_who(self, command: Who) -> dict[str, Any]:
-        names, more = names_page(await self.online_now(), after=command.after, limit=command.limit)
-        names, paging = fit_page(names, more, max_bytes=_reply_room(), name=str)
-        return _reply("who", command.ref, online=names, **paging)
-
-    async def command_members(self, command: Members) -> dict[str, Any]:
-        group, everyone, reads = await read_for_socket(
-            group_members_read, user=self.user, name=command.group
-        )
-        names, more = names_page(everyone, after=command.after, limit=command.limit)
-        online = set(await self.online_now())
-        seen = await self.last_seen_of([name for name in names if name not in online])
-        members = [
-            {
-                "user": name,
-                "online": name in online,
-                "last_seen": seen.get(name),
-                "read_id": reads[name],
-            }
-            for name in names
-        ]
-        members, paging = fit_page(
-            members, more, max_bytes=_reply_room(), name=lambda member: str(member["user"])
-        )
-        return _reply("members", command.ref, group=group, members=members, **paging)
-
-    async def last_seen_of(self, names: list[str]) -> dict[str, str]:
-        """When each of these offline users was last online, for those recorded."""
-        try:
-            return await current_worker().presence.last_seen(names)
-        except Exception:
-            logger.warning("presence store unavailable", exc_info=True)
-            return {}
-
-    # -- protocol 1.1 -------------------------------------------------------
-
-    async def command_conversations(self, command: Conversations) -> dict[str, Any]:
-        before = None
-        if command.before is not None:
-            before = decode_cursor(command.before)
-            if before is None:
-                raise ChatError(
-                    protocol.BAD_COMMAND, "before must be the next cursor of a previous reply"
-                )
-        items, cursor = await read_for_socket(
-            conversation_list, user=self.user, before=before, limit=command.limit
-        )
-        if cursor is None:
-            return _reply("conversations", command.ref, items=items, more=False)
-        return _reply(
-            "conversations", command.ref, items=items, more=True, next=encode_cursor(cursor)
-        )
-
-    async def command_read(self, command: Read) -> dict[str, Any]:
-        moved = await current_worker().move_read_position(
-            ReadRequest(self.user, command.of, command.id)
-        )
-        conversation = moved.conversation
-        event = {"type": "read", "of": conversation.address.as_json(), "id": moved.id}
-        if moved.advanced:
-            await self.hub.tell(to_user(self.user_id, event, exclude_connection=self.connection_id))
-            receipt = {"type": "receipt", "user": self.username, "id": moved.id}
-            if conversation.peer_id is not None and conversation.peer_id != self.user_id:
-                receipt = {"type": "receipt", "of": {"user": self.username}, **receipt}
-                await self.hub.tell(to_user(conversation.peer_id, receipt))
-            elif conversation.group_id is not None:
-                receipt = {"type": "receipt", "of": conversation.address.as_json(), **receipt}
-                await self.hub.receipts.receipt(
-                    reader_id=self.user_id, group_id=conversation.group_id, event=receipt
-                )
-        return _reply("read", command.ref, of=event["of"], id=moved.id)
-
-    async def command_typing(self, command: Typing) -> None:
-        to = command.to
-        event: dict[str, Any] = {"type": "typing", "user": self.username}
-        if to.kind == "user":
-            if to.name != self.username:
-                event["to"] = {"user": self.username}
-                await self.hub.tell(to_username(to.name, event))
-            return None
-        known = current_worker().group_named.get(group_key(to.name))
-        if known is None or known[0] not in self.hub.sockets.groups_of.get(self.user_id, ()):
-            raise ChatError(protocol.NOT_MEMBER, f"you are not a member of group {to.name!r}")
-        event["to"] = {"group": known[1]}
-        await self.hub.tell(to_group(known[0], event, exclude_user=self.user_id))
-        return None
-
-    async def command_users(self, command: Users) -> dict[str, Any]:
-        online = await self.hub.online()
-        found = await read_for_socket(
-            users_matching, prefix=command.q, limit=command.limit, online=online
-        )
-        seen = await self.last_seen_of([name for name, is_online in found if not is_online])
-        users = [
-            {"user": name, "online": is_online, "last_seen": None if is_online else seen.get(name)}
-            for name, is_online in found
-        ]
-        return _reply("users", command.ref, users=users)
-
-    async def command_groups(self, command: Groups) -> dict[str, Any]:
-        online = await self.hub.online()
-        found = await read_for_socket(
-            groups_matching, user=self.user, prefix=command.q, limit=command.limit, online=online
-        )
-        groups = [
-            {"group": g.name, "members": g.members, "online": g.online, "member": g.member}
-            for g in found
-        ]
-        return _reply("groups", command.ref, groups=groups)
-
-    async def command_ping(self, command: Ping) -> dict[str, Any]:
-        return _reply("pong", command.ref)
-
-    # -- protocol 1.2: changing messages -----------------------------------
-
-    async def command_edit(self, command: Edit) -> dict[str, Any]:
-        change = await database_sync_to_async(message_edit)(
-            user=self.user, message_id=command.id, body=command.body
-        )
-        return await self._changed(change, command.ref)
-
-    async def command_delete(self, command: Delete) -> dict[str, Any]:
-        change = await database_sync_to_async(message_delete)(user=self.user, message_id=command.id)
-        return await self._changed(change, command.ref)
-
-    async def command_react(self, command: React) -> dict[str, Any]:
-        change = await database_sync_to_async(message_react)(
-            user=self.user, message_id=command.id, emoji=command.emoji, on=True
-        )
-        return await self._changed(change, command.ref)
-
-    async def command_unreact(self, command: Unreact) -> dict[str, Any]:
-        change = await database_sync_to_async(message_react)(
-            user=self.user, message_id=command.id, emoji=command.emoji, on=False
-        )
-        return await self._changed(change, command.ref)
-
-    async def _changed(self, change: Change, ref: str | None) -> dict[str, Any]:
-        """Tell the message's audience (but this socket, which gets the reply), if it changed."""
-        if change.changed:
-            event = change_event(change)
-            await self.hub.tell(
-                to_message_audience(change, event, exclude_connection=self.connection_id)
-            )
-        return change_event(change, ref)
-
-    async def command_changes(self, command: Changes) -> dict[str, Any]:
-        messages, more = await read_for_socket(
-            message_changes,
-            user=self.user,
-            since=command.since,
-            limit=command.limit,
-            max_bytes=_reply_room(),
-        )
-        if more and messages:
-            last = messages[-1]["rev"]
-            return _reply("changes", command.ref, messages=messages, more=True, next=last)
-        return _reply("changes", command.ref, messages=messages, more=False)
-
-
-# Each command type's handler: the only dispatch from a type to code.
-_HANDLERS: dict[str, Callable[[ChatConsumer, Any], Awaitable[dict[str, Any] | None]]] = {
-    Send.type: ChatConsumer.command_send,
-    Join.type: ChatConsumer.command_join,
-    Leave.type: ChatConsumer.command_leave,
-    History.type: ChatConsumer.command_history,
-    Sync.type: ChatConsumer.command_sync,
-    Who.type: ChatConsumer.command_who,
-    Members.type: ChatConsumer.command_members,
-    Conversations.type: ChatConsumer.command_conversations,
-    Read.type: ChatConsumer.command_read,
-    Typing.type: ChatConsumer.command_typing,
-    Users.type: ChatConsumer.command_users,
-    Groups.type: ChatConsumer.command_groups,
-    Ping.type: ChatConsumer.command_ping,
-    Edit.type: ChatConsumer.command_edit,
-    Delete.type: ChatConsumer.command_delete,
-    React.type: ChatConsumer.command_react,
-    Unreact.type: ChatConsumer.command_unreact,
-    Changes.type: ChatConsumer.command_changes,
-}
-
-
-# Bytes of a history or sync reply that are not its messages: the type, `of`
-# (an address), `ref` (64 characters, 6 bytes each when escaped), `more`.
-_REPLY_ENVELOPE_BYTES = 1024
-
-
-def _reply_room() -> int:
-    """Bytes the messages of one reply may take.
-
-    Within `CHAT_MAX_REPLY_BYTES` and `CHAT_MAX_BUFFERED_BYTES`; at least one
-    message always goes (`fit_in_bytes`), so a client paging never gets stuck.
-    """
-    bound = min(settings.CHAT_MAX_REPLY_BYTES, settings.CHAT_MAX_BUFFERED_BYTES)
-    return max(1, int(bound) - _REPLY_ENVELOPE_BYTES)
-
-
-def _reply(kind: str, ref: str | None, **fields: Any) -> dict[str, Any]:
-    event = {"type": kind, **fields}
-    if ref is not None:
-        event["ref"] = ref
-    return event

@@ -19,54 +19,10 @@ from django.db import connection
 from django.db.models import Count, Exists, Max, OuterRef, Q
 
 from chat.accounts import is_guest_name
+from chat.audience import Conversation, resolve
 from chat.messaging import MESSAGE_RELATED, messages_json
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import NO_SUCH_USER, NOT_MEMBER, Address, ChatError
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """One conversation of a user, resolved: its key, its address, who else is in it."""
-
-    key: str
-    address: Address
-    # The other party of a direct conversation, or the group, by id.
-    peer_id: int | None = None
-    group_id: int | None = None
-
-    def messages(self, user_id: int) -> Any:
-        if self.address.kind == "user":
-            assert self.peer_id is not None
-            return Message.objects.between(user_id, self.peer_id)
-        if self.address.kind == "group":
-            assert self.group_id is not None
-            return Message.objects.in_group(self.group_id)
-        return Message.objects.broadcasts()
-
-
-def conversation_of(user: User, of: Address) -> Conversation:
-    """The conversation `of` names for `user`: `no_such_user` or `not_member` if none."""
-    if of.kind == "user":
-        user_model = get_user_model()
-        peer = (
-            user_model._default_manager.filter(**{user_model.USERNAME_FIELD: of.name})
-            .values_list("pk", user_model.USERNAME_FIELD)
-            .first()
-        )
-        if peer is None:
-            raise ChatError(NO_SUCH_USER, f"there is no user {of.name!r}")
-        return Conversation(f"user:{peer[0]}", Address("user", peer[1]), peer_id=peer[0])
-    if of.kind == "group":
-        group = (
-            ChatGroup.objects.filter(key=group_key(of.name), memberships__user_id=user.pk)
-            .values_list("pk", "name")
-            .first()
-        )
-        if group is None:
-            raise ChatError(NOT_MEMBER, f"you are not a member of group {of.name!r}")
-        return Conversation(f"group:{group[0]}", Address("group", group[1]), group_id=group[0])
-    return Conversation("all", Address("all"))
-
+from chat.protocol import Address, ChatError
 
 # -- the conversation list ---------------------------------------------------
 
@@ -223,7 +179,7 @@ def read_positions_move(requests: Sequence[ReadRequest]) -> list[ReadMove | Chat
     wanted: list[tuple[int, str, int]] = []
     for request in requests:
         try:
-            conversation = conversation_of(request.user, request.of)
+            conversation = resolve(request.user.pk, request.of)
         except ChatError as error:
             results.append(error)
             continue

@@ -12,9 +12,10 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, Concat
 
+from chat.audience import not_member
 from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import BAD_GROUP, NOT_MEMBER, TOO_MANY_GROUPS, ChatError
+from chat.protocol import BAD_GROUP, TOO_MANY_GROUPS, ChatError
 from chat.revocation import ending_announced_by_caller
 
 
@@ -127,7 +128,7 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
         with ending_announced_by_caller():
             deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+        raise not_member(name)
     assert group is not None
     remove_if_empty(group.pk)
     return MembershipChange(group.pk, group.name, user.pk, user.get_username(), True)
@@ -167,7 +168,7 @@ def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
         .values_list("user_id", "user__username", "group__name")
     )
     if not any(user_id == user.pk for user_id, _, _ in members):
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+        raise not_member(name)
     return members[0][2], [username for _, username, _ in members]
 
 
@@ -187,7 +188,7 @@ def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[s
         .values_list("user_id", "user__username", "group__name", "read_id")
     )
     if not any(user_id == user.pk for user_id, _, _, _ in members):
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
+        raise not_member(name)
     names = [username for _, username, _, _ in members]
     return members[0][2], names, {username: read for _, username, _, read in members}
 

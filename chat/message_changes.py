@@ -292,3 +292,17 @@ def message_changes(
     page = merged[:limit]
     kept = fit_in_bytes(messages_json(page), max_bytes)
     return kept, len(merged) > len(kept)
+
+
+def change_event(change: Change, ref: str | None = None) -> dict[str, Any]:
+    """The reply (with `ref`) or event (without) of a change (docs/protocol.md, 1.2)."""
+    event: dict[str, Any] = {"type": change.kind}
+    if ref is not None:
+        event["ref"] = ref
+    if change.kind == "reaction":
+        event.update(change.event)
+    else:
+        event["message"] = change.event
+    if change.kind == "edited":
+        event["new_mentions"] = change.new_mentions
+    return event

@@ -31,13 +31,12 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Q
 
+from chat import audience
 from chat.database import note_answered, note_if_timeout
 from chat.mentions import MentionRequest, resolve, stored_form
 from chat.models import ChatGroup, Membership, Message, Reaction, group_key
 from chat.protocol import (
     NO_SUCH_MESSAGE,
-    NO_SUCH_USER,
-    NOT_MEMBER,
     SYNC_MAX_MESSAGES,
     UNAVAILABLE,
     Address,
@@ -146,21 +145,6 @@ def reactions_of(message_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         if len(entry["users"]) < REACTION_USERS:
             entry["users"].append(username)
     return {message_id: list(by_emoji.values()) for message_id, by_emoji in found.items()}
-
-
-def _find_user(username: str) -> User:
-    user_model = get_user_model()
-    try:
-        return user_model._default_manager.get(**{user_model.USERNAME_FIELD: username})
-    except user_model.DoesNotExist:
-        raise ChatError(NO_SUCH_USER, f"there is no user {username!r}") from None
-
-
-def _member_group(user: User, name: str) -> ChatGroup:
-    group = ChatGroup.objects.filter(key=group_key(name), memberships__user_id=user.pk).first()
-    if group is None:
-        raise ChatError(NOT_MEMBER, f"you are not a member of group {name!r}")
-    return group
 
 
 def _users_named(names: set[str]) -> dict[str, User]:
@@ -425,12 +409,12 @@ def _send_with_orm(
         if to.kind == "user":
             row.update(kind=Message.Kind.DIRECT, recipient=recipients.get(to.name))
             if row["recipient"] is None:
-                checked.append(ChatError(NO_SUCH_USER, f"there is no user {to.name!r}"))
+                checked.append(audience.refusal(to))
                 continue
         elif to.kind == "group":
             row.update(kind=Message.Kind.GROUP, group=groups.get((request.sender.pk, to.name)))
             if row["group"] is None:
-                checked.append(ChatError(NOT_MEMBER, f"you are not a member of group {to.name!r}"))
+                checked.append(audience.refusal(to))
                 continue
         else:
             row.update(kind=Message.Kind.ALL)
@@ -500,7 +484,7 @@ def _send_in_one_statement(
             continue
         found = accepted.get(index)
         if found is None:
-            results.append(_refusal(request.to))
+            results.append(audience.refusal(request.to))
             continue
         target, pk, created, group_name = found
         ts = format_ts(created)
@@ -537,12 +521,6 @@ _KINDS = {
     "group": Message.Kind.GROUP.value,
     "all": Message.Kind.ALL.value,
 }
-
-
-def _refusal(to: Address) -> ChatError:
-    if to.kind == "user":
-        return ChatError(NO_SUCH_USER, f"there is no user {to.name!r}")
-    return ChatError(NOT_MEMBER, f"you are not a member of group {to.name!r}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -661,12 +639,7 @@ def message_history_page(
     `more` is True when older messages than the first one listed exist: the
     client asks again with `before` set to that message's id.
     """
-    if of.kind == "user":
-        messages = Message.objects.between(user.pk, _find_user(of.name).pk)
-    elif of.kind == "group":
-        messages = Message.objects.in_group(_member_group(user, of.name).pk)
-    else:
-        messages = Message.objects.broadcasts()
+    messages = audience.resolve(user.pk, of).messages(user.pk)
     if before is not None:
         messages = messages.filter(id__lt=before)
     newest = messages.select_related(*MESSAGE_RELATED).order_by("-id")

@@ -40,6 +40,7 @@ from chat.redis_client import redis_connect
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from chat.actions.services import Services
     from chat.delivery.hub import Hub
     from chat.messaging import StoredMessage
     from chat.presence import PresenceStore
@@ -203,6 +204,12 @@ class Worker:
         else:
             await asyncio.shield(hub.started)
         return hub
+
+    def services(self, hub: Hub) -> Services:
+        """What actions work with (`chat.actions`): this worker's parts and its hub."""
+        from chat.actions.services import Services
+
+        return Services(self, outbox=hub, roster=hub)
 
     @property
     def send_queue(self) -> SendQueue:

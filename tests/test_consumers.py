@@ -513,7 +513,7 @@ async def test_history_when_the_store_fails_is_unavailable(layer, connect, alice
     def failing_history(**kwargs):
         raise DatabaseError("database is down")
 
-    monkeypatch.setattr("chat.consumers.message_history_page", failing_history)
+    monkeypatch.setattr("chat.actions.queries.message_history_page", failing_history)
     await expect_error(client, protocol.UNAVAILABLE, type="history", of=ALL)
     await still_usable(client)
 
@@ -529,7 +529,7 @@ async def test_a_stalled_read_holds_up_neither_this_sockets_ping_nor_other_socke
         assert release.wait(TIMEOUT)
         return real(**kwargs)
 
-    monkeypatch.setattr("chat.consumers.message_history_page", stalled_history)
+    monkeypatch.setattr("chat.actions.queries.message_history_page", stalled_history)
     await alice1.send(type="history", of=ALL, ref="slow")
     try:
         assert (await alice1.request(type="ping", timeout=2))["type"] == "pong"
@@ -551,7 +551,7 @@ async def test_a_stalled_read_is_unavailable_after_the_time_limit(
         release.wait(TIMEOUT)
         return [], False
 
-    monkeypatch.setattr("chat.consumers.message_sync", stalled_sync)
+    monkeypatch.setattr("chat.actions.queries.message_sync", stalled_sync)
     try:
         await expect_error(client, protocol.UNAVAILABLE, type="sync", since=0)
     finally:

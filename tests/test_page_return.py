@@ -167,14 +167,15 @@ def test_a_conversation_with_unread_messages_opens_at_the_first_one_under_the_di
     expect(message_li(page, "new 69")).not_to_be_in_viewport()
     expect(page.locator("#jump-unread")).to_be_hidden()
     screenshot(page, "h25-desktop-landed-at-unread")
-    # Read now, everywhere: the server has the position.
-    assert (
-        page.evaluate(
-            "() => window.chatPage.client.request({type: 'conversations'})"
-            ".then(r => r.items.find(i => i.of.user === 'bob').unread)"
-        )
-        == 0
+    # Read now, everywhere: the server has the position (reads are written coalesced).
+    unread = (
+        "() => window.chatPage.client.request({type: 'conversations'})"
+        ".then(r => r.items.find(i => i.of.user === 'bob').unread)"
     )
+    deadline = time.monotonic() + TIMEOUT
+    while (left := page.evaluate(unread)) != 0:
+        assert time.monotonic() < deadline, f"still {left} unread on the server"
+        page.wait_for_timeout(100)
 
 
 # -- 4: reconnecting --------------------------------------------------------------
@@ -334,7 +335,8 @@ def test_a_newcomer_to_a_long_conversation_lands_without_loading_all_of_it(chat_
     page = alice.page
     landed = (
         "() => { const conv = window.chatPage.state.conversations.get('all');"
-        " return conv && conv.loaded && !conv.landing"
+        " const state = window.chatPage.state;"
+        " return state.listed && conv && conv.loaded && !conv.landing"
         " ? [conv.messages.size, conv.complete] : null; }"
     )
     deadline = time.monotonic() + TIMEOUT
@@ -345,3 +347,22 @@ def test_a_newcomer_to_a_long_conversation_lands_without_loading_all_of_it(chat_
     assert 250 <= size <= 300 and not complete, state
     expect(page.locator("#new-divider")).to_be_in_viewport()
     expect(page.locator("#history-status")).not_to_have_text(re.compile("beginning"))
+
+
+def test_on_a_phone_a_reload_stays_in_the_conversation_and_back_returns_to_the_list(chat_user):
+    alice = chat_user("alice", viewport=PHONE_390)
+    chat_user("bob", viewport=DESKTOP_1280)
+    page = alice.page
+    open_direct(alice, "bob")
+    page.reload()
+    wait_connected(page)
+    expect(page.locator("#conversation")).to_be_visible()
+    expect(page.locator("#conv-title")).to_have_text("bob")
+    page.get_by_role("button", name="Back to conversations").click()
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#conversation")).to_be_hidden()
+    page.go_back()
+    expect(page.locator("#conversation")).to_be_visible()
+    expect(page.locator("#conv-title")).to_have_text("bob")
+    page.go_back()  # before bob: the list, where the page started
+    expect(page.locator("#sidebar")).to_be_visible()

@@ -39,7 +39,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
+from typing import Any
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from django.conf import settings
@@ -61,11 +62,20 @@ from chat.delivery.messages import (
 from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.notices import NoticeBatcher
 from chat.delivery.online import OnlineReader, PresenceRecorder
-from chat.delivery.publishing import Addressed, deliveries, to_group
+from chat.delivery.publishing import (
+    Addressed,
+    deliveries,
+    membership_notices,
+    to_group,
+    to_message_audience,
+    to_user,
+    to_username,
+)
 from chat.delivery.receipts import ReceiptThrottle
 from chat.delivery.relay import RelayReader
 from chat.delivery.sockets import LocalSocket, SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
+from chat.message_changes import Change
 from chat.messaging import StoredMessage
 from chat.presence import PresenceStore
 from chat.protocol import CLOSE_SERVICE_RESTART
@@ -275,3 +285,49 @@ class Hub:
     async def note_membership(self, *, user_id: int, group_id: int, joined: bool) -> None:
         """Update this worker's membership index at once (before the reply)."""
         await self.handlers.apply(MemberChange(user_id=user_id, group_id=group_id, joined=joined))
+
+    # -- the outbox and roster of actions (chat.actions.services) -----------
+
+    async def to_user(
+        self, user_id: int, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        await self.tell(to_user(user_id, event, exclude_connection=exclude_connection))
+
+    async def to_username(self, username: str, event: dict[str, Any]) -> None:
+        await self.tell(to_username(username, event))
+
+    async def to_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
+        await self.tell(to_group(group_id, event, exclude_user=exclude_user))
+
+    async def to_message_audience(
+        self, change: Change, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        await self.tell(to_message_audience(change, event, exclude_connection=exclude_connection))
+
+    async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
+        await self.receipts.receipt(reader_id=reader_id, group_id=group_id, event=event)
+
+    async def membership_changed(
+        self,
+        event: dict[str, Any],
+        *,
+        user_id: int,
+        group_id: int,
+        joined: bool,
+        exclude_connection: str,
+        announce: bool,
+    ) -> None:
+        await self.note_membership(user_id=user_id, group_id=group_id, joined=joined)
+        if announce:
+            await self.tell(
+                membership_notices(
+                    event,
+                    user_id=user_id,
+                    group_id=group_id,
+                    joined=joined,
+                    exclude_connection=exclude_connection,
+                )
+            )
+
+    def groups_here(self, user_id: int) -> Container[int]:
+        return self.sockets.groups_of.get(user_id, ())

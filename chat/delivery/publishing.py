@@ -158,17 +158,3 @@ def to_message_audience(
         )
         for user_id in change.user_ids
     ]
-
-
-def change_event(change: Change, ref: str | None = None) -> dict[str, Any]:
-    """The reply (with `ref`) or event (without) of a change (docs/protocol.md, 1.2)."""
-    event: dict[str, Any] = {"type": change.kind}
-    if ref is not None:
-        event["ref"] = ref
-    if change.kind == "reaction":
-        event.update(change.event)
-    else:
-        event["message"] = change.event
-    if change.kind == "edited":
-        event["new_mentions"] = change.new_mentions
-    return event

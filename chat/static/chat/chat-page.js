@@ -21,12 +21,17 @@
     not_member: "You are not a member of this group. Join it to read and send messages.",
     no_such_user: "There is no user with that name.",
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
+    too_many_groups: "You are in as many groups as one may be. Leave one to join another.",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
     disconnected: "The connection dropped before the server confirmed it. Retry is safe: it will not be sent twice.",
     timeout: "The server did not answer in time. Try again.",
   };
-  const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
+  const describeError = (error) =>
+    // A well-formed group name refused as a look-alike (or for invisible
+    // characters): only the server's message says which group it resembles.
+    (error.code === "bad_group" && /looks like|invisible/.test(error.message || "") && error.message)
+    || ERROR_TEXT[error.code] || error.message || "Something went wrong.";
 
   // -- state -----------------------------------------------------------------
 
@@ -265,7 +270,24 @@
     }
     // dir=auto isolates the text: a right-to-left override in it cannot
     // reorder the name, time or messages around it.
-    item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body)));
+    if (m.reply_to) {
+      item.append(el("div", {className: "reply-quote", dir: "auto"},
+        el("bdi", {className: "reply-from", text: m.reply_to.from}),
+        el("span", {text: m.reply_to.excerpt || "This message was deleted"})));
+    }
+    if (m.deleted) {
+      item.classList.add("deleted");
+      item.append(el("div", {className: "body", text: "This message was deleted"}));
+      return item;
+    }
+    item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body),
+      m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
+        text: " (edited)"}) : null));
+    if (m.reactions && m.reactions.length) {
+      item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) =>
+        el("span", {className: "reaction" + (r.users.includes(me) ? " mine" : ""),
+          title: r.users.join(", "), text: `${r.emoji} ${r.count}`}))));
+    }
     return item;
   }
 
@@ -693,6 +715,34 @@
     if (isShowing(conv) && !document.hidden) markRead(conv);
     if (state.openKey === conv.key) { renderMessages(); renderTyping(); }
     renderSidebar();
+  });
+
+  // Protocol 1.2: a message as it is now (edited, deleted, its reactions), if it is shown.
+  function messageChanged(m) {
+    const conv = conversation(addressOfMessage(m));
+    if (!conv.messages.has(m.id) && !(conv.last && conv.last.id === m.id)) return;
+    if (conv.messages.has(m.id)) conv.messages.set(m.id, m);
+    if (conv.last && conv.last.id === m.id) conv.last = m;
+    if (state.openKey === conv.key) renderMessages();
+    renderSidebar();
+  }
+
+  client.on("edited", (e) => messageChanged(e.message));
+  client.on("deleted", (e) => messageChanged(e.message));
+  client.on("changed", (m) => messageChanged(m));
+
+  client.on("reaction", (r) => {
+    for (const conv of state.conversations.values()) {
+      const m = conv.messages.get(r.id);
+      if (!m) continue;
+      const reactions = (m.reactions || []).map((x) => Object.assign({}, x, {users: [...x.users]}));
+      let entry = reactions.find((x) => x.emoji === r.emoji);
+      if (!entry) { entry = {emoji: r.emoji, count: 0, users: []}; reactions.push(entry); }
+      entry.count = r.count;
+      if (r.on && !entry.users.includes(r.user) && entry.users.length < 20) entry.users.push(r.user);
+      if (!r.on) entry.users = entry.users.filter((u) => u !== r.user);
+      messageChanged(Object.assign({}, m, {rev: r.rev, reactions: reactions.filter((x) => x.count > 0)}));
+    }
   });
 
   client.on("presence", (p) => {

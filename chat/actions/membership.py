@@ -1,0 +1,43 @@
+"""Joining and leaving groups; the group's online members and the user's other sockets are told."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+
+from chat.actions.budget import spend_membership_change
+from chat.actions.services import Actor, Reply, Services, reply
+from chat.groups import group_join, group_leave
+from chat.models import group_key
+from chat.protocol import Join, Leave
+
+
+async def join(services: Services, actor: Actor, command: Join) -> Reply:
+    """Join (creating the group on first join); others hear of it only if it changed anything."""
+    await spend_membership_change(services, actor, "join")
+    change = await database_sync_to_async(group_join)(user=actor.user, name=command.group)
+    services.group_named[group_key(change.group)] = (change.group_id, change.group)
+    await services.outbox.membership_changed(
+        {"type": "joined", "group": change.group, "user": actor.username},
+        user_id=actor.user_id,
+        group_id=change.group_id,
+        joined=True,
+        exclude_connection=actor.connection_id,
+        announce=change.changed,
+    )
+    created = {"created": True} if change.created else {}
+    return reply("joined", command.ref, group=change.group, user=actor.username, **created)
+
+
+async def leave(services: Services, actor: Actor, command: Leave) -> Reply:
+    """Leave a group (`not_member` if not in it)."""
+    await spend_membership_change(services, actor, "leave")
+    change = await database_sync_to_async(group_leave)(user=actor.user, name=command.group)
+    await services.outbox.membership_changed(
+        {"type": "left", "group": change.group, "user": actor.username},
+        user_id=actor.user_id,
+        group_id=change.group_id,
+        joined=False,
+        exclude_connection=actor.connection_id,
+        announce=True,
+    )
+    return reply("left", command.ref, group=change.group, user=actor.username)
