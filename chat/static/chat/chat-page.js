@@ -21,6 +21,7 @@
     not_member: "You are not a member of this group. Join it to read and send messages.",
     no_such_user: "There is no user with that name.",
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
+    too_many_groups: "You are in as many groups as one may be. Leave one to join another.",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
     disconnected: "The connection dropped before the server confirmed it. Retry is safe: it will not be sent twice.",
@@ -31,7 +32,11 @@
     bad_emoji: "That is not an emoji the server knows.",
     too_many_reactions: "That message already has as many different reactions as it can hold.",
   };
-  const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
+  const describeError = (error) =>
+    // A well-formed group name refused as a look-alike (or for invisible
+    // characters): only the server's message says which group it resembles.
+    (error.code === "bad_group" && /looks like|invisible/.test(error.message || "") && error.message)
+    || ERROR_TEXT[error.code] || error.message || "Something went wrong.";
 
   // -- state -----------------------------------------------------------------
 
