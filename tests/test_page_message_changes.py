@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 from typing import Any
 
 from playwright.sync_api import Page, expect
@@ -98,3 +99,65 @@ def test_changes_made_live_and_while_offline_show_on_the_page(chat_user, chat_se
     finally:
         restarted.stop()
         print(f"----- log of {restarted.name} -----\n{restarted.log()}")
+
+
+def test_reply_edit_react_and_delete_from_the_message_menu(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(alice, "bob")
+    open_direct(bob, "alice")
+    send(bob.page, "original question")
+    expect(message_item(alice.page, "original question")).to_be_visible()
+    # By id: the reply's quote holds the same words.
+    question_id = _id_of(alice.page, "original question")
+    question = alice.page.locator(f'#message-list li.message[data-id="{question_id}"]')
+
+    # Reply: a quote above the input, then in the sent message; clicking it jumps back.
+    question.hover()
+    question.get_by_role("button", name="Reply").click()
+    expect(alice.page.locator("#reply-bar")).to_contain_text("original question")
+    send(alice.page, "my answer")
+    expect(alice.page.locator("#reply-bar")).to_be_hidden()
+    answer = message_item(alice.page, "my answer")
+    expect(answer.locator(".reply-quote")).to_contain_text("original question")
+    expect(message_item(bob.page, "my answer").locator(".reply-quote")).to_contain_text(
+        "original question"
+    )
+    answer.locator(".reply-quote").click()
+    expect(question).to_have_class(re.compile(r"\bjumped\b"))
+
+    # Edit in place: Escape cancels, Enter saves; both see "(edited)".
+    answer.hover()
+    answer.get_by_role("button", name="Edit").click()
+    box = alice.page.get_by_role("textbox", name="Edit message")
+    box.fill("discarded")
+    box.press("Escape")
+    expect(message_item(alice.page, "discarded")).to_have_count(0)
+    answer.hover()
+    answer.get_by_role("button", name="Edit").click()
+    box.fill("my better answer")
+    box.press("Enter")
+    better = message_item(alice.page, "my better answer")
+    expect(better.locator(".edited")).to_have_text("(edited)")
+    expect(message_item(bob.page, "my better answer").locator(".edited")).to_have_text("(edited)")
+
+    # React from bob's page, then take it back by clicking the chip.
+    on_bob = message_item(bob.page, "my better answer")
+    on_bob.hover()
+    on_bob.get_by_role("button", name="React").click()
+    on_bob.get_by_role("button", name="👍").click()
+    expect(on_bob.locator(".reaction")).to_have_text("👍 1")
+    expect(better.locator(".reaction")).to_have_text("👍 1")
+    screenshot(alice.page, "desktop-message-menu")
+    on_bob.locator(".reaction").click()
+    expect(better.locator(".reaction")).to_have_count(0)
+
+    # Delete asks first; everyone sees the tombstone.
+    better.hover()
+    alice.page.once("dialog", lambda dialog: dialog.accept())
+    better.get_by_role("button", name="Delete").click()
+    for page in (alice.page, bob.page):
+        expect(message_item(page, "my better answer")).to_have_count(0)
+        expect(page.locator("#message-list li.message.deleted .body")).to_have_text(
+            "This message was deleted"
+        )

@@ -21,12 +21,22 @@
     not_member: "You are not a member of this group. Join it to read and send messages.",
     no_such_user: "There is no user with that name.",
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
+    too_many_groups: "You are in as many groups as one may be. Leave one to join another.",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
     disconnected: "The connection dropped before the server confirmed it. Retry is safe: it will not be sent twice.",
     timeout: "The server did not answer in time. Try again.",
+    no_such_message: "That message is gone (deleted, or no longer visible to you).",
+    not_yours: "Only its author can change that message.",
+    too_late: "That message is too old to edit.",
+    bad_emoji: "That is not an emoji the server knows.",
+    too_many_reactions: "That message already has as many different reactions as it can hold.",
   };
-  const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
+  const describeError = (error) =>
+    // A well-formed group name refused as a look-alike (or for invisible
+    // characters): only the server's message says which group it resembles.
+    (error.code === "bad_group" && /looks like|invisible/.test(error.message || "") && error.message)
+    || ERROR_TEXT[error.code] || error.message || "Something went wrong.";
 
   // -- state -----------------------------------------------------------------
 
@@ -36,7 +46,12 @@
     conversations: new Map(), // key -> conversation
     openKey: null,
     membersOpen: window.matchMedia("(min-width: 1100px)").matches,
+    // Protocol 1.2: the message being edited in place, the one being answered, an open picker.
+    editingId: null,
+    replyTo: null,
+    pickerFor: null,
   };
+  const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
   function keyOf(address) {
     if (address.all) return "all";
@@ -266,7 +281,8 @@
     // dir=auto isolates the text: a right-to-left override in it cannot
     // reorder the name, time or messages around it.
     if (m.reply_to) {
-      item.append(el("div", {className: "reply-quote", dir: "auto"},
+      item.append(el("button", {type: "button", className: "reply-quote", dir: "auto",
+        title: "Show the message this answers", onclick: () => jumpTo(m.reply_to.id)},
         el("bdi", {className: "reply-from", text: m.reply_to.from}),
         el("span", {text: m.reply_to.excerpt || "This message was deleted"})));
     }
@@ -275,15 +291,116 @@
       item.append(el("div", {className: "body", text: "This message was deleted"}));
       return item;
     }
-    item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body),
-      m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
-        text: " (edited)"}) : null));
-    if (m.reactions && m.reactions.length) {
-      item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) =>
-        el("span", {className: "reaction" + (r.users.includes(me) ? " mine" : ""),
-          title: r.users.join(", "), text: `${r.emoji} ${r.count}`}))));
+    if (state.editingId === m.id) {
+      item.append(editor(m));
+    } else {
+      item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body),
+        m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
+          text: " (edited)"}) : null));
     }
+    if (m.reactions && m.reactions.length) {
+      item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) => {
+        const mine = r.users.includes(me);
+        return el("button", {type: "button", className: "reaction" + (mine ? " mine" : ""),
+          title: r.users.join(", "), "aria-pressed": String(mine), text: `${r.emoji} ${r.count}`,
+          onclick: () => react(m, r.emoji, !mine)});
+      })));
+    }
+    item.append(messageMenu(m, own));
+    // The picker stays open without the pointer on it (a phone has none).
+    if (state.pickerFor === m.id) item.classList.add("menu-open");
     return item;
+  }
+
+  // -- protocol 1.2: the message menu (reply, react, edit, delete) -----------
+
+  function messageMenu(m, own) {
+    const menu = el("div", {className: "message-menu"},
+      el("button", {type: "button", text: "Reply", onclick: () => startReply(m)}),
+      el("button", {type: "button", text: "React", "aria-expanded": String(state.pickerFor === m.id),
+        onclick: () => { state.pickerFor = state.pickerFor === m.id ? null : m.id; renderMessages(); }}));
+    if (own) {
+      menu.append(
+        el("button", {type: "button", text: "Edit", onclick: () => { state.editingId = m.id; renderMessages(); }}),
+        el("button", {type: "button", text: "Delete", onclick: () => removeMessage(m)}));
+    }
+    if (state.pickerFor === m.id) {
+      menu.append(el("div", {className: "emoji-picker", role: "group", "aria-label": "React with"},
+        ...COMMON_EMOJI.map((emoji) => el("button", {type: "button", className: "emoji", text: emoji,
+          onclick: () => { state.pickerFor = null; react(m, emoji, true); }}))));
+    }
+    return menu;
+  }
+
+  function editor(m) {
+    const box = el("textarea", {className: "edit-box", rows: "2", "aria-label": "Edit message"});
+    box.value = m.body;
+    box.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { ev.preventDefault(); state.editingId = null; renderMessages(); }
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); saveEdit(m, box.value); }
+    });
+    setTimeout(() => box.focus(), 0);
+    return box;
+  }
+
+  async function saveEdit(m, body) {
+    state.editingId = null;
+    if (body.trim() && body !== m.body) {
+      try { await client.request({type: "edit", id: m.id, body}); }
+      catch (error) { showError($("send-error"), describeError(error)); }
+    }
+    renderMessages();
+  }
+
+  async function removeMessage(m) {
+    if (!window.confirm("Delete this message for everyone?")) return;
+    try { await client.request({type: "delete", id: m.id}); }
+    catch (error) { showError($("send-error"), describeError(error)); }
+  }
+
+  async function react(m, emoji, on) {
+    try { await client.request({type: on ? "react" : "unreact", id: m.id, emoji}); }
+    catch (error) { showError($("send-error"), describeError(error)); }
+  }
+
+  function startReply(m) {
+    state.replyTo = {id: m.id, from: m.from, excerpt: m.body.slice(0, 100), key: state.openKey};
+    renderReplyBar();
+    $("body").focus();
+  }
+
+  function renderReplyBar() {
+    let bar = $("reply-bar");
+    if (!bar) {
+      bar = el("div", {id: "reply-bar", className: "reply-bar"});
+      $("composer").before(bar);
+    }
+    const reply = state.replyTo && state.replyTo.key === state.openKey ? state.replyTo : null;
+    bar.hidden = !reply;
+    bar.replaceChildren();
+    if (reply) {
+      bar.append(el("span", {className: "reply-label", text: "Replying to "}),
+        el("bdi", {className: "reply-from", text: reply.from}),
+        el("span", {className: "reply-excerpt", dir: "auto", text: reply.excerpt}),
+        el("button", {type: "button", className: "ghost", text: "Cancel",
+          onclick: () => { state.replyTo = null; renderReplyBar(); }}));
+    }
+  }
+
+  /** Scroll to a message, loading older history until it is there (or there is no more). */
+  async function jumpTo(id) {
+    const conv = state.conversations.get(state.openKey);
+    if (!conv) return;
+    for (let page = 0; page < 50 && !conv.messages.has(id) && !conv.complete; page += 1) {
+      const before = conv.messages.size;
+      await loadHistory(conv);
+      if (conv.messages.size === before && !conv.complete) break;
+    }
+    const target = $("message-list").querySelector(`li.message[data-id="${id}"]`);
+    if (!target) return;
+    target.scrollIntoView({block: "center"});
+    target.classList.add("jumped");
+    setTimeout(() => target.classList.remove("jumped"), 2000);
   }
 
   // The jump is offered only while the first unread message is scrolled out of sight.
@@ -451,6 +568,7 @@
     renderHeader();
     renderMembers();
     renderMessages();
+    renderReplyBar();
   }
 
   async function loadHistory(conv) {
@@ -845,7 +963,10 @@
     conv.draft = "";
     autosize();
     showError($("send-error"), "");
-    await sendBody(conv, body);
+    const reply = state.replyTo && state.replyTo.key === conv.key ? state.replyTo.id : undefined;
+    state.replyTo = null;
+    renderReplyBar();
+    await sendBody(conv, body, newCid(), reply);
   }
 
   const KEPT_ERRORS = new Set(["rate_limited", "unavailable", "not_connected", "disconnected", "timeout"]);
@@ -862,9 +983,11 @@
    * Its cid goes with every try: if the connection dropped after the server
    * stored it, the retry gets the first ack and sync brings the message once.
    */
-  async function sendBody(conv, body, cid = newCid()) {
+  async function sendBody(conv, body, cid = newCid(), replyTo = undefined) {
     try {
-      await client.request({type: "send", to: conv.address, body, cid});
+      const command = {type: "send", to: conv.address, body, cid};
+      if (replyTo !== undefined) command.reply_to = replyTo;
+      await client.request(command);
     } catch (error) {
       // Its message came before the connection dropped: it got through.
       if ([...conv.messages.values()].some((m) => m.from === me && m.cid === cid)) return;
