@@ -36,8 +36,9 @@ async def test_names_need_not_be_unique_and_may_look_alike(bench, alice, bob):  
     await naming.profile(bench.services, actor(bob), Profile(name="Sam"))
     found = await queries.users(bench.services, actor(alice), Users(q="", limit=10))
     assert {(u["user"], u["name"]) for u in found["users"]} >= {("alice", "Sam"), ("bob", "Sam")}
-    # Cyrillic "а" and Latin "a": refused for group names, fine for display names.
-    await naming.profile(bench.services, actor(bob), Profile(name="S\u0430m"))
+    # A Cyrillic a (U+0430) for the Latin one: refused for group names, fine here.
+    reply = await naming.profile(bench.services, actor(bob), Profile(name="S\u0430m"))
+    assert reply["name"] == "S\u0430m"
 
 
 async def test_someone_without_a_name_is_called_by_their_username(bench, alice):  # noqa: F811
