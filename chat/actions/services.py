@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from chat.coalesce import Coalescer
     from chat.conversations import ReadMove, ReadRequest
+    from chat.groups import MembershipChange
+    from chat.joining import JoinRequest
     from chat.message_changes import Change
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
@@ -109,6 +111,9 @@ class WorkerParts(Protocol):
     @property
     def last_marks_of(self) -> Coalescer[int, tuple[int, int]]: ...
 
+    @property
+    def join_group(self) -> Coalescer[JoinRequest, MembershipChange]: ...
+
 
 class Services:
     """One worker's collaborators for actions: the hub's outbox and roster, and its parts.
@@ -153,6 +158,11 @@ class Services:
     def last_marks_of(self) -> Coalescer[int, tuple[int, int]]:
         """A user's newest visible message id and change `rev`, for the greeting."""
         return self._parts.last_marks_of
+
+    @property
+    def join_group(self) -> Coalescer[JoinRequest, MembershipChange]:
+        """Joins arriving together, committed in one transaction (`chat.joining`)."""
+        return self._parts.join_group
 
 
 def reply(kind: str, ref: str | None, **fields: Any) -> Reply:
