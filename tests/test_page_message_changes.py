@@ -161,3 +161,28 @@ def test_reply_edit_react_and_delete_from_the_message_menu(chat_user):
         expect(page.locator("#message-list li.message.deleted .body")).to_have_text(
             "This message was deleted"
         )
+
+
+def test_typing_at_offers_people_and_a_mention_gets_its_badge(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    open_direct(bob, "alice")
+    everyone = '#conversation-list li[data-key="all"] button'
+    alice.page.locator(everyone).click()
+    expect(alice.page.locator("#conv-title")).to_have_text("Everyone")
+
+    alice.page.locator("#body").press_sequentially("hi @bo")
+    offered = alice.page.locator("#mention-list").get_by_role("option", name="@bob")
+    expect(offered).to_be_visible()
+    offered.click()
+    expect(alice.page.locator("#body")).to_have_value("hi @bob ")
+    alice.page.locator("#body").press_sequentially("look")
+    alice.page.locator("#body").press("Enter")
+
+    expect(message_item(alice.page, "hi @bob look").locator(".mention")).to_have_text("@bob")
+    badge = bob.page.locator(f"{everyone} .mention-badge")
+    expect(badge).to_be_visible()
+    screenshot(bob.page, "desktop-mention-badge")
+    bob.page.locator(everyone).click()
+    expect(message_item(bob.page, "hi @bob look").locator(".mention.me")).to_have_text("@bob")
+    expect(badge).to_have_count(0)

@@ -153,7 +153,10 @@
       dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
       onclick: () => openConversation(address),
     }, extra.icon, el("span", {className: "conv-text"}, el("span", {className: "conv-name", text: label}),
-      typingOrPreview(conv)), extra.status || null, badge(conv.unread));
+      typingOrPreview(conv)), extra.status || null,
+      conv.mentions ? el("span", {className: "mention-badge", text: "@",
+        title: plural(conv.mentions, "mention"), "aria-label": plural(conv.mentions, "unread mention")}) : null,
+      badge(conv.unread));
     return el("li", {className: isOpen ? "active" : "", dataset: {key}}, button);
   }
 
@@ -246,6 +249,27 @@
   }
 
   /** Text nodes, with http(s) links as anchors; nothing else becomes markup. */
+  /** Text nodes with each `@name` the server resolved as a mention marked (one's own more strongly). */
+  function mentionified(nodes, names) {
+    if (!names || !names.length) return nodes;
+    const longestFirst = [...names].sort((a, b) => b.length - a.length);
+    const escaped = longestFirst.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    const pattern = new RegExp("@(" + escaped.join("|") + ")", "g");
+    const out = [];
+    for (const node of nodes) {
+      if (node.nodeType !== Node.TEXT_NODE) { out.push(node); continue; }
+      const text = node.textContent;
+      let rest = 0;
+      for (const match of text.matchAll(pattern)) {
+        out.push(document.createTextNode(text.slice(rest, match.index)));
+        out.push(el("span", {className: "mention" + (match[1] === me ? " me" : ""), text: match[0]}));
+        rest = match.index + match[0].length;
+      }
+      out.push(document.createTextNode(text.slice(rest)));
+    }
+    return out;
+  }
+
   function linkified(text) {
     const parts = [];
     let rest = 0;
@@ -294,7 +318,7 @@
     if (state.editingId === m.id) {
       item.append(editor(m));
     } else {
-      item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body),
+      item.append(el("div", {className: "body", dir: "auto"}, ...mentionified(linkified(m.body), m.mentions),
         m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
           text: " (edited)"}) : null));
     }
@@ -661,6 +685,7 @@
     conv.landingPages = 0;
     conv.awaitingList = !state.listed;
     conv.unread = 0;
+    conv.mentions = 0;
     markRead(conv);
     $("body").value = conv.draft;
     showError($("send-error"), "");
@@ -714,6 +739,7 @@
         conv.awaitingList = false;
         conv.readId = Math.max(conv.readId, item.read_id);
         conv.unread = isShowing(conv) ? 0 : item.unread;
+        conv.mentions = isShowing(conv) ? 0 : (item.mentions || 0);
         if (item.last) conv.messages.size && conv.messages.set(item.last.id, item.last);
       }
       if (!reply.more) break;
@@ -823,6 +849,7 @@
     // Read only while it is on screen: a hidden tab counts it for the title badge.
     if (m.from !== me && !(isShowing(conv) && !document.hidden) && m.id > conv.readId) {
       conv.unread += 1;
+      if ((m.mentions || []).includes(me)) conv.mentions = (conv.mentions || 0) + 1;
       notify(conv, m);
     }
     if (isShowing(conv) && !document.hidden) markRead(conv);
@@ -871,6 +898,8 @@
     const newest = conv.last ? conv.last.id : 0;
     conv.unread = r.id >= newest ? 0
       : [...conv.messages.values()].filter((m) => m.id > conv.readId && m.from !== me).length;
+    conv.mentions = r.id >= newest ? 0 : [...conv.messages.values()].filter((m) =>
+      m.id > conv.readId && m.from !== me && (m.mentions || []).includes(me)).length;
     renderSidebar();
   });
 
@@ -901,7 +930,9 @@
   // -- desktop notifications and the title badge (opt-in) ---------------------
 
   function notify(conv, m) {
-    if (!document.hidden || conv.address.user === undefined) return;
+    // Direct messages notify, and (1.2) messages that mention this user, even in a group.
+    const mentioned = (m.mentions || []).includes(me);
+    if (!document.hidden || (conv.address.user === undefined && !mentioned)) return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     if (localStorage.getItem("chat-notify") !== "on") return;
     const note = new Notification(m.from, {body: m.body.slice(0, 200), tag: conv.key});
@@ -910,7 +941,7 @@
 
   document.addEventListener("visibilitychange", () => {
     const conv = state.conversations.get(state.openKey);
-    if (!document.hidden && conv && isShowing(conv)) { conv.unread = 0; markRead(conv); }
+    if (!document.hidden && conv && isShowing(conv)) { conv.unread = 0; conv.mentions = 0; markRead(conv); }
     renderSidebar();
   });
 
@@ -1016,9 +1047,71 @@
 
   $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
   $("body").addEventListener("keydown", (ev) => {
+    const offered = $("mention-list");
+    if (ev.key === "Tab" && offered && !offered.hidden && offered.firstChild) {
+      ev.preventDefault();
+      offered.firstChild.click();
+      return;
+    }
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
   });
-  $("body").addEventListener("input", () => { autosize(); showError($("send-error"), ""); sendTyping(); });
+  $("body").addEventListener("input", () => {
+    autosize(); showError($("send-error"), ""); sendTyping();
+    clearTimeout(mentionTimer);
+    mentionTimer = setTimeout(offerMentions, 150);
+  });
+  let mentionTimer = null;
+
+  // -- protocol 1.2: typing `@` offers people, the conversation's members first --
+
+  function mentionPrefix() {
+    const box = $("body");
+    const before = box.value.slice(0, box.selectionStart);
+    const match = before.match(/(^|[^\w.@+-])@([\w.@+-]{0,150})$/u);
+    return match ? match[2] : null;
+  }
+
+  async function offerMentions() {
+    const prefix = mentionPrefix();
+    const conv = state.conversations.get(state.openKey);
+    if (prefix === null || !conv) { renderMentionList([]); return; }
+    const folded = prefix.toLowerCase();
+    const first = [];
+    if (conv.address.user !== undefined) first.push(conv.address.user);
+    for (const m of conv.members || []) first.push(m.user);
+    let others = [];
+    try {
+      const reply = await client.request({type: "users", q: prefix, limit: 8});
+      others = reply.users.map((u) => u.user);
+    } catch (error) { /* offline: members only */ }
+    if (mentionPrefix() !== prefix) return; // typed on meanwhile
+    const names = [...new Set([...first, ...others])]
+      .filter((n) => n !== me && n.toLowerCase().startsWith(folded)).slice(0, 6);
+    renderMentionList(names);
+  }
+
+  function renderMentionList(names) {
+    let list = $("mention-list");
+    if (!list) {
+      list = el("div", {id: "mention-list", className: "mention-list", role: "listbox",
+        "aria-label": "People to mention"});
+      $("composer").before(list);
+    }
+    list.replaceChildren(...names.map((name) => el("button", {type: "button", role: "option",
+      className: "mention-option", text: "@" + name, onclick: () => pickMention(name)})));
+    list.hidden = names.length === 0;
+  }
+
+  function pickMention(name) {
+    const box = $("body");
+    const prefix = mentionPrefix();
+    if (prefix === null) return;
+    const at = box.selectionStart - prefix.length;
+    box.value = box.value.slice(0, at) + name + " " + box.value.slice(box.selectionStart);
+    box.selectionStart = box.selectionEnd = at + name.length + 1;
+    renderMentionList([]);
+    box.focus();
+  }
 
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
