@@ -17,7 +17,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
@@ -25,7 +25,7 @@ from chat.delivery.messages import to_layer
 from chat.delivery.publishing import Addressed, to_message_audience
 from chat.delivery.relay import relay_if_local
 from chat.message_changes import change_event, message_tombstone
-from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit
+from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit, Upload
 from chat.revocation import log_out_everywhere
 from chat.workers import live_workers
 
@@ -245,3 +245,44 @@ def workers_view(request: HttpRequest) -> HttpResponse:
         "timeout": settings.CHAT_PRESENCE_TIMEOUT,
     }
     return TemplateResponse(request, "admin/chat/workers.html", context)
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Uploaded files: who stored what, where it was sent, and each uploader's total."""
+
+    list_display = (
+        "name",
+        "uploader",
+        "size",
+        "content_type",
+        "message",
+        "created",
+        "uploader_total",
+    )
+    list_filter = ("content_type", "created")
+    search_fields = ("name", "uploader__username")
+    list_select_related = ("uploader", "message")
+    date_hierarchy = "created"
+    readonly_fields = [f.name for f in Upload._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
+        totals = (
+            Upload.objects.filter(uploader=OuterRef("uploader"))
+            .order_by()
+            .values("uploader")
+            .annotate(total=Sum("size"))
+            .values("total")
+        )
+        files: QuerySet[Upload] = super().get_queryset(request)
+        return files.annotate(uploader_total=Subquery(totals))
+
+    @admin.display(description="uploader's total (bytes)", ordering="uploader_total")
+    def uploader_total(self, upload: Upload) -> int:
+        return int(getattr(upload, "uploader_total", 0) or 0)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

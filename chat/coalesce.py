@@ -38,17 +38,28 @@ class Coalescer(Generic[A, R]):
         self._trips: asyncio.Task[None] | None = None
 
     async def __call__(self, arg: A) -> R:
+        [answer] = self._enqueue([arg])
+        return await answer
+
+    async def many(self, args: Sequence[A]) -> list[R]:
+        """`await self(arg)` for each of `args`, on the same trips, without a task each
+        (a socket of a user in 10,000 groups joins 10,000 layer groups)."""
+        if not args:
+            return []
+        return list(await asyncio.gather(*self._enqueue(args)))
+
+    def _enqueue(self, args: Sequence[A]) -> list[asyncio.Future[R]]:
         loop = asyncio.get_running_loop()
         if self._trips is not None and self._trips.get_loop() is not loop:
             # Left over from a closed loop (tests run one loop per test).
             self._trips, self._waiting = None, []
-        answer: asyncio.Future[R] = loop.create_future()
-        self._waiting.append((arg, answer))
+        answers: list[asyncio.Future[R]] = [loop.create_future() for _ in args]
+        self._waiting.extend(zip(args, answers, strict=True))
         if self._trips is None:
             # A context of its own: not the first caller's (asgiref's record
             # of which sync thread that caller's chain uses, for one).
             self._trips = loop.create_task(self._make_trips(), context=contextvars.Context())
-        return await answer
+        return answers
 
     async def _make_trips(self) -> None:
         calls: list[tuple[A, asyncio.Future[R]]] = []

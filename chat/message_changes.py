@@ -36,7 +36,7 @@ from chat.messaging import (
     message_json,
     messages_json,
 )
-from chat.models import Message, MessageEdit, Reaction
+from chat.models import Message, MessageEdit, Reaction, Upload
 from chat.protocol import (
     BAD_EMOJI,
     NO_SUCH_MESSAGE,
@@ -223,8 +223,10 @@ def message_tombstone(message_id: int) -> Change | None:
 
 
 def _tombstone(message: Message) -> None:
-    """Remove all that the message said: body, earlier bodies, reactions, mentions, reply."""
+    """Remove all that the message said: body, earlier bodies, reactions, mentions, reply, files."""
     MessageEdit.objects.filter(message=message).delete()
+    # Their stored files go once this commits (chat.uploads); their URLs 404 from then.
+    Upload.objects.filter(message=message).delete()
     Reaction.objects.filter(message=message).delete()
     message.body = ""
     message.mentions = ""

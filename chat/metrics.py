@@ -66,6 +66,7 @@ class _Collector:
     def __init__(self) -> None:
         self.send_queue_depth = 0
         self.health: dict[str, str] = {}
+        self.uploads: tuple[int, int] | None = None
 
     def collect(self) -> Iterator[Metric]:
         tally = TALLY
@@ -141,6 +142,14 @@ class _Collector:
         for dependency, state in sorted(self.health.items()):
             healthy.add_metric([dependency], 1 if state == "ok" else 0)
         yield healthy
+        if self.uploads is not None:
+            count, stored = self.uploads
+            yield GaugeMetricFamily(
+                "chat_uploads_stored", "Uploaded files stored (all workers: the database)", count
+            )
+            yield GaugeMetricFamily(
+                "chat_upload_bytes_stored", "Bytes of the uploaded files stored", stored
+            )
 
 
 def _close_labels(closes: Counter[int]) -> Counter[str]:
@@ -163,8 +172,17 @@ _registry.register(_collector)
 _registry.register(ProcessCollector(registry=None))
 
 
-def render(*, send_queue_depth: int, health: dict[str, str]) -> bytes:
-    """The Prometheus text exposition of this worker's metrics."""
+def render(
+    *,
+    send_queue_depth: int,
+    health: dict[str, str],
+    uploads: tuple[int, int] | None = None,
+) -> bytes:
+    """The Prometheus text exposition of this worker's metrics.
+
+    `uploads`: files stored and their bytes; None (left out) when unknown.
+    """
     _collector.send_queue_depth = send_queue_depth
     _collector.health = health
+    _collector.uploads = uploads
     return generate_latest(_registry)

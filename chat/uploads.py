@@ -22,7 +22,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
-from django.db import models
+from django.db import models, transaction
 from django.db.models.signals import post_delete
 from django.utils import timezone
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -272,14 +272,19 @@ def upload_json(upload: Upload) -> dict[str, Any]:
 
 
 def may_download(user: User | Any, upload: Upload) -> bool:
-    """The uploader, and users who may read a message carrying the file now (as `history`)."""
+    """The uploader, and users who may read a message carrying the file now (as `history`).
+
+    A deleted message's files are gone (they 404 for the uploader too).
+    """
     if not getattr(user, "is_authenticated", False):
         return False
-    if upload.uploader_id == user.pk:
-        return True
+    mine = bool(upload.uploader_id == user.pk)
     if upload.message_id is None:
-        return False
-    return Message.objects.visible_to(user.pk).filter(pk=upload.message_id, deleted=False).exists()
+        return mine
+    carrying = Message.objects.filter(pk=upload.message_id, deleted=False)
+    if not mine:
+        carrying = carrying.visible_to(user.pk)
+    return carrying.exists()
 
 
 def downloadable(user: User | Any, upload_id: str) -> Upload | None:
@@ -317,8 +322,11 @@ def _delete_files(upload: Upload) -> None:
 
 
 def _files_deleted(sender: type[Upload], instance: Upload, **kwargs: Any) -> None:
-    """An upload's row going (its message, its uploader, removeuploads) takes its files."""
-    _delete_files(instance)
+    """An upload's row going (its message, its uploader, removeuploads) takes its files.
+
+    Once the deletion commits: a transaction rolled back keeps row and files.
+    """
+    transaction.on_commit(lambda: _delete_files(instance))
 
 
 def connect_upload_signals() -> None:

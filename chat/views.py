@@ -6,11 +6,13 @@ import hmac
 import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
@@ -20,6 +22,7 @@ from chat import metrics
 from chat.accounts import SignupForm, account_creation_allowed, counted, guest_create
 from chat.addresses import client_address_of_request
 from chat.health import health_check
+from chat.uploads import totals as uploads_totals
 from chat.worker import current_worker
 
 
@@ -124,8 +127,14 @@ async def metrics_export(request: HttpRequest) -> HttpResponse:
     supplied = request.headers.get("Authorization", "").encode()
     if not hmac.compare_digest(supplied, f"Bearer {token}".encode()):
         return HttpResponse(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    health = await health_check()
+    try:
+        stored: tuple[int, int] | None = await sync_to_async(uploads_totals)()
+    except DatabaseError:
+        # The database's own line in `chat_up` says why.
+        stored = None
     body = metrics.render(
-        send_queue_depth=current_worker().send_queue_depth(), health=await health_check()
+        send_queue_depth=current_worker().send_queue_depth(), health=health, uploads=stored
     )
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -33,7 +33,8 @@ from django.core.signals import setting_changed
 
 from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
-from chat.groups import groups_of_users
+from chat.groups import MembershipChange, groups_of_users
+from chat.joining import JoinRequest, group_join_many
 from chat.messaging import last_visible_marks
 from chat.redis_client import redis_connect
 
@@ -70,6 +71,10 @@ class Worker:
         # Read positions moved by sockets at the same time are written in one statement.
         self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
             database_sync_to_async(read_positions_move)
+        )
+        # Joins of sockets opening together, committed in one transaction (chat.joining).
+        self.join_group: Coalescer[JoinRequest, MembershipChange] = Coalescer(
+            database_sync_to_async(group_join_many)
         )
         # Groups seen by this worker's sockets, by `group_key`: (id, spelling).
         # Typing checks its audience here and in the hub's index, never in the database.

@@ -12,6 +12,7 @@ import logging
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -298,7 +299,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 # Where `collectstatic` puts files for the proxy to serve (deploy/nginx.conf).
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # collectstatic writes each file under a name with its content's hash, and
     # gzip and Brotli variants beside it, so that browsers may cache it for
@@ -459,3 +460,30 @@ CHAT_UPLOAD_MAX_BYTES = env_int("CHAT_UPLOAD_MAX_BYTES", 25 * 1024 * 1024, minim
 CHAT_UPLOAD_QUOTA_BYTES = env_int("CHAT_UPLOAD_QUOTA_BYTES", 1024 * 1024 * 1024, minimum=1)
 # Uploads one user may start per minute (0: no limit).
 CHAT_UPLOADS_PER_MINUTE = env_int("CHAT_UPLOADS_PER_MINUTE", 20)
+# Uploads on S3-compatible object storage instead, shared by every machine:
+# the bucket, and the endpoint for a service other than AWS. Credentials and
+# region come from boto3's own environment (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION). Downloads then redirect to a
+# presigned URL valid for 60 s, after the same permission check.
+CHAT_UPLOADS_S3_BUCKET = env_str("CHAT_UPLOADS_S3_BUCKET", "")
+CHAT_UPLOADS_S3_ENDPOINT = env_str("CHAT_UPLOADS_S3_ENDPOINT", "")
+
+
+def uploads_s3_storage(bucket: str, endpoint: str) -> dict[str, Any]:
+    """The default storage on S3: private objects, presigned (SigV4) URLs of 60 s."""
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint or None,
+            "signature_version": "s3v4",
+            "querystring_auth": True,
+            "querystring_expire": 60,
+            "default_acl": None,
+            "file_overwrite": False,
+        },
+    }
+
+
+if CHAT_UPLOADS_S3_BUCKET:
+    STORAGES["default"] = uploads_s3_storage(CHAT_UPLOADS_S3_BUCKET, CHAT_UPLOADS_S3_ENDPOINT)

@@ -19,6 +19,8 @@ from channels.db import database_sync_to_async
 from chat.actions import Actor, Services
 from chat.coalesce import Coalescer, bulk_read
 from chat.conversations import ReadMove, ReadRequest, read_positions_move
+from chat.groups import MembershipChange
+from chat.joining import JoinRequest, group_join_many
 from chat.messaging import StoredMessage, last_visible_marks
 from chat.presence import MemoryPresenceStore
 from chat.ratelimit import MemoryRateLimiter, RateLimiter
@@ -50,6 +52,11 @@ class RecordingOutbox:
     ) -> None:
         audience = ("message", change.user_ids, change.group_id, change.everyone)
         self.told.append(((*audience, exclude_connection), event))
+
+    async def to_everyone(
+        self, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        self.told.append((("everyone", exclude_connection), event))
 
     async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
         self.told.append((("group receipt", group_id, reader_id), event))
@@ -92,6 +99,9 @@ class Parts:
         self.group_named: dict[str, tuple[int, str]] = {}
         self.move_read_position: Coalescer[ReadRequest, ReadMove] = Coalescer(
             database_sync_to_async(read_positions_move)
+        )
+        self.join_group: Coalescer[JoinRequest, MembershipChange] = Coalescer(
+            database_sync_to_async(group_join_many)
         )
         self.last_marks_of: Coalescer[int, tuple[int, int]] = bulk_read(last_visible_marks)
 

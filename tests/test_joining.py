@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -14,7 +15,8 @@ from chat.groups import MembershipChange, group_join, remove_if_empty
 from chat.joining import JoinRequest, group_join_many
 from chat.models import ChatGroup, Membership
 from chat.protocol import BAD_GROUP, TOO_MANY_GROUPS, ChatError
-from tests.conftest import _make_user
+from chat.worker import current_worker
+from tests.conftest import _make_user, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,3 +185,32 @@ def test_joins_arriving_together_share_one_batch(transactional_db):
     assert sum(batches) == 30
     assert len(batches) <= 2  # the first alone, then everyone who came meanwhile
     assert len(_members("Rush")) == 31
+
+
+async def test_sockets_joining_together_share_a_transaction_and_each_joined_is_stored(
+    layer, connect
+):
+    """Through the socket: a `joined` reply comes after its batch committed."""
+    users = [await make_user(f"s{i}") for i in range(12)]
+    await sync_to_async(group_join)(user=await make_user("founder"), name="Rush")
+    clients = [await connect(user) for user in users]
+    batches: list[int] = []
+
+    def recording(requests: list[JoinRequest]) -> list[MembershipChange | ChatError]:
+        batches.append(len(requests))
+        return group_join_many(requests)
+
+    current_worker().join_group = Coalescer(database_sync_to_async(recording))
+
+    @sync_to_async
+    def stored(username: str) -> bool:
+        return Membership.objects.filter(group__key="rush", user__username=username).exists()
+
+    for index, client in enumerate(clients):
+        await client.send(type="join", group="Rush", ref=f"j{index}")
+    for index, client in enumerate(clients):
+        reply = await client.expect("joined", ref=f"j{index}")
+        assert reply["user"] == f"s{index}"
+        assert await stored(f"s{index}")
+    assert sum(batches) == 12
+    assert len(batches) < 12

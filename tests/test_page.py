@@ -169,6 +169,14 @@ def test_server_errors_are_shown_in_place(chat_user):
     alice.page.locator("#join-name").fill("bad/name")
     alice.page.get_by_role("button", name="Join", exact=True).click()
     expect(alice.page.locator("#join-error")).to_have_text(re.compile("Group names are"))
+    alice.page.locator("#join-name").fill("Team")
+    alice.page.get_by_role("button", name="Join", exact=True).click()
+    expect(alice.page.locator("#conv-title")).to_have_text("# Team")
+    alice.page.locator("#join-name").fill("T\u0435am")  # with a Cyrillic ie
+    alice.page.get_by_role("button", name="Join", exact=True).click()
+    expect(alice.page.locator("#join-error")).to_have_text(
+        re.compile("looks like the existing group 'Team'")
+    )
     assert dialogs == []
 
 

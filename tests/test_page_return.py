@@ -347,3 +347,22 @@ def test_a_newcomer_to_a_long_conversation_lands_without_loading_all_of_it(chat_
     assert 250 <= size <= 300 and not complete, state
     expect(page.locator("#new-divider")).to_be_in_viewport()
     expect(page.locator("#history-status")).not_to_have_text(re.compile("beginning"))
+
+
+def test_on_a_phone_a_reload_stays_in_the_conversation_and_back_returns_to_the_list(chat_user):
+    alice = chat_user("alice", viewport=PHONE_390)
+    chat_user("bob", viewport=DESKTOP_1280)
+    page = alice.page
+    open_direct(alice, "bob")
+    page.reload()
+    wait_connected(page)
+    expect(page.locator("#conversation")).to_be_visible()
+    expect(page.locator("#conv-title")).to_have_text("bob")
+    page.get_by_role("button", name="Back to conversations").click()
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#conversation")).to_be_hidden()
+    page.go_back()
+    expect(page.locator("#conversation")).to_be_visible()
+    expect(page.locator("#conv-title")).to_have_text("bob")
+    page.go_back()  # before bob: the list, where the page started
+    expect(page.locator("#sidebar")).to_be_visible()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
 from chat import uploads
+from chat.accounts import guest_create, guests_remove_inactive
+from chat.message_changes import message_tombstone
 from chat.models import ChatGroup, Membership, Message, Upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -296,7 +301,7 @@ def test_types_come_from_the_bytes():
     assert uploads.sniff_type(b"\x00\x01\x02\x03\xfe\xff") == "application/octet-stream"
 
 
-def test_removeuploads_style_cleanup_leaves_sent_and_recent_files(alice, bob):
+def test_removeuploads_removes_old_unsent_uploads_and_leaves_sent_and_recent_ones(alice, bob):
     old = Upload.objects.get(pk=uploaded(alice, "old.txt", b"old")["upload"])
     sent = Upload.objects.get(pk=uploaded(alice, "sent.txt", b"sent")["upload"])
     fresh = Upload.objects.get(pk=uploaded(alice, "fresh.txt", b"fresh")["upload"])
@@ -304,7 +309,9 @@ def test_removeuploads_style_cleanup_leaves_sent_and_recent_files(alice, bob):
     day_ago = timezone.now() - timedelta(hours=25)
     Upload.objects.filter(pk__in=[old.pk, sent.pk]).update(created=day_ago)
     Upload.objects.filter(pk=sent.pk).update(message=message)
-    assert uploads.remove_unsent() == 1
+    out = io.StringIO()
+    call_command("removeuploads", stdout=out)
+    assert "removed 1 upload(s)" in out.getvalue()
     assert set(Upload.objects.values_list("pk", flat=True)) == {sent.pk, fresh.pk}
     assert not default_storage.exists(old.storage_name)
     assert default_storage.exists(sent.storage_name)
@@ -351,3 +358,96 @@ async def test_a_streamed_body_past_the_limit_is_cut_off_while_it_arrives(settin
     assert b'"too_large"' in sent[1]["body"]
     # Stopped after the limit's worth of chunks, not the 650 MB offered.
     assert read <= (100_000 + uploads.MULTIPART_OVERHEAD) // len(chunk) + 2
+
+
+def test_a_message_deleted_as_the_protocol_and_admin_do_takes_its_files(alice, bob):
+    body = uploaded(alice, "photo.png", png_bytes())
+    _, message = group_message(alice, bob)
+    Upload.objects.filter(pk=body["upload"]).update(message=message)
+    upload = Upload.objects.get(pk=body["upload"])
+    assert session_for(bob)[0].get(body["url"]).status_code == 200
+    message_tombstone(message.pk)
+    assert not default_storage.exists(upload.storage_name)
+    assert not default_storage.exists(upload.thumb_name)
+    for user in (alice, bob):
+        assert session_for(user)[0].get(body["url"]).status_code == 404
+
+
+def test_removing_a_guest_removes_their_files(settings):
+    guest = guest_create()
+    body = uploaded(guest, "guest.txt", b"from a guest")
+    upload = Upload.objects.get(pk=body["upload"])
+    long_ago = timezone.now() - timedelta(days=settings.CHAT_GUEST_RETENTION_DAYS + 400)
+    get_user_model().objects.filter(pk=guest.pk).update(last_login=long_ago, date_joined=long_ago)
+    assert guests_remove_inactive().removed == 1
+    assert not Upload.objects.exists()
+    assert not default_storage.exists(upload.storage_name)
+
+
+def test_the_admin_lists_uploads_with_each_uploaders_total(alice, bob):
+    uploaded(alice, "one.bin", b"\x01" * 1000)
+    uploaded(alice, "two.bin", b"\x01" * 500)
+    uploaded(bob, "bobs.bin", b"\x01" * 70)
+    admin = Client()
+    admin.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    page = admin.get("/admin/chat/upload/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "one.bin" in html and "bobs.bin" in html
+    assert html.count(">1500<") == 2 and html.count(">70<") == 2
+
+
+async def test_metrics_count_uploads_and_their_bytes(alice, settings):
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings.CHAT_METRICS_TOKEN = "uploads-metrics"
+    await sync_to_async(uploaded)(alice, "a.bin", b"\x01" * 300)
+    await sync_to_async(uploaded)(alice, "b.bin", b"\x01" * 200)
+    response = await AsyncClient().get(
+        "/metrics", headers={"Authorization": "Bearer uploads-metrics"}
+    )
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+    assert samples["chat_uploads_stored"] == 2
+    assert samples["chat_upload_bytes_stored"] == 500
+
+
+def test_memory_does_not_grow_with_the_file_size(alice):
+    """20 MB up and down: what the server allocates stays at a few chunks' worth."""
+    import tracemalloc
+
+    from django.test import RequestFactory
+
+    from chat.upload_views import download, upload
+
+    data = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    request = RequestFactory().post(
+        "/uploads/",
+        {"file": SimpleUploadedFile("big.bin", data)},
+        headers={"X-CSRFToken": "checked-elsewhere"},
+    )
+    request.user = alice
+    request._dont_enforce_csrf_checks = True
+    tracemalloc.start()
+    try:
+        response = upload(request)
+        _, upload_peak = tracemalloc.get_traced_memory()
+        assert response.status_code == 201, response.content
+        tracemalloc.reset_peak()
+        body = json.loads(response.content)
+        fetch = RequestFactory().get(body["url"])
+        fetch.user = alice
+        served = download(fetch, body["upload"])
+        total = sum(len(chunk) for chunk in served.streaming_content)
+        served.close()
+        _, download_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == len(data)
+    assert upload_peak < 4 * 1024 * 1024, upload_peak
+    assert download_peak < 2 * 1024 * 1024, download_peak

@@ -1,4 +1,5 @@
-"""chat.upstream.channels_redis.group_add_many writes what channels_redis's group_add writes."""
+"""chat.upstream.channels_redis: group_add_many and group_discard_many do what channels_redis's
+group_add and group_discard do, for many groups at once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 
-from chat.upstream.channels_redis import group_add_many
+from chat.upstream.channels_redis import group_add_many, group_discard_many
 from tests.conftest import REDIS_URL
 
 WAIT = 5.0
@@ -65,3 +66,19 @@ async def test_other_layers_get_their_own_group_add():
     await group_add_many(layer, ["chat.all", "chat.user.3"], channel)
     await layer.group_send("chat.user.3", {"type": "probe"})
     assert await asyncio.wait_for(layer.receive(channel), WAIT) == {"type": "probe"}
+
+
+async def test_discarded_as_group_discard_discards_on_each_groups_shard(two_shards):
+    layer = two_shards
+    channel, other = await layer.new_channel("chatworker"), await layer.new_channel("chatworker")
+    groups = [f"chat.group.{n}" for n in range(2500)]  # more than one script call per shard
+    assert len({layer.consistent_hash(g) for g in groups}) == 2, "the groups span both shards"
+    await group_add_many(layer, groups, channel)
+    await group_add_many(layer, groups[:3], other)
+
+    await group_discard_many(layer, groups, channel)
+
+    for group in groups:
+        redis = layer.connection(layer.consistent_hash(group))
+        members = await redis.zrange(layer._group_key(group), 0, -1)
+        assert members == ([other.encode()] if group in groups[:3] else [])

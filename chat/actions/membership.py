@@ -6,7 +6,8 @@ from channels.db import database_sync_to_async
 
 from chat.actions.budget import spend_membership_change
 from chat.actions.services import Actor, Reply, Services, reply
-from chat.groups import group_join, group_leave
+from chat.groups import group_leave
+from chat.joining import JoinRequest
 from chat.models import group_key
 from chat.protocol import Join, Leave
 
@@ -14,7 +15,8 @@ from chat.protocol import Join, Leave
 async def join(services: Services, actor: Actor, command: Join) -> Reply:
     """Join (creating the group on first join); others hear of it only if it changed anything."""
     await spend_membership_change(services, actor, "join")
-    change = await database_sync_to_async(group_join)(user=actor.user, name=command.group)
+    # Committed before the reply, with the joins that arrived meanwhile (chat.joining).
+    change = await services.join_group(JoinRequest(actor.user, command.group))
     services.group_named[group_key(change.group)] = (change.group_id, change.group)
     await services.outbox.membership_changed(
         {"type": "joined", "group": change.group, "user": actor.username},

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from chat.coalesce import Coalescer
     from chat.conversations import ReadMove, ReadRequest
+    from chat.groups import MembershipChange
+    from chat.joining import JoinRequest
     from chat.message_changes import Change
     from chat.presence import PresenceStore
     from chat.ratelimit import RateLimiter
@@ -50,6 +52,9 @@ class Outbox(Protocol):
 
     async def to_group(self, group_id: int, event: Event, *, exclude_user: int) -> None:
         """A group's online members but one user, on every worker."""
+
+    async def to_everyone(self, event: Event, *, exclude_connection: str | None = None) -> None:
+        """Every socket online, the user's own too, on every worker (profile)."""
 
     async def to_message_audience(
         self, change: Change, event: Event, *, exclude_connection: str | None = None
@@ -109,6 +114,9 @@ class WorkerParts(Protocol):
     @property
     def last_marks_of(self) -> Coalescer[int, tuple[int, int]]: ...
 
+    @property
+    def join_group(self) -> Coalescer[JoinRequest, MembershipChange]: ...
+
 
 class Services:
     """One worker's collaborators for actions: the hub's outbox and roster, and its parts.
@@ -153,6 +161,11 @@ class Services:
     def last_marks_of(self) -> Coalescer[int, tuple[int, int]]:
         """A user's newest visible message id and change `rev`, for the greeting."""
         return self._parts.last_marks_of
+
+    @property
+    def join_group(self) -> Coalescer[JoinRequest, MembershipChange]:
+        """Joins arriving together, committed in one transaction (`chat.joining`)."""
+        return self._parts.join_group
 
 
 def reply(kind: str, ref: str | None, **fields: Any) -> Reply:

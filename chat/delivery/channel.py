@@ -66,7 +66,12 @@ class WorkerChannel:
     async def leave_many(self, layer_groups: Sequence[str]) -> None:
         """Remove this channel from the layer groups, in one trip per Redis shard."""
         async with self._slots:
-            await group_discard_many(self.layer, layer_groups, self.name)
+            await group_discard_many(
+                self.layer,
+                layer_groups,
+                self.name,
+                batched=upstream.is_on(upstream.PIPELINED_JOINS),
+            )
 
     async def leave(self, layer_group: str, channel: str | None = None) -> None:
         """Remove this channel (or a dead worker's) from a layer group."""

@@ -9,7 +9,6 @@ take its channel out of them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
@@ -40,7 +39,7 @@ class LayerSubscriptions:
         # Joined, or to be joined again by `refresh` after a failure.
         self.names: set[str] = set()
         # Layer groups that sockets opening together need are joined in one
-        # Redis pipeline, and recorded for the reaper in one call.
+        # Redis trip, and recorded for the reaper in one call.
         self.joining: Coalescer[str, None] = Coalescer(self._join)
 
     async def subscribe(self, layer_groups: Iterable[str]) -> None:
@@ -49,7 +48,7 @@ class LayerSubscriptions:
         if len(added) == 1:
             await self.joining(added[0])
         elif added:
-            await asyncio.gather(*(self.joining(layer_group) for layer_group in added))
+            await self.joining.many(added)
 
     async def _join(self, layer_groups: list[str]) -> list[None]:
         """Join the groups and record them, or note the failure.

@@ -22,7 +22,9 @@
  * sends `sync` from the highest message id it has seen (or from where a sync
  * cut off by a close had got to) and emits each missed message as a
  * "message" event; ids already seen are dropped, so listeners never get one
- * twice.
+ * twice. Then (protocol 1.2) it sends `changes` from the highest `rev` it has
+ * seen and emits each message that changed meanwhile (edited, deleted, its
+ * reactions) as a "changed" event carrying the message as it is now.
  *
  * The "offline" status that announces a wait carries `retryIn` (ms) and
  * `retryAt` (a Date.now() time), so a page can count down. The wait is cut
@@ -56,6 +58,10 @@
       // starts there, not at lastId, which a live message that came after the
       // hello may have raised past messages stored just before it.
       this.resumeFrom = null;
+      // Protocol 1.2: the highest change number seen, and where `changes` resumes.
+      this.lastRev = 0;
+      this.changesFrom = null;
+      this.changeRounds = 0;  // `changes` rounds completed (tests and debugging)
       this.nextRef = 1;
       this.attempt = 0;
       this.greeted = false;   // a hello has been received on some connection
@@ -158,12 +164,16 @@
         const resumed = this.greeted;
         this.greeted = true;
         this.attempt = 0;
-        if (!resumed) this.lastId = Math.max(this.lastId, event.last_id || 0);
+        if (!resumed) {
+          this.lastId = Math.max(this.lastId, event.last_id || 0);
+          this.lastRev = Math.max(this.lastRev, event.last_rev || 0);
+        }
         this.emit("status", {state: "online"});
         this.emit("hello", Object.assign({resumed}, event));
         if (resumed) this.catchUp();
         return;
       }
+      this.noteRev(event);
       if (event.type === "message" && !this.accept(event)) return;
       if (event.ref !== undefined && this.pending.has(event.ref)) {
         const p = this.pending.get(event.ref);
@@ -182,10 +192,20 @@
       return true;
     }
 
-    /** After a reconnect: every message with an id above the highest seen. */
+    /** The highest `rev` seen, from messages, edits, deletes and reactions (1.2). */
+    noteRev(event) {
+      const rev = event.type === "edited" || event.type === "deleted"
+        ? event.message && event.message.rev : event.rev;
+      if (typeof rev === "number") this.lastRev = Math.max(this.lastRev, rev);
+    }
+
+    /** After a reconnect: every message with an id above the highest seen, then every change. */
     async catchUp() {
       let since = this.resumeFrom ?? this.lastId;
       this.resumeFrom = since;
+      // Taken now, before live events of this connection raise lastRev.
+      const revFrom = this.changesFrom ?? this.lastRev;
+      this.changesFrom = revFrom;
       try {
         for (;;) {
           const reply = await this.request({type: "sync", since});
@@ -201,6 +221,28 @@
         this.emit("synced", {since});
       } catch (e) {
         // The socket closed mid-sync: the next hello syncs again.
+        return;
+      }
+      await this.catchUpChanges(revFrom);
+    }
+
+    /** Every message whose `rev` is above `rev`, as it is now, each as a "changed" event. */
+    async catchUpChanges(rev) {
+      try {
+        for (;;) {
+          const reply = await this.request({type: "changes", since: rev});
+          for (const m of reply.messages) {
+            rev = Math.max(rev, m.rev);
+            this.emit("changed", Object.assign({type: "changed"}, m));
+          }
+          this.changesFrom = rev;
+          if (!reply.more || !reply.messages.length) break;
+        }
+        this.changesFrom = null;
+        this.lastRev = Math.max(this.lastRev, rev);
+        this.changeRounds += 1;
+      } catch (e) {
+        // Closed meanwhile (the next hello asks again), or a server before 1.2.
       }
     }
 

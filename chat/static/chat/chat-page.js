@@ -21,12 +21,22 @@
     not_member: "You are not a member of this group. Join it to read and send messages.",
     no_such_user: "There is no user with that name.",
     bad_group: "Group names are 1 to 64 letters, digits, spaces or _ - . (no space at either end).",
+    too_many_groups: "You are in as many groups as one may be. Leave one to join another.",
     unavailable: "The server could not store that right now. Try again in a moment.",
     not_connected: "Not connected, so nothing was sent. Try again once the connection is back.",
     disconnected: "The connection dropped before the server confirmed it. Retry is safe: it will not be sent twice.",
     timeout: "The server did not answer in time. Try again.",
+    no_such_message: "That message is gone (deleted, or no longer visible to you).",
+    not_yours: "Only its author can change that message.",
+    too_late: "That message is too old to edit.",
+    bad_emoji: "That is not an emoji the server knows.",
+    too_many_reactions: "That message already has as many different reactions as it can hold.",
   };
-  const describeError = (error) => ERROR_TEXT[error.code] || error.message || "Something went wrong.";
+  const describeError = (error) =>
+    // A well-formed group name refused as a look-alike (or for invisible
+    // characters): only the server's message says which group it resembles.
+    (error.code === "bad_group" && /looks like|invisible/.test(error.message || "") && error.message)
+    || ERROR_TEXT[error.code] || error.message || "Something went wrong.";
 
   // -- state -----------------------------------------------------------------
 
@@ -36,7 +46,12 @@
     conversations: new Map(), // key -> conversation
     openKey: null,
     membersOpen: window.matchMedia("(min-width: 1100px)").matches,
+    // Protocol 1.2: the message being edited in place, the one being answered, an open picker.
+    editingId: null,
+    replyTo: null,
+    pickerFor: null,
   };
+  const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
   function keyOf(address) {
     if (address.all) return "all";
@@ -138,7 +153,10 @@
       dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
       onclick: () => openConversation(address),
     }, extra.icon, el("span", {className: "conv-text"}, el("span", {className: "conv-name", text: label}),
-      typingOrPreview(conv)), extra.status || null, badge(conv.unread));
+      typingOrPreview(conv)), extra.status || null,
+      conv.mentions ? el("span", {className: "mention-badge", text: "@",
+        title: plural(conv.mentions, "mention"), "aria-label": plural(conv.mentions, "unread mention")}) : null,
+      badge(conv.unread));
     return el("li", {className: isOpen ? "active" : "", dataset: {key}}, button);
   }
 
@@ -231,6 +249,27 @@
   }
 
   /** Text nodes, with http(s) links as anchors; nothing else becomes markup. */
+  /** Text nodes with each `@name` the server resolved as a mention marked (one's own more strongly). */
+  function mentionified(nodes, names) {
+    if (!names || !names.length) return nodes;
+    const longestFirst = [...names].sort((a, b) => b.length - a.length);
+    const escaped = longestFirst.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    const pattern = new RegExp("@(" + escaped.join("|") + ")", "g");
+    const out = [];
+    for (const node of nodes) {
+      if (node.nodeType !== Node.TEXT_NODE) { out.push(node); continue; }
+      const text = node.textContent;
+      let rest = 0;
+      for (const match of text.matchAll(pattern)) {
+        out.push(document.createTextNode(text.slice(rest, match.index)));
+        out.push(el("span", {className: "mention" + (match[1] === me ? " me" : ""), text: match[0]}));
+        rest = match.index + match[0].length;
+      }
+      out.push(document.createTextNode(text.slice(rest)));
+    }
+    return out;
+  }
+
   function linkified(text) {
     const parts = [];
     let rest = 0;
@@ -265,8 +304,127 @@
     }
     // dir=auto isolates the text: a right-to-left override in it cannot
     // reorder the name, time or messages around it.
-    item.append(el("div", {className: "body", dir: "auto"}, ...linkified(m.body)));
+    if (m.reply_to) {
+      item.append(el("button", {type: "button", className: "reply-quote", dir: "auto",
+        title: "Show the message this answers", onclick: () => jumpTo(m.reply_to.id)},
+        el("bdi", {className: "reply-from", text: m.reply_to.from}),
+        el("span", {text: m.reply_to.excerpt || "This message was deleted"})));
+    }
+    if (m.deleted) {
+      item.classList.add("deleted");
+      item.append(el("div", {className: "body", text: "This message was deleted"}));
+      return item;
+    }
+    if (state.editingId === m.id) {
+      item.append(editor(m));
+    } else {
+      item.append(el("div", {className: "body", dir: "auto"}, ...mentionified(linkified(m.body), m.mentions),
+        m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
+          text: " (edited)"}) : null));
+    }
+    if (m.reactions && m.reactions.length) {
+      item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) => {
+        const mine = r.users.includes(me);
+        return el("button", {type: "button", className: "reaction" + (mine ? " mine" : ""),
+          title: r.users.join(", "), "aria-pressed": String(mine), text: `${r.emoji} ${r.count}`,
+          onclick: () => react(m, r.emoji, !mine)});
+      })));
+    }
+    item.append(messageMenu(m, own));
+    // The picker stays open without the pointer on it (a phone has none).
+    if (state.pickerFor === m.id) item.classList.add("menu-open");
     return item;
+  }
+
+  // -- protocol 1.2: the message menu (reply, react, edit, delete) -----------
+
+  function messageMenu(m, own) {
+    const menu = el("div", {className: "message-menu"},
+      el("button", {type: "button", text: "Reply", onclick: () => startReply(m)}),
+      el("button", {type: "button", text: "React", "aria-expanded": String(state.pickerFor === m.id),
+        onclick: () => { state.pickerFor = state.pickerFor === m.id ? null : m.id; renderMessages(); }}));
+    if (own) {
+      menu.append(
+        el("button", {type: "button", text: "Edit", onclick: () => { state.editingId = m.id; renderMessages(); }}),
+        el("button", {type: "button", text: "Delete", onclick: () => removeMessage(m)}));
+    }
+    if (state.pickerFor === m.id) {
+      menu.append(el("div", {className: "emoji-picker", role: "group", "aria-label": "React with"},
+        ...COMMON_EMOJI.map((emoji) => el("button", {type: "button", className: "emoji", text: emoji,
+          onclick: () => { state.pickerFor = null; react(m, emoji, true); }}))));
+    }
+    return menu;
+  }
+
+  function editor(m) {
+    const box = el("textarea", {className: "edit-box", rows: "2", "aria-label": "Edit message"});
+    box.value = m.body;
+    box.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { ev.preventDefault(); state.editingId = null; renderMessages(); }
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); saveEdit(m, box.value); }
+    });
+    setTimeout(() => box.focus(), 0);
+    return box;
+  }
+
+  async function saveEdit(m, body) {
+    state.editingId = null;
+    if (body.trim() && body !== m.body) {
+      try { await client.request({type: "edit", id: m.id, body}); }
+      catch (error) { showError($("send-error"), describeError(error)); }
+    }
+    renderMessages();
+  }
+
+  async function removeMessage(m) {
+    if (!window.confirm("Delete this message for everyone?")) return;
+    try { await client.request({type: "delete", id: m.id}); }
+    catch (error) { showError($("send-error"), describeError(error)); }
+  }
+
+  async function react(m, emoji, on) {
+    try { await client.request({type: on ? "react" : "unreact", id: m.id, emoji}); }
+    catch (error) { showError($("send-error"), describeError(error)); }
+  }
+
+  function startReply(m) {
+    state.replyTo = {id: m.id, from: m.from, excerpt: m.body.slice(0, 100), key: state.openKey};
+    renderReplyBar();
+    $("body").focus();
+  }
+
+  function renderReplyBar() {
+    let bar = $("reply-bar");
+    if (!bar) {
+      bar = el("div", {id: "reply-bar", className: "reply-bar"});
+      $("composer").before(bar);
+    }
+    const reply = state.replyTo && state.replyTo.key === state.openKey ? state.replyTo : null;
+    bar.hidden = !reply;
+    bar.replaceChildren();
+    if (reply) {
+      bar.append(el("span", {className: "reply-label", text: "Replying to "}),
+        el("bdi", {className: "reply-from", text: reply.from}),
+        el("span", {className: "reply-excerpt", dir: "auto", text: reply.excerpt}),
+        el("button", {type: "button", className: "ghost", text: "Cancel",
+          onclick: () => { state.replyTo = null; renderReplyBar(); }}));
+    }
+  }
+
+  /** Scroll to a message, loading older history until it is there (or there is no more). */
+  async function jumpTo(id) {
+    const conv = state.conversations.get(state.openKey);
+    if (!conv) return;
+    for (let page = 0; page < 50 && !conv.messages.has(id) && !conv.complete; page += 1) {
+      const before = conv.messages.size;
+      await loadHistory(conv);
+      if (conv.messages.size === before && !conv.complete) break;
+    }
+    const target = $("message-list").querySelector(`li.message[data-id="${id}"]`);
+    if (!target) return;
+    target.scrollIntoView({block: "center"});
+    target.classList.add("jumped");
+    setTimeout(() => target.classList.remove("jumped"), 2000);
   }
 
   // The jump is offered only while the first unread message is scrolled out of sight.
@@ -434,6 +592,7 @@
     renderHeader();
     renderMembers();
     renderMessages();
+    renderReplyBar();
   }
 
   async function loadHistory(conv) {
@@ -526,6 +685,7 @@
     conv.landingPages = 0;
     conv.awaitingList = !state.listed;
     conv.unread = 0;
+    conv.mentions = 0;
     markRead(conv);
     $("body").value = conv.draft;
     showError($("send-error"), "");
@@ -579,6 +739,7 @@
         conv.awaitingList = false;
         conv.readId = Math.max(conv.readId, item.read_id);
         conv.unread = isShowing(conv) ? 0 : item.unread;
+        conv.mentions = isShowing(conv) ? 0 : (item.mentions || 0);
         if (item.last) conv.messages.size && conv.messages.set(item.last.id, item.last);
       }
       if (!reply.more) break;
@@ -688,11 +849,40 @@
     // Read only while it is on screen: a hidden tab counts it for the title badge.
     if (m.from !== me && !(isShowing(conv) && !document.hidden) && m.id > conv.readId) {
       conv.unread += 1;
+      if ((m.mentions || []).includes(me)) conv.mentions = (conv.mentions || 0) + 1;
       notify(conv, m);
     }
     if (isShowing(conv) && !document.hidden) markRead(conv);
     if (state.openKey === conv.key) { renderMessages(); renderTyping(); }
     renderSidebar();
+  });
+
+  // Protocol 1.2: a message as it is now (edited, deleted, its reactions), if it is shown.
+  function messageChanged(m) {
+    const conv = conversation(addressOfMessage(m));
+    if (!conv.messages.has(m.id) && !(conv.last && conv.last.id === m.id)) return;
+    if (conv.messages.has(m.id)) conv.messages.set(m.id, m);
+    if (conv.last && conv.last.id === m.id) conv.last = m;
+    if (state.openKey === conv.key) renderMessages();
+    renderSidebar();
+  }
+
+  client.on("edited", (e) => messageChanged(e.message));
+  client.on("deleted", (e) => messageChanged(e.message));
+  client.on("changed", (m) => messageChanged(m));
+
+  client.on("reaction", (r) => {
+    for (const conv of state.conversations.values()) {
+      const m = conv.messages.get(r.id);
+      if (!m) continue;
+      const reactions = (m.reactions || []).map((x) => Object.assign({}, x, {users: [...x.users]}));
+      let entry = reactions.find((x) => x.emoji === r.emoji);
+      if (!entry) { entry = {emoji: r.emoji, count: 0, users: []}; reactions.push(entry); }
+      entry.count = r.count;
+      if (r.on && !entry.users.includes(r.user) && entry.users.length < 20) entry.users.push(r.user);
+      if (!r.on) entry.users = entry.users.filter((u) => u !== r.user);
+      messageChanged(Object.assign({}, m, {rev: r.rev, reactions: reactions.filter((x) => x.count > 0)}));
+    }
   });
 
   client.on("presence", (p) => {
@@ -708,6 +898,8 @@
     const newest = conv.last ? conv.last.id : 0;
     conv.unread = r.id >= newest ? 0
       : [...conv.messages.values()].filter((m) => m.id > conv.readId && m.from !== me).length;
+    conv.mentions = r.id >= newest ? 0 : [...conv.messages.values()].filter((m) =>
+      m.id > conv.readId && m.from !== me && (m.mentions || []).includes(me)).length;
     renderSidebar();
   });
 
@@ -738,7 +930,9 @@
   // -- desktop notifications and the title badge (opt-in) ---------------------
 
   function notify(conv, m) {
-    if (!document.hidden || conv.address.user === undefined) return;
+    // Direct messages notify, and (1.2) messages that mention this user, even in a group.
+    const mentioned = (m.mentions || []).includes(me);
+    if (!document.hidden || (conv.address.user === undefined && !mentioned)) return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     if (localStorage.getItem("chat-notify") !== "on") return;
     const note = new Notification(m.from, {body: m.body.slice(0, 200), tag: conv.key});
@@ -747,7 +941,7 @@
 
   document.addEventListener("visibilitychange", () => {
     const conv = state.conversations.get(state.openKey);
-    if (!document.hidden && conv && isShowing(conv)) { conv.unread = 0; markRead(conv); }
+    if (!document.hidden && conv && isShowing(conv)) { conv.unread = 0; conv.mentions = 0; markRead(conv); }
     renderSidebar();
   });
 
@@ -800,7 +994,10 @@
     conv.draft = "";
     autosize();
     showError($("send-error"), "");
-    await sendBody(conv, body);
+    const reply = state.replyTo && state.replyTo.key === conv.key ? state.replyTo.id : undefined;
+    state.replyTo = null;
+    renderReplyBar();
+    await sendBody(conv, body, newCid(), reply);
   }
 
   const KEPT_ERRORS = new Set(["rate_limited", "unavailable", "not_connected", "disconnected", "timeout"]);
@@ -817,9 +1014,11 @@
    * Its cid goes with every try: if the connection dropped after the server
    * stored it, the retry gets the first ack and sync brings the message once.
    */
-  async function sendBody(conv, body, cid = newCid()) {
+  async function sendBody(conv, body, cid = newCid(), replyTo = undefined) {
     try {
-      await client.request({type: "send", to: conv.address, body, cid});
+      const command = {type: "send", to: conv.address, body, cid};
+      if (replyTo !== undefined) command.reply_to = replyTo;
+      await client.request(command);
     } catch (error) {
       // Its message came before the connection dropped: it got through.
       if ([...conv.messages.values()].some((m) => m.from === me && m.cid === cid)) return;
@@ -848,9 +1047,71 @@
 
   $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); send(); });
   $("body").addEventListener("keydown", (ev) => {
+    const offered = $("mention-list");
+    if (ev.key === "Tab" && offered && !offered.hidden && offered.firstChild) {
+      ev.preventDefault();
+      offered.firstChild.click();
+      return;
+    }
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
   });
-  $("body").addEventListener("input", () => { autosize(); showError($("send-error"), ""); sendTyping(); });
+  $("body").addEventListener("input", () => {
+    autosize(); showError($("send-error"), ""); sendTyping();
+    clearTimeout(mentionTimer);
+    mentionTimer = setTimeout(offerMentions, 150);
+  });
+  let mentionTimer = null;
+
+  // -- protocol 1.2: typing `@` offers people, the conversation's members first --
+
+  function mentionPrefix() {
+    const box = $("body");
+    const before = box.value.slice(0, box.selectionStart);
+    const match = before.match(/(^|[^\w.@+-])@([\w.@+-]{0,150})$/u);
+    return match ? match[2] : null;
+  }
+
+  async function offerMentions() {
+    const prefix = mentionPrefix();
+    const conv = state.conversations.get(state.openKey);
+    if (prefix === null || !conv) { renderMentionList([]); return; }
+    const folded = prefix.toLowerCase();
+    const first = [];
+    if (conv.address.user !== undefined) first.push(conv.address.user);
+    for (const m of conv.members || []) first.push(m.user);
+    let others = [];
+    try {
+      const reply = await client.request({type: "users", q: prefix, limit: 8});
+      others = reply.users.map((u) => u.user);
+    } catch (error) { /* offline: members only */ }
+    if (mentionPrefix() !== prefix) return; // typed on meanwhile
+    const names = [...new Set([...first, ...others])]
+      .filter((n) => n !== me && n.toLowerCase().startsWith(folded)).slice(0, 6);
+    renderMentionList(names);
+  }
+
+  function renderMentionList(names) {
+    let list = $("mention-list");
+    if (!list) {
+      list = el("div", {id: "mention-list", className: "mention-list", role: "listbox",
+        "aria-label": "People to mention"});
+      $("composer").before(list);
+    }
+    list.replaceChildren(...names.map((name) => el("button", {type: "button", role: "option",
+      className: "mention-option", text: "@" + name, onclick: () => pickMention(name)})));
+    list.hidden = names.length === 0;
+  }
+
+  function pickMention(name) {
+    const box = $("body");
+    const prefix = mentionPrefix();
+    if (prefix === null) return;
+    const at = box.selectionStart - prefix.length;
+    box.value = box.value.slice(0, at) + name + " " + box.value.slice(box.selectionStart);
+    box.selectionStart = box.selectionEnd = at + name.length + 1;
+    renderMentionList([]);
+    box.focus();
+  }
 
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
