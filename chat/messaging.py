@@ -35,6 +35,7 @@ from chat import audience
 from chat.database import note_answered, note_if_timeout
 from chat.mentions import MentionRequest, resolve, stored_form
 from chat.models import ChatGroup, Membership, Message, Reaction, group_key
+from chat.profiles import name_of, refresh_names
 from chat.protocol import (
     NO_SUCH_MESSAGE,
     SYNC_MAX_MESSAGES,
@@ -69,7 +70,13 @@ def format_ts(moment: datetime) -> str:
 
 
 # Messages selected with what `message_json` reads.
-MESSAGE_RELATED = ("sender", "recipient", "group", "reply_to", "reply_to__sender")
+MESSAGE_RELATED = (
+    "sender__chat_profile",
+    "recipient",
+    "group",
+    "reply_to",
+    "reply_to__sender",
+)
 # Characters of the replied message's body that a reply quotes.
 EXCERPT_CHARS = 100
 # Reactors listed per emoji; `count` says how many there are in all.
@@ -94,6 +101,8 @@ def message_json(message: Message, reactions: list[dict[str, Any]] | None = None
     json = {
         "id": message.id,
         "from": message.sender.get_username(),
+        # The sender's name now, not when they sent it (protocol 1.2).
+        "from_name": name_of(message.sender),
         "to": to,
         "body": message.body,
         "ts": format_ts(message.created_at),
@@ -366,6 +375,7 @@ def _same_conversation(message: Message, request: SendRequest) -> bool:
 def _send_many(requests: Sequence[SendRequest]) -> list[StoredMessage | ChatError]:
     if not requests:
         return []
+    refresh_names(r.sender for r in requests)
     extras = _extras(requests)
     accepted = [(r, e) for r, e in zip(requests, extras, strict=True) if isinstance(e, _Extras)]
     if len(accepted) == len(requests):
@@ -492,6 +502,7 @@ def _send_in_one_statement(
             "type": "message",
             "id": pk,
             "from": request.sender.get_username(),
+            "from_name": name_of(request.sender),
             # A group as its creator spelled it, whatever the case the sender used.
             "to": {"group": group_name} if request.to.kind == "group" else request.to.as_json(),
             "body": request.body,

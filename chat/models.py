@@ -388,3 +388,22 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.size} bytes)"
+
+
+class Profile(models.Model):
+    """What a user chose to be called; a user without one is called by their username.
+
+    Names are not unique and the look-alike rule does not apply: the username
+    stays the identity, the name only what people read (`chat.profiles`).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="chat_profile",
+    )
+    name = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return self.name

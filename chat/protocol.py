@@ -402,6 +402,50 @@ class Groups:
         return cls(q=q, limit=limit, ref=ref)
 
 
+# -- protocol 1.2: display names -----------------------------------------------
+
+MAX_NAME_CHARS = 64
+# Control (Cc), format (Cf: bidi overrides, zero-width), surrogate, private-use
+# and unassigned characters: they would hide or reorder what others read.
+_REFUSED_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
+def display_name_refusal(name: object) -> str | None:
+    """Why `name` cannot be a display name, or None if it can (once trimmed).
+
+    Names need not be unique and the look-alike rule does not apply: the
+    username stays the identity, the name is only what people read.
+    """
+    if not isinstance(name, str):
+        return "name must be a string"
+    name = name.strip()
+    if not name:
+        return "name must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"name must be at most {MAX_NAME_CHARS} characters"
+    for char in name:
+        if unicodedata.category(char) in _REFUSED_NAME_CATEGORIES:
+            return f"name must not contain the control or format character U+{ord(char):04X}"
+        if char.isspace() and char != " ":
+            return f"name must not contain the line or space character U+{ord(char):04X}"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    type: ClassVar[str] = "profile"
+    name: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Profile:
+        _require(data, cls.type, "name")
+        refused = display_name_refusal(data["name"])
+        if refused is not None:
+            raise ChatError(BAD_COMMAND, refused)
+        return cls(name=data["name"].strip(), ref=ref)
+
+
 # -- protocol 1.2: changing messages ------------------------------------------
 
 # Longer than any emoji sequence: longer strings are `bad_emoji` unread.
@@ -509,6 +553,7 @@ Command = (
     | React
     | Unreact
     | Changes
+    | Profile
 )
 # Each command class by its `type`, for `parse_command`.
 COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}

@@ -57,6 +57,8 @@ COMMAND_COSTS: dict[str, int] = {
     "react": 1,
     "unreact": 1,
     "changes": 3,
+    # A name change writes one row and tells everyone online.
+    "profile": 2,
     # Opening a socket (not a command): it loads and subscribes to each of the
     # user's groups, so a client reconnecting in a loop spends from the budget
     # too, and is refused (4429) past it. One token, so a budget of one still

@@ -53,6 +53,11 @@ class RecordingOutbox:
         audience = ("message", change.user_ids, change.group_id, change.everyone)
         self.told.append(((*audience, exclude_connection), event))
 
+    async def to_everyone(
+        self, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        self.told.append((("everyone", exclude_connection), event))
+
     async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
         self.told.append((("group receipt", group_id, reader_id), event))
 

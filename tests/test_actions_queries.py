@@ -60,8 +60,14 @@ async def test_members_with_presence_and_last_seen(bench, alice, bob):  # noqa: 
     reply = await queries.members(bench.services, actor(alice), Members(group="g"))
     assert reply["group"] == "G"
     assert reply["members"] == [
-        {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
-        {"user": "bob", "online": False, "last_seen": "2026-01-01T00:00:00.000Z", "read_id": 0},
+        {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {
+            "user": "bob",
+            "name": "bob",
+            "online": False,
+            "last_seen": "2026-01-01T00:00:00.000Z",
+            "read_id": 0,
+        },
     ]
 
 
@@ -84,7 +90,7 @@ async def test_users_and_groups_find_by_prefix(bench, alice, bob):  # noqa: F811
     await membership.join(bench.services, actor(bob), Join(group="Bakers"))
     bench.outbox.online_users = ("bob",)
     users = await queries.users(bench.services, actor(alice), Users(q="b"))
-    assert users["users"] == [{"user": "bob", "online": True, "last_seen": None}]
+    assert users["users"] == [{"user": "bob", "name": "bob", "online": True, "last_seen": None}]
     groups = await queries.groups(bench.services, actor(alice), Groups(q="bak"))
     assert groups["groups"] == [{"group": "Bakers", "members": 1, "online": None, "member": False}]
 
@@ -99,6 +105,7 @@ async def test_ping_and_hello(bench, alice):  # noqa: F811
     assert hello == {
         "type": "hello",
         "user": "alice",
+        "name": "alice",
         "online": ("alice",),
         "groups": ["G"],
         "last_id": 0,

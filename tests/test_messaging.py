@@ -154,6 +154,7 @@ def test_stored_event_is_the_protocol_message(alice, bob):
         "type": "message",
         "id": stored.id,
         "from": "alice",
+        "from_name": "alice",
         "to": {"user": "bob"},
         "body": "héllo 👋",
         "ts": stored.ts,

@@ -307,7 +307,12 @@ async def test_users_lists_online_first_with_last_seen_and_guests_only_while_onl
 
     bobs = await alice_socket.request(type="users", q="BOB", limit=5)
     assert [u["user"] for u in bobs["users"]] == ["bob", "bobby"]
-    assert bobs["users"][1] == {"user": "bobby", "online": False, "last_seen": None}
+    assert bobs["users"][1] == {
+        "user": "bobby",
+        "name": "bobby",
+        "online": False,
+        "last_seen": None,
+    }
     assert await error_of(alice_socket, type="users", limit=51) == "bad_command"
     assert await error_of(alice_socket, type="users", q=5) == "bad_command"
 
@@ -326,8 +331,14 @@ async def test_presence_offline_and_members_carry_last_seen(layer, connect, alic
     members = await alice_socket.request(type="members", group="g")
     assert members["group"] == "G"
     assert members["members"] == [
-        {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
-        {"user": "bob", "online": False, "last_seen": offline["last_seen"], "read_id": 0},
+        {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {
+            "user": "bob",
+            "name": "bob",
+            "online": False,
+            "last_seen": offline["last_seen"],
+            "read_id": 0,
+        },
     ]
 
 

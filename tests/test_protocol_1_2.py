@@ -285,3 +285,53 @@ async def test_the_database_holds_nothing_of_a_deleted_message(layer, connect, a
     assert "🦄" not in text
     row = await database_sync_to_async(lambda: Message.objects.get(id=sent))()
     assert (row.body, row.mentions, row.reply_to_id) == ("", "", None)
+
+
+# -- display names ---------------------------------------------------------------
+
+
+async def test_a_changed_name_reaches_everyone_online_and_the_users_other_sockets(
+    layer, connect, alice, bob, carol
+):
+    alice1, alice2 = await connect(alice), await connect(alice)
+    bob_socket = await connect(bob)
+    assert alice1.hello["name"] == "alice"
+
+    reply = await alice1.request(type="profile", name=" Alice L. ")
+
+    assert reply["type"] == "profile"
+    assert (reply["user"], reply["name"]) == ("alice", "Alice L.")
+    for client in (alice2, bob_socket):
+        event = await client.expect("profile")
+        assert event == {"type": "profile", "user": "alice", "name": "Alice L."}
+    await alice1.assert_nothing("profile")
+    carol_socket = await connect(carol)
+    sent = await send_ok(carol_socket, ALL, "hello")
+    live = await alice1.expect("message", id=sent)
+    assert live["from_name"] == "carol"
+    await send_ok(alice2, ALL, "from the other socket")
+    seen = await bob_socket.expect("message", **{"from": "alice"})
+    assert seen["from_name"] == "Alice L."
+    users = await carol_socket.request(type="users", q="ali")
+    assert users["users"][0]["name"] == "Alice L."
+    assert (await connect(alice)).hello["name"] == "Alice L."
+
+
+async def test_group_members_carry_names(layer, connect, alice, bob):
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    for client in (alice_socket, bob_socket):
+        assert (await client.request(type="join", group="G"))["type"] == "joined"
+    await bob_socket.request(type="profile", name="Robert")
+    members = await alice_socket.request(type="members", group="G")
+    assert {(m["user"], m["name"]) for m in members["members"]} == {
+        ("alice", "alice"),
+        ("bob", "Robert"),
+    }
+
+
+async def test_a_bad_name_is_refused_and_the_socket_stays_open(layer, connect, alice):
+    alice_socket = await connect(alice)
+    for name in ("", "x" * 65, "a\u202eb", None):
+        assert await error_of(alice_socket, type="profile", name=name) == "bad_command"
+    assert (await alice_socket.request(type="ping"))["type"] == "pong"
+    assert (await connect(alice)).hello["name"] == "alice"

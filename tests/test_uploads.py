@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -414,3 +415,39 @@ async def test_metrics_count_uploads_and_their_bytes(alice, settings):
     }
     assert samples["chat_uploads_stored"] == 2
     assert samples["chat_upload_bytes_stored"] == 500
+
+
+def test_memory_does_not_grow_with_the_file_size(alice):
+    """20 MB up and down: what the server allocates stays at a few chunks' worth."""
+    import tracemalloc
+
+    from django.test import RequestFactory
+
+    from chat.upload_views import download, upload
+
+    data = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    request = RequestFactory().post(
+        "/uploads/",
+        {"file": SimpleUploadedFile("big.bin", data)},
+        headers={"X-CSRFToken": "checked-elsewhere"},
+    )
+    request.user = alice
+    request._dont_enforce_csrf_checks = True
+    tracemalloc.start()
+    try:
+        response = upload(request)
+        _, upload_peak = tracemalloc.get_traced_memory()
+        assert response.status_code == 201, response.content
+        tracemalloc.reset_peak()
+        body = json.loads(response.content)
+        fetch = RequestFactory().get(body["url"])
+        fetch.user = alice
+        served = download(fetch, body["upload"])
+        total = sum(len(chunk) for chunk in served.streaming_content)
+        served.close()
+        _, download_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == len(data)
+    assert upload_peak < 4 * 1024 * 1024, upload_peak
+    assert download_peak < 2 * 1024 * 1024, download_peak

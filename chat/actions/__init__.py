@@ -5,8 +5,8 @@ action with the worker's `Services` and the acting user (`Actor`). The action
 checks the rules, changes the store, names the audience of every event it
 causes through the `Outbox` (the hub carries them), and returns the reply.
 Families: `sending`, `changing` (edit, delete, react), `membership`,
-`reading` (read positions, receipts, typing) and `queries` (the read-only
-commands).
+`reading` (read positions, receipts, typing), `naming` (display names) and
+`queries` (the read-only commands).
 
 `COMMANDS` is the one table from a command `type` to its parser and action.
 Adding a command: its dataclass with `type` and `parse` in `chat.protocol`
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chat.actions import changing, membership, queries, reading, sending
+from chat.actions import changing, membership, naming, queries, reading, sending
 from chat.actions.budget import spend
 from chat.actions.services import Actor, Outbox, Reply, Roster, Services
 from chat.protocol import (
@@ -35,6 +35,7 @@ from chat.protocol import (
     Leave,
     Members,
     Ping,
+    Profile,
     React,
     Read,
     Send,
@@ -93,6 +94,8 @@ COMMANDS: dict[str, Entry] = {
     React.type: Entry(React.parse, changing.react),
     Unreact.type: Entry(Unreact.parse, changing.unreact),
     Changes.type: Entry(Changes.parse, queries.changes, reads=True),
+    # Protocol 1.2: display names.
+    Profile.type: Entry(Profile.parse, naming.profile),
 }
 
 

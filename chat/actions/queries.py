@@ -23,6 +23,7 @@ from chat.groups import group_members_read
 from chat.message_changes import message_changes
 from chat.messaging import message_history_page, message_sync
 from chat.paging import fit_page, names_page
+from chat.profiles import names_of
 from chat.protocol import (
     BAD_COMMAND,
     UNAVAILABLE,
@@ -62,9 +63,14 @@ async def hello(services: Services, actor: Actor, groups: list[tuple[int, str]])
     except ChatError:
         online = ()
     last_id, last_rev = await services.last_marks_of(actor.user_id)
+    try:
+        names = await read_for_socket(names_of, usernames=[actor.username])
+    except ChatError:
+        names = {}
     return {
         "type": "hello",
         "user": actor.username,
+        "name": names.get(actor.username, actor.username),
         "online": online,
         "groups": [name for _, name in groups],
         "last_id": last_id,
@@ -104,9 +110,11 @@ async def members(services: Services, actor: Actor, command: Members) -> Reply:
     names, more = names_page(everyone, after=command.after, limit=command.limit)
     online = set(await online_now(services))
     seen = await last_seen_of(services, [name for name in names if name not in online])
+    chosen = await read_for_socket(names_of, usernames=names)
     found = [
         {
             "user": name,
+            "name": chosen.get(name, name),
             "online": name in online,
             "last_seen": seen.get(name),
             "read_id": reads[name],
@@ -139,8 +147,14 @@ async def users(services: Services, actor: Actor, command: Users) -> Reply:
         users_matching, prefix=command.q, limit=command.limit, online=online
     )
     seen = await last_seen_of(services, [name for name, is_online in found if not is_online])
+    chosen = await read_for_socket(names_of, usernames=[name for name, _ in found])
     listed = [
-        {"user": name, "online": is_online, "last_seen": None if is_online else seen.get(name)}
+        {
+            "user": name,
+            "name": chosen.get(name, name),
+            "online": is_online,
+            "last_seen": None if is_online else seen.get(name),
+        }
         for name, is_online in found
     ]
     return reply("users", command.ref, users=listed)

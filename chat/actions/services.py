@@ -53,6 +53,9 @@ class Outbox(Protocol):
     async def to_group(self, group_id: int, event: Event, *, exclude_user: int) -> None:
         """A group's online members but one user, on every worker."""
 
+    async def to_everyone(self, event: Event, *, exclude_connection: str | None = None) -> None:
+        """Every socket online, the user's own too, on every worker (profile)."""
+
     async def to_message_audience(
         self, change: Change, event: Event, *, exclude_connection: str | None = None
     ) -> None:

@@ -66,6 +66,7 @@ from chat.delivery.publishing import (
     Addressed,
     deliveries,
     membership_notices,
+    to_everyone,
     to_group,
     to_message_audience,
     to_user,
@@ -298,6 +299,11 @@ class Hub:
 
     async def to_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
         await self.tell(to_group(group_id, event, exclude_user=exclude_user))
+
+    async def to_everyone(
+        self, event: dict[str, Any], *, exclude_connection: str | None = None
+    ) -> None:
+        await self.tell(to_everyone(event, exclude_connection=exclude_connection))
 
     async def to_message_audience(
         self, change: Change, event: dict[str, Any], *, exclude_connection: str | None = None

@@ -104,6 +104,12 @@ def to_group(group_id: int, event: dict[str, Any], *, exclude_user: int) -> Addr
     return [(group_layer_group(group_id), Deliver.of([event], audience))]
 
 
+def to_everyone(event: dict[str, Any], *, exclude_connection: str | None = None) -> Addressed:
+    """An event for every socket online, on every worker (a changed display name)."""
+    audience = Audience(everyone=True, exclude_connection=exclude_connection)
+    return [(LAYER_ALL, Deliver.of([event], audience))]
+
+
 def to_username(username: str, event: dict[str, Any]) -> Addressed:
     """An event for every socket of a user known by name only (typing), on every worker."""
     return [(LAYER_ALL, Typing(event, username))]
