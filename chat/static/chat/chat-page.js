@@ -882,7 +882,13 @@
     renderSidebar();
   }
 
-  client.on("edited", (e) => messageChanged(e.message));
+  client.on("edited", (e) => {
+    messageChanged(e.message);
+    // Only those an edit newly mentions are told (a mention already there was told once).
+    if ((e.new_mentions || []).includes(me) && e.message.from !== me) {
+      notify(conversation(addressOfMessage(e.message)), e.message);
+    }
+  });
   client.on("deleted", (e) => messageChanged(e.message));
   client.on("changed", (m) => messageChanged(m));
 
