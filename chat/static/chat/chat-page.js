@@ -50,6 +50,7 @@
     editingId: null,
     replyTo: null,
     pickerFor: null,
+    menuFor: null,
   };
   const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
@@ -331,12 +332,26 @@
       })));
     }
     item.append(messageMenu(m, own));
-    // The picker stays open without the pointer on it (a phone has none).
-    if (state.pickerFor === m.id) item.classList.add("menu-open");
+    // The menu and picker stay open without the pointer on them (a phone has none).
+    if (state.pickerFor === m.id || state.menuFor === m.id) item.classList.add("menu-open");
+    // A long press (a phone's context menu, or a touch held half a second) opens the menu.
+    item.addEventListener("contextmenu", (ev) => { ev.preventDefault(); openMenu(m.id); });
+    let pressTimer = null;
+    item.addEventListener("touchstart", () => {
+      pressTimer = setTimeout(() => openMenu(m.id), 500);
+    }, {passive: true});
+    for (const end of ["touchend", "touchmove", "touchcancel"]) {
+      item.addEventListener(end, () => clearTimeout(pressTimer), {passive: true});
+    }
     return item;
   }
 
   // -- protocol 1.2: the message menu (reply, react, edit, delete) -----------
+
+  function openMenu(id) {
+    state.menuFor = state.menuFor === id ? null : id;
+    renderMessages();
+  }
 
   function messageMenu(m, own) {
     const menu = el("div", {className: "message-menu"},
@@ -867,7 +882,13 @@
     renderSidebar();
   }
 
-  client.on("edited", (e) => messageChanged(e.message));
+  client.on("edited", (e) => {
+    messageChanged(e.message);
+    // Only those an edit newly mentions are told (a mention already there was told once).
+    if ((e.new_mentions || []).includes(me) && e.message.from !== me) {
+      notify(conversation(addressOfMessage(e.message)), e.message);
+    }
+  });
   client.on("deleted", (e) => messageChanged(e.message));
   client.on("changed", (m) => messageChanged(m));
 
