@@ -30,7 +30,7 @@ from chat.accounts import (
 )
 from chat.addresses import client_address_of_request
 from chat.health import health_check
-from chat.profiles import set_name
+from chat.profiles import name_of, set_name
 from chat.uploads import totals as uploads_totals
 from chat.worker import current_worker
 
@@ -42,7 +42,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "maxBodyChars": settings.CHAT_MAX_BODY_CHARS,
         "loginUrl": settings.LOGIN_URL,
     }
-    return render(request, "chat/index.html", {"chat_config": config})
+    context = {"chat_config": config, "display_name": name_of(request.user)}
+    return render(request, "chat/index.html", context)
 
 
 def classic(request: HttpRequest) -> HttpResponse:
