@@ -27,6 +27,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.lookalikes import lookalike_taken, looks_like_prefix
+from chat.profiles import set_name
+from chat.protocol import MAX_NAME_CHARS, display_name_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,25 @@ def is_guest_name(username: str) -> bool:
     return username.lower().startswith(GUEST_PREFIX)
 
 
+def clean_display_name(value: str) -> str:
+    """A display name typed into a form, trimmed; `ValidationError` saying why if refused."""
+    refused = display_name_refusal(value)
+    if refused is not None:
+        raise forms.ValidationError(refused[:1].upper() + refused[1:] + ".")
+    return value.strip()
+
+
 class SignupForm(UserCreationForm):  # type: ignore[type-arg]
+    """Django's sign-up, with the username rules above and an optional display name."""
+
+    display_name = forms.CharField(
+        label="Display name",
+        required=False,
+        # Room for spaces that trimming removes; the rule counts after trimming.
+        max_length=MAX_NAME_CHARS * 2,
+        help_text="What people see. Leave it empty to be shown by your username.",
+    )
+
     def clean_username(self) -> str:
         username = super().clean_username()
         # Django's own check returns None (despite its type) once it has
@@ -55,6 +75,40 @@ class SignupForm(UserCreationForm):  # type: ignore[type-arg]
                 "This name looks the same as an existing user's. Please choose another."
             )
         return username
+
+    def clean_display_name(self) -> str:
+        name = str(self.cleaned_data.get("display_name") or "")
+        return clean_display_name(name) if name.strip() else ""
+
+    def save(self, commit: bool = True) -> User:
+        user: User = super().save(commit=commit)
+        if commit and self.cleaned_data.get("display_name"):
+            set_name(user, self.cleaned_data["display_name"])
+        return user
+
+
+class GuestForm(forms.Form):
+    """The name a guest chooses before entering (the login page fills in a suggestion)."""
+
+    name = forms.CharField(label="Your name", max_length=MAX_NAME_CHARS * 2)
+
+    def clean_name(self) -> str:
+        return clean_display_name(str(self.cleaned_data["name"]))
+
+
+_SUGGESTED_ADJECTIVES = (
+    "Amber", "Brave", "Calm", "Clever", "Gentle", "Happy", "Lucky", "Merry", "Quiet", "Swift",
+    "Bright", "Kind", "Jolly", "Sunny", "Witty", "Cosy",
+)  # fmt: skip
+_SUGGESTED_ANIMALS = (
+    "Otter", "Heron", "Fox", "Badger", "Robin", "Panda", "Lynx", "Koala", "Owl", "Seal",
+    "Wren", "Hare", "Finch", "Marten", "Puffin", "Gecko",
+)  # fmt: skip
+
+
+def guest_name_suggestion() -> str:
+    """A friendly name to fill in for a guest, who may keep or change it."""
+    return f"{secrets.choice(_SUGGESTED_ADJECTIVES)} {secrets.choice(_SUGGESTED_ANIMALS)}"
 
 
 def guest_create(*, suffix: str | None = None) -> User | None:

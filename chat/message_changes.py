@@ -299,9 +299,10 @@ def change_event(change: Change, ref: str | None = None) -> dict[str, Any]:
     event: dict[str, Any] = {"type": change.kind}
     if ref is not None:
         event["ref"] = ref
-    if change.kind == "reaction":
-        event.update(change.event)
-    else:
+    event.update(change.event)
+    if change.kind != "reaction":
+        # Flat like a `message` event, so one handler takes both; and whole
+        # under `message` for clients that keep the object apart.
         event["message"] = change.event
     if change.kind == "edited":
         event["new_mentions"] = change.new_mentions

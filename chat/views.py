@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
@@ -19,9 +20,17 @@ from django.templatetags.static import static
 from django.views.decorators.http import require_POST
 
 from chat import metrics
-from chat.accounts import SignupForm, account_creation_allowed, counted, guest_create
+from chat.accounts import (
+    GuestForm,
+    SignupForm,
+    account_creation_allowed,
+    counted,
+    guest_create,
+    guest_name_suggestion,
+)
 from chat.addresses import client_address_of_request
 from chat.health import health_check
+from chat.profiles import name_of, set_name
 from chat.uploads import totals as uploads_totals
 from chat.worker import current_worker
 
@@ -33,7 +42,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "maxBodyChars": settings.CHAT_MAX_BODY_CHARS,
         "loginUrl": settings.LOGIN_URL,
     }
-    return render(request, "chat/index.html", {"chat_config": config})
+    context = {"chat_config": config, "display_name": name_of(request.user)}
+    return render(request, "chat/index.html", context)
 
 
 def classic(request: HttpRequest) -> HttpResponse:
@@ -59,10 +69,22 @@ def signup(request: HttpRequest) -> HttpResponse:
 def guest_login(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_GUEST_LOGIN:
         return HttpResponseNotFound("Guest login is turned off.")
+    # A post without `name` (an older page or client) keeps a suggestion.
+    chosen = request.POST if "name" in request.POST else {"name": guest_name_suggestion()}
+    form = GuestForm(chosen)
+    if not form.is_valid():
+        context = {
+            "form": AuthenticationForm(request),
+            "guest_login": True,
+            "guest_form": form,
+            "password_reset": password_reset_on(),
+        }
+        return render(request, "registration/login.html", context, status=400)
     if not account_creation_allowed(client_address_of_request(request)):
         return _too_many_accounts()
     user = guest_create()
     assert user is not None  # only a fixed suffix can be taken already
+    set_name(user, form.cleaned_data["name"])
     _switch_user(request, user)
     return redirect("index")
 
@@ -79,6 +101,7 @@ class LoginView(auth_views.LoginView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["guest_login"] = settings.CHAT_GUEST_LOGIN
+        context["guest_form"] = GuestForm(initial={"name": guest_name_suggestion()})
         context["password_reset"] = password_reset_on()
         return context
 

@@ -211,7 +211,10 @@ def chat_user(browser: Browser, chat_server: Worker) -> Iterator[Callable[..., C
             name = name or f"user{next(_names)}"
             sign_up(page, base_url, name, "a-Long-passw0rd!")
         wait_connected(page)
-        username = page.locator("#me").inner_text().strip()
+        # `#me` shows the display name (a guest's is a suggestion); the config has the username.
+        username = page.evaluate(
+            "JSON.parse(document.getElementById('chat-config').textContent).user"
+        )
         return ChatUser(username=username, context=context, page=page)
 
     yield _chat_user

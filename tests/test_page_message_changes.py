@@ -12,7 +12,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from tests.browser import TIMEOUT, open_direct, screenshot, send, wait_connected
+from tests.browser import PHONE, TIMEOUT, open_direct, screenshot, send, wait_connected
 from tests.chatclient import open_real_socket
 from tests.servers import Worker
 
@@ -186,3 +186,25 @@ def test_typing_at_offers_people_and_a_mention_gets_its_badge(chat_user):
     bob.page.locator(everyone).click()
     expect(message_item(bob.page, "hi @bob look").locator(".mention.me")).to_have_text("@bob")
     expect(badge).to_have_count(0)
+
+
+def test_a_long_press_opens_the_menu_on_a_phone(chat_user):
+    friend = chat_user("dana")
+    phone = chat_user("sam", viewport=PHONE)
+    send(friend.page, "react to this on a phone")
+    phone.page.locator("#conversation-list li[data-key='all'] button").click()
+    item = message_item(phone.page, "react to this on a phone")
+    expect(item).to_be_visible()
+    menu = item.locator(".message-menu")
+
+    # A long press shows as the context menu event; the page opens its own menu instead.
+    item.locator(".body").dispatch_event("contextmenu")
+    expect(menu).to_be_visible()
+    item.get_by_role("button", name="React").click()
+    item.get_by_role("button", name="🎉").click()
+    expect(item.locator(".reaction")).to_have_text("🎉 1")
+    expect(message_item(friend.page, "react to this on a phone").locator(".reaction")).to_have_text(
+        "🎉 1"
+    )
+    assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(phone.page, "phone-message-menu")

@@ -13,7 +13,9 @@ from django.contrib.auth import SESSION_KEY, get_user_model
 from django.db import OperationalError, connection
 from django.test import Client
 
-from chat.protocol import CLOSE_POLICY_VIOLATION
+from chat.models import Profile
+from chat.profiles import name_of
+from chat.protocol import CLOSE_POLICY_VIOLATION, display_name_refusal
 from tests.chatclient import TIMEOUT, ChatTestClient, socket_headers
 from tests.conftest import REDIS_URL
 
@@ -145,7 +147,78 @@ def test_logout_needs_post(client, alice):
     assert logged_in_user(client) == alice
 
 
+def test_signup_asks_for_a_display_name_and_stores_it_trimmed(client):
+    assert 'name="display_name"' in client.get("/accounts/signup/").content.decode()
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "dora",
+            "display_name": "  Dora M. ",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
+
+    assert response.status_code == 302
+    assert name_of(logged_in_user(client)) == "Dora M."
+
+
+def test_signup_without_a_display_name_is_called_by_the_username(client):
+    assert signup(client, "dora").status_code == 302
+    user = logged_in_user(client)
+    assert name_of(user) == "dora"
+    assert not Profile.objects.filter(user=user).exists()
+
+
+@pytest.mark.parametrize(("name", "says"), [("x" * 65, "64"), ("a\u202eb", "U+202E")])
+def test_signup_with_a_bad_display_name_shows_the_form_again(client, name, says):
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "dora", "display_name": name, "password1": PASSWORD, "password2": PASSWORD},
+    )
+
+    assert response.status_code == 200
+    assert says in response.content.decode()
+    assert not get_user_model().objects.exists()
+
+
 # -- guests --------------------------------------------------------------------
+
+
+def test_the_login_page_fills_in_a_name_for_guests(client):
+    page = client.get(LOGIN).content.decode()
+
+    suggested = re.search(r'<input type="text" name="name" value="([^"]+)"', page)
+    assert suggested is not None, page
+    assert display_name_refusal(suggested.group(1)) is None
+
+
+def test_a_guest_enters_with_the_name_they_chose(client):
+    response = client.post("/accounts/guest/", {"name": "  Zoë "})
+
+    assert response.status_code == 302
+    guest = logged_in_user(client)
+    assert re.fullmatch(r"guest-[0-9a-f]{8}", guest.username)
+    assert name_of(guest) == "Zoë"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 65, "a\u200bb"])
+def test_a_guest_with_a_bad_name_is_asked_again_and_nobody_is_created(client, name):
+    response = client.post("/accounts/guest/", {"name": name})
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'name="name"' in page and "field-errors" in page
+    assert logged_in_user(client) is None
+    assert not get_user_model().objects.exists()
+
+
+def test_a_guest_post_without_a_name_keeps_a_suggested_one(client):
+    client.post("/accounts/guest/")
+
+    guest = logged_in_user(client)
+    assert name_of(guest) != guest.username
+    assert display_name_refusal(name_of(guest)) is None
 
 
 def test_guest_login_creates_a_guest_user_and_logs_in(client):

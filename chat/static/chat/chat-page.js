@@ -50,7 +50,14 @@
     editingId: null,
     replyTo: null,
     pickerFor: null,
+    menuFor: null,
+    // Protocol 1.2: display names by username, as last heard (hello, messages, members, profile).
+    names: new Map(),
   };
+  const nameOf = (user) => state.names.get(user) || user;
+  function learnName(user, name) {
+    if (user && typeof name === "string" && name) state.names.set(user, name);
+  }
   const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
   function keyOf(address) {
@@ -296,7 +303,7 @@
     if (!continued) {
       item.append(avatar(m.from, "message-avatar"));
       item.append(el("div", {className: "meta"},
-        el("bdi", {className: "from", text: own ? "You" : m.from}),
+        el("bdi", {className: "from", text: own ? "You" : nameOf(m.from), title: "@" + m.from}),
         el("time", {datetime: m.ts, title: fullFormat.format(date), text: timeFormat.format(date)})));
     } else {
       item.append(el("time", {className: "side-time", datetime: m.ts, title: fullFormat.format(date),
@@ -331,12 +338,26 @@
       })));
     }
     item.append(messageMenu(m, own));
-    // The picker stays open without the pointer on it (a phone has none).
-    if (state.pickerFor === m.id) item.classList.add("menu-open");
+    // The menu and picker stay open without the pointer on them (a phone has none).
+    if (state.pickerFor === m.id || state.menuFor === m.id) item.classList.add("menu-open");
+    // A long press (a phone's context menu, or a touch held half a second) opens the menu.
+    item.addEventListener("contextmenu", (ev) => { ev.preventDefault(); openMenu(m.id); });
+    let pressTimer = null;
+    item.addEventListener("touchstart", () => {
+      pressTimer = setTimeout(() => openMenu(m.id), 500);
+    }, {passive: true});
+    for (const end of ["touchend", "touchmove", "touchcancel"]) {
+      item.addEventListener(end, () => clearTimeout(pressTimer), {passive: true});
+    }
     return item;
   }
 
   // -- protocol 1.2: the message menu (reply, react, edit, delete) -----------
+
+  function openMenu(id) {
+    state.menuFor = state.menuFor === id ? null : id;
+    renderMessages();
+  }
 
   function messageMenu(m, own) {
     const menu = el("div", {className: "message-menu"},
@@ -562,7 +583,7 @@
       return el("li", {className: online ? "online" : "offline", dataset: {user: m.user}},
         el("span", {className: "avatar-wrap"}, avatar(m.user, "small"),
           el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"})),
-        el("span", {className: "member-name"}, el("bdi", {className: "member-user", text: m.user}),
+        el("span", {className: "member-name"}, el("bdi", {className: "member-user", text: nameOf(m.user), title: "@" + m.user}),
           m.user === me ? el("span", {className: "member-you", text: "(you)"}) : null),
         el("span", {className: "visually-hidden", text: online ? " online" : " offline"}));
     }));
@@ -604,7 +625,7 @@
     if (conv.loaded && ids.length) command.before = Math.min(...ids);
     try {
       const reply = await client.request(command);
-      for (const m of reply.messages) conv.messages.set(m.id, m);
+      for (const m of reply.messages) { learnName(m.from, m.from_name); conv.messages.set(m.id, m); }
       if (!reply.more) conv.complete = true;
       conv.loaded = true;
       conv.error = "";
@@ -654,6 +675,7 @@
     try {
       const reply = await client.request({type: "members", group: conv.address.group});
       conv.members = reply.members;
+      for (const m of reply.members) learnName(m.user, m.name);
       // Where each member has read to: the receipts after a reload.
       for (const m of reply.members) noteSeen(conv, m.user, m.read_id);
     } catch (error) {
@@ -814,6 +836,8 @@
   });
 
   client.on("hello", (hello) => {
+    learnName(me, hello.name);
+    renderMe();
     state.online = new Set(hello.online);
     state.groups = [...hello.groups];
     if (!hello.resumed) {
@@ -840,6 +864,7 @@
   });
 
   client.on("message", (m) => {
+    learnName(m.from, m.from_name);
     const conv = conversation(addressOfMessage(m));
     conv.messages.set(m.id, m);
     // Stored after all (its ack was lost with the connection): no longer "not sent".
@@ -867,7 +892,13 @@
     renderSidebar();
   }
 
-  client.on("edited", (e) => messageChanged(e.message));
+  client.on("edited", (e) => {
+    messageChanged(e.message);
+    // Only those an edit newly mentions are told (a mention already there was told once).
+    if ((e.new_mentions || []).includes(me) && e.message.from !== me) {
+      notify(conversation(addressOfMessage(e.message)), e.message);
+    }
+  });
   client.on("deleted", (e) => messageChanged(e.message));
   client.on("changed", (m) => messageChanged(m));
 
@@ -882,6 +913,48 @@
       if (r.on && !entry.users.includes(r.user) && entry.users.length < 20) entry.users.push(r.user);
       if (!r.on) entry.users = entry.users.filter((u) => u !== r.user);
       messageChanged(Object.assign({}, m, {rev: r.rev, reactions: reactions.filter((x) => x.count > 0)}));
+    }
+  });
+
+  // Someone (perhaps this user, elsewhere) chose a new name: shown wherever they appear.
+  client.on("profile", (p) => {
+    learnName(p.user, p.name);
+    if (p.user === me) renderMe();
+    if (state.openKey) { renderMessages(); renderMembers(); }
+  });
+
+  function renderMe() {
+    $("me").textContent = nameOf(me);
+    $("me").title = "@" + me;
+  }
+
+  $("profile-toggle").addEventListener("click", () => {
+    const panel = $("profile-form");
+    panel.hidden = !panel.hidden;
+    $("profile-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+    if (!panel.hidden) {
+      $("profile-name").value = nameOf(me);
+      showError($("profile-error"), "");
+      $("profile-name").focus();
+    }
+  });
+  $("profile-cancel").addEventListener("click", () => {
+    $("profile-form").hidden = true;
+    $("profile-toggle").setAttribute("aria-expanded", "false");
+  });
+  $("profile-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = $("profile-name").value.trim();
+    if (!name) { showError($("profile-error"), "Type the name people should see."); return; }
+    try {
+      const reply = await client.request({type: "profile", name});
+      learnName(me, reply.name);
+      renderMe();
+      if (state.openKey) { renderMessages(); renderMembers(); }
+      $("profile-form").hidden = true;
+      $("profile-toggle").setAttribute("aria-expanded", "false");
+    } catch (error) {
+      showError($("profile-error"), describeError(error));
     }
   });
 
