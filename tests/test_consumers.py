@@ -244,6 +244,7 @@ async def test_direct_message_reaches_every_socket_of_both_and_nobody_else(
         "type": "message",
         "id": ack["id"],
         "from": "alice",
+        "from_name": "alice",
         "to": {"user": "bob"},
         "body": "hello bob",
         "ts": ack["ts"],
@@ -464,6 +465,7 @@ async def test_history_of_a_direct_conversation_lists_it_oldest_first(
     assert reply["messages"][1] == {
         "id": second,
         "from": "bob",
+        "from_name": "bob",
         "to": {"user": "alice"},
         "body": "two",
         "ts": reply["messages"][1]["ts"],
@@ -696,9 +698,9 @@ async def test_members_lists_members_with_online_flags(layer, connect, alice, bo
         "type": "members",
         "group": "A",
         "members": [
-            {"user": "alice", "online": True, "last_seen": None, "read_id": 0},
-            {"user": "bob", "online": True, "last_seen": None, "read_id": 0},
-            {"user": "carol", "online": False, "last_seen": None, "read_id": 0},
+            {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
+            {"user": "bob", "name": "bob", "online": True, "last_seen": None, "read_id": 0},
+            {"user": "carol", "name": "carol", "online": False, "last_seen": None, "read_id": 0},
         ],
         "more": False,
         "ref": "m1",
