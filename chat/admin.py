@@ -7,11 +7,8 @@ Deleting a message goes the protocol's way: a tombstone, its audience told.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
@@ -21,15 +18,12 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from chat.delivery.messages import to_layer
-from chat.delivery.publishing import Addressed, to_message_audience
-from chat.delivery.relay import relay_if_local
+from chat.delivery.publishing import to_message_audience
+from chat.delivery.relay import publish_on_commit
 from chat.message_changes import change_event, message_tombstone
 from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit, Upload
 from chat.revocation import log_out_everywhere
 from chat.workers import live_workers
-
-logger = logging.getLogger(__name__)
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -103,18 +97,6 @@ class MessageEditInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
-def _tell_workers(addressed: Addressed) -> None:
-    """Publish from this (synchronous) request; without Redis through the database too."""
-    layer = get_channel_layer()
-    for layer_group, message in addressed:
-        try:
-            if layer is not None:
-                async_to_sync(layer.group_send)(layer_group, to_layer(message))
-            relay_if_local(layer, message)
-        except Exception:
-            logger.exception("could not tell the workers: %s to %s", message.type, layer_group)
-
-
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
@@ -158,7 +140,7 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """The protocol's delete: a tombstone, its content removed, its audience told."""
         change = message_tombstone(obj.pk)
         if change is not None and change.changed:
-            _tell_workers(to_message_audience(change, change_event(change)))
+            publish_on_commit(to_message_audience(change, change_event(change)))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         for message in queryset:

@@ -27,30 +27,24 @@ reaches the worker through the database (`chat.delivery.relay`).
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
 from importlib import import_module
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.signals import user_logged_out
 from django.contrib.sessions.base_session import AbstractBaseSession
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import transaction
 from django.db.models.signals import post_delete, pre_save
 from django.utils import timezone
 
-from chat.delivery.messages import AccessEnd, SessionEnd, to_layer, user_layer_group
-from chat.delivery.publishing import Addressed, membership_notices
-from chat.delivery.relay import relay_if_local
+from chat.delivery.messages import AccessEnd, SessionEnd, user_layer_group
+from chat.delivery.publishing import membership_notices
+from chat.delivery.relay import publish_on_commit
 from chat.delivery.sockets import session_digest
 from chat.models import Membership
-
-logger = logging.getLogger(__name__)
 
 # The user fields whose change ends every session of the user.
 _REVOKING_FIELDS = ("password", "is_active")
@@ -62,7 +56,7 @@ _announced_by_caller: ContextVar[bool] = ContextVar("chat_membership_announced",
 
 def close_sockets_of_user(user_id: Any) -> None:
     """Close every socket of the user on every worker, once the transaction commits."""
-    _publish_on_commit([(user_layer_group(user_id), AccessEnd(user_id=user_id))])
+    publish_on_commit([(user_layer_group(user_id), AccessEnd(user_id=user_id))])
 
 
 @contextlib.contextmanager
@@ -139,7 +133,7 @@ def note_session_deleted(sender: Any, instance: AbstractBaseSession, **kwargs: A
     except Exception:
         return
     end = SessionEnd(user_id=pk, session=session_digest(instance.session_key))
-    _publish_on_commit([(user_layer_group(pk), end)])
+    publish_on_commit([(user_layer_group(pk), end)])
 
 
 def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
@@ -148,7 +142,7 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
     if user is None or session_key is None:
         return
     end = SessionEnd(user_id=user.pk, session=session_digest(session_key))
-    _publish_on_commit([(user_layer_group(user.pk), end)])
+    publish_on_commit([(user_layer_group(user.pk), end)])
 
 
 def note_membership_ended(sender: Any, instance: Membership, **kwargs: Any) -> None:
@@ -165,7 +159,7 @@ def note_membership_ended(sender: Any, instance: Membership, **kwargs: Any) -> N
     except ObjectDoesNotExist:
         return
     event = {"type": "left", "group": group, "user": username}
-    _publish_on_commit(
+    publish_on_commit(
         membership_notices(
             event,
             user_id=instance.user_id,
@@ -192,19 +186,3 @@ def connect_revocation_signals() -> None:
             sender=engine.get_model_class(),
             dispatch_uid="chat-revoke-session",
         )
-
-
-def _publish_on_commit(addressed: Addressed) -> None:
-    transaction.on_commit(lambda: _publish(addressed))
-
-
-def _publish(addressed: Addressed) -> None:
-    """Tell every worker: through the layer, and without Redis through the database too."""
-    layer = get_channel_layer()
-    for layer_group, message in addressed:
-        try:
-            if layer is not None:
-                async_to_sync(layer.group_send)(layer_group, to_layer(message))
-            relay_if_local(layer, message)
-        except Exception:
-            logger.exception("could not tell the workers: %s to %s", message.type, layer_group)

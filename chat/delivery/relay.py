@@ -13,12 +13,14 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import BaseChannelLayer, InMemoryChannelLayer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
 from django.utils import timezone
 
 from chat.cancellation import raise_if_cancelled
@@ -42,6 +44,22 @@ def relay_if_local(layer: BaseChannelLayer | None, message: LayerMessage) -> Non
         RelayedMessage.objects.create(
             origin=PROCESS, message=to_layer(message), created=timezone.now()
         )
+
+
+def publish_on_commit(addressed: Sequence[tuple[str, LayerMessage]]) -> None:
+    """Tell every worker, from synchronous code, once the change commits."""
+    transaction.on_commit(lambda: _publish(addressed))
+
+
+def _publish(addressed: Sequence[tuple[str, LayerMessage]]) -> None:
+    layer = get_channel_layer()
+    for layer_group, message in addressed:
+        try:
+            if layer is not None:
+                async_to_sync(layer.group_send)(layer_group, to_layer(message))
+            relay_if_local(layer, message)
+        except Exception:
+            logger.exception("could not tell the workers: %s to %s", message.type, layer_group)
 
 
 def relayed_recently(since: datetime) -> list[tuple[int, dict[str, Any]]]:
