@@ -23,7 +23,7 @@ from chat.groups import group_members_read
 from chat.message_changes import message_changes
 from chat.messaging import message_history_page, message_sync
 from chat.paging import fit_page, names_page
-from chat.profiles import names_of
+from chat.profiles import name_of, names_of
 from chat.protocol import (
     BAD_COMMAND,
     UNAVAILABLE,
@@ -63,19 +63,27 @@ async def hello(services: Services, actor: Actor, groups: list[tuple[int, str]])
     except ChatError:
         online = ()
     last_id, last_rev = await services.last_marks_of(actor.user_id)
-    try:
-        names = await read_for_socket(names_of, usernames=[actor.username])
-    except ChatError:
-        names = {}
     return {
         "type": "hello",
         "user": actor.username,
-        "name": names.get(actor.username, actor.username),
+        "name": await _own_name(actor),
         "online": online,
         "groups": [name for _, name in groups],
         "last_id": last_id,
         "last_rev": last_rev,
     }
+
+
+async def _own_name(actor: Actor) -> str:
+    """The user's name, from the profile read with the user at the handshake when it was."""
+    profile = getattr(type(actor.user), "chat_profile", None)
+    if profile is not None and profile.is_cached(actor.user):
+        return name_of(actor.user)
+    try:
+        names = await read_for_socket(names_of, usernames=[actor.username])
+    except ChatError:
+        names = {}
+    return names.get(actor.username, actor.username)
 
 
 async def history(services: Services, actor: Actor, command: History) -> Reply:

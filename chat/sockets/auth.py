@@ -141,7 +141,10 @@ def users_of(sessions: list[SessionBase]) -> list[Any]:
     by_model_backend = {
         claim[0] for claim in claims if isinstance(claim, tuple) and _reads_by_pk(claim[1])
     }
-    read = get_user_model()._default_manager.in_bulk(by_model_backend)
+    # With each user's profile: `hello` names the user without a trip of its own.
+    read = (
+        get_user_model()._default_manager.select_related("chat_profile").in_bulk(by_model_backend)
+    )
     handed_out: set[Any] = set()
 
     def user_of(pair: tuple[SessionBase, Any]) -> Any:
