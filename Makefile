@@ -17,8 +17,12 @@ install-dev: $(VENV)/.installed-dev
 
 install-bench: $(VENV)/.installed-bench
 
+# The venv's own pip first: the pip that ships with Python 3.11 (23.2) refuses
+# a hashed lock whose packages ask for another's extra (pip-audit wants
+# CacheControl[filecache]), which newer pips resolve against the pinned line.
 $(VENV)/bin/pip:
 	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet pip==26.3
 
 $(VENV)/.installed-runtime: requirements.txt | $(VENV)/bin/pip
 	$(PIP_INSTALL) -r requirements.txt
