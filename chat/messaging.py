@@ -592,9 +592,7 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     )
     not_earlier = "AND v.ord NOT IN (SELECT ord FROM earlier)" if cids else ""
     answer_earlier = (
-        "UNION ALL SELECT e.ord, NULL, NULL, NULL, NULL, NULL, true FROM earlier e"
-        if cids
-        else ""
+        "UNION ALL SELECT e.ord, NULL, NULL, NULL, NULL, NULL, true FROM earlier e" if cids else ""
     )
     profile, profile_user = quote(Profile._meta.db_table), _column(Profile, "user")
     profile_name = _column(Profile, "name")
