@@ -27,6 +27,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from chat.checks import report_fast_paths  # noqa: E402
+from chat.collector import freeze_startup_objects  # noqa: E402
 from chat.logs import every_line_through_logging  # noqa: E402
 from chat.sockets.auth import SessionAuthMiddleware  # noqa: E402
 from chat.sockets.origins import SiteOriginValidator, answer_malformed_origins_with_403  # noqa: E402
@@ -53,3 +54,5 @@ application = ProtocolTypeRouter(
         "websocket": SiteOriginValidator(SessionAuthMiddleware(websocket_router)),
     }
 )
+# Last: everything built so far lives as long as the process.
+freeze_startup_objects()
