@@ -75,7 +75,7 @@ MESSAGE_RELATED = (
     "recipient",
     "group",
     "reply_to",
-    "reply_to__sender",
+    "reply_to__sender__chat_profile",
 )
 # Characters of the replied message's body that a reply quotes.
 EXCERPT_CHARS = 100
@@ -119,12 +119,14 @@ def message_json(message: Message, reactions: list[dict[str, Any]] | None = None
 
 
 def reply_json(replied: Message | None) -> dict[str, Any] | None:
-    """What a reply shows of the message it answers: its current body's start."""
+    """What a reply shows of the message it answers: its current body's start, and
+    its sender's name now (1.2 `from_name`; selected with the sender)."""
     if replied is None:
         return None
     return {
         "id": replied.id,
         "from": replied.sender.get_username(),
+        "from_name": name_of(replied.sender),
         "excerpt": replied.body[:EXCERPT_CHARS],
     }
 
@@ -336,7 +338,7 @@ def _extras(requests: Sequence[SendRequest]) -> list[_Extras | ChatError]:
     )
     wanted = {r.reply_to for r in requests if r.reply_to is not None}
     replied = (
-        Message.objects.select_related("sender", "recipient", "group").in_bulk(wanted)
+        Message.objects.select_related("sender__chat_profile", "recipient", "group").in_bulk(wanted)
         if wanted
         else {}
     )

@@ -53,6 +53,17 @@ class RecordingOutbox:
         audience = ("message", change.user_ids, change.group_id, change.everyone)
         self.told.append(((*audience, exclude_connection), event))
 
+    async def renamed(
+        self,
+        event: dict[str, Any],
+        *,
+        user_id: int,
+        username: str,
+        name: str,
+        exclude_connection: str,
+    ) -> None:
+        self.told.append((("renamed", user_id, exclude_connection), event))
+
     async def to_everyone(
         self, event: dict[str, Any], *, exclude_connection: str | None = None
     ) -> None:

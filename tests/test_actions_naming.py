@@ -25,7 +25,10 @@ async def test_a_name_is_stored_trimmed_and_told_to_everyone_but_the_changing_so
     reply = await naming.profile(bench.services, actor(alice), command)
     assert reply == {"type": "profile", "user": "alice", "name": "Alice Liddell", "ref": "p"}
     assert bench.outbox.told == [
-        (("everyone", "conn-1"), {"type": "profile", "user": "alice", "name": "Alice Liddell"})
+        (
+            ("renamed", alice.pk, "conn-1"),
+            {"type": "profile", "user": "alice", "name": "Alice Liddell"},
+        )
     ]
     hello = await queries.hello(bench.services, actor(alice), [])
     assert hello["name"] == "Alice Liddell"

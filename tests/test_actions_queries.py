@@ -110,4 +110,5 @@ async def test_ping_and_hello(bench, alice):  # noqa: F811
         "groups": ["G"],
         "last_id": 0,
         "last_rev": 0,
+        "edit_window": 3600,
     }

@@ -800,6 +800,7 @@ async def test_first_socket_of_a_user_is_announced_online_to_everyone_else(
         "type": "presence",
         "user": "bob",
         "online": True,
+        "name": "bob",
     }
     await carol1.expect("presence", user="bob", online=True)
     await bob1.assert_nothing("presence")
@@ -859,6 +860,7 @@ async def test_a_batch_leaves_out_each_users_own_presence_and_keeps_the_order(
         "type": "presence",
         "user": "carol",
         "online": True,
+        "name": "carol",
     }
     await carol1.expect("presence", user="bob", online=True)
     # One flush made all these frames (alice's presence too, which was in the

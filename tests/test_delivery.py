@@ -340,7 +340,9 @@ async def test_first_socket_of_a_user_is_announced_to_others_not_to_itself(hub, 
 
     alice_tab = await fake(alice)
 
-    assert await settle(hub, bob_tab) == [{"type": "presence", "user": "alice", "online": True}]
+    assert await settle(hub, bob_tab) == [
+        {"type": "presence", "user": "alice", "online": True, "name": "alice"}
+    ]
     assert await settle(hub, alice_tab) == []
 
 
@@ -368,6 +370,7 @@ async def test_last_socket_closing_is_announced_offline(hub, fake, alice, bob):
         "type": "presence",
         "user": "alice",
         "online": False,
+        "name": "alice",
         "last_seen": offline["last_seen"],
     }
     assert await hub.presence.last_seen(["alice"]) == {"alice": offline["last_seen"]}

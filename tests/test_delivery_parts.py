@@ -147,8 +147,8 @@ async def test_maintenance_closes_sockets_a_forgetful_store_lost_and_announces_t
     async def reset() -> None:
         resets.append(None)
 
-    async def announce(username: str) -> None:
-        offline.append(username)
+    async def announce(usernames: list[str]) -> None:
+        offline.extend(usernames)
 
     maintenance = Maintenance(
         presence=store,

@@ -12,6 +12,7 @@ from chat.delivery.messages import (
     MemberChange,
     Notice,
     Notices,
+    Renamed,
     SessionEnd,
     Typing,
     UnknownMessage,
@@ -37,6 +38,8 @@ EVERY_KIND = [
     SessionEnd(user_id=1, session="0" * 32),
     AccessEnd(user_id=1),
     Typing({"type": "typing", "user": "alice"}, "bob"),
+    Renamed(username="alice", name="Alice L."),
+    presence_notice("dave", online=True, name="Dave"),
     presence_notice("carol", online=False, last_seen="2026-12-04T23:00:00.000Z"),
 ]
 
@@ -60,7 +63,7 @@ def test_the_layer_dict_keeps_the_keys_of_earlier_versions():
     }
     assert to_layer(presence_notice("alice", online=True)) == {
         "type": "chat.notice",
-        "event": {"type": "presence", "user": "alice", "online": True},
+        "event": {"type": "presence", "user": "alice", "online": True, "name": "alice"},
         "all": True,
         "exclude_username": "alice",
         "presence": "alice",

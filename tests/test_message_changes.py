@@ -148,7 +148,12 @@ def test_a_reply_quotes_the_start_of_the_message_it_answers(alice, bob):
 
     reply = message_send(sender=alice, to=to_user("bob"), body="yes", reply_to=original.id)
 
-    assert reply.event["reply_to"] == {"id": original.id, "from": "bob", "excerpt": "x" * 100}
+    assert reply.event["reply_to"] == {
+        "id": original.id,
+        "from": "bob",
+        "from_name": "bob",
+        "excerpt": "x" * 100,
+    }
     [_, stored] = history_of(alice, to_user("bob"))
     assert stored["reply_to"] == reply.event["reply_to"]
 
@@ -299,7 +304,12 @@ def test_a_reply_to_a_deleted_message_quotes_nothing(alice, bob):
     [_, stored] = history_of(alice, TO_ALL)
 
     assert stored["id"] == reply.id
-    assert stored["reply_to"] == {"id": original.id, "from": "bob", "excerpt": ""}
+    assert stored["reply_to"] == {
+        "id": original.id,
+        "from": "bob",
+        "from_name": "bob",
+        "excerpt": "",
+    }
 
 
 def test_others_may_not_delete_but_a_moderator_may(alice, bob, carol):

@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import Permission
 
 from chat.models import Message
+from chat.profiles import set_name
 from tests.chatclient import ChatTestClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -187,11 +188,15 @@ async def test_a_reply_quotes_and_a_foreign_reply_is_refused(layer, connect, ali
     carol_socket = await connect(carol)
     original = await send_ok(alice_socket, {"user": "bob"}, "lunch?")
     private = await send_ok(carol_socket, {"user": "alice"}, "secret")
+    await alice_socket.request(type="profile", name="Alice L.")
 
     reply_id = await send_ok(bob_socket, {"user": "alice"}, "yes", reply_to=original)
     event = await alice_socket.expect("message", id=reply_id)
+    history = await bob_socket.request(type="history", of={"user": "alice"})
 
-    assert event["reply_to"] == {"id": original, "from": "alice", "excerpt": "lunch?"}
+    quoted = {"id": original, "from": "alice", "from_name": "Alice L.", "excerpt": "lunch?"}
+    assert event["reply_to"] == quoted
+    assert history["messages"][-1]["reply_to"] == quoted
     assert (
         await error_of(bob_socket, type="send", to={"user": "alice"}, body="?", reply_to=private)
         == "no_such_message"
@@ -315,6 +320,26 @@ async def test_a_changed_name_reaches_everyone_online_and_the_users_other_socket
     users = await carol_socket.request(type="users", q="ali")
     assert users["users"][0]["name"] == "Alice L."
     assert (await connect(alice)).hello["name"] == "Alice L."
+
+
+async def test_presence_carries_the_name_as_it_is_when_the_last_socket_closes(
+    layer, connect, alice, bob
+):
+    await database_sync_to_async(set_name)(bob, "Bob B.")
+    alice_socket = await connect(alice)
+    bob1 = await connect(bob)
+    online = await alice_socket.expect("presence", user="bob", online=True)
+    assert online["name"] == "Bob B."
+    bob2 = await connect(bob)
+
+    await bob1.request(type="profile", name="Robert")
+    await alice_socket.expect("profile", user="bob")
+    await bob2.expect("profile", user="bob")
+    await bob1.close()
+    await bob2.close()  # opened with the old name: the notice has the new one
+
+    offline = await alice_socket.expect("presence", user="bob", online=False)
+    assert offline["name"] == "Robert"
 
 
 async def test_group_members_carry_names(layer, connect, alice, bob):

@@ -1,6 +1,6 @@
 """Protocol 1.2 across two real daphne workers sharing one Redis: `edited`,
-`deleted` and `reaction` reach the audience on the other worker, and two
-workers changing messages at the same moment lose no change.
+`deleted`, `reaction` and `profile` reach the audience on the other worker,
+and two workers changing messages at the same moment lose no change.
 """
 
 from __future__ import annotations
@@ -69,6 +69,25 @@ async def test_edited_deleted_and_reaction_cross_workers(two_workers, sockets):
     for client in (bob, alice_on_second):
         event = await client.expect("deleted")
         assert event["message"]["deleted"] is True and event["message"]["body"] == ""
+
+
+async def test_a_new_name_reaches_the_other_worker_and_its_presence_notices(two_workers, sockets):
+    first, second = two_workers
+    alice = await sockets.open(first, HttpSession(first.base_url).signup("alice"), "alice")
+    bob_there = await sockets.open(second, HttpSession(second.base_url).signup("bob"), "bob")
+    await alice.expect("presence", user="bob", online=True, name="bob")
+    bob_here = await sockets.open(first, HttpSession(first.base_url).login("bob"), "bob")
+
+    renamed = await bob_there.request(type="profile", name="Robert")
+    assert renamed["type"] == "profile"
+    for client in (alice, bob_here):
+        event = await client.expect("profile", user="bob")
+        assert event == {"type": "profile", "user": "bob", "name": "Robert"}
+
+    # Bob's last socket is on the first worker, which learnt the name from the second.
+    await bob_there.close()
+    await bob_here.close()
+    await alice.expect("presence", user="bob", online=False, name="Robert")
 
 
 async def test_two_workers_changing_at_the_same_moment_lose_no_change(two_workers, sockets):

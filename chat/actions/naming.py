@@ -17,5 +17,11 @@ from chat.protocol import Profile
 async def profile(services: Services, actor: Actor, command: Profile) -> Reply:
     name = await database_sync_to_async(set_name)(actor.user, command.name)
     event = {"type": "profile", "user": actor.username, "name": name}
-    await services.outbox.to_everyone(event, exclude_connection=actor.connection_id)
+    await services.outbox.renamed(
+        event,
+        user_id=actor.user_id,
+        username=actor.username,
+        name=name,
+        exclude_connection=actor.connection_id,
+    )
     return reply("profile", command.ref, user=actor.username, name=name)

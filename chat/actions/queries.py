@@ -66,16 +66,21 @@ async def hello(services: Services, actor: Actor, groups: list[tuple[int, str]])
     return {
         "type": "hello",
         "user": actor.username,
-        "name": await _own_name(actor),
+        "name": await own_name(actor),
         "online": online,
         "groups": [name for _, name in groups],
         "last_id": last_id,
         "last_rev": last_rev,
+        # A client offers Edit only while the server would take it.
+        "edit_window": settings.CHAT_EDIT_WINDOW,
     }
 
 
-async def _own_name(actor: Actor) -> str:
-    """The user's name, from the profile read with the user at the handshake when it was."""
+async def own_name(actor: Actor) -> str:
+    """The user's name, from the profile read with the user at the handshake when it was.
+
+    The socket names its user to the hub with it too (presence notices carry it).
+    """
     profile = getattr(type(actor.user), "chat_profile", None)
     if profile is not None and profile.is_cached(actor.user):
         return name_of(actor.user)

@@ -56,6 +56,12 @@ class Outbox(Protocol):
     async def to_everyone(self, event: Event, *, exclude_connection: str | None = None) -> None:
         """Every socket online, the user's own too, on every worker (profile)."""
 
+    async def renamed(
+        self, event: Event, *, user_id: int, username: str, name: str, exclude_connection: str
+    ) -> None:
+        """Every socket online, the user's own too, on every worker (`event` is `profile`);
+        the workers with the user's sockets note `name` for their presence notices."""
+
     async def to_message_audience(
         self, change: Change, event: Event, *, exclude_connection: str | None = None
     ) -> None:

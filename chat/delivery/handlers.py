@@ -19,6 +19,7 @@ from chat.delivery.messages import (
     MemberChange,
     Notice,
     Notices,
+    Renamed,
     SessionEnd,
     Typing,
     group_layer_group,
@@ -80,6 +81,9 @@ class LayerHandlers:
         user_id = self.sockets.user_named.get(message.username)
         if user_id is not None:
             await write_to_all(self.sockets.sockets_of(user_id), message.text, (message.event,))
+
+    async def chat_renamed(self, message: Renamed) -> None:
+        self.sockets.rename(message.username, message.name)
 
     async def chat_session_end(self, message: SessionEnd) -> None:
         for conn in self.sockets.sockets_of(message.user_id):

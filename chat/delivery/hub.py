@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from django.conf import settings
 
@@ -57,7 +58,9 @@ from chat.delivery.messages import (
     MemberChange,
     Notice,
     Notices,
+    Renamed,
     presence_notice,
+    user_layer_group,
 )
 from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.notices import NoticeBatcher
@@ -79,6 +82,7 @@ from chat.delivery.subscriptions import LayerSubscriptions
 from chat.message_changes import Change
 from chat.messaging import StoredMessage
 from chat.presence import PresenceStore
+from chat.profiles import names_of
 from chat.protocol import CLOSE_SERVICE_RESTART
 from chat.registry import WorkerRegistry
 from chat.upstream.twisted import run_before_reactor_shutdown
@@ -178,8 +182,7 @@ class Hub:
         await close_spread(list(self.sockets), spread, lambda conn: conn.close_with(close_code))
         for task in self._tasks:
             task.cancel()
-        for username in await self.presence.drop_worker(worker=self.worker_id):
-            await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
+        await self._announce_offline(await self.presence.drop_worker(worker=self.worker_id))
         await self.registry.forget(worker=self.worker_id)
         await self.subscriptions.unsubscribe_all()
         await self.mirror.stop()
@@ -188,17 +191,28 @@ class Hub:
 
     # -- sockets coming and going ------------------------------------------
 
-    async def attach(self, conn: LocalSocket, *, group_ids: Iterable[int], endpoint: str) -> None:
-        """Register an open socket: index, layer groups, presence, admin mirror."""
+    async def attach(
+        self,
+        conn: LocalSocket,
+        *,
+        group_ids: Iterable[int],
+        endpoint: str,
+        name: str | None = None,
+    ) -> None:
+        """Register an open socket: index, layer groups, presence, admin mirror.
+
+        `name` is the user's display name as the handshake read it: the
+        presence notices carry it without a read of their own.
+        """
         if self._stopped:
             await conn.close_with(CLOSE_SERVICE_RESTART)
             raise RuntimeError("this worker is shutting down")
-        wanted = self.sockets.add(conn, group_ids=group_ids)
+        wanted = self.sockets.add(conn, group_ids=group_ids, name=name)
         try:
             await self.subscriptions.subscribe(wanted)
             self.mirror.opened(conn.connection_id, user_id=conn.user_id, endpoint=endpoint)
             if await self.recorder.connected(conn.connection_id, conn.username):
-                await self.announcing(presence_notice(conn.username, online=True))
+                await self.announcing(presence_notice(conn.username, online=True, name=name))
         except BaseException:
             # The socket will be closed (Redis down, say): do not keep it in
             # the index, since its consumer will not detach it.
@@ -208,6 +222,7 @@ class Hub:
 
     async def detach(self, conn: LocalSocket) -> None:
         """Forget a closed socket; announce the user offline if it was the last."""
+        name = self.sockets.names.get(conn.username)
         released = self.sockets.remove(conn)
         if released is None:
             return
@@ -215,7 +230,7 @@ class Hub:
         # before the layer groups are left.
         try:
             if await self.recorder.disconnected(conn.connection_id, conn.username):
-                await self.announcing(await self.recorder.went_offline(conn.username))
+                await self.announcing(await self.recorder.went_offline(conn.username, name))
         finally:
             self.mirror.closed(conn.connection_id)
             await self.subscriptions.unsubscribe(released)
@@ -236,9 +251,25 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self.detach(conn)
 
-    async def _announce_offline(self, username: str) -> None:
-        """Tell every worker that a user of a reaped worker went offline."""
-        await self.publish(LAYER_ALL, await self.recorder.went_offline(username))
+    async def _announce_offline(self, usernames: Sequence[str]) -> None:
+        """Tell every worker that these users (of a reaped or stopping worker) went offline.
+
+        Their names come from the sockets here, else from one read for all:
+        a reaped worker's users have no socket here.
+        """
+        if not usernames:
+            return
+        names = self.sockets.names
+        unknown = [username for username in usernames if username not in names]
+        read: dict[str, str] = {}
+        if unknown:
+            try:
+                read = await database_sync_to_async(names_of)(unknown)
+            except Exception:
+                logger.warning("could not read the names of users gone offline", exc_info=True)
+        for username in usernames:
+            name = names.get(username) or read.get(username)
+            await self.publish(LAYER_ALL, await self.recorder.went_offline(username, name))
 
     async def online(self) -> frozenset[str]:
         return await self.online_reader.online()
@@ -303,6 +334,20 @@ class Hub:
     async def to_everyone(
         self, event: dict[str, Any], *, exclude_connection: str | None = None
     ) -> None:
+        await self.tell(to_everyone(event, exclude_connection=exclude_connection))
+
+    async def renamed(
+        self,
+        event: dict[str, Any],
+        *,
+        user_id: int,
+        username: str,
+        name: str,
+        exclude_connection: str,
+    ) -> None:
+        # The name first: a worker has noted it by the time its sockets read `profile`.
+        self.sockets.rename(username, name)
+        await self.publish(user_layer_group(user_id), Renamed(username=username, name=name))
         await self.tell(to_everyone(event, exclude_connection=exclude_connection))
 
     async def to_message_audience(

@@ -60,7 +60,7 @@ class Maintenance:
         mirror: ConnectionMirror,
         has_sockets: Callable[[], bool],
         reset_sockets: Callable[[], Awaitable[None]],
-        announce_offline: Callable[[str], Awaitable[object]],
+        announce_offline: Callable[[list[str]], Awaitable[object]],
     ) -> None:
         self.presence = presence
         self.registry = registry
@@ -146,8 +146,7 @@ class Maintenance:
         TALLY.reaped_users += len(offline)
         logger.warning("reaped dead workers %s", ", ".join(workers))
         await database_sync_to_async(connections_forget_workers)(workers)
-        for username in offline:
-            await self._announce_offline(username)
+        await self._announce_offline(offline)
         # channels_redis would drop a dead channel from a group only after
         # `group_expiry`; meanwhile every group_send would still queue for it.
         for found in dead:

@@ -258,12 +258,20 @@ class Notice:
         )
 
 
-def presence_notice(username: str, *, online: bool, last_seen: str | None = None) -> Notice:
+def presence_notice(
+    username: str, *, online: bool, name: str | None = None, last_seen: str | None = None
+) -> Notice:
     """Tell every socket but the user's own that the user came online or went offline.
 
-    An offline notice carries `last_seen` (protocol 1.1).
+    It carries the user's display `name` (protocol 1.2; the username when
+    none is given), and an offline notice `last_seen` (protocol 1.1).
     """
-    event: dict[str, Any] = {"type": "presence", "user": username, "online": online}
+    event: dict[str, Any] = {
+        "type": "presence",
+        "user": username,
+        "online": online,
+        "name": username if name is None else name,
+    }
     if not online and last_seen is not None:
         event["last_seen"] = last_seen
     return Notice(
@@ -287,6 +295,29 @@ class Notices:
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> Notices:
         return cls(notices=tuple(Notice.from_fields(notice) for notice in data["notices"]))
+
+
+@layer_message
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """A user chose a new display name: the workers with their sockets note it.
+
+    Sent to the user's layer group, beside the `profile` event to everyone,
+    so that the presence notice of the user's last socket here carries the
+    name without reading it. A worker of the previous version logs it as
+    unknown and goes on.
+    """
+
+    type: ClassVar[str] = "chat.renamed"
+    username: str
+    name: str
+
+    def layer_fields(self) -> dict[str, Any]:
+        return {"username": self.username, "name": self.name}
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Renamed:
+        return cls(username=data["username"], name=data["name"])
 
 
 @layer_message

@@ -97,11 +97,12 @@ class PresenceRecorder:
         """Forget a socket; True if the user just went offline."""
         return await self.disconnecting((connection_id, username))
 
-    async def went_offline(self, username: str) -> Notice:
-        """Record when a user went offline (`last_seen`); the notice that says so."""
+    async def went_offline(self, username: str, name: str | None = None) -> Notice:
+        """Record when a user went offline (`last_seen`); the notice that says so (with
+        the user's display `name`, the username when unknown)."""
         moment = format_ts(datetime.now(UTC))
         try:
             await self.presence.note_seen(username, moment)
         except Exception:
             logger.warning("could not record when %s was last seen", username, exc_info=True)
-        return presence_notice(username, online=False, last_seen=moment)
+        return presence_notice(username, online=False, name=name, last_seen=moment)

@@ -73,6 +73,9 @@ class SocketIndex:
         self.members_here: dict[int, set[int]] = {}
         # User id by username, for events addressed by name (typing).
         self.user_named: dict[str, int] = {}
+        # Display name by username, for the presence notice of a user's last
+        # socket here: from the newest handshake, then `Renamed`.
+        self.names: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self.by_user)
@@ -87,8 +90,11 @@ class SocketIndex:
     def __contains__(self, conn: LocalSocket) -> bool:
         return conn in self.by_user.get(conn.user_id, ())
 
-    def add(self, conn: LocalSocket, *, group_ids: Iterable[int]) -> list[str]:
-        """Index an open socket; the layer groups its user needs.
+    def add(
+        self, conn: LocalSocket, *, group_ids: Iterable[int], name: str | None = None
+    ) -> list[str]:
+        """Index an open socket (its user's display `name`, when known); the layer
+        groups its user needs.
 
         A user's groups are taken from their first socket here; later ones
         share them (memberships then change through `apply`).
@@ -98,6 +104,8 @@ class SocketIndex:
         if first_here:
             self.groups_of[conn.user_id] = set(group_ids)
             self.user_named[conn.username] = conn.user_id
+        if name is not None:
+            self.names[conn.username] = name
         wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
         for group_id in self.groups_of[conn.user_id]:
             self.members_here.setdefault(group_id, set()).add(conn.user_id)
@@ -116,6 +124,7 @@ class SocketIndex:
             return []
         del self.by_user[conn.user_id]
         self.user_named.pop(conn.username, None)
+        self.names.pop(conn.username, None)
         released = [user_layer_group(conn.user_id)]
         for group_id in self.groups_of.pop(conn.user_id, set()):
             if self._forget_member(group_id, conn.user_id):
@@ -123,6 +132,11 @@ class SocketIndex:
         if not self.by_user:
             released.append(LAYER_ALL)
         return released
+
+    def rename(self, username: str, name: str) -> None:
+        """Note a user's new display name, if they have a socket here."""
+        if username in self.names or username in self.user_named:
+            self.names[username] = name
 
     def apply(self, change: MemberChange) -> bool:
         """Record a membership change of a user connected here; False if none is."""

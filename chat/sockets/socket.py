@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import protocol
-from chat.actions import Actor, Services
+from chat.actions import Actor, Services, queries
 from chat.actions.budget import spend_handshake
 from chat.addresses import client_address_of_scope
 from chat.database import handshake_admitted, handshake_done
@@ -178,7 +178,11 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
             for group_id, name in groups:
                 worker.group_named[group_key(name)] = (group_id, name)
             endpoint = self.wire.endpoint
-            await self.hub.attach(self, group_ids=[g for g, _ in groups], endpoint=endpoint)
+            # Read with the user at the handshake: presence notices carry it.
+            own = await queries.own_name(self.actor)
+            await self.hub.attach(
+                self, group_ids=[g for g, _ in groups], endpoint=endpoint, name=own
+            )
             self._attached = True
             TALLY.open_sockets[endpoint] += 1
             await self.wire.greet(self, groups)
