@@ -45,6 +45,7 @@ from chat.protocol import (
     TOO_MANY_REACTIONS,
     ChatError,
 )
+from chat.search import forget_deleted
 
 # Distinct emoji one message may hold.
 MAX_EMOJI_PER_MESSAGE = 20
@@ -234,6 +235,7 @@ def _tombstone(message: Message) -> None:
     message.reply_to = None
     message.rev = _next_rev()
     message.save(update_fields=["body", "mentions", "deleted", "reply_to", "rev"])
+    forget_deleted()
 
 
 def message_react(*, user: User, message_id: int, emoji: str, on: bool) -> Change:

@@ -666,6 +666,33 @@ def message_history_page(
     return kept[::-1], len(rows) > len(kept)
 
 
+def message_history_around(
+    *, user: User, of: Address, around: int, limit: int, max_bytes: int = 0
+) -> tuple[list[dict[str, Any]], bool, bool]:
+    """The messages of one conversation around the id `around` (1.2), oldest first.
+
+    Half of `limit` (rounded down) older than `around`, the rest from it on;
+    within `max_bytes` of JSON (0: unbounded), the ones nearest `around` kept
+    first. Then `more` (older ones exist than the first listed) and `newer`
+    (newer ones exist than the last listed).
+    """
+    messages = audience.resolve(user.pk, of).messages(user.pk).select_related(*MESSAGE_RELATED)
+    older_wanted = limit // 2
+    newer_rows = list(messages.filter(id__gte=around).order_by("id")[: limit - older_wanted + 1])
+    older_rows = list(messages.filter(id__lt=around).order_by("-id")[: older_wanted + 1])
+    newer_kept = fit_in_bytes(messages_json(newer_rows[: limit - older_wanted]), max_bytes)
+    room = 0
+    if max_bytes:
+        room = max(1, max_bytes - sum(len(orjson.dumps(m)) + 1 for m in newer_kept))
+    older_json = messages_json(older_rows[:older_wanted])
+    older_kept = fit_in_bytes(older_json, room) if room != 1 else []
+    return (
+        older_kept[::-1] + newer_kept,
+        len(older_rows) > len(older_kept),
+        len(newer_rows) > len(newer_kept),
+    )
+
+
 def message_sync(
     *, user: User, since: int, max_bytes: int = 0
 ) -> tuple[list[dict[str, Any]], bool]:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal, get_args
 
 import orjson
 
+from chat.search_query import QueryError, SearchQuery, parse_query
+
 # Error codes, exactly as the protocol names them.
 BAD_JSON = "bad_json"
 BAD_COMMAND = "bad_command"
@@ -292,6 +294,8 @@ class History:
     before: int | None = None
     limit: int = HISTORY_DEFAULT_LIMIT
     ref: str | None = None
+    # Protocol 1.2: the messages around this id instead (a search result, a reply's original).
+    around: int | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> History:
@@ -301,8 +305,13 @@ class History:
         before = data.get("before")
         if before is not None:
             before = _clean_int(before, "before", minimum=1)
+        around = data.get("around")
+        if around is not None:
+            around = _clean_int(around, "around", minimum=1)
+            if before is not None:
+                raise ChatError(BAD_COMMAND, "history takes before or around, not both")
         limit = _optional_limit(data, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT)
-        return cls(of=of, before=before, limit=limit, ref=ref)
+        return cls(of=of, before=before, limit=limit, ref=ref, around=around)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -544,6 +553,41 @@ class Changes:
         return cls(since=since, limit=limit, ref=ref)
 
 
+# -- protocol 1.2: search -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Search:
+    type: ClassVar[str] = "search"
+    query: SearchQuery
+    q: str
+    # Only this conversation (the `in:` operator's address, as a field).
+    of: Address | None = None
+    # The `next` of a previous reply: results with lower ids.
+    before: int | None = None
+    limit: int = SEARCH_DEFAULT_LIMIT
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Search:
+        _require(data, cls.type, "q")
+        q = data["q"]
+        if not isinstance(q, str) or "\x00" in q:
+            raise ChatError(BAD_COMMAND, "q must be a string without NUL")
+        try:
+            query = parse_query(q)
+        except QueryError as error:
+            raise ChatError(BAD_COMMAND, f"q: {error}") from None
+        of = data.get("of")
+        if of is not None:
+            of = clean_address(of, "of")
+        before = data.get("before")
+        if before is not None:
+            before = _clean_int(before, "before", minimum=1)
+        limit = _optional_limit(data, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT)
+        return cls(query=query, q=q, of=of, before=before, limit=limit, ref=ref)
+
+
 Command = (
     Send
     | Join
@@ -564,6 +608,7 @@ Command = (
     | Unreact
     | Changes
     | Profile
+    | Search
 )
 # Each command class by its `type`, for `parse_command`.
 COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}

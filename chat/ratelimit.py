@@ -59,6 +59,8 @@ COMMAND_COSTS: dict[str, int] = {
     "changes": 3,
     # A name change writes one row and tells everyone online.
     "profile": 2,
+    # A search reads an index and up to 50 messages, like a history page and more.
+    "search": 3,
     # Opening a socket (not a command): it loads and subscribes to each of the
     # user's groups, so a client reconnecting in a loop spends from the budget
     # too, and is refused (4429) past it. One token, so a budget of one still

@@ -38,6 +38,7 @@ from chat.protocol import (
     Profile,
     React,
     Read,
+    Search,
     Send,
     Sync,
     Typing,
@@ -96,6 +97,8 @@ COMMANDS: dict[str, Entry] = {
     Changes.type: Entry(Changes.parse, queries.changes, reads=True),
     # Protocol 1.2: display names.
     Profile.type: Entry(Profile.parse, naming.profile),
+    # Protocol 1.2: search.
+    Search.type: Entry(Search.parse, queries.search, reads=True),
 }
 
 

@@ -1,4 +1,5 @@
-"""The read-only commands: history, sync, who, members, conversations, users, groups, ping.
+"""The read-only commands: history, sync, who, members, conversations, users, groups, ping;
+and (1.2) changes and search.
 
 Each reads through `chat.database.read_for_socket` (its own threads, within
 `CHAT_DATABASE_TIMEOUT`) and keeps its reply within the byte limits.
@@ -21,7 +22,7 @@ from chat.conversations import (
 from chat.database import read_for_socket
 from chat.groups import group_members_read
 from chat.message_changes import message_changes
-from chat.messaging import message_history_page, message_sync
+from chat.messaging import message_history_around, message_history_page, message_sync
 from chat.paging import fit_page, names_page
 from chat.profiles import name_of, names_of
 from chat.protocol import (
@@ -34,10 +35,12 @@ from chat.protocol import (
     History,
     Members,
     Ping,
+    Search,
     Sync,
     Users,
     Who,
 )
+from chat.search import message_search
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,23 @@ async def own_name(actor: Actor) -> str:
 
 
 async def history(services: Services, actor: Actor, command: History) -> Reply:
+    if command.around is not None:
+        messages, more, newer = await read_for_socket(
+            message_history_around,
+            user=actor.user,
+            of=command.of,
+            around=command.around,
+            limit=command.limit,
+            max_bytes=reply_room(),
+        )
+        return reply(
+            "history",
+            command.ref,
+            of=command.of.as_json(),
+            messages=messages,
+            more=more,
+            newer=newer,
+        )
     messages, more = await read_for_socket(
         message_history_page,
         user=actor.user,
@@ -198,6 +218,23 @@ async def changes(services: Services, actor: Actor, command: Changes) -> Reply:
         last = messages[-1]["rev"]
         return reply("changes", command.ref, messages=messages, more=True, next=last)
     return reply("changes", command.ref, messages=messages, more=False)
+
+
+async def search(services: Services, actor: Actor, command: Search) -> Reply:
+    """Messages the user may see now that match `q` (1.2), newest first, with their spans."""
+    results, more = await read_for_socket(
+        message_search,
+        user=actor.user,
+        query=command.query,
+        of=command.of,
+        before=command.before,
+        limit=command.limit,
+        max_bytes=reply_room(),
+    )
+    if more and results:
+        last = results[-1]["message"]["id"]
+        return reply("search", command.ref, results=results, more=True, next=last)
+    return reply("search", command.ref, results=results, more=False)
 
 
 async def ping(services: Services, actor: Actor, command: Ping) -> Reply:

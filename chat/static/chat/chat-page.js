@@ -492,6 +492,11 @@
       items.splice(under + 1, 0, seen.item);
     }
     for (const pending of conv.unsent) items.push(unsentItem(conv, pending));
+    // An older stretch is shown (a search result): the way back to the newest.
+    if (conv.newer && messages.length) {
+      items.push(el("li", {className: "notice"}, el("button", {type: "button", className: "secondary small newer-gap",
+        id: "show-newest", text: "Show the newest messages", onclick: () => showNewest(conv)})));
+    }
     $("message-list").replaceChildren(...items);
     $("jump-unread").hidden = !dividerShown;
     dividerInView.disconnect();
@@ -617,7 +622,8 @@
   }
 
   async function loadHistory(conv) {
-    if (conv.loading || conv.complete || !client.connected) return;
+    // An older stretch on its way (a search result) decides where pages go on from.
+    if (conv.loading || conv.complete || !client.connected || (conv.newer && !conv.messages.size)) return;
     conv.loading = true;
     if (state.openKey === conv.key) renderMessages();
     const command = {type: "history", of: conv.address, limit: PAGE_SIZE};
@@ -866,7 +872,8 @@
   client.on("message", (m) => {
     learnName(m.from, m.from_name);
     const conv = conversation(addressOfMessage(m));
-    conv.messages.set(m.id, m);
+    // Showing an older stretch (a search result): the newest load again on the way back.
+    if (!conv.newer) conv.messages.set(m.id, m);
     // Stored after all (its ack was lost with the connection): no longer "not sent".
     if (m.from === me && m.cid) conv.unsent = conv.unsent.filter((p) => p.cid !== m.cid);
     if (!conv.last || m.id > conv.last.id) conv.last = m;
@@ -1343,6 +1350,161 @@
     $("notify-toggle").setAttribute("aria-pressed", String(on));
   }
   renderNotifyToggle();
+
+
+  // -- searching messages (protocol 1.2) ----------------------------------------
+
+  const SEARCH_LIMIT = 20;
+  const search = {q: "", next: null, seq: 0};
+
+  function searchConversationTitle(m) {
+    const address = addressOfMessage(m);
+    if (address.all) return "Everyone";
+    if (address.group !== undefined) return "# " + address.group;
+    return address.user === me ? "Notes to self" : "@ " + nameOf(address.user);
+  }
+
+  /** A body with its matched words in <mark> (text nodes only: nothing is parsed as HTML). */
+  function highlighted(body, spans) {
+    const parts = [];
+    let at = 0;
+    const chars = Array.from(body); // spans count code points, as the server does
+    for (const [start, end] of spans) {
+      if (start < at || end > chars.length) continue;
+      parts.push(document.createTextNode(chars.slice(at, start).join("")));
+      parts.push(el("mark", {text: chars.slice(start, end).join("")}));
+      at = end;
+    }
+    parts.push(document.createTextNode(chars.slice(at).join("")));
+    return parts;
+  }
+
+  function searchResultItem(result) {
+    const m = result.message;
+    learnName(m.from, m.from_name);
+    const date = new Date(m.ts);
+    return el("li", {dataset: {id: String(m.id)}},
+      el("button", {type: "button", className: "search-result", onclick: () => openResult(m)},
+        el("span", {className: "search-where"},
+          el("bdi", {className: "search-conv", text: searchConversationTitle(m)}),
+          // A direct conversation's title already names the other person.
+          addressOfMessage(m).user === m.from ? null : el("bdi", {className: "search-from", text: m.from === me ? "you" : nameOf(m.from)}),
+          el("time", {datetime: m.ts, title: fullFormat.format(date),
+            text: shortDayFormat.format(date) + " " + timeFormat.format(date)})),
+        el("span", {className: "search-body", dir: "auto"}, ...highlighted(m.body, result.spans))));
+  }
+
+  function showSearchStatus(text, error = false) {
+    $("search-status").textContent = text;
+    $("search-status").className = "search-status" + (error ? " error" : "");
+  }
+
+  /** Ask the server; `more` appends the next page. Replies to an older query are dropped. */
+  async function runSearch(more = false) {
+    const q = $("search-box").value.trim();
+    if (!q) { closeSearch(); return; }
+    $("search-panel").hidden = false;
+    if (!client.connected) { showSearchStatus("Not connected: search when the connection is back."); return; }
+    const seq = ++search.seq;
+    const command = {type: "search", q, limit: SEARCH_LIMIT};
+    if (more && search.next !== null) command.before = search.next;
+    if (!more) showSearchStatus("Searching…");
+    let reply;
+    try { reply = await client.request(command); } catch (error) {
+      if (seq === search.seq) showSearchStatus(error.code === "bad_command" ? error.message.replace(/^q: /, "") : describeError(error), true);
+      return;
+    }
+    if (seq !== search.seq) return;
+    search.q = q;
+    search.next = reply.more ? reply.next : null;
+    const items = reply.results.map(searchResultItem);
+    if (more) $("search-results").append(...items);
+    else $("search-results").replaceChildren(...items);
+    const shown = $("search-results").children.length;
+    showSearchStatus(shown ? (reply.more ? `${shown}+ messages` : plural(shown, "message")) : "No messages found.");
+    $("search-more").hidden = !reply.more;
+  }
+
+  function closeSearch() {
+    search.seq += 1;
+    $("search-panel").hidden = true;
+    $("search-results").replaceChildren();
+    $("search-more").hidden = true;
+  }
+
+  /** Open a result's conversation at that message: the messages around it, it in the middle. */
+  async function openResult(m) {
+    $("search-panel").hidden = true;
+    const conv = conversation(addressOfMessage(m));
+    if (!conv.messages.has(m.id)) {
+      // Nothing else loads into it meanwhile: the stretch around the result replaces it.
+      conv.loaded = true;
+      conv.messages = new Map();
+      conv.newer = true;
+    }
+    openConversation(conv.address);
+    if (conv.messages.has(m.id) && !conv.newer) { showJumped(m.id); return; }
+    try {
+      const reply = await client.request({type: "history", of: conv.address, around: m.id, limit: PAGE_SIZE});
+      conv.messages = new Map();
+      for (const each of reply.messages) { learnName(each.from, each.from_name); conv.messages.set(each.id, each); }
+      conv.complete = !reply.more;
+      conv.newer = reply.newer;
+      conv.landing = false;
+      conv.error = "";
+    } catch (error) {
+      // Not there after all (deleted meanwhile, or offline): the newest, as usual.
+      conv.newer = false;
+      conv.loaded = false;
+      loadHistory(conv);
+      return;
+    }
+    if (state.openKey === conv.key) { renderMessages(); showJumped(m.id); }
+  }
+
+  function showJumped(id) {
+    const target = $("message-list").querySelector(`li.message[data-id="${id}"]`);
+    if (!target) return;
+    target.scrollIntoView({block: "center"});
+    target.classList.add("jumped");
+    setTimeout(() => target.classList.remove("jumped"), 2000);
+  }
+
+  /** Back from an older stretch to the newest messages, as a fresh conversation loads them. */
+  function showNewest(conv) {
+    conv.messages = new Map();
+    conv.newer = false;
+    conv.loaded = false;
+    conv.complete = false;
+    loadHistory(conv).then(() => { $("messages").scrollTop = $("messages").scrollHeight; });
+  }
+
+  $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); });
+  $("search-box").addEventListener("input", () => debouncedSearch());
+  $("search-box").addEventListener("focus", () => { if ($("search-box").value.trim()) $("search-panel").hidden = false; });
+  $("search-box").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") { $("search-box").value = ""; closeSearch(); $("search-box").blur(); }
+    if (ev.key === "ArrowDown") { const first = $("search-results").querySelector("button"); if (first) { ev.preventDefault(); first.focus(); } }
+  });
+  $("search-more").addEventListener("click", () => runSearch(true));
+  let searchDelay = null;
+  function debouncedSearch() {
+    clearTimeout(searchDelay);
+    searchDelay = setTimeout(() => runSearch(), 250);
+  }
+  document.addEventListener("keydown", (ev) => {
+    const typing = ev.target instanceof HTMLElement && ev.target.closest("input, textarea, [contenteditable]");
+    if ((ev.key === "k" && (ev.ctrlKey || ev.metaKey)) || (ev.key === "/" && !typing && !ev.ctrlKey && !ev.metaKey && !ev.altKey)) {
+      ev.preventDefault();
+      $("search-box").focus();
+      $("search-box").select();
+    } else if (ev.key === "Escape" && !$("search-panel").hidden) {
+      closeSearch();
+    }
+  });
+  document.addEventListener("click", (ev) => {
+    if (!$("search-panel").hidden && !ev.target.closest("#search-panel, #search-form")) $("search-panel").hidden = true;
+  });
 
   $("back").addEventListener("click", () => {
     // The list has no address of its own: the back button from a conversation returns to it.
