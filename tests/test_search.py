@@ -17,7 +17,7 @@ from chat.message_changes import message_delete, message_edit
 from chat.messaging import message_history_around, message_send
 from chat.models import Message, Upload
 from chat.protocol import NOT_MEMBER, Address, ChatError
-from chat.search import FTS_TABLE, VECTOR, message_search, spans_of
+from chat.search import FTS_TABLE, VECTOR_COLUMN, message_search, spans_of
 from chat.search_query import parse_query
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -197,9 +197,8 @@ def _indexed(word: str) -> list[int]:
     """Ids the database's own index finds for a word, bypassing every other filter."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            vector = VECTOR.format(body="body")
             cursor.execute(
-                f"SELECT id FROM chat_message WHERE NOT deleted AND {vector}"
+                f"SELECT id FROM chat_message WHERE NOT deleted AND {VECTOR_COLUMN}"
                 " @@ plainto_tsquery('chat_search'::regconfig, %s)",
                 [word],
             )
