@@ -39,10 +39,11 @@ from chat.worker import current_worker
 def index(request: HttpRequest) -> HttpResponse:
     config = {
         "user": request.user.get_username(),
+        "name": name_of(request.user),
         "maxBodyChars": settings.CHAT_MAX_BODY_CHARS,
         "loginUrl": settings.LOGIN_URL,
     }
-    context = {"chat_config": config, "display_name": name_of(request.user)}
+    context = {"chat_config": config, "display_name": config["name"]}
     return render(request, "chat/index.html", context)
 
 

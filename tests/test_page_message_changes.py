@@ -10,8 +10,12 @@ import concurrent.futures
 import re
 from typing import Any
 
+from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
+from chat.conversations import ReadRequest, read_positions_move
+from chat.messaging import message_send
+from chat.protocol import Address
 from tests.browser import PHONE, TIMEOUT, open_direct, screenshot, send, wait_connected
 from tests.chatclient import open_real_socket
 from tests.servers import Worker
@@ -163,6 +167,33 @@ def test_reply_edit_react_and_delete_from_the_message_menu(chat_user):
         )
 
 
+def test_a_reply_jumps_to_an_original_older_than_the_loaded_history(chat_user):
+    alice = chat_user("alice")
+    chat_user("bob")
+    alice.page.close()
+    alice_user, bob_user = (User.objects.get(username=n) for n in ("alice", "bob"))
+    to_alice = Address("user", "alice")
+    original = message_send(sender=bob_user, to=to_alice, body="the original question")
+    for n in range(60):  # more than a page of history between them
+        message_send(sender=bob_user, to=to_alice, body=f"filler {n}")
+    answer = message_send(
+        sender=bob_user, to=to_alice, body="as I asked above", reply_to=original.id
+    )
+    read_positions_move([ReadRequest(alice_user, Address("user", "bob"), answer.id)])
+
+    page = alice.context.new_page()
+    page.goto(alice.context_base_url + "/#user/bob")
+    wait_connected(page)
+    quote = page.locator(f'#message-list li.message[data-id="{answer.id}"] .reply-quote')
+    expect(quote).to_contain_text("the original question")
+    target = page.locator(f'#message-list li.message[data-id="{original.id}"]')
+    expect(target).to_have_count(0)
+
+    quote.click()
+    expect(target).to_have_class(re.compile(r"\bjumped\b"))
+    expect(target).to_be_in_viewport()
+
+
 def test_typing_at_offers_people_and_a_mention_gets_its_badge(chat_user):
     alice = chat_user("alice")
     bob = chat_user("bob")
@@ -201,7 +232,13 @@ def test_a_long_press_opens_the_menu_on_a_phone(chat_user):
     item.locator(".body").dispatch_event("contextmenu")
     expect(menu).to_be_visible()
     item.get_by_role("button", name="React").click()
-    item.get_by_role("button", name="🎉").click()
+    # The picker's search filters the emoji by name; Enter takes the first found.
+    search = item.get_by_role("searchbox", name="Search emoji")
+    search.fill("no such emoji")
+    expect(item.locator(".emoji-none")).to_have_text("No emoji found")
+    search.fill("party")
+    expect(item.locator(".emoji-choices button")).to_have_text(["🎉", "🥳"])
+    search.press("Enter")
     expect(item.locator(".reaction")).to_have_text("🎉 1")
     expect(message_item(friend.page, "react to this on a phone").locator(".reaction")).to_have_text(
         "🎉 1"

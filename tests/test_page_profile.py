@@ -51,3 +51,60 @@ def test_a_guest_enters_with_a_suggested_name_and_the_username_in_the_tooltip(ch
     guest.page.locator("#profile-name").fill("Zoë")
     guest.page.get_by_role("button", name="Save").click()
     expect(me).to_have_text("Zoë")
+
+
+def rename(page, name: str) -> None:
+    page.locator("#profile-toggle").click()
+    page.locator("#profile-name").fill(name)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#me")).to_have_text(name)
+
+
+def test_names_show_where_people_appear_and_a_new_name_reaches_other_pages(chat_user):
+    alice = chat_user("alice")
+    bob = chat_user("bob")
+    rename(bob.page, "Robert")
+    entry = alice.page.locator("#conversation-list li[data-user='bob'] .conv-name")
+    expect(entry).to_have_text("Robert")
+    expect(entry).to_have_attribute("title", "@bob")
+
+    entry.click()
+    title = alice.page.locator("#conv-title")
+    expect(title).to_have_text("Robert")
+    expect(title).to_have_attribute("title", "@bob")
+    open_direct(bob, "alice")
+    bob.page.locator("#body").press_sequentially("are you there")
+    expect(alice.page.locator("#typing")).to_have_text("Robert is typing…")
+    bob.page.locator("#body").press("Enter")
+    question = alice.page.locator("#message-list li.message[data-from='bob']")
+    expect(question.locator(".from")).to_have_text("Robert")
+
+    # Replying quotes the name; `@` offers people by name and writes the username.
+    question.hover()
+    question.get_by_role("button", name="Reply").click()
+    expect(alice.page.locator("#reply-bar .reply-from")).to_have_text("Robert")
+    alice.page.locator("#body").press_sequentially("yes @Rob")
+    offered = alice.page.locator("#mention-list").get_by_role("option", name="Robert @bob")
+    expect(offered).to_be_visible()
+    offered.click()
+    expect(alice.page.locator("#body")).to_have_value("yes @bob ")
+    alice.page.locator("#body").press("Enter")
+    answer = alice.page.locator("#message-list li.message[data-from='alice']")
+    quote = answer.locator(".reply-from")
+    expect(quote).to_have_text("Robert")
+    expect(quote).to_have_attribute("title", "@bob")
+    expect(answer.locator(".mention")).to_have_text("@bob")
+    expect(answer.locator(".mention")).to_have_attribute("title", "Robert")
+
+    alice.page.locator("#people-search").fill("bo")
+    found = alice.page.locator("#people-results li[data-user='bob'] .conv-name")
+    expect(found).to_have_text("Robert")
+    expect(found).to_have_attribute("title", "@bob")
+    alice.page.locator("#people-search").press("Escape")
+
+    # A new name reaches the open page everywhere it shows.
+    rename(bob.page, "Bobby")
+    for shown in (entry, title, question.locator(".from"), quote):
+        expect(shown).to_have_text("Bobby")
+    expect(answer.locator(".mention")).to_have_attribute("title", "Bobby")
+    screenshot(alice.page, "names-desktop")

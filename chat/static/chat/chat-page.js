@@ -50,7 +50,11 @@
     editingId: null,
     replyTo: null,
     pickerFor: null,
+    pickerQuery: "",
+    pickerOpened: false,
     menuFor: null,
+    // Protocol 1.2: seconds after its `ts` that a message may be edited (hello; 0: always).
+    editWindow: null,
     // Protocol 1.2: display names by username, as last heard (hello, messages, members, profile).
     names: new Map(),
   };
@@ -58,7 +62,54 @@
   function learnName(user, name) {
     if (user && typeof name === "string" && name) state.names.set(user, name);
   }
+  /** The names a message object carries: its sender's, and the quoted sender's. */
+  function learnNames(m) {
+    learnName(m.from, m.from_name);
+    if (m.reply_to) learnName(m.reply_to.from, m.reply_to.from_name);
+  }
+  learnName(me, config.name);
   const COMMON_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+  // The picker's search: emoji by their Unicode (CLDR) names, fully qualified as
+  // the server wants them. A short list of the usual ones, not all of Unicode.
+  const EMOJI_NAMES = [
+    ["👍", "thumbs up yes ok +1"], ["👎", "thumbs down no -1"], ["❤️", "red heart love"],
+    ["😂", "face with tears of joy laugh lol"], ["🎉", "party popper celebrate tada"],
+    ["😮", "face with open mouth wow surprised"], ["😢", "crying face sad tear"],
+    ["😀", "grinning face smile happy"], ["😃", "grinning face with big eyes smile"],
+    ["😄", "grinning face with smiling eyes smile"], ["😁", "beaming face with smiling eyes grin"],
+    ["😅", "grinning face with sweat relief"], ["🤣", "rolling on the floor laughing rofl"],
+    ["🙂", "slightly smiling face"], ["😉", "winking face wink"], ["😊", "smiling face with smiling eyes blush"],
+    ["😍", "smiling face with heart-eyes love"], ["🥰", "smiling face with hearts love"],
+    ["😘", "face blowing a kiss"], ["😎", "smiling face with sunglasses cool"],
+    ["🤔", "thinking face hmm"], ["🤨", "face with raised eyebrow doubt"], ["😐", "neutral face meh"],
+    ["🙄", "face with rolling eyes"], ["😬", "grimacing face awkward"], ["😴", "sleeping face tired zzz"],
+    ["😭", "loudly crying face sob"], ["😡", "enraged face angry pouting"], ["😱", "face screaming in fear shock"],
+    ["🤯", "exploding head mind blown"], ["🥳", "partying face celebrate birthday"],
+    ["🤗", "smiling face with open hands hug"], ["🤝", "handshake deal agree"],
+    ["🙏", "folded hands please thanks pray"], ["👏", "clapping hands applause bravo"],
+    ["🙌", "raising hands hooray"], ["💪", "flexed biceps strong"], ["👀", "eyes look watching"],
+    ["👋", "waving hand hello bye"], ["👌", "ok hand fine"], ["✌️", "victory hand peace"],
+    ["🤞", "crossed fingers luck hope"], ["🫡", "saluting face yes sir"], ["🔥", "fire hot lit"],
+    ["✨", "sparkles shiny new"], ["⭐", "star favourite"], ["💯", "hundred points 100 perfect"],
+    ["✅", "check mark button done yes"], ["❌", "cross mark no wrong"], ["⚠️", "warning careful"],
+    ["❓", "red question mark"], ["❗", "red exclamation mark important"], ["💡", "light bulb idea"],
+    ["🚀", "rocket launch ship fast"], ["🎯", "bullseye direct hit target"], ["🏆", "trophy win award"],
+    ["🎂", "birthday cake"], ["🎁", "wrapped gift present"], ["☕", "hot beverage coffee tea"],
+    ["🍕", "pizza food"], ["🍻", "clinking beer mugs cheers"], ["💔", "broken heart"],
+    ["💙", "blue heart"], ["💚", "green heart"], ["💜", "purple heart"], ["🧡", "orange heart"],
+    ["💛", "yellow heart"], ["🐛", "bug insect"], ["🤖", "robot bot"], ["👻", "ghost"],
+    ["💩", "pile of poo"], ["🙈", "see-no-evil monkey oops"], ["🤷", "person shrugging shrug dunno"],
+    ["🤦", "person facepalming facepalm"], ["💀", "skull dead"], ["☀️", "sun sunny"],
+    ["🌈", "rainbow"], ["⚡", "high voltage lightning zap"], ["📌", "pushpin pin"],
+    ["📎", "paperclip attach"], ["🔒", "locked lock"], ["⏰", "alarm clock time"],
+  ];
+
+  /** The emoji whose name holds every word typed (the common ones when nothing is typed). */
+  function emojiMatching(query) {
+    const words = query.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    if (!words.length) return COMMON_EMOJI.map((emoji) => EMOJI_NAMES.find((e) => e[0] === emoji));
+    return EMOJI_NAMES.filter(([, name]) => words.every((word) => name.includes(word))).slice(0, 24);
+  }
 
   function keyOf(address) {
     if (address.all) return "all";
@@ -106,7 +157,7 @@
   function titleOf(conv) {
     if (conv.address.all) return "Everyone";
     if (conv.address.group !== undefined) return "# " + conv.address.group;
-    return conv.address.user === me ? conv.address.user + " (you)" : conv.address.user;
+    return conv.address.user === me ? nameOf(me) + " (you)" : nameOf(conv.address.user);
   }
 
   // -- small DOM helpers -------------------------------------------------------
@@ -130,10 +181,11 @@
     return h;
   }
 
-  function avatar(name, className) {
-    const initial = (name.replace(/^guest-/, "")[0] || "?").toUpperCase();
+  /** A person's round initial: the first letter of their name, the colour of their username. */
+  function avatar(user, className) {
+    const initial = ([...nameOf(user).replace(/^guest-/, "")][0] || "?").toUpperCase();
     const node = el("span", {className: "avatar " + (className || ""), "aria-hidden": "true", text: initial});
-    node.style.setProperty("--hue", hue(name));
+    node.style.setProperty("--hue", hue(user));
     return node;
   }
 
@@ -159,7 +211,8 @@
       type: "button", className: "conv-link" + (conv.unread ? " has-unread" : ""),
       dataset: {key: conv.key}, "aria-current": isOpen ? "page" : "false",
       onclick: () => openConversation(address),
-    }, extra.icon, el("span", {className: "conv-text"}, el("span", {className: "conv-name", text: label}),
+    }, extra.icon, el("span", {className: "conv-text"},
+      el("bdi", {className: "conv-name", text: label, title: extra.tooltip || ""}),
       typingOrPreview(conv)), extra.status || null,
       conv.mentions ? el("span", {className: "mention-badge", text: "@",
         title: plural(conv.mentions, "mention"), "aria-label": plural(conv.mentions, "unread mention")}) : null,
@@ -180,12 +233,12 @@
       ? timeFormat.format(date) : shortDayFormat.format(date);
     return el("span", {className: "conv-preview"},
       el("time", {className: "conv-time", datetime: last.ts, text: when}),
-      el("bdi", {text: (last.from === me ? "You" : last.from) + ": "}),
+      el("bdi", {text: (last.from === me ? "You" : nameOf(last.from)) + ": "}),
       el("bdi", {dir: "auto", text: line.length > 60 ? line.slice(0, 60) + "…" : line}));
   }
 
   function typingText(conv) {
-    const names = [...conv.typing.keys()];
+    const names = [...conv.typing.keys()].map(nameOf);
     if (!names.length) return "";
     if (names.length === 1) return names[0] + " is typing…";
     return names.slice(0, -1).join(", ") + " and " + names[names.length - 1] + " are typing…";
@@ -213,7 +266,7 @@
       const talked = conv.messages.size > 0 || conv.last !== null || conv.key === state.openKey;
       if (conv.address.user !== undefined && conv.address.user !== me && talked) people.add(conv.address.user);
     }
-    for (const u of people) entries.push({address: {user: u}, rank: 2, name: u, item: () => personItem(u)});
+    for (const u of people) entries.push({address: {user: u}, rank: 2, name: nameOf(u), item: () => personItem(u)});
     const activity = (entry) => {
       const conv = state.conversations.get(keyOf(entry.address));
       return conv && conv.last ? conv.last.id : 0;
@@ -234,7 +287,7 @@
     const icon = el("span", {className: "avatar-wrap"}, avatar(u, "small"),
       el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"}));
     const status = el("span", {className: "visually-hidden", text: online ? " (online)" : " (offline)"});
-    const item = conversationItem({user: u}, u, {icon, status});
+    const item = conversationItem({user: u}, nameOf(u), {icon, status, tooltip: "@" + u});
     item.classList.add(online ? "online" : "offline");
     item.dataset.user = u;
     return item;
@@ -269,7 +322,8 @@
       let rest = 0;
       for (const match of text.matchAll(pattern)) {
         out.push(document.createTextNode(text.slice(rest, match.index)));
-        out.push(el("span", {className: "mention" + (match[1] === me ? " me" : ""), text: match[0]}));
+        out.push(el("span", {className: "mention" + (match[1] === me ? " me" : ""), text: match[0],
+          title: nameOf(match[1])}));
         rest = match.index + match[0].length;
       }
       out.push(document.createTextNode(text.slice(rest)));
@@ -314,7 +368,7 @@
     if (m.reply_to) {
       item.append(el("button", {type: "button", className: "reply-quote", dir: "auto",
         title: "Show the message this answers", onclick: () => jumpTo(m.reply_to.id)},
-        el("bdi", {className: "reply-from", text: m.reply_to.from}),
+        el("bdi", {className: "reply-from", text: nameOf(m.reply_to.from), title: "@" + m.reply_to.from}),
         el("span", {text: m.reply_to.excerpt || "This message was deleted"})));
     }
     if (m.deleted) {
@@ -333,7 +387,7 @@
       item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) => {
         const mine = r.users.includes(me);
         return el("button", {type: "button", className: "reaction" + (mine ? " mine" : ""),
-          title: r.users.join(", "), "aria-pressed": String(mine), text: `${r.emoji} ${r.count}`,
+          title: r.users.map(nameOf).join(", "), "aria-pressed": String(mine), text: `${r.emoji} ${r.count}`,
           onclick: () => react(m, r.emoji, !mine)});
       })));
     }
@@ -363,18 +417,60 @@
     const menu = el("div", {className: "message-menu"},
       el("button", {type: "button", text: "Reply", onclick: () => startReply(m)}),
       el("button", {type: "button", text: "React", "aria-expanded": String(state.pickerFor === m.id),
-        onclick: () => { state.pickerFor = state.pickerFor === m.id ? null : m.id; renderMessages(); }}));
+        onclick: () => {
+          state.pickerFor = state.pickerFor === m.id ? null : m.id;
+          state.pickerQuery = "";
+          state.pickerOpened = state.pickerFor !== null;
+          renderMessages();
+        }}));
     if (own) {
-      menu.append(
-        el("button", {type: "button", text: "Edit", onclick: () => { state.editingId = m.id; renderMessages(); }}),
-        el("button", {type: "button", text: "Delete", onclick: () => removeMessage(m)}));
+      // Edit only while the server would take it (hello's `edit_window`, 0: always).
+      if (editable(m)) {
+        menu.append(el("button", {type: "button", text: "Edit",
+          onclick: () => { state.editingId = m.id; renderMessages(); }}));
+      }
+      menu.append(el("button", {type: "button", text: "Delete", onclick: () => removeMessage(m)}));
     }
-    if (state.pickerFor === m.id) {
-      menu.append(el("div", {className: "emoji-picker", role: "group", "aria-label": "React with"},
-        ...COMMON_EMOJI.map((emoji) => el("button", {type: "button", className: "emoji", text: emoji,
-          onclick: () => { state.pickerFor = null; react(m, emoji, true); }}))));
-    }
+    if (state.pickerFor === m.id) menu.append(emojiPicker(m));
     return menu;
+  }
+
+  function editable(m) {
+    const seconds = state.editWindow;
+    return !seconds || Date.now() - Date.parse(m.ts) < seconds * 1000;
+  }
+
+  /** The common emoji, and a search over their names; Enter takes the first found. */
+  function emojiPicker(m) {
+    // Drawn again while someone types in its search (a message came): the search keeps the focus.
+    const searching = document.activeElement && document.activeElement.classList.contains("emoji-search");
+    const search = el("input", {type: "search", className: "emoji-search", placeholder: "Search emoji",
+      "aria-label": "Search emoji", autocomplete: "off"});
+    search.value = state.pickerQuery;
+    const choices = el("div", {className: "emoji-choices"});
+    const pick = (emoji) => { state.pickerFor = null; react(m, emoji, true); renderMessages(); };
+    const show = () => {
+      const found = emojiMatching(search.value);
+      choices.replaceChildren(...found.map(([emoji, name]) => el("button", {type: "button",
+        className: "emoji", text: emoji, title: name.split(" ").slice(0, 4).join(" "),
+        onclick: () => pick(emoji)})));
+      if (!found.length) choices.append(el("span", {className: "emoji-none", text: "No emoji found"}));
+      return found;
+    };
+    search.addEventListener("input", () => { state.pickerQuery = search.value; show(); });
+    search.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { ev.preventDefault(); state.pickerFor = null; renderMessages(); }
+      if (ev.key === "Enter") {
+        ev.preventDefault();
+        const found = emojiMatching(search.value);
+        if (found.length) pick(found[0][0]);
+      }
+    });
+    show();
+    const opened = state.pickerOpened && window.matchMedia("(min-width: 721px)").matches;
+    state.pickerOpened = false;
+    if (searching || opened) setTimeout(() => search.focus(), 0);
+    return el("div", {className: "emoji-picker", role: "group", "aria-label": "React with"}, search, choices);
   }
 
   function editor(m) {
@@ -425,7 +521,7 @@
     bar.replaceChildren();
     if (reply) {
       bar.append(el("span", {className: "reply-label", text: "Replying to "}),
-        el("bdi", {className: "reply-from", text: reply.from}),
+        el("bdi", {className: "reply-from", text: nameOf(reply.from), title: "@" + reply.from}),
         el("span", {className: "reply-excerpt", dir: "auto", text: reply.excerpt}),
         el("button", {type: "button", className: "ghost", text: "Cancel",
           onclick: () => { state.replyTo = null; renderReplyBar(); }}));
@@ -550,14 +646,16 @@
       if (!readers.length) continue;
       const group = conv.address.group !== undefined;
       const item = el("li", {className: "seen", text: group ? `Seen by ${readers.length}` : "Seen"});
-      if (group) item.title = "Seen by " + readers.sort().join(", ");
+      if (group) item.title = "Seen by " + readers.map(nameOf).sort().join(", ");
       return {item, under: mine[i].id};
     }
     return null;
   }
 
   function noticeItem(notice) {
-    return el("li", {className: "notice", role: "status"}, el("span", {text: notice.text}),
+    const who = notice.user === me ? "You" : nameOf(notice.user);
+    return el("li", {className: "notice", role: "status"},
+      el("span", {text: `${who} ${notice.joined ? "joined" : "left"}`, title: "@" + notice.user}),
       el("time", {datetime: notice.ts.toISOString(), text: " · " + timeFormat.format(notice.ts)}));
   }
 
@@ -582,7 +680,7 @@
     $("members-toggle").setAttribute("aria-expanded", String(isGroup && state.membersOpen));
     if (!isGroup) return;
     const members = conv.members || [];
-    const sorted = [...members].sort((a, b) => (b.online - a.online) || a.user.localeCompare(b.user));
+    const sorted = [...members].sort((a, b) => (b.online - a.online) || nameOf(a.user).localeCompare(nameOf(b.user)));
     $("member-list").replaceChildren(...sorted.map((m) => {
       const online = m.user === me || state.online.has(m.user);
       return el("li", {className: online ? "online" : "offline", dataset: {user: m.user}},
@@ -602,13 +700,14 @@
   function renderHeader() {
     const conv = state.conversations.get(state.openKey);
     $("conv-title").textContent = titleOf(conv);
+    $("conv-title").title = conv.address.user !== undefined ? "@" + conv.address.user : "";
     let subtitle = "";
     let placeholder = "Message everyone";
     if (conv.address.all) subtitle = "Messages here reach everyone";
     else if (conv.address.user !== undefined) {
       if (conv.address.user === me) subtitle = "Notes to self";
       else if (client.connected) subtitle = state.online.has(conv.address.user) ? "Online" : "Offline";
-      placeholder = "Message " + conv.address.user;
+      placeholder = "Message " + nameOf(conv.address.user);
     } else placeholder = "Message # " + conv.address.group;
     $("conv-subtitle").textContent = subtitle;
     $("body").placeholder = placeholder;
@@ -631,7 +730,7 @@
     if (conv.loaded && ids.length) command.before = Math.min(...ids);
     try {
       const reply = await client.request(command);
-      for (const m of reply.messages) { learnName(m.from, m.from_name); conv.messages.set(m.id, m); }
+      for (const m of reply.messages) { learnNames(m); conv.messages.set(m.id, m); }
       if (!reply.more) conv.complete = true;
       conv.loaded = true;
       conv.error = "";
@@ -757,6 +856,7 @@
         const conv = conversation(item.of);
         conv.address = item.of;
         conv.last = item.last;
+        if (item.last) learnNames(item.last);
         if (conv.address.user !== undefined) noteSeen(conv, conv.address.user, item.their_read_id);
         // Opened before the list came (a reload): its unread ones get the divider now.
         if (conv.key === state.openKey && conv.awaitingList && item.unread) {
@@ -843,6 +943,7 @@
 
   client.on("hello", (hello) => {
     learnName(me, hello.name);
+    if (typeof hello.edit_window === "number") state.editWindow = hello.edit_window;
     renderMe();
     state.online = new Set(hello.online);
     state.groups = [...hello.groups];
@@ -870,7 +971,7 @@
   });
 
   client.on("message", (m) => {
-    learnName(m.from, m.from_name);
+    learnNames(m);
     const conv = conversation(addressOfMessage(m));
     // Showing an older stretch (a search result): the newest load again on the way back.
     if (!conv.newer) conv.messages.set(m.id, m);
@@ -891,6 +992,7 @@
 
   // Protocol 1.2: a message as it is now (edited, deleted, its reactions), if it is shown.
   function messageChanged(m) {
+    learnNames(m);
     const conv = conversation(addressOfMessage(m));
     if (!conv.messages.has(m.id) && !(conv.last && conv.last.id === m.id)) return;
     if (conv.messages.has(m.id)) conv.messages.set(m.id, m);
@@ -927,12 +1029,26 @@
   client.on("profile", (p) => {
     learnName(p.user, p.name);
     if (p.user === me) renderMe();
-    if (state.openKey) { renderMessages(); renderMembers(); }
+    renderNames();
   });
+
+  /** Draw again everything that shows people's names (after one changed). */
+  function renderNames() {
+    renderSidebar();
+    if (!state.openKey) return;
+    renderHeader();
+    renderMembers();
+    renderMessages();
+    renderReplyBar();
+    renderTyping();
+  }
 
   function renderMe() {
     $("me").textContent = nameOf(me);
     $("me").title = "@" + me;
+    const mine = avatar(me, "small");
+    mine.id = "me-avatar";
+    $("me-avatar").replaceWith(mine);
   }
 
   $("profile-toggle").addEventListener("click", () => {
@@ -957,7 +1073,7 @@
       const reply = await client.request({type: "profile", name});
       learnName(me, reply.name);
       renderMe();
-      if (state.openKey) { renderMessages(); renderMembers(); }
+      renderNames();
       $("profile-form").hidden = true;
       $("profile-toggle").setAttribute("aria-expanded", "false");
     } catch (error) {
@@ -966,6 +1082,7 @@
   });
 
   client.on("presence", (p) => {
+    learnName(p.user, p.name);
     if (p.online) state.online.add(p.user); else state.online.delete(p.user);
     renderSidebar();
     if (state.openKey) { renderHeader(); renderMembers(); }
@@ -1015,7 +1132,7 @@
     if (!document.hidden || (conv.address.user === undefined && !mentioned)) return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     if (localStorage.getItem("chat-notify") !== "on") return;
-    const note = new Notification(m.from, {body: m.body.slice(0, 200), tag: conv.key});
+    const note = new Notification(nameOf(m.from), {body: m.body.slice(0, 200), tag: conv.key});
     note.onclick = () => { window.focus(); openConversation(conv.address); note.close(); };
   }
 
@@ -1031,7 +1148,7 @@
     if (groupConv && groupConv.loaded && !(event.user === me && !joined)) {
       const ids = [...groupConv.messages.keys()];
       groupConv.notices.push({after: ids.length ? Math.max(...ids) : 0, ts: new Date(),
-        text: `${event.user === me ? "You" : event.user} ${joined ? "joined" : "left"}`});
+        user: event.user, joined});
       if (state.openKey === groupConv.key) renderMessages();
     }
     if (event.user === me) {
@@ -1162,11 +1279,14 @@
     let others = [];
     try {
       const reply = await client.request({type: "users", q: prefix, limit: 8});
+      for (const u of reply.users) learnName(u.user, u.name);
       others = reply.users.map((u) => u.user);
     } catch (error) { /* offline: members only */ }
     if (mentionPrefix() !== prefix) return; // typed on meanwhile
+    // A prefix of the username or of the name offers the person; `@username` goes in.
     const names = [...new Set([...first, ...others])]
-      .filter((n) => n !== me && n.toLowerCase().startsWith(folded)).slice(0, 6);
+      .filter((n) => n !== me && (n.toLowerCase().startsWith(folded)
+        || nameOf(n).toLowerCase().startsWith(folded))).slice(0, 6);
     renderMentionList(names);
   }
 
@@ -1178,7 +1298,9 @@
       $("composer").before(list);
     }
     list.replaceChildren(...names.map((name) => el("button", {type: "button", role: "option",
-      className: "mention-option", text: "@" + name, onclick: () => pickMention(name)})));
+      className: "mention-option", title: "@" + name, onclick: () => pickMention(name)},
+      el("bdi", {className: "mention-name", text: nameOf(name)}),
+      el("span", {className: "mention-user", text: " @" + name}))));
     list.hidden = names.length === 0;
   }
 
@@ -1284,6 +1406,7 @@
     if ($("people-search").value.trim() !== q) return;
     const names = new Set();
     const users = reply.users.filter((u) => u.user !== me && !names.has(u.user) && names.add(u.user));
+    for (const u of users) learnName(u.user, u.name);
     showPeopleSearch(true, users.length ? "People" : "Nobody found");
     $("people-results").replaceChildren(...users.map((u) =>
       el("li", {dataset: {user: u.user}}, el("button", {type: "button", className: "conv-link",
@@ -1295,8 +1418,9 @@
         }},
       el("span", {className: "avatar-wrap"}, avatar(u.user, "small"),
         el("span", {className: "presence " + (u.online ? "on" : "off"), "aria-hidden": "true"})),
-      el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: u.user}),
-        el("span", {className: "conv-preview", text: u.online ? "online" : lastSeenText(u.last_seen)}))))));
+      el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: nameOf(u.user), title: "@" + u.user}),
+        el("span", {className: "conv-preview",
+          text: "@" + u.user + " · " + (u.online ? "online" : lastSeenText(u.last_seen))}))))));
   }
 
   async function browseGroups() {
@@ -1513,7 +1637,7 @@
     renderSidebar();
   });
   $("retry").addEventListener("click", () => client.retryNow());
-  $("me-avatar").replaceWith(avatar(me, "small"));
+  renderMe();
 
   window.chatPage = {client, state}; // for the console and the browser tests
   client.connect();
