@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from chat.conversations import ReadRequest, read_positions_move
 from chat.messaging import message_send
+from chat.models import Message
 from chat.protocol import Address
 from tests.browser import PHONE, TIMEOUT, open_direct, screenshot, send, wait_connected
 from tests.chatclient import open_real_socket
@@ -167,7 +170,9 @@ def test_reply_edit_react_and_delete_from_the_message_menu(chat_user):
         )
 
 
-def test_a_reply_jumps_to_an_original_older_than_the_loaded_history(chat_user):
+def test_a_reply_jumps_to_an_original_older_than_the_loaded_history_and_old_ones_lose_edit(
+    chat_user,
+):
     alice = chat_user("alice")
     chat_user("bob")
     alice.page.close()
@@ -179,7 +184,10 @@ def test_a_reply_jumps_to_an_original_older_than_the_loaded_history(chat_user):
     answer = message_send(
         sender=bob_user, to=to_alice, body="as I asked above", reply_to=original.id
     )
-    read_positions_move([ReadRequest(alice_user, Address("user", "bob"), answer.id)])
+    # One's own message past the server's edit window (hello's `edit_window`).
+    old_note = message_send(sender=alice_user, to=Address("user", "bob"), body="my old note")
+    Message.objects.filter(id=old_note.id).update(created_at=timezone.now() - timedelta(hours=2))
+    read_positions_move([ReadRequest(alice_user, Address("user", "bob"), old_note.id)])
 
     page = alice.context.new_page()
     page.goto(alice.context_base_url + "/#user/bob")
@@ -192,6 +200,11 @@ def test_a_reply_jumps_to_an_original_older_than_the_loaded_history(chat_user):
     quote.click()
     expect(target).to_have_class(re.compile(r"\bjumped\b"))
     expect(target).to_be_in_viewport()
+
+    note = message_item(page, "my old note")
+    note.hover()
+    expect(note.get_by_role("button", name="Delete")).to_be_visible()
+    expect(note.get_by_role("button", name="Edit")).to_have_count(0)
 
 
 def test_typing_at_offers_people_and_a_mention_gets_its_badge(chat_user):
@@ -238,6 +251,7 @@ def test_a_long_press_opens_the_menu_on_a_phone(chat_user):
     expect(item.locator(".emoji-none")).to_have_text("No emoji found")
     search.fill("party")
     expect(item.locator(".emoji-choices button")).to_have_text(["🎉", "🥳"])
+    screenshot(phone.page, "phone-emoji-search")
     search.press("Enter")
     expect(item.locator(".reaction")).to_have_text("🎉 1")
     expect(message_item(friend.page, "react to this on a phone").locator(".reaction")).to_have_text(
