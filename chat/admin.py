@@ -3,6 +3,8 @@
 Messages and connections are read-only: an edit is its author's alone (over the
 protocol; earlier bodies are shown here), and connections mirror live sockets.
 Deleting a message goes the protocol's way: a tombstone, its audience told.
+Removing a member or deleting a group goes as the protocol's `remove`, and a
+role changed here is told as `role` (1.2).
 """
 
 from __future__ import annotations
@@ -18,17 +20,30 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from chat.delivery.publishing import to_message_audience
+from chat.delivery.publishing import to_group, to_message_audience
 from chat.delivery.relay import publish_on_commit
 from chat.message_changes import change_event, message_tombstone
 from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit, Upload
-from chat.revocation import log_out_everywhere
+from chat.revocation import log_out_everywhere, memberships_ended_by
 from chat.workers import live_workers
+
+
+def announce_role(membership: Membership, by: str) -> None:
+    """A role changed here: the group's online members get `role`, as from the protocol."""
+    event = {
+        "type": "role",
+        "group": membership.group.name,
+        "user": membership.user.get_username(),
+        "role": membership.role,
+        "by": by,
+    }
+    publish_on_commit(to_group(membership.group_id, event))
 
 
 class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Membership
     extra = 0
+    fields = ("user", "role", "joined_at")
     readonly_fields = ("user", "joined_at")
     can_delete = True
 
@@ -36,9 +51,24 @@ class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
+class EndsMembershipsAsRemove:
+    """Memberships the admin deletes (a row, a group, a bulk action) end as the
+    protocol's `remove` does: `left` with `"by"` the admin, sent on commit to
+    every worker (`chat.revocation`), so open sockets stop hearing the group."""
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with memberships_ended_by(request.user.get_username()):
+            super().delete_model(request, obj)  # type: ignore[misc]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with memberships_ended_by(request.user.get_username()):
+            super().delete_queryset(request, queryset)  # type: ignore[misc]
+
+
 @admin.register(ChatGroup)
-class ChatGroupAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "member_count", "online_count", "created_at")
+class ChatGroupAdmin(EndsMembershipsAsRemove, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("name", "private", "member_count", "online_count", "created_at")
+    list_filter = ("private",)
     search_fields = ("name",)
     readonly_fields = ("created_at",)
     inlines = (MembershipInline,)
@@ -69,16 +99,35 @@ class ChatGroupAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def online_count(self, group: ChatGroup) -> int:
         return int(group.members_online)  # type: ignore[attr-defined]
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        """Members removed in the group's page go as `remove`; changed roles are told."""
+        by = request.user.get_username()
+        with memberships_ended_by(by):
+            super().save_formset(request, form, formset, change)
+        for member_form in formset.forms:
+            membership = member_form.instance
+            if (
+                "role" in member_form.changed_data
+                and membership.pk is not None
+                and member_form not in formset.deleted_forms
+            ):
+                announce_role(membership, by)
+
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("group", "user", "joined_at")
-    list_filter = ("group",)
+class MembershipAdmin(EndsMembershipsAsRemove, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("group", "user", "role", "joined_at")
+    list_filter = ("role", "group")
     search_fields = ("group__name", "user__username")
     list_select_related = ("group", "user")
     readonly_fields = ("joined_at",)
     autocomplete_fields = ("group",)
     raw_id_fields = ("user",)
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "role" in form.changed_data:
+            announce_role(obj, request.user.get_username())
 
 
 class MessageEditInline(admin.TabularInline):  # type: ignore[type-arg]

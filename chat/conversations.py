@@ -42,12 +42,15 @@ def conversation_list(
         None,
         None,
     )
-    for group_id, name, last in (
+    private_groups: set[int] = set()
+    for group_id, name, last, private in (
         ChatGroup.objects.filter(memberships__user_id=user.pk)
         .annotate(last=Max("messages__id"))
-        .values_list("pk", "name", "last")
+        .values_list("pk", "name", "last", "private")
     ):
         newest[f"group:{group_id}"] = (last or 0, Address("group", name), None, group_id)
+        if private:
+            private_groups.add(group_id)
     user_model = get_user_model()
     direct = Message.objects.filter(kind=Message.Kind.DIRECT)
     peers: dict[int, int] = {}
@@ -112,16 +115,18 @@ def conversation_list(
             unseen = unseen.exclude(sender_id=user.pk)
             unread = unseen.aggregate(n=Count("id"))["n"]
             mentions = _mentioning(unseen, user.get_username())
-        items.append(
-            {
-                "of": address.as_json(),
-                "last": last_json.get(last),
-                "unread": unread,
-                "read_id": read_id,
-                "mentions": mentions,
-                "their_read_id": theirs.get(peer, 0) if peer is not None else None,
-            }
-        )
+        item = {
+            "of": address.as_json(),
+            "last": last_json.get(last),
+            "unread": unread,
+            "read_id": read_id,
+            "mentions": mentions,
+            "their_read_id": theirs.get(peer, 0) if peer is not None else None,
+        }
+        if group is not None:
+            # Protocol 1.2: a page marks a private group (a lock).
+            item["private"] = group in private_groups
+        items.append(item)
     cursor = (page[-1][1][0], page[-1][0]) if more and page else None
     return items, cursor
 
@@ -269,6 +274,8 @@ class FoundGroup:
     # group is its members' business: watching the count would tell).
     online: int | None
     member: bool
+    # Protocol 1.2: listed to its members only.
+    private: bool = False
 
 
 # Online names passed to the database per statement, well inside every
@@ -281,6 +288,9 @@ def groups_matching(
 ) -> list[FoundGroup]:
     """Groups whose name starts with `prefix`, by name, counted in the database.
 
+    A private group is listed to its members only (protocol 1.2): to anyone
+    else it is not there, neither listed nor counted.
+
     One query for the page with its member counts, one for the online count of
     the asker's own groups in it: no member is loaded, so a page of large
     groups costs what a page of small ones does.
@@ -290,14 +300,15 @@ def groups_matching(
         groups = groups.filter(key__startswith=group_key(prefix))
     mine = Membership.objects.filter(group_id=OuterRef("pk"), user_id=user.pk)
     page = list(
-        groups.order_by("key")
+        groups.filter(Q(private=False) | Exists(mine))
+        .order_by("key")
         .annotate(count=Count("memberships"), member=Exists(mine))
-        .values_list("pk", "name", "count", "member")[:limit]
+        .values_list("pk", "name", "count", "member", "private")[:limit]
     )
-    online_counts = _online_members([pk for pk, _, _, member in page if member], online)
+    online_counts = _online_members([pk for pk, _, _, member, _ in page if member], online)
     return [
-        FoundGroup(name, count, online_counts.get(pk, 0) if member else None, member)
-        for pk, name, count, member in page
+        FoundGroup(name, count, online_counts.get(pk, 0) if member else None, member, private)
+        for pk, name, count, member, private in page
     ]
 
 

@@ -15,7 +15,7 @@ from django.db.models.functions import Cast, Coalesce, Concat
 from chat.audience import not_member
 from chat.lookalikes import new_group_name_refusal
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
-from chat.protocol import BAD_GROUP, TOO_MANY_GROUPS, ChatError
+from chat.protocol import BAD_GROUP, INVITE_ONLY, LAST_OWNER, TOO_MANY_GROUPS, ChatError
 from chat.revocation import ending_announced_by_caller
 
 
@@ -29,23 +29,33 @@ class MembershipChange:
     changed: bool
     # True when this join brought the group into being.
     created: bool = False
+    # Protocol 1.2: the group is private (`chat.group_roles`).
+    private: bool = False
 
 
 def group_join(*, user: User, name: str) -> MembershipChange:
     """Make the user a member, creating the group on first join.
 
-    Names match ignoring case; a group created here keeps this spelling.
+    Names match ignoring case; a group created here keeps this spelling, is
+    public, and has the user as its owner. A private group is joined only by
+    its members (a repeat: `changed` False); anyone else gets `invite_only`.
     """
     if (
-        _at_group_cap(user.pk)
+        at_group_cap(user.pk)
         and not Membership.objects.filter(user_id=user.pk, group__key=group_key(name)).exists()
     ):
         # Refused before a new group is made for it.
-        raise _too_many_groups()
+        raise too_many_groups()
     while True:
         group, made = _group_named(name)
+        if group.private:
+            if not Membership.objects.filter(group=group, user_id=user.pk).exists():
+                raise invite_only(group.name)
+            created = False
+            break
         try:
-            created = add_membership(group_id=group.pk, user_id=user.pk)
+            role = Membership.Role.OWNER if made else Membership.Role.MEMBER
+            created = add_membership(group_id=group.pk, user_id=user.pk, role=role)
             break
         except ChatError:
             if made:
@@ -58,11 +68,21 @@ def group_join(*, user: User, name: str) -> MembershipChange:
                 break
             # Its last member left, and it was removed, while this join ran.
     return MembershipChange(
-        group.pk, group.name, user.pk, user.get_username(), created, created=made and created
+        group.pk,
+        group.name,
+        user.pk,
+        user.get_username(),
+        created,
+        created=made and created,
+        private=group.private,
     )
 
 
-def add_membership(*, group_id: int, user_id: int) -> bool:
+def invite_only(name: str) -> ChatError:
+    return ChatError(INVITE_ONLY, f"group {name!r} is private: its owners and admins invite")
+
+
+def add_membership(*, group_id: int, user_id: int, role: str = Membership.Role.MEMBER) -> bool:
     """Make the user a member of the group; False if they were one already.
 
     The one place a membership is added, so every way of adding one (`join`,
@@ -77,18 +97,18 @@ def add_membership(*, group_id: int, user_id: int) -> bool:
             list(users.select_for_update().filter(pk=user_id).values_list("pk"))
         if Membership.objects.filter(group_id=group_id, user_id=user_id).exists():
             return False
-        if _at_group_cap(user_id):
-            raise _too_many_groups()
-        Membership.objects.create(group_id=group_id, user_id=user_id)
+        if at_group_cap(user_id):
+            raise too_many_groups()
+        Membership.objects.create(group_id=group_id, user_id=user_id, role=role)
         return True
 
 
-def _at_group_cap(user_id: int) -> bool:
+def at_group_cap(user_id: int) -> bool:
     cap = settings.CHAT_GROUPS_PER_USER
     return bool(cap) and Membership.objects.filter(user_id=user_id).count() >= cap
 
 
-def _too_many_groups() -> ChatError:
+def too_many_groups() -> ChatError:
     cap = settings.CHAT_GROUPS_PER_USER
     return ChatError(TOO_MANY_GROUPS, f"you are in {cap} groups, the most one may be in")
 
@@ -116,7 +136,8 @@ def _group_named(name: str) -> tuple[ChatGroup, bool]:
 
 
 def group_leave(*, user: User, name: str) -> MembershipChange:
-    """End a membership; `not_member` if there was none.
+    """End a membership; `not_member` if there was none, `last_owner` (1.2) if
+    the user is the group's last owner and others remain.
 
     A group left with no members and no messages is removed: otherwise anyone
     could fill the table with groups by joining and leaving made-up names.
@@ -124,14 +145,52 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
     if group is not None:
-        # The socket that left tells the others itself, before its reply.
-        with ending_announced_by_caller():
-            deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
+        with transaction.atomic():
+            lock_group(group.pk)
+            role = (
+                Membership.objects.filter(group=group, user_id=user.pk)
+                .values_list("role", flat=True)
+                .first()
+            )
+            if role == Membership.Role.OWNER:
+                refuse_last_owner(group.pk, user.pk, group.name, leaving=True)
+            # The socket that left tells the others itself, before its reply.
+            with ending_announced_by_caller():
+                deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
     if not deleted:
         raise not_member(name)
     assert group is not None
     remove_if_empty(group.pk)
-    return MembershipChange(group.pk, group.name, user.pk, user.get_username(), True)
+    return MembershipChange(
+        group.pk, group.name, user.pk, user.get_username(), True, private=group.private
+    )
+
+
+def lock_group(group_id: int) -> None:
+    """Hold the group's row until the transaction ends (PostgreSQL), so that two
+    changes of its owners (two owners leaving at once, say) run one after the other.
+
+    `FOR NO KEY UPDATE`: a message or membership stored in the group meanwhile
+    (its foreign key takes `FOR KEY SHARE`) does not wait for it.
+    """
+    list(ChatGroup.objects.select_for_update(no_key=True).filter(pk=group_id).values_list("pk"))
+
+
+def refuse_last_owner(group_id: int, user_id: int, name: str, *, leaving: bool) -> None:
+    """`last_owner` if `user_id` is the group's only owner and would stop being one.
+
+    An owner who is the group's only member may leave it (it then goes as any
+    group does); no owner may give up the role with no other owner left.
+    """
+    others = Membership.objects.filter(group_id=group_id).exclude(user_id=user_id)
+    if others.filter(role=Membership.Role.OWNER).exists():
+        return
+    if leaving and not others.exists():
+        return
+    raise ChatError(
+        LAST_OWNER,
+        f"you are the last owner of group {name!r}: make another member an owner first",
+    )
 
 
 def remove_if_empty(group_id: int) -> bool:
@@ -172,8 +231,17 @@ def group_members(*, user: User, name: str) -> tuple[str, list[str]]:
     return members[0][2], [username for _, username, _ in members]
 
 
-def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[str, int]]:
-    """`group_members` and how far each member has read the group (0: not yet), in one query.
+@dataclass(frozen=True, slots=True)
+class MemberRead:
+    """A member as `members` lists them: how far they have read, and their role (1.2)."""
+
+    read_id: int
+    role: str
+
+
+def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[str, MemberRead]]:
+    """`group_members` with how far each member has read the group (0: not yet)
+    and their role, in one query.
 
     What a member's read receipts show after a reload: `members` carries them.
     """
@@ -185,12 +253,16 @@ def group_members_read(*, user: User, name: str) -> tuple[str, list[str], dict[s
         Membership.objects.filter(group__key=group_key(name))
         .order_by("user__username")
         .annotate(read_id=Coalesce(Subquery(position), Value(0)))
-        .values_list("user_id", "user__username", "group__name", "read_id")
+        .values_list("user_id", "user__username", "group__name", "read_id", "role")
     )
-    if not any(user_id == user.pk for user_id, _, _, _ in members):
+    if not any(user_id == user.pk for user_id, _, _, _, _ in members):
         raise not_member(name)
-    names = [username for _, username, _, _ in members]
-    return members[0][2], names, {username: read for _, username, _, read in members}
+    names = [username for _, username, _, _, _ in members]
+    return (
+        members[0][2],
+        names,
+        {username: MemberRead(read, role) for _, username, _, read, role in members},
+    )
 
 
 def user_groups(*, user: User) -> list[tuple[int, str]]:

@@ -11,7 +11,8 @@ number of statements and one commit; a `Coalescer` in front of it
 database, so at rest a join still goes alone and at once.
 
 Everything else goes through `group_join` one at a time, after the batch: a
-join that would make a group (its name is checked for look-alikes there) and
+join that would make a group (its name is checked for look-alikes there), a
+join of a private group by someone not in it (refused there), and
 the joins of a user the batch would take past `CHAT_GROUPS_PER_USER` (refused
 there with `too_many_groups`). A batch that meets a concurrent change (the
 group removed when its last member left, the same membership made by another
@@ -65,12 +66,22 @@ def group_join_many(requests: list[JoinRequest]) -> list[MembershipChange | Chat
                 group_id__in=[g.pk for g in groups.values()], user_id__in=user_ids
             ).values_list("group_id", "user_id")
         )
-        batched = [key in groups for key in keys]
         pairs = [
             (groups[key].pk, request.user.pk) if key in groups else None
             for key, request in zip(keys, requests, strict=True)
         ]
-        fresh = list(dict.fromkeys(p for p in pairs if p is not None and p not in existing))
+        # A private group's non-member is refused by `group_join` (`invite_only`).
+        batched = [
+            pair is not None and (pair in existing or not groups[key].private)
+            for key, pair in zip(keys, pairs, strict=True)
+        ]
+        fresh = list(
+            dict.fromkeys(
+                p
+                for p, b in zip(pairs, batched, strict=True)
+                if b and p is not None and p not in existing
+            )
+        )
         if cap and fresh:
             held = dict(
                 Membership.objects.filter(user_id__in={u for _, u in fresh})
@@ -103,6 +114,7 @@ def group_join_many(requests: list[JoinRequest]) -> list[MembershipChange | Chat
                 request.user.pk,
                 request.user.get_username(),
                 pair not in answered,
+                private=group.private,
             )
         )
         answered.add(pair)

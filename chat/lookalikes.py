@@ -62,10 +62,13 @@ def new_group_name_refusal(name: str, *, exclude_pk: int | None = None) -> str |
     alike = ChatGroup.objects.filter(skeleton=group_skeleton(name)).exclude(key=group_key(name))
     if exclude_pk is not None:
         alike = alike.exclude(pk=exclude_pk)
-    other = alike.values_list("name", flat=True).first()
-    if other is not None:
-        return f"{name!r} looks like the existing group {other!r}"
-    return None
+    other = alike.values_list("name", "private").first()
+    if other is None:
+        return None
+    if other[1]:
+        # A private group's name is told to nobody who did not name it (1.2).
+        return f"{name!r} looks like the name of an existing group"
+    return f"{name!r} looks like the existing group {other[0]!r}"
 
 
 def looks_like_prefix(name: str, prefix: str) -> bool:

@@ -34,6 +34,8 @@ class ChatGroup(models.Model):
         max_length=1000, unique=True, null=True, editable=False
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Protocol 1.2: listed and joinable only by its members; others join by invitation.
+    private = models.BooleanField(default=False, db_default=False)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="chat_groups"
     )
@@ -63,11 +65,23 @@ class ChatGroup(models.Model):
 
 
 class Membership(models.Model):
+    class Role(models.TextChoices):
+        """Protocol 1.2 (`chat.group_roles`): who may invite, remove and set roles."""
+
+        OWNER = "owner"
+        ADMIN = "admin"
+        MEMBER = "member"
+
     group = models.ForeignKey(ChatGroup, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_memberships"
     )
     joined_at = models.DateTimeField(auto_now_add=True)
+    # A group's creator is its owner. Groups made before roles: their earliest
+    # member (migration 0016).
+    role = models.CharField(
+        max_length=6, choices=Role.choices, default=Role.MEMBER, db_default=Role.MEMBER
+    )
 
     class Meta:
         constraints = [

@@ -34,6 +34,11 @@ TOO_LATE = "too_late"
 BAD_EMOJI = "bad_emoji"
 TOO_MANY_REACTIONS = "too_many_reactions"
 TOO_MANY_GROUPS = "too_many_groups"
+# Protocol 1.2: private groups and roles.
+GROUP_EXISTS = "group_exists"
+INVITE_ONLY = "invite_only"
+FORBIDDEN = "forbidden"
+LAST_OWNER = "last_owner"
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -52,6 +57,10 @@ ERROR_CODES = frozenset(
         BAD_EMOJI,
         TOO_MANY_REACTIONS,
         TOO_MANY_GROUPS,
+        GROUP_EXISTS,
+        INVITE_ONLY,
+        FORBIDDEN,
+        LAST_OWNER,
     }
 )
 
@@ -588,6 +597,81 @@ class Search:
         return cls(query=query, q=q, of=of, before=before, limit=limit, ref=ref)
 
 
+# -- protocol 1.2: private groups and roles -------------------------------------
+
+# A member's role in a group, most powerful first.
+ROLES = ("owner", "admin", "member")
+
+
+def _member_of(data: dict[str, Any], kind: str) -> tuple[str, str]:
+    """`group` and `user` of a command about one member of a group."""
+    _require(data, kind, "group", "user")
+    return clean_group_name(data["group"]), clean_username(data["user"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Create:
+    type: ClassVar[str] = "create"
+    group: str
+    private: bool = False
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Create:
+        private = data.get("private")
+        if private is None:
+            private = False
+        if not isinstance(private, bool):
+            raise ChatError(BAD_COMMAND, "private must be true or false")
+        return cls(group=_group_of(data, cls.type), private=private, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invite:
+    type: ClassVar[str] = "invite"
+    group: str
+    user: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Invite:
+        group, user = _member_of(data, cls.type)
+        return cls(group=group, user=user, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remove:
+    type: ClassVar[str] = "remove"
+    group: str
+    user: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Remove:
+        group, user = _member_of(data, cls.type)
+        return cls(group=group, user=user, ref=ref)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetRole:
+    """The `role` command: an owner sets another member's role."""
+
+    type: ClassVar[str] = "role"
+    group: str
+    user: str
+    role: str
+    ref: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> SetRole:
+        group, user = _member_of(data, cls.type)
+        _require(data, cls.type, "role")
+        role = data["role"]
+        if not isinstance(role, str) or role not in ROLES:
+            raise ChatError(BAD_COMMAND, "role must be one of owner, admin, member")
+        return cls(group=group, user=user, role=role, ref=ref)
+
+
 Command = (
     Send
     | Join
@@ -609,6 +693,10 @@ Command = (
     | Changes
     | Profile
     | Search
+    | Create
+    | Invite
+    | Remove
+    | SetRole
 )
 # Each command class by its `type`, for `parse_command`.
 COMMAND_CLASSES: dict[str, type[Command]] = {cls.type: cls for cls in get_args(Command)}

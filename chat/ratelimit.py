@@ -61,6 +61,11 @@ COMMAND_COSTS: dict[str, int] = {
     "profile": 2,
     # A search reads an index and up to 50 messages, like a history page and more.
     "search": 3,
+    # Private groups and roles write and tell the group's members, like a join.
+    "create": 2,
+    "invite": 2,
+    "remove": 2,
+    "role": 2,
     # Opening a socket (not a command): it loads and subscribes to each of the
     # user's groups, so a client reconnecting in a loop spends from the budget
     # too, and is refused (4429) past it. One token, so a budget of one still

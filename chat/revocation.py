@@ -17,8 +17,9 @@ would still see the old state):
   deletes every session of the user and closes all their sockets.
 - a membership ends however it ends (the admin, a deleted group or user, any
   ORM delete, bulk ones included): every worker drops it from its index, the
-  user's sockets get `left`, and so do the group's online members. A `leave`
-  announces its own (`ending_announced_by_caller`).
+  user's sockets get `left`, and so do the group's online members; `by` names
+  who removed it when known (`memberships_ended_by`: the admin). A `leave`
+  or `remove` announces its own (`ending_announced_by_caller`).
 
 Without Redis, a change made in another process (`manage.py`, a shell)
 reaches the worker through the database (`chat.delivery.relay`).
@@ -52,6 +53,8 @@ _REVOKING_FIELDS = ("password", "is_active")
 
 # Set while a caller that announces the end itself deletes a membership.
 _announced_by_caller: ContextVar[bool] = ContextVar("chat_membership_announced", default=False)
+# Who ends the memberships deleted meanwhile (an admin's username), for `left`'s `by`.
+_ended_by: ContextVar[str | None] = ContextVar("chat_membership_ended_by", default=None)
 
 
 def close_sockets_of_user(user_id: Any) -> None:
@@ -67,6 +70,17 @@ def ending_announced_by_caller() -> Iterator[None]:
         yield
     finally:
         _announced_by_caller.reset(token)
+
+
+@contextlib.contextmanager
+def memberships_ended_by(username: str) -> Iterator[None]:
+    """Memberships deleted inside were ended by `username` (the admin's removal,
+    as the protocol's `remove`): their `left` carries `"by": username`."""
+    token = _ended_by.set(username)
+    try:
+        yield
+    finally:
+        _ended_by.reset(token)
 
 
 def log_out_everywhere(user: Any) -> int:
@@ -159,6 +173,9 @@ def note_membership_ended(sender: Any, instance: Membership, **kwargs: Any) -> N
     except ObjectDoesNotExist:
         return
     event = {"type": "left", "group": group, "user": username}
+    by = _ended_by.get()
+    if by is not None:
+        event["by"] = by
     publish_on_commit(
         membership_notices(
             event,

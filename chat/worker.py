@@ -36,6 +36,7 @@ from chat.conversations import ReadMove, ReadRequest, read_positions_move
 from chat.groups import MembershipChange, groups_of_users
 from chat.joining import JoinRequest, group_join_many
 from chat.messaging import last_visible_marks
+from chat.models import group_key
 from chat.redis_client import redis_connect
 
 logger = logging.getLogger(__name__)
@@ -205,10 +206,15 @@ class Worker:
             if layer is None:
                 raise RuntimeError("CHANNEL_LAYERS must configure a default layer")
             hub = self._hub = Hub(layer, presence=self.presence, registry=self.registry)
+            # A user added to a group on another worker (1.2 `invite`) may type to it here.
+            hub.handlers.name_group = self._name_group
             await hub.start()
         else:
             await asyncio.shield(hub.started)
         return hub
+
+    def _name_group(self, group_id: int, name: str) -> None:
+        self.group_named[group_key(name)] = (group_id, name)
 
     def services(self, hub: Hub) -> Services:
         """What actions work with (`chat.actions`): this worker's parts and its hub."""

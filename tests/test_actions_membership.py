@@ -21,6 +21,7 @@ async def test_first_join_creates_the_group_and_tells_its_members(bench, alice):
         "group": "Book Club",
         "user": "alice",
         "created": True,
+        "private": False,
         "ref": "j",
     }
     group_id, name = bench.parts.group_named[group_key("book club")]
@@ -28,7 +29,7 @@ async def test_first_join_creates_the_group_and_tells_its_members(bench, alice):
     assert bench.outbox.told == [
         (
             ("members of", group_id, alice.pk, "conn-1"),
-            {"type": "joined", "group": "Book Club", "user": "alice"},
+            {"type": "joined", "group": "Book Club", "user": "alice", "private": False},
         )
     ]
     assert group_id in bench.outbox.groups_here(alice.pk)
@@ -38,7 +39,7 @@ async def test_joining_again_tells_nobody(bench, alice):  # noqa: F811
     await membership.join(bench.services, actor(alice), Join(group="G"))
     bench.outbox.told.clear()
     reply = await membership.join(bench.services, actor(alice, "conn-2"), Join(group="g"))
-    assert reply == {"type": "joined", "group": "G", "user": "alice"}
+    assert reply == {"type": "joined", "group": "G", "user": "alice", "private": False}
     assert bench.outbox.told == []
 
 

@@ -60,13 +60,21 @@ async def test_members_with_presence_and_last_seen(bench, alice, bob):  # noqa: 
     reply = await queries.members(bench.services, actor(alice), Members(group="g"))
     assert reply["group"] == "G"
     assert reply["members"] == [
-        {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {
+            "user": "alice",
+            "name": "alice",
+            "online": True,
+            "last_seen": None,
+            "read_id": 0,
+            "role": "owner",
+        },
         {
             "user": "bob",
             "name": "bob",
             "online": False,
             "last_seen": "2026-01-01T00:00:00.000Z",
             "read_id": 0,
+            "role": "member",
         },
     ]
 
@@ -92,7 +100,9 @@ async def test_users_and_groups_find_by_prefix(bench, alice, bob):  # noqa: F811
     users = await queries.users(bench.services, actor(alice), Users(q="b"))
     assert users["users"] == [{"user": "bob", "name": "bob", "online": True, "last_seen": None}]
     groups = await queries.groups(bench.services, actor(alice), Groups(q="bak"))
-    assert groups["groups"] == [{"group": "Bakers", "members": 1, "online": None, "member": False}]
+    assert groups["groups"] == [
+        {"group": "Bakers", "members": 1, "online": None, "member": False, "private": False}
+    ]
 
 
 async def test_ping_and_hello(bench, alice):  # noqa: F811

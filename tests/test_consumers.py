@@ -355,6 +355,7 @@ async def test_join_replies_joined_and_tells_own_other_sockets_and_online_member
         "type": "joined",
         "group": "A",
         "user": "alice",
+        "private": False,
         "ref": "j1",
     }
     assert await alice2.expect("joined", group="A", user="alice")
@@ -407,8 +408,8 @@ async def test_membership_is_kept_across_reconnects(layer, connect, alice, bob):
 async def test_leave_replies_left_and_tells_own_other_sockets_and_online_members(
     layer, connect, alice, bob, carol
 ):
+    await make_member(bob, "A")  # its owner (1.2), who may not leave while alice is in
     await make_member(alice, "A")
-    await make_member(bob, "A")
     alice1, alice2 = await connect(alice), await connect(alice)
     bob1 = await connect(bob)
     carol1 = await connect(carol)
@@ -425,8 +426,8 @@ async def test_leave_replies_left_and_tells_own_other_sockets_and_online_members
 
 
 async def test_no_group_messages_after_leave(layer, connect, alice, bob):
+    await make_member(bob, "A")  # its owner (1.2)
     await make_member(alice, "A")
-    await make_member(bob, "A")
     alice1, alice2 = await connect(alice), await connect(alice)
     bob1 = await connect(bob)
     assert (await alice1.request(type="leave", group="A"))["type"] == "left"
@@ -698,9 +699,30 @@ async def test_members_lists_members_with_online_flags(layer, connect, alice, bo
         "type": "members",
         "group": "A",
         "members": [
-            {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
-            {"user": "bob", "name": "bob", "online": True, "last_seen": None, "read_id": 0},
-            {"user": "carol", "name": "carol", "online": False, "last_seen": None, "read_id": 0},
+            {
+                "user": "alice",
+                "name": "alice",
+                "online": True,
+                "last_seen": None,
+                "read_id": 0,
+                "role": "member",
+            },
+            {
+                "user": "bob",
+                "name": "bob",
+                "online": True,
+                "last_seen": None,
+                "read_id": 0,
+                "role": "member",
+            },
+            {
+                "user": "carol",
+                "name": "carol",
+                "online": False,
+                "last_seen": None,
+                "read_id": 0,
+                "role": "owner",
+            },
         ],
         "more": False,
         "ref": "m1",

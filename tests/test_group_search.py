@@ -70,9 +70,9 @@ async def test_a_page_of_large_groups_loads_none_of_their_members(layer, connect
     # The three groups and the online count of alice's one: not a row per member.
     assert read < 10, f"{read} rows read for one page of {3 * MEMBERS} memberships"
     assert reply["groups"] == [
-        {"group": "Big A", "members": MEMBERS, "online": None, "member": False},
-        {"group": "Big B", "members": MEMBERS + 1, "online": 1, "member": True},
-        {"group": "Big C", "members": MEMBERS, "online": None, "member": False},
+        {"group": "Big A", "members": MEMBERS, "online": None, "member": False, "private": False},
+        {"group": "Big B", "members": MEMBERS + 1, "online": 1, "member": True, "private": False},
+        {"group": "Big C", "members": MEMBERS, "online": None, "member": False, "private": False},
     ]
 
 
@@ -87,7 +87,11 @@ async def test_online_is_told_to_members_only(layer, connect, alice, bob, carol)
     open_group = await alice_socket.request(type="groups", q="open")
 
     assert as_stranger["groups"] == [
-        {"group": "Secret", "members": 1, "online": None, "member": False}
+        {"group": "Secret", "members": 1, "online": None, "member": False, "private": False}
     ]
-    assert as_member["groups"] == [{"group": "Secret", "members": 1, "online": 1, "member": True}]
-    assert open_group["groups"] == [{"group": "Open", "members": 2, "online": 2, "member": True}]
+    assert as_member["groups"] == [
+        {"group": "Secret", "members": 1, "online": 1, "member": True, "private": False}
+    ]
+    assert open_group["groups"] == [
+        {"group": "Open", "members": 2, "online": 2, "member": True, "private": False}
+    ]

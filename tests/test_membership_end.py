@@ -53,14 +53,14 @@ async def both_in_ops(alices: list[BaseChatClient], bob: BaseChatClient) -> None
 
 
 async def removed_hears_nothing_more(
-    alices: list[BaseChatClient], bob: BaseChatClient, *, group_gone: bool
+    alices: list[BaseChatClient], bob: BaseChatClient, *, group_gone: bool, **by: str
 ) -> None:
-    """Alice's tabs got `left`; the group's messages and typing no longer reach her,
-    and her typing no longer reaches the group."""
+    """Alice's tabs got `left` (with `by`, who removed her, when given); the group's
+    messages and typing no longer reach her, and her typing no longer reaches the group."""
     for tab in alices:
-        await tab.expect("left", group="ops", user="alice", timeout=WITHIN)
+        await tab.expect("left", group="ops", user="alice", timeout=WITHIN, **by)
     if not group_gone:
-        await bob.expect("left", group="ops", user="alice", timeout=WITHIN)
+        await bob.expect("left", group="ops", user="alice", timeout=WITHIN, **by)
         await bob.send(type="typing", to={"group": "ops"})
         ack = await bob.request(type="send", to={"group": "ops"}, body="after alice left")
         await bob.expect("message", id=ack["id"])
@@ -109,7 +109,8 @@ async def test_the_admin_deleting_a_membership_reaches_the_sockets(
         return response.status_code
 
     assert await sync_to_async(delete_in_admin)() == 302
-    await removed_hears_nothing_more(alices, bobs, group_gone=False)
+    # As the protocol's `remove` (1.2): who removed her is told.
+    await removed_hears_nothing_more(alices, bobs, group_gone=False, by="root")
 
 
 @contextlib.asynccontextmanager

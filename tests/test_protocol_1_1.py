@@ -331,13 +331,21 @@ async def test_presence_offline_and_members_carry_last_seen(layer, connect, alic
     members = await alice_socket.request(type="members", group="g")
     assert members["group"] == "G"
     assert members["members"] == [
-        {"user": "alice", "name": "alice", "online": True, "last_seen": None, "read_id": 0},
+        {
+            "user": "alice",
+            "name": "alice",
+            "online": True,
+            "last_seen": None,
+            "read_id": 0,
+            "role": "owner",
+        },
         {
             "user": "bob",
             "name": "bob",
             "online": False,
             "last_seen": offline["last_seen"],
             "read_id": 0,
+            "role": "member",
         },
     ]
 
@@ -356,8 +364,8 @@ async def test_groups_are_found_by_prefix_with_members_online_and_membership(
     reply = await alice_socket.request(type="groups", q="de")
 
     assert reply["groups"] == [
-        {"group": "Design Team", "members": 2, "online": 1, "member": True},
-        {"group": "Devs", "members": 1, "online": None, "member": False},
+        {"group": "Design Team", "members": 2, "online": 1, "member": True, "private": False},
+        {"group": "Devs", "members": 1, "online": None, "member": False, "private": False},
     ]
     assert await error_of(alice_socket, type="groups", limit=0) == "bad_command"
 
@@ -375,7 +383,7 @@ async def test_join_says_created_only_to_the_creator_and_case_variants_are_one_g
     joined = await bob_socket.request(type="join", group="design team")
     assert "created" not in joined and joined["group"] == "Design Team"
     told = await alice_socket.expect("joined", user="bob")
-    assert told == {"type": "joined", "group": "Design Team", "user": "bob"}
+    assert told == {"type": "joined", "group": "Design Team", "user": "bob", "private": False}
 
     await send_ok(bob_socket, {"group": "DESIGN TEAM"}, "hello")
     message = await alice_socket.expect("message")

@@ -138,3 +138,45 @@ async def test_two_workers_changing_at_the_same_moment_lose_no_change(two_worker
 
 def _target(reply: dict) -> int:
     return int(reply["id"] if reply["type"] == "reaction" else reply["message"]["id"])
+
+
+async def test_a_member_removed_on_one_worker_hears_nothing_more_on_the_other(two_workers, sockets):
+    """Issue 27: `invite`, `role` and `remove` across workers; from the removal
+    on, the removed member's sockets on the other worker get nothing of the group."""
+    first, second = two_workers
+    alice = await sockets.open(first, HttpSession(first.base_url).signup("alice"), "alice")
+    bob_cookie = HttpSession(second.base_url).signup("bob")
+    bobs = [await sockets.open(w, bob_cookie, "bob") for w in (second, first)]
+    carol = await sockets.open(second, HttpSession(second.base_url).signup("carol"), "carol")
+
+    await alice.request(type="create", group="Crew", private=True)
+    await alice.request(type="invite", group="Crew", user="bob")
+    for bob in bobs:
+        await bob.expect("joined", group="Crew", user="bob", by="alice", private=True)
+    # The worker that did not make the change knows the group now: bob may type to it.
+    await bobs[0].send(type="typing", to={"group": "Crew"})
+    await alice.expect("typing", user="bob", to={"group": "Crew"})
+    listed = await carol.request(type="groups", q="")
+    assert "Crew" not in [g["group"] for g in listed["groups"]]
+    await alice.request(type="role", group="Crew", user="bob", role="admin")
+    for bob in bobs:
+        await bob.expect("role", group="Crew", user="bob", role="admin", by="alice")
+    before = await alice.request(type="send", to={"group": "Crew"}, body="before")
+    for bob in bobs:
+        await bob.expect("message", id=before["id"])
+
+    removed = await alice.request(type="remove", group="Crew", user="bob")
+    assert removed["type"] == "left" and removed["by"] == "alice"
+    for bob in bobs:
+        await bob.expect("left", group="Crew", user="bob", by="alice")
+
+    await alice.send(type="typing", to={"group": "Crew"})
+    after = await alice.request(type="send", to={"group": "Crew"}, body="after")
+    await alice.request(type="read", of={"group": "Crew"}, id=after["id"])
+    refused = await bobs[0].request(type="history", of={"group": "Crew"})
+    assert refused["type"] == "error" and refused["code"] == "not_member"
+    marker = await alice.request(type="send", to={"user": "bob"}, body="marker")
+    for bob in bobs:
+        await bob.expect("message", id=marker["id"])
+        leaked = [e for e in bob.inbox if "Crew" in str(e)]
+        assert not leaked, f"bob still hears Crew: {leaked}"

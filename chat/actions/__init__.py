@@ -5,8 +5,9 @@ action with the worker's `Services` and the acting user (`Actor`). The action
 checks the rules, changes the store, names the audience of every event it
 causes through the `Outbox` (the hub carries them), and returns the reply.
 Families: `sending`, `changing` (edit, delete, react), `membership`,
-`reading` (read positions, receipts, typing), `naming` (display names) and
-`queries` (the read-only commands).
+`group_admin` (create, invite, remove, role), `reading` (read positions,
+receipts, typing), `naming` (display names) and `queries` (the read-only
+commands).
 
 `COMMANDS` is the one table from a command `type` to its parser and action.
 Adding a command: its dataclass with `type` and `parse` in `chat.protocol`
@@ -20,17 +21,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chat.actions import changing, membership, naming, queries, reading, sending
+from chat.actions import (
+    changing,
+    group_admin,
+    membership,
+    naming,
+    queries,
+    reading,
+    sending,
+)
 from chat.actions.budget import spend
 from chat.actions.services import Actor, Outbox, Reply, Roster, Services
 from chat.protocol import (
     Changes,
     Command,
     Conversations,
+    Create,
     Delete,
     Edit,
     Groups,
     History,
+    Invite,
     Join,
     Leave,
     Members,
@@ -39,7 +50,9 @@ from chat.protocol import (
     React,
     Read,
     Search,
+    Remove,
     Send,
+    SetRole,
     Sync,
     Typing,
     Unreact,
@@ -99,6 +112,11 @@ COMMANDS: dict[str, Entry] = {
     Profile.type: Entry(Profile.parse, naming.profile),
     # Protocol 1.2: search.
     Search.type: Entry(Search.parse, queries.search, reads=True),
+    # Protocol 1.2: private groups and roles.
+    Create.type: Entry(Create.parse, group_admin.create),
+    Invite.type: Entry(Invite.parse, group_admin.invite),
+    Remove.type: Entry(Remove.parse, group_admin.remove),
+    SetRole.type: Entry(SetRole.parse, group_admin.role),
 }
 
 

@@ -13,13 +13,19 @@ from chat.protocol import Join, Leave
 
 
 async def join(services: Services, actor: Actor, command: Join) -> Reply:
-    """Join (creating the group on first join); others hear of it only if it changed anything."""
+    """Join (creating a public group, owned by the user, on first join); others hear
+    of it only if it changed anything. A private group: `invite_only` to non-members."""
     await spend_membership_change(services, actor, "join")
     # Committed before the reply, with the joins that arrived meanwhile (chat.joining).
     change = await services.join_group(JoinRequest(actor.user, command.group))
     services.group_named[group_key(change.group)] = (change.group_id, change.group)
     await services.outbox.membership_changed(
-        {"type": "joined", "group": change.group, "user": actor.username},
+        {
+            "type": "joined",
+            "group": change.group,
+            "user": actor.username,
+            "private": change.private,
+        },
         user_id=actor.user_id,
         group_id=change.group_id,
         joined=True,
@@ -27,11 +33,19 @@ async def join(services: Services, actor: Actor, command: Join) -> Reply:
         announce=change.changed,
     )
     created = {"created": True} if change.created else {}
-    return reply("joined", command.ref, group=change.group, user=actor.username, **created)
+    return reply(
+        "joined",
+        command.ref,
+        group=change.group,
+        user=actor.username,
+        **created,
+        private=change.private,
+    )
 
 
 async def leave(services: Services, actor: Actor, command: Leave) -> Reply:
-    """Leave a group (`not_member` if not in it)."""
+    """Leave a group (`not_member` if not in it; `last_owner` for its last owner while
+    others remain)."""
     await spend_membership_change(services, actor, "leave")
     change = await database_sync_to_async(group_leave)(user=actor.user, name=command.group)
     await services.outbox.membership_changed(

@@ -150,7 +150,8 @@ async def members(services: Services, actor: Actor, command: Members) -> Reply:
             "name": chosen.get(name, name),
             "online": name in online,
             "last_seen": seen.get(name),
-            "read_id": reads[name],
+            "read_id": reads[name].read_id,
+            "role": reads[name].role,
         }
         for name in names
     ]
@@ -199,7 +200,13 @@ async def groups(services: Services, actor: Actor, command: Groups) -> Reply:
         groups_matching, user=actor.user, prefix=command.q, limit=command.limit, online=online
     )
     listed = [
-        {"group": g.name, "members": g.members, "online": g.online, "member": g.member}
+        {
+            "group": g.name,
+            "members": g.members,
+            "online": g.online,
+            "member": g.member,
+            "private": g.private,
+        }
         for g in found
     ]
     return reply("groups", command.ref, groups=listed)

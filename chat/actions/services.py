@@ -50,8 +50,15 @@ class Outbox(Protocol):
     async def to_username(self, username: str, event: Event) -> None:
         """Every socket of a user known by name only (typing), on every worker."""
 
-    async def to_group(self, group_id: int, event: Event, *, exclude_user: int) -> None:
-        """A group's online members but one user, on every worker."""
+    async def to_group(
+        self,
+        group_id: int,
+        event: Event,
+        *,
+        exclude_user: int | None = None,
+        exclude_connection: str | None = None,
+    ) -> None:
+        """A group's online members (but one user, or one connection), on every worker."""
 
     async def to_everyone(self, event: Event, *, exclude_connection: str | None = None) -> None:
         """Every socket online, the user's own too, on every worker (profile)."""
@@ -77,11 +84,16 @@ class Outbox(Protocol):
         user_id: int,
         group_id: int,
         joined: bool,
-        exclude_connection: str,
+        exclude_connection: str | None,
         announce: bool,
+        by_connection: str | None = None,
     ) -> None:
         """Note a join or leave at once; with `announce`, tell the group's online
-        members and the user's other sockets (`event` is `joined` or `left`)."""
+        members and the user's other sockets (`event` is `joined` or `left`).
+
+        A change made by someone else (1.2: `invite`, `remove`) tells all the
+        user's sockets (`exclude_connection` None) and skips `by_connection`,
+        the acting socket, among the group's members."""
 
 
 class Roster(Protocol):

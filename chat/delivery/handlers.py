@@ -11,6 +11,7 @@ notice batcher.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from chat.delivery.messages import (
     AccessEnd,
@@ -44,6 +45,8 @@ class LayerHandlers:
         self.sockets = sockets
         self.subscriptions = subscriptions
         self.notices = notices
+        # Told each group a socket here joins by a notice, with its name (`typing` needs it).
+        self.name_group: Callable[[int, str], None] | None = None
 
     async def dispatch(self, message: LayerMessage) -> None:
         """Hand `message` to the method its type names."""
@@ -69,8 +72,12 @@ class LayerHandlers:
             tally.observe_latency(time.time() - message.stored_at)
 
     async def chat_notice(self, notice: Notice) -> None:
-        if notice.member_change is not None:
-            await self.apply(notice.member_change)
+        change = notice.member_change
+        if change is not None:
+            await self.apply(change)
+            name = notice.event.get("group")
+            if change.joined and self.name_group is not None and isinstance(name, str):
+                self.name_group(change.group_id, name)
         self.notices.add(notice)
 
     async def chat_notices(self, message: Notices) -> None:

@@ -328,8 +328,19 @@ class Hub:
     async def to_username(self, username: str, event: dict[str, Any]) -> None:
         await self.tell(to_username(username, event))
 
-    async def to_group(self, group_id: int, event: dict[str, Any], *, exclude_user: int) -> None:
-        await self.tell(to_group(group_id, event, exclude_user=exclude_user))
+    async def to_group(
+        self,
+        group_id: int,
+        event: dict[str, Any],
+        *,
+        exclude_user: int | None = None,
+        exclude_connection: str | None = None,
+    ) -> None:
+        await self.tell(
+            to_group(
+                group_id, event, exclude_user=exclude_user, exclude_connection=exclude_connection
+            )
+        )
 
     async def to_everyone(
         self, event: dict[str, Any], *, exclude_connection: str | None = None
@@ -365,8 +376,9 @@ class Hub:
         user_id: int,
         group_id: int,
         joined: bool,
-        exclude_connection: str,
+        exclude_connection: str | None,
         announce: bool,
+        by_connection: str | None = None,
     ) -> None:
         await self.note_membership(user_id=user_id, group_id=group_id, joined=joined)
         if announce:
@@ -377,6 +389,7 @@ class Hub:
                     group_id=group_id,
                     joined=joined,
                     exclude_connection=exclude_connection,
+                    by_connection=by_connection,
                 )
             )
 

@@ -98,9 +98,17 @@ def to_user(
     return [(user_layer_group(user_id), Deliver.of([event], audience))]
 
 
-def to_group(group_id: int, event: dict[str, Any], *, exclude_user: int) -> Addressed:
-    """An event for a group's online members but one user, on every worker."""
-    audience = Audience(group=group_id, exclude_user=exclude_user)
+def to_group(
+    group_id: int,
+    event: dict[str, Any],
+    *,
+    exclude_user: int | None = None,
+    exclude_connection: str | None = None,
+) -> Addressed:
+    """An event for a group's online members (but one user, or one connection), on every worker."""
+    audience = Audience(
+        group=group_id, exclude_user=exclude_user, exclude_connection=exclude_connection
+    )
     return [(group_layer_group(group_id), Deliver.of([event], audience))]
 
 
@@ -122,17 +130,20 @@ def membership_notices(
     group_id: int,
     joined: bool,
     exclude_connection: str | None,
+    by_connection: str | None = None,
 ) -> Addressed:
     """`joined`/`left` for the group's online members, and for the user's other sockets.
 
     The user's own copy carries the change, so that each worker with one of
-    their sockets updates its index and layer groups.
+    their sockets updates its index and layer groups. A change made by
+    another member (1.2: `invite`, `remove`) skips `by_connection`, the
+    socket that made it, which gets the reply instead.
     """
+    group_audience = Audience(
+        group=group_id, exclude_user=user_id, exclude_connection=by_connection
+    )
     return [
-        (
-            group_layer_group(group_id),
-            Notice(event, Audience(group=group_id, exclude_user=user_id)),
-        ),
+        (group_layer_group(group_id), Notice(event, group_audience)),
         (
             user_layer_group(user_id),
             Notice(

@@ -31,6 +31,10 @@
     too_late: "That message is too old to edit.",
     bad_emoji: "That is not an emoji the server knows.",
     too_many_reactions: "That message already has as many different reactions as it can hold.",
+    group_exists: "A group with that name exists already. Join it, or choose another name.",
+    invite_only: "That group is private: ask one of its owners or admins to invite you.",
+    forbidden: "Your role in this group does not allow that.",
+    last_owner: "You are this group's last owner: make another member an owner first.",
   };
   const describeError = (error) =>
     // A well-formed group name refused as a look-alike (or for invisible
@@ -57,6 +61,8 @@
     editWindow: null,
     // Protocol 1.2: display names by username, as last heard (hello, messages, members, profile).
     names: new Map(),
+    // Protocol 1.2: the private groups among one's own (conversations, joined), marked by a lock.
+    privateGroups: new Set(),
   };
   const nameOf = (user) => state.names.get(user) || user;
   function learnName(user, name) {
@@ -256,7 +262,7 @@
       {icon: el("span", {className: "conv-icon everyone", "aria-hidden": "true", text: "✱"})})}];
     for (const g of state.groups) {
       entries.push({address: {group: g}, rank: 1, name: g, item: () => {
-        const item = conversationItem({group: g}, g, {icon: hashIcon()});
+        const item = conversationItem({group: g}, g, {icon: state.privateGroups.has(g) ? lockIcon() : hashIcon()});
         item.dataset.group = g;
         return item;
       }});
@@ -280,6 +286,17 @@
     const unread = [...state.conversations.values()].reduce((n, c) => n + c.unread, 0);
     document.title = (unread ? `(${unread}) ` : "") + "Chat";
     if (document.hidden && unread) document.title = `(${unread}) Chat`;
+  }
+
+  /** A private group's mark, in place of its `#`. */
+  function lockIcon() {
+    return el("span", {className: "conv-icon private", title: "Private group", role: "img", "aria-label": "Private group"});
+  }
+
+  function notePrivate(group, isPrivate) {
+    if (typeof isPrivate !== "boolean") return;
+    if (isPrivate) state.privateGroups.add(group);
+    else state.privateGroups.delete(group);
   }
 
   function personItem(u) {
@@ -654,8 +671,14 @@
 
   function noticeItem(notice) {
     const who = notice.user === me ? "You" : nameOf(notice.user);
+    // 1.2: a change someone else made ("alice added bob", "alice made bob an admin").
+    const whom = notice.user === me ? "you" : nameOf(notice.user);
+    const by = notice.by === me ? "You" : nameOf(notice.by);
+    const text = notice.role ? `${by} made ${whom} ${notice.role === "member" ? "a member" : "an " + notice.role}`
+      : notice.by ? `${by} ${notice.joined ? "added" : "removed"} ${whom}`
+        : `${who} ${notice.joined ? "joined" : "left"}`;
     return el("li", {className: "notice", role: "status"},
-      el("span", {text: `${who} ${notice.joined ? "joined" : "left"}`, title: "@" + notice.user}),
+      el("span", {text, title: "@" + notice.user}),
       el("time", {datetime: notice.ts.toISOString(), text: " · " + timeFormat.format(notice.ts)}));
   }
 
@@ -681,13 +704,24 @@
     if (!isGroup) return;
     const members = conv.members || [];
     const sorted = [...members].sort((a, b) => (b.online - a.online) || nameOf(a.user).localeCompare(nameOf(b.user)));
+    // Protocol 1.2: what one's role lets one do here (the server checks it again).
+    const mine = (members.find((m) => m.user === me) || {}).role;
+    const manages = mine === "owner" || mine === "admin";
+    $("invite-form").hidden = !members.length || !(manages || !state.privateGroups.has(conv.address.group));
     $("member-list").replaceChildren(...sorted.map((m) => {
       const online = m.user === me || state.online.has(m.user);
-      return el("li", {className: online ? "online" : "offline", dataset: {user: m.user}},
+      const removable = m.user !== me && (mine === "owner" || (mine === "admin" && m.role === "member"));
+      return el("li", {className: online ? "online" : "offline", dataset: {user: m.user, role: m.role || "member"}},
         el("span", {className: "avatar-wrap"}, avatar(m.user, "small"),
           el("span", {className: "presence " + (online ? "on" : "off"), "aria-hidden": "true"})),
         el("span", {className: "member-name"}, el("bdi", {className: "member-user", text: nameOf(m.user), title: "@" + m.user}),
           m.user === me ? el("span", {className: "member-you", text: "(you)"}) : null),
+        m.role && m.role !== "member" ? el("span", {className: "role-badge " + m.role, text: m.role}) : null,
+        // An owner's or admin's controls, on a line of their own under the name.
+        (mine === "owner" && m.user !== me) || removable ? el("span", {className: "member-controls"},
+          mine === "owner" && m.user !== me ? roleSelect(conv, m) : null,
+          removable ? el("button", {type: "button", className: "ghost danger small member-remove", text: "Remove",
+            "aria-label": `Remove ${m.user} from the group`, onclick: () => removeMember(conv, m.user)}) : null) : null,
         el("span", {className: "visually-hidden", text: online ? " online" : " offline"}));
     }));
     const onlineCount = sorted.filter((m) => m.user === me || state.online.has(m.user)).length;
@@ -695,6 +729,33 @@
     $("member-count").textContent = !members.length ? "" : known ? `${onlineCount}/${members.length} online` : "";
     $("conv-subtitle").textContent = !members.length ? ""
       : plural(members.length, "member") + (known ? `, ${onlineCount} online` : "");
+  }
+
+  /** An owner's choice of another member's role (protocol 1.2 `role`). */
+  function roleSelect(conv, m) {
+    const select = el("select", {className: "role-select", "aria-label": `Role of ${m.user}`,
+      onchange: async () => {
+        showError($("member-error"), "");
+        try {
+          // The reply is also handed to the `role` listener, like the event.
+          await client.request({type: "role", group: conv.address.group, user: m.user, role: select.value});
+        } catch (error) {
+          select.value = m.role;
+          showError($("member-error"), describeError(error));
+        }
+      }}, ...["owner", "admin", "member"].map((role) => el("option", {value: role, text: role})));
+    select.value = m.role || "member";
+    return select;
+  }
+
+  async function removeMember(conv, user) {
+    showError($("member-error"), "");
+    try {
+      // The reply (`left` with `by`) is handed to the `left` listener too.
+      await client.request({type: "remove", group: conv.address.group, user});
+    } catch (error) {
+      showError($("member-error"), describeError(error));
+    }
   }
 
   function renderHeader() {
@@ -709,6 +770,7 @@
       else if (client.connected) subtitle = state.online.has(conv.address.user) ? "Online" : "Offline";
       placeholder = "Message " + nameOf(conv.address.user);
     } else placeholder = "Message # " + conv.address.group;
+    $("conv-lock").hidden = !(conv.address.group !== undefined && state.privateGroups.has(conv.address.group));
     $("conv-subtitle").textContent = subtitle;
     $("body").placeholder = placeholder;
   }
@@ -857,6 +919,7 @@
         conv.address = item.of;
         conv.last = item.last;
         if (item.last) learnNames(item.last);
+        if (item.of.group !== undefined) notePrivate(item.of.group, item.private);
         if (conv.address.user !== undefined) noteSeen(conv, conv.address.user, item.their_read_id);
         // Opened before the list came (a reload): its unread ones get the divider now.
         if (conv.key === state.openKey && conv.awaitingList && item.unread) {
@@ -1144,15 +1207,22 @@
 
   function membershipChanged(event, joined) {
     const groupConv = state.conversations.get(keyOf({group: event.group}));
-    // A quiet line in the conversation: "bob joined", "bob left" (live only, not history).
+    notePrivate(event.group, event.private);
+    // A quiet line in the conversation: "bob joined", "bob left" (live only, not history);
+    // 1.2: "alice added bob", "alice removed bob".
     if (groupConv && groupConv.loaded && !(event.user === me && !joined)) {
       const ids = [...groupConv.messages.keys()];
       groupConv.notices.push({after: ids.length ? Math.max(...ids) : 0, ts: new Date(),
-        user: event.user, joined});
+        user: event.user, joined, by: event.by});
       if (state.openKey === groupConv.key) renderMessages();
     }
     if (event.user === me) {
       if (!joined && $("join-note").textContent.endsWith(`# ${event.group}.`)) showError($("join-note"), "");
+      // Someone else added or removed this user: say who, where the groups are.
+      if (event.by && event.by !== me) {
+        showError($("join-note"), joined ? `${event.by} added you to # ${event.group}.`
+          : `${event.by} removed you from # ${event.group}.`);
+      }
       if (joined && !state.groups.includes(event.group)) state.groups.push(event.group);
       if (!joined) {
         state.groups = state.groups.filter((g) => g !== event.group);
@@ -1167,6 +1237,20 @@
   }
   client.on("joined", (e) => membershipChanged(e, true));
   client.on("left", (e) => membershipChanged(e, false));
+  // Protocol 1.2: a member's role changed (by an owner, or the admin).
+  function roleChanged(e) {
+    const conv = state.conversations.get(keyOf({group: e.group}));
+    if (!conv) return;
+    const member = (conv.members || []).find((m) => m.user === e.user);
+    if (member) member.role = e.role;
+    if (conv.loaded) {
+      const ids = [...conv.messages.keys()];
+      conv.notices.push({after: ids.length ? Math.max(...ids) : 0, ts: new Date(),
+        user: e.user, role: e.role, by: e.by});
+    }
+    if (state.openKey === conv.key) { renderMembers(); renderMessages(); }
+  }
+  client.on("role", roleChanged);
 
   // -- what the user does ------------------------------------------------------
 
@@ -1321,7 +1405,12 @@
     if (!name) return;
     showError($("join-error"), "");
     try {
-      const reply = await client.request({type: "join", group: name});
+      // "Private" creates a new private group (1.2); otherwise join, creating a public one.
+      const reply = await client.request($("join-private").checked
+        ? {type: "create", group: name, private: true} : {type: "join", group: name});
+      notePrivate(reply.group, reply.private);
+      $("join-private").checked = false;
+      renderJoinButton();
       if (!state.groups.includes(reply.group)) state.groups.push(reply.group);
       $("join-name").value = "";
       clearTimeout(searchTimer);
@@ -1330,6 +1419,25 @@
       showError($("join-note"), reply.created ? `Created # ${reply.group}.` : `Joined # ${reply.group}.`);
     } catch (error) {
       showError($("join-error"), describeError(error));
+    }
+  });
+
+  function renderJoinButton() {
+    $("join-submit").textContent = $("join-private").checked ? "Create" : "Join";
+  }
+  $("join-private").addEventListener("change", renderJoinButton);
+
+  $("invite-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const conv = state.conversations.get(state.openKey);
+    const user = $("invite-name").value.trim();
+    if (!conv || conv.address.group === undefined || !user) return;
+    showError($("member-error"), "");
+    try {
+      await client.request({type: "invite", group: conv.address.group, user});
+      $("invite-name").value = "";
+    } catch (error) {
+      showError($("member-error"), describeError(error));
     }
   });
 
@@ -1436,7 +1544,7 @@
           if (g.member) openConversation({group: g.group});
           else { $("join-name").value = g.group; $("join-form").requestSubmit(); }
         }},
-      el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"}),
+      g.private ? lockIcon() : el("span", {className: "conv-icon", "aria-hidden": "true", text: "#"}),
       el("span", {className: "conv-text"}, el("bdi", {className: "conv-name", text: g.group}),
         el("span", {className: "conv-preview",
           // `online` is told to members only (null otherwise).
