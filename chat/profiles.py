@@ -62,3 +62,8 @@ def refresh_names(users: Iterable[Any]) -> None:
     related = type(people[0]).chat_profile.related
     for user in people:
         related.set_cached_value(user, profiles.get(user.pk))
+
+
+def note_nameless(user: Any) -> None:
+    """Cache that a user created just now has no profile, so `name_of` answers without a read."""
+    type(user).chat_profile.related.set_cached_value(user, None)

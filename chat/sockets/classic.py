@@ -31,6 +31,7 @@ from chat import actions, protocol
 from chat.accounts import GUEST_PREFIX, account_creation_allowed, guest_create
 from chat.actions import membership, sending
 from chat.addresses import client_address_of_scope
+from chat.profiles import note_nameless
 from chat.protocol import Address, ChatError, Join, Send, error_event
 from chat.sockets.wire import Socket
 
@@ -96,7 +97,11 @@ def _classic_guest(suffix: str, address: str) -> Any:
     if not account_creation_allowed(address):
         logger.info("refused a classic guest: %s created too many accounts", address)
         return None
-    return guest_create(suffix=suffix)
+    guest = guest_create(suffix=suffix)
+    if guest is not None:
+        # Its name (the username) goes in its presence notice without a read.
+        note_nameless(guest)
+    return guest
 
 
 class ClassicFormat:
