@@ -11,6 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import Permission
 
+from chat.actions import queries
 from chat.models import Message
 from chat.profiles import set_name
 from tests.chatclient import ChatTestClient
@@ -340,6 +341,24 @@ async def test_presence_carries_the_name_as_it_is_when_the_last_socket_closes(
 
     offline = await alice_socket.expect("presence", user="bob", online=False)
     assert offline["name"] == "Robert"
+
+
+async def test_the_name_in_hello_and_presence_costs_the_handshake_no_read(
+    layer, connect, monkeypatch, alice, bob
+):
+    """It comes with the user the handshake read, not from a query of its own per socket."""
+    await database_sync_to_async(set_name)(bob, "Robert")
+    alice_socket = await connect(alice)
+
+    def no_read(usernames: Any) -> dict[str, str]:
+        raise AssertionError(f"the names of {usernames} were read")
+
+    monkeypatch.setattr(queries, "names_of", no_read)
+    bob_socket = await connect(bob)
+
+    assert bob_socket.hello["name"] == "Robert"
+    online = await alice_socket.expect("presence", user="bob", online=True)
+    assert online["name"] == "Robert"
 
 
 async def test_group_members_carry_names(layer, connect, alice, bob):
