@@ -34,15 +34,17 @@ from django.db.models import Q
 from chat import audience
 from chat.database import note_answered, note_if_timeout
 from chat.mentions import MentionRequest, resolve, stored_form
-from chat.models import ChatGroup, Membership, Message, Profile, Reaction, group_key
+from chat.models import ChatGroup, Membership, Message, Profile, Reaction, Upload, group_key
 from chat.profiles import name_of, refresh_names
 from chat.protocol import (
     NO_SUCH_MESSAGE,
+    NO_SUCH_UPLOAD,
     SYNC_MAX_MESSAGES,
     UNAVAILABLE,
     Address,
     ChatError,
 )
+from chat.uploads import upload_json
 
 # Arbitrary, fixed key of the PostgreSQL advisory lock that orders inserts.
 _MESSAGE_ORDER_LOCK = 0x63686174  # "chat"
@@ -83,11 +85,16 @@ EXCERPT_CHARS = 100
 REACTION_USERS = 20
 
 
-def message_json(message: Message, reactions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def message_json(
+    message: Message,
+    reactions: list[dict[str, Any]] | None = None,
+    files: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A message as the protocol writes it (without `type`).
 
     `reactions` as `reactions_of` gives them; a message that never changed
-    (`rev` NULL) has none, so callers need not look.
+    (`rev` NULL) has none, so callers need not look. `files` as `files_of`
+    gives them.
     """
     to: dict[str, Any]
     if message.kind == Message.Kind.DIRECT:
@@ -112,6 +119,7 @@ def message_json(message: Message, reactions: list[dict[str, Any]] | None = None
         "reply_to": None if message.deleted else reply_json(message.reply_to),
         "reactions": [] if message.deleted or reactions is None else reactions,
         "mentions": [] if message.deleted else message.mentioned_names(),
+        "files": [] if message.deleted or files is None else files,
     }
     if message.cid is not None:
         json["cid"] = message.cid
@@ -131,10 +139,28 @@ def reply_json(replied: Message | None) -> dict[str, Any] | None:
     }
 
 
-def messages_json(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """`message_json` of many, their reactions read in one query (none if none changed)."""
+def messages_json(
+    messages: Sequence[Message], files: dict[int, list[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """`message_json` of many, their reactions read in one query (none if none changed).
+
+    Their files in one query too, unless the caller knows them (`files`).
+    """
     reactions = reactions_of([m.id for m in messages if m.rev is not None and not m.deleted])
-    return [message_json(m, reactions.get(m.id, [])) for m in messages]
+    if files is None:
+        files = files_of([m.id for m in messages if not m.deleted])
+    return [message_json(m, reactions.get(m.id, []), files.get(m.id, [])) for m in messages]
+
+
+def files_of(message_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each message's files (1.2), in the order they were uploaded; one query, none if no ids."""
+    if not message_ids:
+        return {}
+    found: dict[int, list[dict[str, Any]]] = {}
+    for upload in Upload.objects.filter(message_id__in=message_ids).order_by("created", "pk"):
+        assert upload.message_id is not None
+        found.setdefault(upload.message_id, []).append(upload_json(upload))
+    return found
 
 
 def reactions_of(message_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -234,6 +260,8 @@ class SendRequest:
     cid: str | None = None
     # Protocol 1.2: the id of the message of the same conversation it answers.
     reply_to: int | None = None
+    # Protocol 1.2: ids of uploads of the sender's, not yet sent, that it carries.
+    files: tuple[str, ...] = ()
 
 
 def _unavailable() -> ChatError:
@@ -241,10 +269,16 @@ def _unavailable() -> ChatError:
 
 
 def message_send(
-    *, sender: User, to: Address, body: str, cid: str | None = None, reply_to: int | None = None
+    *,
+    sender: User,
+    to: Address,
+    body: str,
+    cid: str | None = None,
+    reply_to: int | None = None,
+    files: tuple[str, ...] = (),
 ) -> StoredMessage:
     """Store a message for its audience; raise `ChatError` if it may not be sent."""
-    [result] = message_send_many([SendRequest(sender, to, body, cid, reply_to)])
+    [result] = message_send_many([SendRequest(sender, to, body, cid, reply_to, files)])
     if isinstance(result, ChatError):
         raise result
     return result
@@ -318,10 +352,16 @@ def _stored_earlier(requests: Sequence[SendRequest]) -> dict[tuple[int, str], Me
 
 @dataclass(frozen=True, slots=True)
 class _Extras:
-    """What protocol 1.2 adds to a send: the resolved mentions and the replied message."""
+    """What protocol 1.2 adds to a send: the resolved mentions, the replied message, the files."""
 
     mentions: list[str]
     replied: Message | None
+    # The uploads it carries as message objects list them (`files_of`'s order).
+    files: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class _FilesTaken(IntegrityError):
+    """An upload was attached to another message since it was checked: the batch is redone."""
 
 
 def _extras(requests: Sequence[SendRequest]) -> list[_Extras | ChatError]:
@@ -342,6 +382,8 @@ def _extras(requests: Sequence[SendRequest]) -> list[_Extras | ChatError]:
         if wanted
         else {}
     )
+    uploads = _uploads_of(requests)
+    claimed: set[str] = set()
     extras: list[_Extras | ChatError] = []
     for request, names in zip(requests, mentions, strict=True):
         target = None if request.reply_to is None else replied.get(request.reply_to)
@@ -352,8 +394,51 @@ def _extras(requests: Sequence[SendRequest]) -> list[_Extras | ChatError]:
                 ChatError(NO_SUCH_MESSAGE, f"there is no message {request.reply_to} to answer here")
             )
             continue
-        extras.append(_Extras(names, target))
+        files = _files_for(request, uploads, claimed)
+        if isinstance(files, ChatError):
+            extras.append(files)
+            continue
+        extras.append(_Extras(names, target, files))
     return extras
+
+
+def _uploads_of(requests: Sequence[SendRequest]) -> dict[str, tuple[Upload, str | None]]:
+    """The uploads a batch names, each with the `cid` of the message it is in: one query, if any."""
+    wanted = {upload for r in requests for upload in r.files}
+    if not wanted:
+        return {}
+    rows = Upload.objects.filter(pk__in=wanted).annotate(sent_cid=models.F("message__cid"))
+    return {upload.pk: (upload, upload.sent_cid) for upload in rows}
+
+
+def _files_for(
+    request: SendRequest, uploads: dict[str, tuple[Upload, str | None]], claimed: set[str]
+) -> list[dict[str, Any]] | ChatError:
+    """The request's files as message objects list them, or `no_such_upload`.
+
+    Each must be the sender's and not yet sent; one already in the message
+    this request repeats (same `cid`) passes, for that message is answered
+    again. Within a batch the first request naming an upload takes it.
+    """
+    if not request.files:
+        return []
+    found: list[Upload] = []
+    for upload_id in request.files:
+        upload, sent_cid = uploads.get(upload_id, (None, None))
+        repeat = upload is not None and request.cid is not None and sent_cid == request.cid
+        if (
+            upload is None
+            or upload.uploader_id != request.sender.pk
+            or (upload.message_id is not None and not repeat)
+            or (upload.message_id is None and upload_id in claimed)
+        ):
+            return ChatError(
+                NO_SUCH_UPLOAD,
+                f"there is no upload {upload_id[:32]!r} of yours that is not sent yet",
+            )
+        found.append(upload)
+    claimed.update(request.files)
+    return [upload_json(u) for u in sorted(found, key=lambda u: (u.created, u.pk))]
 
 
 def _same_conversation(message: Message, request: SendRequest) -> bool:
@@ -432,25 +517,56 @@ def _send_with_orm(
             row.update(kind=Message.Kind.ALL)
         checked.append(row)
     rows = [row for row in checked if isinstance(row, dict)]
-    inserted = iter(_insert_with_orm(rows) if rows else [])
-    return [_stored(next(inserted)) if isinstance(row, dict) else row for row in checked]
+    attached = [extras[index].files for index, row in enumerate(checked) if isinstance(row, dict)]
+    inserted = _insert_with_orm(rows, attached) if rows else []
+    known = {message.id: json for message, json in zip(inserted, attached, strict=True)}
+    stored = iter(inserted)
+    return [_stored(next(stored), known) if isinstance(row, dict) else row for row in checked]
 
 
-def _insert_with_orm(rows: list[dict[str, Any]]) -> list[Message]:
-    """SQLite (and others): one transaction, the rows inserted through the ORM."""
+def _insert_with_orm(
+    rows: list[dict[str, Any]], files: list[list[dict[str, Any]]]
+) -> list[Message]:
+    """SQLite (and others): one transaction, the rows inserted through the ORM.
+
+    `files` per row: the uploads to attach, in one UPDATE for the batch, only
+    where some row has any.
+    """
     with transaction.atomic():
-        # SQLite: BEGIN IMMEDIATE took the writer lock, which orders inserts.
-        # Taken under the lock, so timestamps never go back as ids go up.
-        now = datetime.now(UTC)
-        if len(rows) == 1 or not connection.features.can_return_rows_from_bulk_insert:
-            # One row needs no bulk insert; without RETURNING a bulk insert
-            # would not tell the ids, so each row gets its own INSERT instead.
-            return [Message.objects.create(**row, created_at=now) for row in rows]
-        messages = Message.objects.bulk_create([Message(**row, created_at=now) for row in rows])
-        if any(message.pk is None for message in messages):
-            # Rolls the batch back: a message without its id cannot be acked.
-            raise DatabaseError("the bulk insert returned no message ids")
+        messages = _insert_rows(rows)
+        _attach(
+            [(m.id, [f["upload"] for f in json]) for m, json in zip(messages, files, strict=True)]
+        )
         return messages
+
+
+def _attach(files: list[tuple[int, list[str]]]) -> None:
+    """Attach each message's uploads, unless one was attached meanwhile (`_FilesTaken`)."""
+    wanted = {upload: message_id for message_id, uploads in files for upload in uploads}
+    if not wanted:
+        return
+    taken = Upload.objects.filter(pk__in=wanted, message__isnull=True).update(
+        message_id=models.Case(
+            *(models.When(pk=upload, then=models.Value(m)) for upload, m in wanted.items())
+        )
+    )
+    if taken != len(wanted):
+        raise _FilesTaken("an upload was sent in another message meanwhile")
+
+
+def _insert_rows(rows: list[dict[str, Any]]) -> list[Message]:
+    # SQLite: BEGIN IMMEDIATE took the writer lock, which orders inserts.
+    # Taken under the lock, so timestamps never go back as ids go up.
+    now = datetime.now(UTC)
+    if len(rows) == 1 or not connection.features.can_return_rows_from_bulk_insert:
+        # One row needs no bulk insert; without RETURNING a bulk insert
+        # would not tell the ids, so each row gets its own INSERT instead.
+        return [Message.objects.create(**row, created_at=now) for row in rows]
+    messages = Message.objects.bulk_create([Message(**row, created_at=now) for row in rows])
+    if any(message.pk is None for message in messages):
+        # Rolls the batch back: a message without its id cannot be acked.
+        raise DatabaseError("the bulk insert returned no message ids")
+    return messages
 
 
 def _send_in_one_statement(
@@ -470,7 +586,13 @@ def _send_in_one_statement(
     as the ORM path loads it, `_stored_earlier`). It also answers each
     sender's display name, which a query of its own per batch read at a tenth
     of the worker's CPU under W1.
+
+    A batch carrying files (1.2) attaches them in the same statement: each
+    request's uploads are locked and must still be unsent, else it stores
+    nothing and answers `no_such_upload` (another send took one since
+    `_extras` looked).
     """
+    with_files = any(extra.files for extra in extras)
     params: list[Any] = []
     for index, (request, extra) in enumerate(zip(requests, extras, strict=True)):
         kind = _KINDS[request.to.kind]
@@ -478,14 +600,19 @@ def _send_in_one_statement(
         params += [index, request.sender.pk, kind, target, request.body, request.cid]
         params += [None if extra.replied is None else extra.replied.id]
         params += [stored_form(extra.mentions)]
+        if with_files:
+            params.append([f["upload"] for f in extra.files])
     params.append(_MESSAGE_ORDER_LOCK)
     cids = any(request.cid is not None for request in requests)
     accepted: dict[int, tuple[Any, int, datetime, str | None, str | None]] = {}
     earlier: set[int] = set()
+    taken: set[int] = set()
     with connection.cursor() as cursor:
-        cursor.execute(_send_sql(len(requests), cids=cids), params)
+        cursor.execute(_send_sql(len(requests), cids=cids, files=with_files), params)
         for index, target, pk, created, name, sender_name, stored_before in cursor:
-            if stored_before:
+            if stored_before is None:
+                taken.add(index)
+            elif stored_before:
                 earlier.add(index)
             else:
                 accepted[index] = (target, pk, created, name, sender_name)
@@ -498,7 +625,7 @@ def _send_in_one_statement(
             continue
         found = accepted.get(index)
         if found is None:
-            results.append(audience.refusal(request.to))
+            results.append(_files_taken() if index in taken else audience.refusal(request.to))
             continue
         target, pk, created, group_name, sender_name = found
         ts = format_ts(created)
@@ -517,6 +644,7 @@ def _send_in_one_statement(
             "reply_to": reply_json(extra.replied),
             "reactions": [],
             "mentions": extra.mentions,
+            "files": extra.files,
         }
         if request.cid is not None:
             event["cid"] = request.cid
@@ -530,6 +658,10 @@ def _send_in_one_statement(
     return results
 
 
+def _files_taken() -> ChatError:
+    return ChatError(NO_SUCH_UPLOAD, "one of these uploads was just sent in another message")
+
+
 # Address kinds as Message kinds.
 _KINDS = {
     "user": Message.Kind.DIRECT.value,
@@ -539,12 +671,19 @@ _KINDS = {
 
 
 @functools.lru_cache(maxsize=256)
-def _send_sql(rows: int, *, cids: bool) -> str:
+def _send_sql(rows: int, *, cids: bool, files: bool = False) -> str:
     """The statement for `rows` requests (PostgreSQL; built once per batch size).
 
     With `cids`, it also looks for messages stored earlier under the requests'
     (sender, cid): those requests insert nothing and answer a mark.
     A batch without cids (every version 1 client's) skips that lookup.
+
+    With `files` (1.2), each request's upload ids come last in its row: they
+    are locked (FOR UPDATE, which reads again a row another send changed and
+    committed meanwhile), a request whose uploads are not all still the
+    sender's and unsent inserts nothing and answers a NULL mark, and the
+    others' uploads get their new message's id. A batch without files (nearly
+    all) is the statement it was before files existed.
     """
     user_model = get_user_model()
     quote = connection.ops.quote_name
@@ -575,10 +714,11 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     direct, in_group = Message.Kind.DIRECT.value, Message.Kind.GROUP.value
     sender_type = _field(Message, "sender").db_type(connection)
     reply_type = _field(Message, "reply_to").db_type(connection)
+    file_param = ", %s::text[]" if files else ""
     values = ", ".join(
         [
             f"(%s::integer, %s::{sender_type}, %s::text, %s::text, %s::text, %s::text,"
-            f" %s::{reply_type}, %s::text)"
+            f" %s::{reply_type}, %s::text{file_param})"
         ]
         * rows
     )
@@ -598,11 +738,39 @@ def _send_sql(rows: int, *, cids: bool) -> str:
     )
     profile, profile_user = quote(Profile._meta.db_table), _column(Profile, "user")
     profile_name = _column(Profile, "name")
+    file_column, locked, files_free, attach, answer_taken = "", "", "", "", ""
+    numbered = "(SELECT id, created, row_number() OVER (ORDER BY id) AS n FROM inserted)"
+    if files:
+        upload = quote(Upload._meta.db_table)
+        upload_id, uploader = _column(Upload, "id"), _column(Upload, "uploader")
+        upload_message = _column(Upload, "message")
+        file_column = ", files"
+        # After the order lock: a send that took one of these commits first.
+        locked = f"""locked AS MATERIALIZED (
+  SELECT v.ord, f.{upload_id} AS id FROM order_lock, v
+  JOIN {upload} f ON f.{upload_id} = ANY(v.files)
+   AND f.{uploader} = v.sender AND f.{upload_message} IS NULL
+  FOR UPDATE OF f
+),"""
+        free = "(SELECT count(*) FROM locked l WHERE l.ord = v.ord) = cardinality(v.files)"
+        files_free = f"AND {free}"
+        attach = f""",
+numbered AS MATERIALIZED {numbered},
+attached AS (
+  UPDATE {upload} f SET {upload_message} = i.id
+  FROM accepted a JOIN numbered i ON i.n = a.n JOIN locked l ON l.ord = a.ord
+  WHERE f.{upload_id} = l.id
+)"""
+        numbered = "numbered"
+        answer_taken = f"""UNION ALL SELECT v.ord, NULL, NULL, NULL, NULL, NULL, NULL FROM v
+WHERE NOT {free} {not_earlier}"""
     return f"""
-WITH v(ord, sender, kind, target_name, body, cid, reply_to, mentions) AS (VALUES {values}),
+WITH v(ord, sender, kind, target_name, body, cid, reply_to, mentions{file_column})
+  AS (VALUES {values}),
 {earlier}
 order_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s)),
 stamp AS MATERIALIZED (SELECT clock_timestamp() AS now FROM order_lock),
+{locked}
 accepted AS MATERIALIZED (
   SELECT v.ord, v.sender, v.kind, v.body, v.cid, v.reply_to, v.mentions,
          u.{user_id} AS recipient, g.{group_id} AS grp,
@@ -616,24 +784,28 @@ accepted AS MATERIALIZED (
     )
   WHERE (v.kind NOT IN ('{direct}', '{in_group}')
      OR u.{user_id} IS NOT NULL OR g.{group_id} IS NOT NULL)
-    {not_earlier}
+    {not_earlier} {files_free}
 ),
 inserted AS (
   INSERT INTO {message} ({columns})
   SELECT a.sender, a.kind, a.recipient, a.grp, a.body, a.cid, a.reply_to, a.mentions, stamp.now
   FROM accepted a CROSS JOIN stamp ORDER BY a.ord
   RETURNING {_column(Message, "id")} AS id, {_column(Message, "created_at")} AS created
-)
+){attach}
 SELECT a.ord, COALESCE(a.recipient, a.grp), i.id, i.created, a.group_name, p.{profile_name}, false
 FROM accepted a
-JOIN (SELECT id, created, row_number() OVER (ORDER BY id) AS n FROM inserted) i ON i.n = a.n
+JOIN {numbered} i ON i.n = a.n
 LEFT JOIN {profile} p ON p.{profile_user} = a.sender
 {answer_earlier}
+{answer_taken}
 """
 
 
-def _stored(message: Message) -> StoredMessage:
-    event = {"type": "message", **messages_json([message])[0]}
+def _stored(
+    message: Message, files: dict[int, list[dict[str, Any]]] | None = None
+) -> StoredMessage:
+    """`files`: the message's files when known (a new message's), else read."""
+    event = {"type": "message", **messages_json([message], files)[0]}
     if message.recipient is not None:
         user_ids = tuple({message.sender.pk, message.recipient.pk})
         return StoredMessage(message.id, event["ts"], event, user_ids=user_ids)

@@ -39,6 +39,8 @@ GROUP_EXISTS = "group_exists"
 INVITE_ONLY = "invite_only"
 FORBIDDEN = "forbidden"
 LAST_OWNER = "last_owner"
+# Protocol 1.2: files (issue 28).
+NO_SUCH_UPLOAD = "no_such_upload"
 ERROR_CODES = frozenset(
     {
         BAD_JSON,
@@ -61,11 +63,15 @@ ERROR_CODES = frozenset(
         INVITE_ONLY,
         FORBIDDEN,
         LAST_OWNER,
+        NO_SUCH_UPLOAD,
     }
 )
 
 MAX_REF_CHARS = 64
 MAX_CID_CHARS = 64
+# Files one message may carry (1.2), and the longest upload id accepted.
+MAX_FILES = 10
+MAX_UPLOAD_ID_CHARS = 32
 MAX_GROUP_CHARS = 64
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
@@ -158,16 +164,32 @@ def clean_group_name(value: Any) -> str:
     return name
 
 
-def clean_body(value: Any, *, max_chars: int) -> str:
+def clean_body(value: Any, *, max_chars: int, may_be_empty: bool = False) -> str:
+    """A valid body; `may_be_empty` for a message that carries files (1.2)."""
     if not isinstance(value, str):
         raise ChatError(BAD_COMMAND, "body must be a string")
     if len(value) > max_chars:
         raise ChatError(TOO_LARGE, f"body is longer than {max_chars} characters")
     if "\x00" in value:
         raise ChatError(BAD_COMMAND, "body may not contain NUL characters")
-    if not value.strip():
+    if not value.strip() and not may_be_empty:
         raise ChatError(EMPTY_BODY, "body is empty")
     return value
+
+
+def clean_files(value: Any) -> tuple[str, ...]:
+    """`send.files` (1.2): 1 to MAX_FILES distinct upload ids; whose they are is checked later."""
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= MAX_FILES
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_UPLOAD_ID_CHARS for v in value)
+    ):
+        raise ChatError(
+            BAD_COMMAND, f"files must be a list of 1 to {MAX_FILES} upload ids (strings)"
+        )
+    if len(set(value)) != len(value):
+        raise ChatError(BAD_COMMAND, "files lists an upload more than once")
+    return tuple(value)
 
 
 def clean_username(value: Any) -> str:
@@ -246,16 +268,22 @@ class Send:
 
     # Protocol 1.2: the id of the message of the same conversation it answers.
     reply_to: int | None = None
+    # Protocol 1.2: the uploads the message carries (`POST /uploads/`); with
+    # any, the body may be empty.
+    files: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, data: dict[str, Any], ref: str | None, *, max_body_chars: int) -> Send:
         _require(data, "send", "to", "body")
         to = clean_address(data["to"], "to")
-        body = clean_body(data["body"], max_chars=max_body_chars)
+        files = () if data.get("files") is None else clean_files(data["files"])
+        body = clean_body(data["body"], max_chars=max_body_chars, may_be_empty=bool(files))
         reply_to = data.get("reply_to")
         if reply_to is not None:
             reply_to = _clean_int(reply_to, "reply_to", minimum=1)
-        return cls(to=to, body=body, cid=_optional_cid(data), ref=ref, reply_to=reply_to)
+        return cls(
+            to=to, body=body, cid=_optional_cid(data), ref=ref, reply_to=reply_to, files=files
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -92,6 +92,7 @@ class SendQueue:
         body: str,
         cid: str | None = None,
         reply_to: int | None = None,
+        files: tuple[str, ...] = (),
     ) -> StoredMessage:
         """Store a message; return it once committed, or raise `ChatError`.
 
@@ -100,7 +101,7 @@ class SendQueue:
         `cid` returns that message (`replayed`), which is not delivered again.
         """
         result: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
-        self._sends.put_nowait(_Send(SendRequest(sender, to, body, cid, reply_to), result))
+        self._sends.put_nowait(_Send(SendRequest(sender, to, body, cid, reply_to, files), result))
         return await result
 
     async def _write_loop(self) -> None:

@@ -255,6 +255,7 @@ async def test_direct_message_reaches_every_socket_of_both_and_nobody_else(
         "reply_to": None,
         "reactions": [],
         "mentions": [],
+        "files": [],
     }
     for client in (alice1, alice2, bob1, bob2):
         assert await client.expect("message", id=ack["id"]) == expected
@@ -476,6 +477,7 @@ async def test_history_of_a_direct_conversation_lists_it_oldest_first(
         "reply_to": None,
         "reactions": [],
         "mentions": [],
+        "files": [],
     }
     assert_utc_timestamp(reply["messages"][1]["ts"])
 

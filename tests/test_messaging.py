@@ -165,6 +165,7 @@ def test_stored_event_is_the_protocol_message(alice, bob):
         "reply_to": None,
         "reactions": [],
         "mentions": [],
+        "files": [],
     }
 
 

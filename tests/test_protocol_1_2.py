@@ -19,7 +19,7 @@ from tests.chatclient import ChatTestClient
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALL = {"all": True}
-MESSAGE_FIELDS = {"rev", "edited_at", "deleted", "reply_to", "reactions", "mentions"}
+MESSAGE_FIELDS = {"rev", "edited_at", "deleted", "reply_to", "reactions", "mentions", "files"}
 
 
 async def send_ok(client: ChatTestClient, to: dict[str, Any], body: str, **extra: Any) -> int:

@@ -13,7 +13,7 @@ async def send(services: Services, actor: Actor, command: Send) -> Reply:
     (`chat.audience`); live delivery follows the commit, in id order.
     """
     stored = await services.send_queue.submit(
-        actor.user, command.to, command.body, command.cid, command.reply_to
+        actor.user, command.to, command.body, command.cid, command.reply_to, command.files
     )
     cid = {} if command.cid is None else {"cid": command.cid}
     return reply("ack", command.ref, id=stored.id, ts=stored.ts, **cid)

@@ -9,7 +9,8 @@ and error codes are therefore shared with JSON clients.
 What classic clients get:
 
 - a `message` event, the sender's own copy included (it is their only sign
-  that the message was stored): `用户(FROM=>TO):TEXT`;
+  that the message was stored): `用户(FROM=>TO):TEXT`; a message with files
+  (1.2) has their full URLs after its text, one per line;
 - `presence`: `用户(NAME)登录了` / `用户(NAME)退出了`;
 - an error: `错误(CODE):MESSAGE`.
 
@@ -33,6 +34,7 @@ from chat.actions import membership, sending
 from chat.addresses import client_address_of_scope
 from chat.profiles import note_nameless
 from chat.protocol import Address, ChatError, Join, Send, error_event
+from chat.sockets.origins import site_origin
 from chat.sockets.wire import Socket
 
 logger = logging.getLogger(__name__)
@@ -71,12 +73,15 @@ def classic_command(frame: str, *, max_bytes: int, max_body_chars: int) -> Send 
     return Send(to=to, body=body)
 
 
-def _classic_frame(event: dict[str, Any]) -> str | None:
+def _classic_frame(event: dict[str, Any], origin: str = "") -> str | None:
+    """`origin`: the site as the handshake named it, which makes files' URLs full."""
     kind = event.get("type")
     if kind == "message":
         to = event["to"]
         audience = to.get("user") or to.get("group") or ALL_TARGET
-        return f"用户({event['from']}=>{audience}):{event['body']}"
+        urls = [origin + f["url"] for f in event.get("files", ())]
+        text = "\n".join([event["body"], *urls] if event["body"] else urls)
+        return f"用户({event['from']}=>{audience}):{text}"
     if kind == "presence":
         return f"用户({event['user']}){'登录了' if event['online'] else '退出了'}"
     if kind == "error":
@@ -107,15 +112,18 @@ def _classic_guest(suffix: str, address: str) -> Any:
 class ClassicFormat:
     """The plain-text protocol of docs/protocol.md, for old clients."""
 
-    __slots__ = ("_groups",)
+    __slots__ = ("_groups", "_origin")
     endpoint = "classic"
     shares_frames = False
 
     def __init__(self) -> None:
         # Groups this user is known to be in, so that a group send joins only when needed.
         self._groups: set[str] = set()
+        # `scheme://host` the client connected to: files' URLs are given in full.
+        self._origin = ""
 
     async def login(self, socket: Socket) -> Any | None:
+        self._origin = site_origin(socket.scope) or ""
         user = socket.scope.get("user")
         if user is not None and user.is_authenticated:
             # The session decides who this is; a userId in the URL is ignored.
@@ -141,7 +149,7 @@ class ClassicFormat:
         frames = []
         for event in events:
             try:
-                frame = _classic_frame(event)
+                frame = _classic_frame(event, self._origin)
             except Exception:
                 logger.exception("could not translate an event for a classic socket")
                 continue
@@ -150,7 +158,7 @@ class ClassicFormat:
         return frames
 
     def frame(self, event: dict[str, Any]) -> str | None:
-        return _classic_frame(event)
+        return _classic_frame(event, self._origin)
 
     def closed(self) -> None:
         pass
