@@ -15,6 +15,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.views.decorators.http import require_POST
@@ -42,6 +43,10 @@ def index(request: HttpRequest) -> HttpResponse:
         "name": name_of(request.user),
         "maxBodyChars": settings.CHAT_MAX_BODY_CHARS,
         "loginUrl": settings.LOGIN_URL,
+        # Uploads (1.2): the token `POST /uploads/` wants, and the limits the page names.
+        "csrfToken": get_token(request),
+        "maxUploadBytes": settings.CHAT_UPLOAD_MAX_BYTES,
+        "uploadQuotaBytes": settings.CHAT_UPLOAD_QUOTA_BYTES,
     }
     context = {"chat_config": config, "display_name": config["name"]}
     return render(request, "chat/index.html", context)

@@ -35,6 +35,7 @@
     invite_only: "That group is private: ask one of its owners or admins to invite you.",
     forbidden: "Your role in this group does not allow that.",
     last_owner: "You are this group's last owner: make another member an owner first.",
+    no_such_upload: "One of those files was already sent or removed. Attach it again.",
   };
   const describeError = (error) =>
     // A well-formed group name refused as a look-alike (or for invisible
@@ -136,7 +137,9 @@
       conv = {key, address, messages: new Map(), unread: 0, loaded: false, complete: false,
         loading: false, members: null, error: "", draft: "",
         // Protocol 1.1: the server's read position, the newest message, who typed, who read.
-        readId: 0, last: null, typing: new Map(), seen: new Map(), unsent: [], notices: []};
+        readId: 0, last: null, typing: new Map(), seen: new Map(), unsent: [], notices: [],
+        // Protocol 1.2: files attached in the composer, uploading or uploaded.
+        attachments: []};
       state.conversations.set(key, conv);
     }
     return conv;
@@ -202,6 +205,27 @@
 
   function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
+  /** A size in bytes as people read it: 1.4 MB, 820 KB. */
+  function humanSize(bytes) {
+    if (bytes < 1024) return plural(bytes, "byte");
+    const units = ["KB", "MB", "GB"];
+    let value = bytes / 1024, unit = 0;
+    while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+    return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
+  }
+
+  // Shown inline (the server serves only these inline, and thumbnails them).
+  const INLINE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+  const isImage = (file) => INLINE_TYPES.has(file.type) && Boolean(file.thumb);
+
+  /** What a message says in one line: its text, else "Photo" or its file's name. */
+  function previewText(m) {
+    const line = m.body.split("\n")[0];
+    if (line.trim() || !(m.files && m.files.length)) return line;
+    if (m.files.every(isImage)) return m.files.length === 1 ? "Photo" : `${m.files.length} photos`;
+    return m.files.length === 1 ? m.files[0].name : `${m.files[0].name} and ${plural(m.files.length - 1, "more file")}`;
+  }
+
   function showError(node, text) {
     node.textContent = text;
     node.hidden = !text;
@@ -233,7 +257,7 @@
     }
     const last = conv.last;
     if (!last) return null;
-    const line = last.body.split("\n")[0];
+    const line = previewText(last);
     const date = new Date(last.ts);
     const when = date.toDateString() === new Date().toDateString()
       ? timeFormat.format(date) : shortDayFormat.format(date);
@@ -395,11 +419,12 @@
     }
     if (state.editingId === m.id) {
       item.append(editor(m));
-    } else {
+    } else if (m.body || m.edited_at) {
       item.append(el("div", {className: "body", dir: "auto"}, ...mentionified(linkified(m.body), m.mentions),
         m.edited_at ? el("span", {className: "edited", title: fullFormat.format(new Date(m.edited_at)),
           text: " (edited)"}) : null));
     }
+    if (m.files && m.files.length) item.append(filesNode(m));
     if (m.reactions && m.reactions.length) {
       item.append(el("div", {className: "reactions"}, ...m.reactions.map((r) => {
         const mine = r.users.includes(me);
@@ -422,6 +447,74 @@
     }
     return item;
   }
+
+  // -- protocol 1.2: files in messages, and the image viewer -----------------
+
+  // A message's files drawn once: the list is redrawn often, and images would load again.
+  const drawnFiles = new Map();
+  function filesNode(m) {
+    const key = m.files.map((f) => f.upload).join(" ");
+    const drawn = drawnFiles.get(m.id);
+    if (drawn && drawn.key === key) return drawn.node;
+    const node = filesOf(m.files);
+    drawnFiles.set(m.id, {key, node});
+    return node;
+  }
+
+  /** Images as thumbnails that open the viewer; other files as chips with a download link. */
+  function filesOf(files) {
+    const list = el("div", {className: "files"});
+    for (const file of files) {
+      if (isImage(file)) {
+        const img = el("img", {src: file.thumb, alt: file.name, loading: "lazy", decoding: "async"});
+        // The thumbnail's own proportions, so the list does not jump as images arrive.
+        if (file.width && file.height) {
+          const scale = Math.min(1, 480 / Math.max(file.width, file.height));
+          img.width = Math.max(1, Math.round(file.width * scale));
+          img.height = Math.max(1, Math.round(file.height * scale));
+        }
+        list.append(el("button", {type: "button", className: "file-thumb", title: file.name,
+          "aria-label": "Open " + file.name, onclick: (ev) => openViewer(file, ev.currentTarget)}, img));
+        continue;
+      }
+      const dot = file.name.lastIndexOf(".");
+      const ext = dot > 0 && file.name.length - dot <= 5 ? file.name.slice(dot + 1).toUpperCase() : "FILE";
+      list.append(el("div", {className: "file-chip"},
+        el("span", {className: "file-icon", "aria-hidden": "true", text: ext}),
+        el("span", {className: "file-text"},
+          el("bdi", {className: "file-name", dir: "auto", text: file.name, title: file.name}),
+          el("span", {className: "file-size", text: humanSize(file.size)})),
+        el("a", {className: "file-download", href: file.url, download: file.name,
+          "aria-label": "Download " + file.name, text: "Download"})));
+    }
+    return list;
+  }
+
+  let viewerReturn = null;
+  function openViewer(file, opener) {
+    viewerReturn = opener || null;
+    const viewer = $("viewer");
+    $("viewer-image").src = file.url;
+    $("viewer-image").alt = file.name;
+    $("viewer-name").textContent = file.name;
+    $("viewer-download").href = file.url;
+    $("viewer-download").setAttribute("download", file.name);
+    viewer.hidden = false;
+    $("viewer-close").focus();
+  }
+  function closeViewer() {
+    const viewer = $("viewer");
+    if (viewer.hidden) return;
+    viewer.hidden = true;
+    $("viewer-image").removeAttribute("src");
+    if (viewerReturn && viewerReturn.isConnected) viewerReturn.focus();
+    viewerReturn = null;
+  }
+  $("viewer-close").addEventListener("click", closeViewer);
+  $("viewer").addEventListener("click", (ev) => { if (ev.target === $("viewer")) closeViewer(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && !$("viewer").hidden) { ev.preventDefault(); closeViewer(); }
+  });
 
   // -- protocol 1.2: the message menu (reply, react, edit, delete) -----------
 
@@ -522,7 +615,7 @@
   }
 
   function startReply(m) {
-    state.replyTo = {id: m.id, from: m.from, excerpt: m.body.slice(0, 100), key: state.openKey};
+    state.replyTo = {id: m.id, from: m.from, excerpt: previewText(m).slice(0, 100), key: state.openKey};
     renderReplyBar();
     $("body").focus();
   }
@@ -684,11 +777,12 @@
 
   function unsentItem(conv, pending) {
     const retry = el("button", {type: "button", className: "link", text: "Retry",
-      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); sendBody(conv, pending.body, pending.cid); }});
+      onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); sendBody(conv, pending.body, pending.cid, undefined, pending.files); }});
     const discard = el("button", {type: "button", className: "link", text: "Discard",
       onclick: () => { conv.unsent = conv.unsent.filter((p) => p !== pending); renderMessages(); }});
     return el("li", {className: "message own unsent"},
-      el("div", {className: "body", dir: "auto", text: pending.body}),
+      pending.body ? el("div", {className: "body", dir: "auto", text: pending.body}) : null,
+      pending.files && pending.files.length ? filesOf(pending.files) : null,
       el("p", {className: "unsent-note"}, el("span", {text: "Not sent: " + pending.reason + " "}), retry, discard));
   }
 
@@ -780,6 +874,7 @@
     renderMembers();
     renderMessages();
     renderReplyBar();
+    renderAttachments();
   }
 
   async function loadHistory(conv) {
@@ -1195,7 +1290,7 @@
     if (!document.hidden || (conv.address.user === undefined && !mentioned)) return;
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     if (localStorage.getItem("chat-notify") !== "on") return;
-    const note = new Notification(nameOf(m.from), {body: m.body.slice(0, 200), tag: conv.key});
+    const note = new Notification(nameOf(m.from), {body: previewText(m).slice(0, 200), tag: conv.key});
     note.onclick = () => { window.focus(); openConversation(conv.address); note.close(); };
   }
 
@@ -1269,16 +1364,28 @@
   async function send() {
     const box = $("body");
     const body = box.value;
-    if (!body.trim()) return;
     const conv = state.conversations.get(state.openKey);
+    const attached = conv.attachments || [];
+    if (attached.some((a) => a.status === "uploading")) {
+      showError($("send-error"), "Wait for the files to finish uploading, or cancel them.");
+      return;
+    }
+    if (attached.some((a) => a.status === "failed")) {
+      showError($("send-error"), "A file could not be uploaded: Retry it or remove it first.");
+      return;
+    }
+    const files = attached.map((a) => a.upload);
+    if (!body.trim() && !files.length) return;
     box.value = "";
     conv.draft = "";
+    conv.attachments = [];
+    renderAttachments();
     autosize();
     showError($("send-error"), "");
     const reply = state.replyTo && state.replyTo.key === conv.key ? state.replyTo.id : undefined;
     state.replyTo = null;
     renderReplyBar();
-    await sendBody(conv, body, newCid(), reply);
+    await sendBody(conv, files.length && !body.trim() ? "" : body, newCid(), reply, files);
   }
 
   const KEPT_ERRORS = new Set(["rate_limited", "unavailable", "not_connected", "disconnected", "timeout"]);
@@ -1295,25 +1402,189 @@
    * Its cid goes with every try: if the connection dropped after the server
    * stored it, the retry gets the first ack and sync brings the message once.
    */
-  async function sendBody(conv, body, cid = newCid(), replyTo = undefined) {
+  async function sendBody(conv, body, cid = newCid(), replyTo = undefined, files = []) {
     try {
       const command = {type: "send", to: conv.address, body, cid};
       if (replyTo !== undefined) command.reply_to = replyTo;
+      if (files.length) command.files = files.map((f) => f.upload);
       await client.request(command);
     } catch (error) {
       // Its message came before the connection dropped: it got through.
       if ([...conv.messages.values()].some((m) => m.from === me && m.cid === cid)) return;
       if (KEPT_ERRORS.has(error.code)) {
-        conv.unsent.push({body, cid, reason: describeError(error)});
+        conv.unsent.push({body, cid, files, reason: describeError(error)});
         if (state.openKey === conv.key) renderMessages();
         return;
       }
       if (state.openKey === conv.key) {
         showError($("send-error"), describeError(error));
         if (!$("body").value) { $("body").value = body; autosize(); }
+        // Files refused with the message stay attached (unless they were the reason).
+        if (files.length && error.code !== "no_such_upload" && !conv.attachments.length) {
+          conv.attachments = files.map((upload) => ({name: upload.name, size: upload.size,
+            status: "done", progress: 1, upload}));
+          renderAttachments();
+        }
       } else if (!conv.draft) conv.draft = body;
     }
   }
+
+  // -- protocol 1.2: attaching files (button, drag and drop, paste) ----------
+
+  const MAX_FILES = 10;
+
+  /** Why an upload failed, in words: which limit, or what to do. */
+  function uploadFailure(status, answer, name) {
+    const code = answer && answer.error;
+    if (code === "too_large" || (status === 413 && !code)) {
+      return `${name} is larger than the ${humanSize(config.maxUploadBytes)} limit for one file.`;
+    }
+    if (code === "quota") {
+      return `Your files would take more than your ${humanSize(config.uploadQuotaBytes)} of storage. Delete some messages with files first.`;
+    }
+    if (code === "rate_limited") return "Too many uploads in a minute. Wait a little, then Retry.";
+    if (code === "bad_file") return `${name} cannot be sent: ${answer.message}.`;
+    if (status === 403) return "Your session has ended. Reload the page to log in again.";
+    if (status === 0) return "The upload was cut off (connection lost). Retry when you are back online.";
+    return (answer && answer.message) || `The server refused the file (HTTP ${status}).`;
+  }
+
+  function attach(fileList) {
+    const conv = state.conversations.get(state.openKey);
+    if (!conv || !fileList || !fileList.length) return;
+    showError($("send-error"), "");
+    for (const file of fileList) {
+      if (conv.attachments.length >= MAX_FILES) {
+        showError($("send-error"), `A message carries at most ${MAX_FILES} files.`);
+        break;
+      }
+      const item = {file, name: file.name || "pasted image", size: file.size, status: "uploading",
+        progress: 0, upload: null, error: "", xhr: null};
+      conv.attachments.push(item);
+      startUpload(conv, item);
+    }
+    renderAttachments();
+  }
+
+  function startUpload(conv, item) {
+    item.status = "uploading";
+    item.progress = 0;
+    item.error = "";
+    if (item.size > config.maxUploadBytes) {
+      // Known before a byte goes up: the server would refuse it anyway.
+      item.status = "failed";
+      item.error = uploadFailure(413, {error: "too_large"}, item.name);
+      return;
+    }
+    const form = new FormData();
+    form.append("file", item.file, item.name);
+    const xhr = new XMLHttpRequest();
+    item.xhr = xhr;
+    xhr.open("POST", "/uploads/");
+    xhr.setRequestHeader("X-CSRFToken", config.csrfToken);
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (ev) => {
+      if (!ev.lengthComputable) return;
+      item.progress = ev.loaded / ev.total;
+      updateProgress(item);
+    });
+    xhr.addEventListener("load", () => {
+      item.xhr = null;
+      if (xhr.status === 201 && xhr.response && xhr.response.upload) {
+        item.status = "done";
+        item.progress = 1;
+        item.upload = xhr.response;
+      } else {
+        item.status = "failed";
+        item.error = uploadFailure(xhr.status, xhr.response, item.name);
+      }
+      if (state.openKey === conv.key) renderAttachments();
+    });
+    xhr.addEventListener("error", () => {
+      item.xhr = null;
+      item.status = "failed";
+      item.error = uploadFailure(0, null, item.name);
+      if (state.openKey === conv.key) renderAttachments();
+    });
+    xhr.send(form);
+  }
+
+  function removeAttachment(conv, item) {
+    if (item.xhr) item.xhr.abort();
+    conv.attachments = conv.attachments.filter((a) => a !== item);
+    renderAttachments();
+  }
+
+  function updateProgress(item) {
+    const bar = item.node && item.node.querySelector("progress");
+    if (bar) {
+      bar.value = Math.round(item.progress * 100);
+      bar.textContent = Math.round(item.progress * 100) + "%";
+    }
+  }
+
+  function renderAttachments() {
+    const list = $("attachments");
+    const conv = state.conversations.get(state.openKey);
+    const items = conv ? conv.attachments : [];
+    list.hidden = !items.length;
+    list.replaceChildren(...items.map((item) => {
+      const node = el("li", {className: "attachment " + item.status},
+        el("span", {className: "attachment-text"},
+          el("bdi", {className: "attachment-name", dir: "auto", text: item.name, title: item.name}),
+          el("span", {className: "attachment-size", text: humanSize(item.size)})));
+      if (item.status === "uploading") {
+        node.append(el("progress", {max: "100", value: String(Math.round(item.progress * 100)),
+          "aria-label": "Uploading " + item.name}));
+        node.append(el("button", {type: "button", className: "link", text: "Cancel",
+          "aria-label": "Cancel uploading " + item.name, onclick: () => removeAttachment(conv, item)}));
+      } else if (item.status === "failed") {
+        node.append(el("span", {className: "attachment-error", role: "alert", text: item.error}));
+        if (item.file) {
+          node.append(el("button", {type: "button", className: "link", text: "Retry",
+            onclick: () => { startUpload(conv, item); renderAttachments(); }}));
+        }
+        node.append(el("button", {type: "button", className: "link", text: "Remove",
+          "aria-label": "Remove " + item.name, onclick: () => removeAttachment(conv, item)}));
+      } else {
+        node.append(el("span", {className: "attachment-ready", text: "Ready"}));
+        node.append(el("button", {type: "button", className: "link", text: "Remove",
+          "aria-label": "Remove " + item.name, onclick: () => removeAttachment(conv, item)}));
+      }
+      item.node = node;
+      return node;
+    }));
+  }
+
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("file-input").addEventListener("change", () => {
+    attach([...$("file-input").files]);
+    $("file-input").value = "";
+    $("body").focus();
+  });
+  const carriesFiles = (ev) => ev.dataTransfer && [...ev.dataTransfer.types].includes("Files");
+  $("conversation").addEventListener("dragover", (ev) => {
+    if (!carriesFiles(ev)) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = "copy";
+    $("conversation").classList.add("dropping");
+  });
+  $("conversation").addEventListener("dragleave", (ev) => {
+    if (!$("conversation").contains(ev.relatedTarget)) $("conversation").classList.remove("dropping");
+  });
+  $("conversation").addEventListener("drop", (ev) => {
+    $("conversation").classList.remove("dropping");
+    if (!carriesFiles(ev)) return;
+    ev.preventDefault();
+    attach([...ev.dataTransfer.files]);
+  });
+  $("body").addEventListener("paste", (ev) => {
+    const files = ev.clipboardData ? [...ev.clipboardData.files] : [];
+    if (!files.length) return;
+    // A pasted image, not its file name as text.
+    ev.preventDefault();
+    attach(files);
+  });
 
   let typingSentAt = 0;
   function sendTyping() {
