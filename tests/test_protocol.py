@@ -517,4 +517,5 @@ def test_error_codes_are_the_protocols():
         "bad_emoji",
         "too_many_reactions",
         "too_many_groups",
+        "no_such_upload",
     } == protocol.ERROR_CODES
