@@ -517,5 +517,9 @@ def test_error_codes_are_the_protocols():
         "bad_emoji",
         "too_many_reactions",
         "too_many_groups",
+        "group_exists",
+        "invite_only",
+        "forbidden",
+        "last_owner",
         "no_such_upload",
     } == protocol.ERROR_CODES
