@@ -18,6 +18,7 @@ from chat.delivery.messages import (
     Deliver,
     MemberChange,
     Notice,
+    Renamed,
     Typing,
     from_layer,
     to_layer,
@@ -51,6 +52,34 @@ class Tab:
 
     async def close_with(self, code: int) -> None:
         raise AssertionError("not closed in these tests")
+
+
+async def test_the_index_keeps_each_users_name_for_their_presence_notices():
+    index = SocketIndex()
+    handlers = LayerHandlers(
+        index,
+        subscriptions=LayerSubscriptions(
+            WorkerChannel(InMemoryChannelLayer()),
+            registry=MemoryWorkerRegistry(),
+            worker_id="w",
+            wants=index.wants,
+        ),
+        notices=NoticeBatcher(index),
+    )
+    alice1, alice2 = Tab(1, "alice", "a1"), Tab(1, "alice", "a2")
+    index.add(alice1, group_ids=[], name="Alice")
+    # A later handshake may have read the name before a rename: the first one's stays.
+    index.add(alice2, group_ids=[], name="Alice (before)")
+    assert index.names == {"alice": "Alice"}
+
+    await handlers.dispatch(from_layer(to_layer(Renamed(username="alice", name="Al"))))
+    await handlers.dispatch(from_layer(to_layer(Renamed(username="bob", name="Robert"))))
+    assert index.names == {"alice": "Al"}  # bob has no socket here
+
+    index.remove(alice1)
+    assert index.names == {"alice": "Al"}
+    index.remove(alice2)
+    assert index.names == {}
 
 
 def test_the_index_finds_an_audiences_sockets_and_leaves_out_the_excluded():

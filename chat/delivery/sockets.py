@@ -74,7 +74,7 @@ class SocketIndex:
         # User id by username, for events addressed by name (typing).
         self.user_named: dict[str, int] = {}
         # Display name by username, for the presence notice of a user's last
-        # socket here: from the newest handshake, then `Renamed`.
+        # socket here: from their first socket's handshake, then `Renamed`.
         self.names: dict[str, str] = {}
 
     def __bool__(self) -> bool:
@@ -104,7 +104,9 @@ class SocketIndex:
         if first_here:
             self.groups_of[conn.user_id] = set(group_ids)
             self.user_named[conn.username] = conn.user_id
-        if name is not None:
+        # The first socket's name; `Renamed` keeps it current from then on (a
+        # later handshake may have read the name before a rename it then missed).
+        if name is not None and conn.username not in self.names:
             self.names[conn.username] = name
         wanted = [LAYER_ALL, user_layer_group(conn.user_id)]
         for group_id in self.groups_of[conn.user_id]:
