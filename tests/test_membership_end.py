@@ -113,6 +113,23 @@ async def test_the_admin_deleting_a_membership_reaches_the_sockets(
     await removed_hears_nothing_more(alices, bobs, group_gone=False, by="root")
 
 
+async def test_the_admin_deleting_a_group_reaches_the_sockets(memory_layer, connect, alice, bob):
+    alices = [await connect(alice)]
+    bobs = await connect(bob)
+    await both_in_ops(alices, bobs)
+    admin = await sync_to_async(get_user_model().objects.create_superuser)("root", "", "pw-root-1")
+    group = await sync_to_async(ChatGroup.objects.get)(key="ops")
+
+    def delete_in_admin() -> int:
+        client = Client()
+        client.force_login(admin)
+        response = client.post(f"/admin/chat/chatgroup/{group.pk}/delete/", {"post": "yes"})
+        return response.status_code
+
+    assert await sync_to_async(delete_in_admin)() == 302
+    await removed_hears_nothing_more(alices, bobs, group_gone=True, by="root")
+
+
 @contextlib.asynccontextmanager
 async def real_sockets():
     opened: list[BaseChatClient] = []
