@@ -64,11 +64,6 @@ class RecordingOutbox:
     ) -> None:
         self.told.append((("renamed", user_id, exclude_connection), event))
 
-    async def to_everyone(
-        self, event: dict[str, Any], *, exclude_connection: str | None = None
-    ) -> None:
-        self.told.append((("everyone", exclude_connection), event))
-
     async def group_receipt(self, *, reader_id: int, group_id: int, event: dict[str, Any]) -> None:
         self.told.append((("group receipt", group_id, reader_id), event))
 

@@ -60,9 +60,6 @@ class Outbox(Protocol):
     ) -> None:
         """A group's online members (but one user, or one connection), on every worker."""
 
-    async def to_everyone(self, event: Event, *, exclude_connection: str | None = None) -> None:
-        """Every socket online, the user's own too, on every worker (profile)."""
-
     async def renamed(
         self, event: Event, *, user_id: int, username: str, name: str, exclude_connection: str
     ) -> None:

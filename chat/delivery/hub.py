@@ -342,11 +342,6 @@ class Hub:
             )
         )
 
-    async def to_everyone(
-        self, event: dict[str, Any], *, exclude_connection: str | None = None
-    ) -> None:
-        await self.tell(to_everyone(event, exclude_connection=exclude_connection))
-
     async def renamed(
         self,
         event: dict[str, Any],
