@@ -250,3 +250,25 @@ def test_sending_stays_one_insert_statement_with_the_index(alice, bob):
         FTS_TABLE in q["sql"] or "tsvector" in q["sql"] for q in queries.captured_queries
     )
     assert _indexed("more")
+
+
+@pytest.mark.parametrize(
+    ("q", "finds"),
+    [
+        ("it's", True),
+        ("back\\slash", True),
+        ("a:*", True),
+        ("x & y | !z", True),
+        ("<-> (a) 'b'", True),
+        ('"NEAR(a b)" AND OR NOT', False),
+        ("trailing\\", False),
+        ("a - -- -x", False),
+    ],
+)
+def test_query_syntax_of_either_database_is_only_text(alice, bob, q, finds):
+    """Quotes, backslashes and operators of tsquery or FTS5 in `q` are searched as words."""
+    send(alice, "it's a back slash: x y z, near a and b, full")
+
+    results, _ = message_search(user=bob, query=parse_query(q), limit=5)
+
+    assert len(results) == (1 if finds else 0)
