@@ -1,11 +1,12 @@
 """Files on the page (issue 28), in a real Chromium against a real daphne: attach
-(button, paste), progress with cancel, send, thumbnails and the viewer, another
+(button, paste, drop), progress with cancel, send, thumbnails and the viewer, another
 user's download, and refusals said in words with Retry. Screenshots at desktop
 and phone width go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 from collections.abc import Iterator
@@ -57,11 +58,29 @@ def paste_image(page: Page, data: bytes, name: str) -> None:
     page.evaluate(
         """([bytes, name]) => {
             const data = new DataTransfer();
-            data.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            const raw = Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0));
+            data.items.add(new File([raw], name, {type: "image/png"}));
             const paste = {clipboardData: data, bubbles: true, cancelable: true};
             document.getElementById("body").dispatchEvent(new ClipboardEvent("paste", paste));
         }""",
-        [list(data), name],
+        [base64.b64encode(data).decode(), name],
+    )
+
+
+def drop_file(page: Page, data: bytes, name: str, mime: str) -> None:
+    """Drop a file onto the conversation, as one dragged from the desktop."""
+    page.evaluate(
+        """([bytes, name, mime]) => {
+            const data = new DataTransfer();
+            const raw = Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0));
+            data.items.add(new File([raw], name, {type: mime}));
+            const target = document.getElementById("messages");
+            for (const type of ["dragover", "drop"]) {
+                const init = {dataTransfer: data, bubbles: true, cancelable: true};
+                target.dispatchEvent(new DragEvent(type, init));
+            }
+        }""",
+        [base64.b64encode(data).decode(), name, mime],
     )
 
 
@@ -156,7 +175,7 @@ def test_a_refused_upload_says_which_limit_and_stays_with_retry(chat_user):
     expect(big).to_have_class("attachment failed")
     expect(big.locator(".attachment-error")).to_contain_text("larger than the 977 KB limit")
     # Past the quota: the server refuses it, and the page says so.
-    attach(page, "first.bin", b"\x01" * 900_000, "application/octet-stream")
+    drop_file(page, b"\x01" * 900_000, "first.bin", "application/octet-stream")
     expect(attachment(page, "first.bin")).to_have_class("attachment done")
     attach(page, "second.bin", b"\x02" * 900_000, "application/octet-stream")
     second = attachment(page, "second.bin")
