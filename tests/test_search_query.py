@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from chat.search import spans_of
 from chat.search_query import (
     MAX_QUERY_CHARS,
     MAX_TERMS,
@@ -116,3 +119,27 @@ def test_fold_ignores_case_and_accents():
     assert fold("ПРИВЕТ") == "привет"
     assert fold("Καλημέρα") == "καλημερα"
     assert fold("\uff34\uff25\uff21\uff2d") == "team"  # fullwidth TEAM
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_any_text_parses_or_says_why(q):
+    try:
+        query = parse_query(q)
+    except QueryError as error:
+        assert str(error)
+        return
+    assert query.terms or query.has_operators
+    assert all(term.words for term in (*query.terms, *query.excluded))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(min_size=1, max_size=20))
+def test_spans_lie_within_the_body_in_order(body, q):
+    try:
+        query = parse_query(q)
+    except QueryError:
+        return
+    spans = spans_of(body, query.terms)
+    assert all(0 <= start < end <= len(body) for start, end in spans)
+    assert spans == sorted(spans)
