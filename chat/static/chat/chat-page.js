@@ -1990,6 +1990,17 @@
     if (ev.key === "ArrowDown") { const first = $("search-results").querySelector("button"); if (first) { ev.preventDefault(); first.focus(); } }
   });
   $("search-more").addEventListener("click", () => runSearch(true));
+  // Up and down move between results (up from the first: back to the box).
+  $("search-results").addEventListener("keydown", (ev) => {
+    if (ev.key !== "ArrowDown" && ev.key !== "ArrowUp") return;
+    const buttons = [...$("search-results").querySelectorAll("button")];
+    const at = buttons.indexOf(document.activeElement);
+    if (at < 0) return;
+    ev.preventDefault();
+    const next = at + (ev.key === "ArrowDown" ? 1 : -1);
+    if (next < 0) $("search-box").focus();
+    else if (next < buttons.length) buttons[next].focus();
+  });
   let searchDelay = null;
   function debouncedSearch() {
     clearTimeout(searchDelay);
