@@ -16,13 +16,15 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count, Exists, Max, OuterRef, Q
+from django.db.models import Case, Count, Exists, Max, OuterRef, Q, Value, When
 
 from chat.accounts import is_guest_name
 from chat.audience import Conversation, resolve
 from chat.messaging import MESSAGE_RELATED, messages_json
 from chat.models import ChatGroup, Membership, Message, ReadPosition, group_key
+from chat.profiles import profiles_named
 from chat.protocol import Address, ChatError
+from chat.search_query import words_of
 
 # -- the conversation list ---------------------------------------------------
 
@@ -237,33 +239,65 @@ def _upsert_positions(rows: list[tuple[int, str, int]]) -> None:
 # -- finding people and groups -----------------------------------------------
 
 
-def users_matching(*, prefix: str, limit: int, online: frozenset[str]) -> list[tuple[str, bool]]:
-    """(username, online) of users whose name starts with `prefix` (any case), online first.
+def users_matching(
+    *, prefix: str, limit: int, online: frozenset[str]
+) -> list[tuple[str, str, bool]]:
+    """(username, display name, online) of the active users `prefix` finds, best first.
 
+    Found: a username starting with `prefix` (any case), or (1.2) a display
+    name with a word starting with each word of `prefix` ("lee" finds "Alice
+    Lee"; case and accents ignored, `chat.profiles.profiles_named`). Order:
+    the username `prefix` itself, then usernames starting with it, then the
+    rest found by name; online people first within each, then by username.
     Guests are listed only while online.
+
+    One query, both ways of finding indexed on PostgreSQL (migration 0017).
+    It reads a window of three pages of the best candidates: online people
+    found only by name are put first among those.
     """
     user_model = get_user_model()
     field = user_model.USERNAME_FIELD
-    people = user_model._default_manager.filter(is_active=True)
-    if prefix:
-        people = people.filter(**{f"{field}__istartswith": prefix})
+    users = user_model._default_manager
+    people = users.filter(is_active=True)
     folded = prefix.casefold()
     online_here = sorted(name for name in online if name.casefold().startswith(folded))[:limit]
-    found = [(name, True) for name in online_here]
-    offline = people.exclude(**{f"{field}__in": online_here}).order_by(field)
-    for name in offline.values_list(field, flat=True)[: limit * 2]:
-        if len(found) >= limit:
-            break
-        if name in online or is_guest_name(name):
-            continue
-        found.append((name, False))
-    # An online name that is not a user any more (deleted a moment ago) is dropped.
-    known = set(
-        user_model._default_manager.filter(**{f"{field}__in": online_here}).values_list(
-            field, flat=True
+    tier: Any = Value(1)
+    if prefix:
+        by_username = users.filter(**{f"{field}__istartswith": prefix}).values("pk")
+        words = [prefix[start:end] for start, end in words_of(prefix)]
+        if words:
+            by_name = profiles_named(words).values("user_id")
+            by_username = by_username.union(by_name, all=True)
+        people = people.filter(pk__in=by_username)
+        tier = Case(
+            When(**{f"{field}__iexact": prefix}, then=Value(0)),
+            When(**{f"{field}__istartswith": prefix}, then=Value(1)),
+            default=Value(2),
         )
+    elif connection.features.supports_slicing_ordering_in_compound:
+        # Everyone (PostgreSQL): the first by username, an index walk, and the
+        # online ones, rather than a sort of every user. SQLite sorts them all.
+        first: Any = people.order_by(field).values("pk")[: limit * 3]
+        if online_here:
+            first = first.union(
+                users.filter(**{f"{field}__in": online_here}).values("pk"), all=True
+            )
+        people = people.filter(pk__in=first)
+    order: list[Any] = ["tier"]
+    if online_here:
+        order.append(Case(When(**{f"{field}__in": online_here}, then=Value(0)), default=Value(1)))
+    rows = (
+        people.annotate(tier=tier)
+        .order_by(*order, field)
+        .values_list(field, "chat_profile__name", "tier")[: limit * 3]
     )
-    return [(name, is_online) for name, is_online in found if not is_online or name in known]
+    found = [
+        (name, chosen or name, name in online, rank)
+        for name, chosen, rank in rows
+        if name in online or not is_guest_name(name)
+    ]
+    found.sort(key=lambda row: (row[3], not row[2]))
+    return [(name, chosen, is_online) for name, chosen, is_online, _ in found[:limit]]
 
 
 @dataclass(frozen=True, slots=True)

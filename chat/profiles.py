@@ -6,13 +6,21 @@ chose none is called by their username.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.db.models import BooleanField, CharField, F, Func, QuerySet, Value
 
 from chat.models import Profile
 from chat.protocol import display_name_refusal
+from chat.search_query import fold, folded_words
+
+# PostgreSQL: names are split and folded by message search's configuration
+# (simple + unaccent, migration 0014), under a GIN index (migration 0017).
+NAME_CONFIG = "chat_search"
+FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
 
 
 def name_of(user: Any) -> str:
@@ -67,3 +75,52 @@ def refresh_names(users: Iterable[Any]) -> None:
 def note_nameless(user: Any) -> None:
     """Cache that a user created just now has no profile, so `name_of` answers without a read."""
     type(user).chat_profile.related.set_cached_value(user, None)
+
+
+def spaced_words(name: str) -> str:
+    """A name's words folded as search folds them, each after a space: " alice lee".
+
+    SQLite's `chat_name_words` (registered with `chat_fold`, chat.search).
+    """
+    return "".join(" " + word for word in folded_words(name))
+
+
+def profiles_named(words: Sequence[str]) -> QuerySet[Profile]:
+    """The profiles whose name has a word starting with each of `words`.
+
+    Case and accents are ignored. PostgreSQL: a prefix tsquery against the
+    name's tsvector, which the GIN index of migration 0017 answers. SQLite
+    (small installations): LIKE over the folded words, a scan of the profiles.
+    Expressions, not raw SQL, so that the name's table keeps whatever alias
+    a query that nests this one gives it.
+    """
+    profiles = Profile.objects.all()
+    if connection.vendor == "postgresql":
+        quoted = [
+            "'" + word.replace(FINAL_SIGMA, SIGMA).replace("\\", "\\\\").replace("'", "''") + "':*"
+            for word in words
+        ]
+        vector = Func(
+            F("name"),
+            template=f"to_tsvector('{NAME_CONFIG}'::regconfig,"
+            f" translate(%(expressions)s, '{FINAL_SIGMA}', '{SIGMA}'))",
+        )
+        query = Func(
+            Value(" & ".join(quoted)),
+            template=f"to_tsquery('{NAME_CONFIG}'::regconfig, %(expressions)s)",
+        )
+        return profiles.filter(
+            Func(
+                vector,
+                query,
+                arg_joiner=" @@ ",
+                template="(%(expressions)s)",
+                output_field=BooleanField(),
+            )
+        )
+    profiles = profiles.alias(
+        words=Func(F("name"), function="chat_name_words", output_field=CharField())
+    )
+    for word in words:
+        profiles = profiles.filter(words__contains=" " + fold(word))
+    return profiles

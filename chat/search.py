@@ -25,6 +25,7 @@ from django.db.models.expressions import RawSQL
 from chat import audience
 from chat.messaging import MESSAGE_RELATED, fit_in_bytes, messages_json
 from chat.models import Message, Upload
+from chat.profiles import spaced_words
 from chat.protocol import Address
 from chat.search_query import SearchQuery, Term, fold, words_of
 
@@ -46,6 +47,9 @@ def register_sqlite_functions(*, connection: Any, **kwargs: Any) -> None:
     """
     if connection.vendor == "sqlite" and connection.connection is not None:
         connection.connection.create_function("chat_fold", 1, fold, deterministic=True)
+        connection.connection.create_function(
+            "chat_name_words", 1, spaced_words, deterministic=True
+        )
 
 
 def connect_search_signals() -> None:

@@ -15,6 +15,7 @@ from chat.actions import queries
 from chat.models import Message
 from chat.profiles import set_name
 from tests.chatclient import ChatTestClient
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -371,6 +372,45 @@ async def test_group_members_carry_names(layer, connect, alice, bob):
         ("alice", "alice"),
         ("bob", "Robert"),
     }
+
+
+async def test_users_finds_people_by_a_word_of_their_name_but_no_guest_offline(
+    layer, connect, alice, bob, carol
+):
+    """The picker and `@` find people by the name they show ("lee" finds "Bob Lee")."""
+    await make_user("leeroy")
+    zoe = await make_user("zmartin")
+    guest, former = await make_user("guest-24680"), await make_user("formerlee")
+    named = ((bob, "Bob Lee"), (carol, "Carol Leeds"), (zoe, "Zoë Martin"))
+    for user, name in (*named, (guest, "Lee Guest"), (former, "Lee Former")):
+        await database_sync_to_async(set_name)(user, name)
+    former.is_active = False
+    await database_sync_to_async(former.save)()
+    alice_socket = await connect(alice)
+    await connect(carol)
+
+    async def found(q: str) -> list[tuple[str, str, bool]]:
+        reply = await alice_socket.request(type="users", q=q)
+        assert reply["type"] == "users", reply
+        return [(u["user"], u["name"], u["online"]) for u in reply["users"]]
+
+    # The username prefix first, then the rest found by name, online first.
+    assert await found("LEE") == [
+        ("leeroy", "leeroy", False),
+        ("carol", "Carol Leeds", True),
+        ("bob", "Bob Lee", False),
+    ]
+    assert await found("carol le") == [("carol", "Carol Leeds", True)]
+    assert await found("zoe") == [("zmartin", "Zoë Martin", False)]
+    # A word prefix only, never the middle of a word; query syntax is only text.
+    for q in ("ee", "%", "_", "'", "\\"):
+        assert await found(q) == [], q
+    for q in ("lee & !bob", "le:*|b", "b'"):
+        assert await found(q) == [("bob", "Bob Lee", False)], q
+    # A guest is listed only while online; an inactive user never.
+    assert await found("guest") == []
+    await connect(guest)
+    assert await found("lee guest") == [("guest-24680", "Lee Guest", True)]
 
 
 async def test_a_bad_name_is_refused_and_the_socket_stays_open(layer, connect, alice):

@@ -180,16 +180,15 @@ async def users(services: Services, actor: Actor, command: Users) -> Reply:
     found = await read_for_socket(
         users_matching, prefix=command.q, limit=command.limit, online=online
     )
-    seen = await last_seen_of(services, [name for name, is_online in found if not is_online])
-    chosen = await read_for_socket(names_of, usernames=[name for name, _ in found])
+    seen = await last_seen_of(services, [name for name, _, is_online in found if not is_online])
     listed = [
         {
             "user": name,
-            "name": chosen.get(name, name),
+            "name": chosen,
             "online": is_online,
             "last_seen": None if is_online else seen.get(name),
         }
-        for name, is_online in found
+        for name, chosen, is_online in found
     ]
     return reply("users", command.ref, users=listed)
 

@@ -1619,7 +1619,7 @@
   function mentionPrefix() {
     const box = $("body");
     const before = box.value.slice(0, box.selectionStart);
-    const match = before.match(/(^|[^\w.@+-])@([\w.@+-]{0,150})$/u);
+    const match = before.match(/(^|[^\p{L}\p{N}\p{M}_.@+-])@([\p{L}\p{N}\p{M}_.@+-]{0,150})$/u);
     return match ? match[2] : null;
   }
 
@@ -1627,7 +1627,6 @@
     const prefix = mentionPrefix();
     const conv = state.conversations.get(state.openKey);
     if (prefix === null || !conv) { renderMentionList([]); return; }
-    const folded = prefix.toLowerCase();
     const first = [];
     if (conv.address.user !== undefined) first.push(conv.address.user);
     for (const m of conv.members || []) first.push(m.user);
@@ -1638,11 +1637,22 @@
       others = reply.users.map((u) => u.user);
     } catch (error) { /* offline: members only */ }
     if (mentionPrefix() !== prefix) return; // typed on meanwhile
-    // A prefix of the username or of the name offers the person; `@username` goes in.
-    const names = [...new Set([...first, ...others])]
-      .filter((n) => n !== me && (n.toLowerCase().startsWith(folded)
-        || nameOf(n).toLowerCase().startsWith(folded))).slice(0, 6);
+    // Members as `users` finds people (a prefix of the username or of a word of
+    // the name), then whom the server found; `@username` goes in.
+    const names = [...new Set([...first.filter((n) => findsPerson(prefix, n)), ...others])]
+      .filter((n) => n !== me).slice(0, 6);
     renderMentionList(names);
+  }
+
+  /** Accents and case ignored, as the server's `users` ignores them. */
+  function foldText(text) {
+    return text.normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase();
+  }
+
+  function findsPerson(prefix, user) {
+    const folded = foldText(prefix);
+    return foldText(user).startsWith(folded)
+      || foldText(nameOf(user)).split(/[^\p{L}\p{N}]+/u).some((word) => word && word.startsWith(folded));
   }
 
   function renderMentionList(names) {
