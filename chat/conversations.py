@@ -251,7 +251,7 @@ def users_matching(
     rest found by name; online people first within each, then by username.
     Guests are listed only while online.
 
-    One query, both ways of finding indexed on PostgreSQL (migration 0017).
+    One query, both ways of finding indexed on PostgreSQL (migration 0018).
     It reads a window of three pages of the best candidates: online people
     found only by name are put first among those.
     """

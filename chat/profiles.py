@@ -18,7 +18,7 @@ from chat.protocol import display_name_refusal
 from chat.search_query import fold, folded_words
 
 # PostgreSQL: names are split and folded by message search's configuration
-# (simple + unaccent, migration 0014), under a GIN index (migration 0017).
+# (simple + unaccent, migration 0014), under a GIN index (migration 0018).
 NAME_CONFIG = "chat_search"
 FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
 
@@ -89,7 +89,7 @@ def profiles_named(words: Sequence[str]) -> QuerySet[Profile]:
     """The profiles whose name has a word starting with each of `words`.
 
     Case and accents are ignored. PostgreSQL: a prefix tsquery against the
-    name's tsvector, which the GIN index of migration 0017 answers. SQLite
+    name's tsvector, which the GIN index of migration 0018 answers. SQLite
     (small installations): LIKE over the folded words, a scan of the profiles.
     Expressions, not raw SQL, so that the name's table keeps whatever alias
     a query that nests this one gives it.

@@ -47,7 +47,7 @@ def backwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chat", "0016_group_roles"),
+        ("chat", "0017_message_search_fastupdate_off"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
