@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Case, Count, Exists, Max, OuterRef, Q, Value, When
+from django.db.models import Case, Count, Exists, F, Max, OuterRef, Q, Value, When
 
 from chat.accounts import is_guest_name
 from chat.audience import Conversation, resolve
@@ -247,49 +247,58 @@ def users_matching(
     Found: a username starting with `prefix` (any case), or (1.2) a display
     name with a word starting with each word of `prefix` ("lee" finds "Alice
     Lee"; case and accents ignored, `chat.profiles.profiles_named`). Order:
-    the username `prefix` itself, then usernames starting with it, then the
-    rest found by name; online people first within each, then by username.
-    Guests are listed only while online.
+    the username `prefix` itself, then usernames starting with it (online
+    first, then by username), then the rest, found by name (online first,
+    then by name). Guests are listed only while online.
 
-    One query, both ways of finding indexed on PostgreSQL (migration 0018).
-    It reads a window of three pages of the best candidates: online people
-    found only by name are put first among those.
+    One query. Its candidates are a union of small index reads, each bounded
+    on PostgreSQL (migration 0018): the first three pages of usernames and of
+    names that match, the exact username, the online usernames that match;
+    so a short `q` matching thousands costs a few hundred rows, not a sort of
+    them all. Online people found only by name are put first among those
+    read. SQLite (small installations) reads every match.
     """
     user_model = get_user_model()
     field = user_model.USERNAME_FIELD
     users = user_model._default_manager
     people = users.filter(is_active=True)
+    window = limit * 3
+    bounded = connection.features.supports_slicing_ordering_in_compound
     folded = prefix.casefold()
     online_here = sorted(name for name in online if name.casefold().startswith(folded))[:limit]
+    parts: list[tuple[Any, list[str]]] = []
     tier: Any = Value(1)
     if prefix:
-        by_username = users.filter(**{f"{field}__istartswith": prefix}).values("pk")
+        parts.append((users.filter(**{f"{field}__istartswith": prefix}).values("pk"), [field]))
         words = [prefix[start:end] for start, end in words_of(prefix)]
         if words:
-            by_name = profiles_named(words).values("user_id")
-            by_username = by_username.union(by_name, all=True)
-        people = people.filter(pk__in=by_username)
+            parts.append((profiles_named(words).values("user_id"), ["name", "user_id"]))
         tier = Case(
             When(**{f"{field}__iexact": prefix}, then=Value(0)),
             When(**{f"{field}__istartswith": prefix}, then=Value(1)),
             default=Value(2),
         )
-    elif connection.features.supports_slicing_ordering_in_compound:
-        # Everyone (PostgreSQL): the first by username, an index walk, and the
-        # online ones, rather than a sort of every user. SQLite sorts them all.
-        first: Any = people.order_by(field).values("pk")[: limit * 3]
+    elif bounded:
+        parts.append((people.values("pk"), [field]))
+    reads = [part for part, _ in parts]
+    if bounded:
+        reads = [part.order_by(*by)[:window] for part, by in parts]
+        if prefix:
+            reads.append(users.filter(**{f"{field}__iexact": prefix}).values("pk"))
         if online_here:
-            first = first.union(
-                users.filter(**{f"{field}__in": online_here}).values("pk"), all=True
-            )
-        people = people.filter(pk__in=first)
+            reads.append(users.filter(**{f"{field}__in": online_here}).values("pk"))
+    if reads:
+        candidates = reads[0].union(*reads[1:], all=True) if len(reads) > 1 else reads[0]
+        people = people.filter(pk__in=candidates)
     order: list[Any] = ["tier"]
     if online_here:
         order.append(Case(When(**{f"{field}__in": online_here}, then=Value(0)), default=Value(1)))
+    # People found only by name are listed by it.
+    order.append(Case(When(tier=2, then=F("chat_profile__name")), default=Value("")))
     rows = (
         people.annotate(tier=tier)
         .order_by(*order, field)
-        .values_list(field, "chat_profile__name", "tier")[: limit * 3]
+        .values_list(field, "chat_profile__name", "tier")[:window]
     )
     found = [
         (name, chosen or name, name in online, rank)
