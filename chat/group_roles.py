@@ -86,7 +86,7 @@ def group_create(*, user: User, name: str, private: bool) -> MembershipChange:
         raise ChatError(BAD_GROUP, refused)
     try:
         with transaction.atomic():
-            group = ChatGroup.objects.create(name=name, private=private)
+            group = ChatGroup.objects.create(name=name, private=private, owners_hand_over=True)
             add_membership(group_id=group.pk, user_id=user.pk, role=OWNER)
     except IntegrityError:
         # Made a moment ago, by this name or by a look-alike.

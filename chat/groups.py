@@ -31,6 +31,8 @@ class MembershipChange:
     created: bool = False
     # Protocol 1.2: the group is private (`chat.group_roles`).
     private: bool = False
+    # Protocol 1.2: the member who became owner when its last owner left.
+    new_owner: str | None = None
 
 
 def group_join(*, user: User, name: str) -> MembershipChange:
@@ -136,14 +138,19 @@ def _group_named(name: str) -> tuple[ChatGroup, bool]:
 
 
 def group_leave(*, user: User, name: str) -> MembershipChange:
-    """End a membership; `not_member` if there was none, `last_owner` (1.2) if
-    the user is the group's last owner and others remain.
+    """End a membership; `not_member` if there was none.
+
+    The last owner leaving while others remain (1.2): of a group made with
+    `create`, `last_owner`; of a group made by a `join`, the member who joined
+    first becomes its owner (`new_owner`), so that a client of protocol 1.0,
+    which knows nothing of owners, can always leave.
 
     A group left with no members and no messages is removed: otherwise anyone
     could fill the table with groups by joining and leaving made-up names.
     """
     group = ChatGroup.objects.filter(key=group_key(name)).first()
     deleted = 0
+    new_owner = None
     if group is not None:
         with transaction.atomic():
             lock_group(group.pk)
@@ -153,7 +160,10 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
                 .first()
             )
             if role == Membership.Role.OWNER:
-                refuse_last_owner(group.pk, user.pk, group.name, leaving=True)
+                if group.owners_hand_over:
+                    refuse_last_owner(group.pk, user.pk, group.name, leaving=True)
+                else:
+                    new_owner = pass_ownership_on(group.pk, user.pk)
             # The socket that left tells the others itself, before its reply.
             with ending_announced_by_caller():
                 deleted, _ = Membership.objects.filter(group=group, user_id=user.pk).delete()
@@ -162,8 +172,27 @@ def group_leave(*, user: User, name: str) -> MembershipChange:
     assert group is not None
     remove_if_empty(group.pk)
     return MembershipChange(
-        group.pk, group.name, user.pk, user.get_username(), True, private=group.private
+        group.pk,
+        group.name,
+        user.pk,
+        user.get_username(),
+        True,
+        private=group.private,
+        new_owner=new_owner,
     )
+
+
+def pass_ownership_on(group_id: int, owner_id: int) -> str | None:
+    """Make the member who joined first the owner, if `owner_id` is the group's last
+    owner and others remain; that member's username, or None when nothing changed."""
+    others = Membership.objects.filter(group_id=group_id).exclude(user_id=owner_id)
+    if others.filter(role=Membership.Role.OWNER).exists():
+        return None
+    heir = others.order_by("joined_at", "id").select_related("user").first()
+    if heir is None:
+        return None
+    Membership.objects.filter(pk=heir.pk).update(role=Membership.Role.OWNER)
+    return str(heir.user.get_username())
 
 
 def lock_group(group_id: int) -> None:

@@ -36,6 +36,11 @@ class ChatGroup(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Protocol 1.2: listed and joinable only by its members; others join by invitation.
     private = models.BooleanField(default=False, db_default=False)
+    # Made with `create` (1.2): its last owner names another before leaving
+    # (`last_owner`). A group that came into being by a `join` (1.0's way, and
+    # every group made before roles) passes ownership on instead, so a client
+    # that knows nothing of roles can always leave.
+    owners_hand_over = models.BooleanField(default=False, db_default=False)
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="chat_groups"
     )

@@ -409,8 +409,8 @@ async def test_membership_is_kept_across_reconnects(layer, connect, alice, bob):
 async def test_leave_replies_left_and_tells_own_other_sockets_and_online_members(
     layer, connect, alice, bob, carol
 ):
-    await make_member(bob, "A")  # its owner (1.2), who may not leave while alice is in
     await make_member(alice, "A")
+    await make_member(bob, "A")
     alice1, alice2 = await connect(alice), await connect(alice)
     bob1 = await connect(bob)
     carol1 = await connect(carol)
@@ -427,8 +427,8 @@ async def test_leave_replies_left_and_tells_own_other_sockets_and_online_members
 
 
 async def test_no_group_messages_after_leave(layer, connect, alice, bob):
-    await make_member(bob, "A")  # its owner (1.2)
     await make_member(alice, "A")
+    await make_member(bob, "A")
     alice1, alice2 = await connect(alice), await connect(alice)
     bob1 = await connect(bob)
     assert (await alice1.request(type="leave", group="A"))["type"] == "left"

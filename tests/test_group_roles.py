@@ -230,6 +230,44 @@ async def test_the_last_owner_stays_while_others_remain(layer, connect, alice, b
     assert not await sync_to_async(ChatGroup.objects.filter(key="club").exists)()
 
 
+async def test_a_public_group_made_with_create_keeps_its_last_owner_too(layer, connect, alice, bob):
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    await alice_socket.request(type="create", group="Open Club")
+    await bob_socket.request(type="join", group="Open Club")
+
+    assert error_code(await alice_socket.request(type="leave", group="Open Club")) == "last_owner"
+
+
+async def test_a_group_made_by_join_passes_its_owner_on_so_a_version_1_client_can_leave(
+    layer, connect, alice, bob, carol
+):
+    """Protocol 1.0 made groups by joining them and had no owners: its clients
+    leave as before, and the member who joined first becomes the owner."""
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    carol_socket = await connect(carol)
+    await alice_socket.request(type="join", group="Lobby")  # its creator: the owner
+    await bob_socket.request(type="join", group="Lobby")
+    await carol_socket.request(type="join", group="Lobby")
+    await bob_socket.expect("joined", group="Lobby", user="carol")
+
+    assert (await alice_socket.request(type="leave", group="Lobby"))["type"] == "left"
+
+    for socket in (bob_socket, carol_socket):
+        await socket.expect("left", group="Lobby", user="alice")
+        event = await socket.expect("role", group="Lobby")
+        assert {k: event[k] for k in ("user", "role", "by")} == {
+            "user": "bob",
+            "role": "owner",
+            "by": "alice",
+        }
+    members = await carol_socket.request(type="members", group="Lobby")
+    roles = {m["user"]: m["role"] for m in members["members"]}
+    assert roles == {"bob": "owner", "carol": "member"}
+    # The new owner is the last one now, in a group made by a join: they may go too.
+    assert (await bob_socket.request(type="leave", group="Lobby"))["type"] == "left"
+    await carol_socket.expect("role", group="Lobby", user="carol", role="owner")
+
+
 async def test_an_invitation_is_held_to_the_cap_of_the_invited(
     layer, connect, settings, alice, bob
 ):

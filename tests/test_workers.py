@@ -91,12 +91,10 @@ async def test_group_broadcast_and_membership_notices_cross_workers(two_workers,
     carol = await sockets.open(second, sign_up(second, "carol"), "carol")
     bob_on_first = await sockets.open(first, sign_up_again(first, "bob"), "bob")
 
-    # Bob first: its owner (1.2), who stays while alice comes and goes.
-    await bob.request(type="join", group="ops")
-    await bob_on_first.expect("joined", group="ops", user="bob")
     await alice.request(type="join", group="ops")
-    await bob.expect("joined", group="ops", user="alice")
-    await bob_on_first.expect("joined", group="ops", user="alice")
+    await bob.request(type="join", group="ops")
+    await alice.expect("joined", group="ops", user="bob")
+    await bob_on_first.expect("joined", group="ops", user="bob")
 
     ack = await bob.request(type="send", to={"group": "ops"}, body="to the group")
     for client in (alice, bob, bob_on_first):

@@ -44,8 +44,8 @@ async def join(services: Services, actor: Actor, command: Join) -> Reply:
 
 
 async def leave(services: Services, actor: Actor, command: Leave) -> Reply:
-    """Leave a group (`not_member` if not in it; `last_owner` for its last owner while
-    others remain)."""
+    """Leave a group (`not_member` if not in it; its last owner while others remain:
+    `last_owner`, or ownership passes on, `chat.groups.group_leave`)."""
     await spend_membership_change(services, actor, "leave")
     change = await database_sync_to_async(group_leave)(user=actor.user, name=command.group)
     await services.outbox.membership_changed(
@@ -56,4 +56,16 @@ async def leave(services: Services, actor: Actor, command: Leave) -> Reply:
         exclude_connection=actor.connection_id,
         announce=True,
     )
+    if change.new_owner is not None:
+        # Every member hears of the group's new owner as of any role change.
+        await services.outbox.to_group(
+            change.group_id,
+            {
+                "type": "role",
+                "group": change.group,
+                "user": change.new_owner,
+                "role": "owner",
+                "by": actor.username,
+            },
+        )
     return reply("left", command.ref, group=change.group, user=actor.username)
