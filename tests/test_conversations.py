@@ -4,14 +4,16 @@ unique ignoring case."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 
-from chat.conversations import ReadRequest, read_positions_move
+from chat.conversations import ReadRequest, read_positions_move, users_matching
 from chat.groups import group_join
 from chat.messaging import message_send
 from chat.models import ReadPosition
+from chat.profiles import set_name
 from chat.protocol import Address, ChatError
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,3 +82,18 @@ def test_the_migration_merges_groups_differing_only_in_case_into_the_oldest(alic
     assert sorted(group.members.values_list("username", flat=True)) == ["alice", "bob"]
     assert Stored.objects.get(pk=moved.pk).group_id == first.pk
     assert group_join(user=bob, name="DESIGN TEAM").group == "Design Team"
+
+
+def test_users_matching_is_one_query_the_exact_username_first_then_online_then_by_name(bob):
+    """One query however many match; a name match online before the others found by name; an
+    online name that is no user (deleted a moment ago) is not listed.
+    """
+    users = get_user_model().objects
+    for i in range(8):
+        set_name(users.create_user(username=f"p{i}"), f"Lee {i}")
+    users.create_user(username="Lee")
+    set_name(bob, "Bob Leeward")
+    with CaptureQueriesContext(connection) as queries:
+        found = users_matching(prefix="lee", limit=3, online=frozenset({"p2", "carol"}))
+    assert len(queries) == 1
+    assert found == [("Lee", "Lee", False), ("p2", "Lee 2", True), ("bob", "Bob Leeward", False)]
