@@ -15,12 +15,11 @@ from django.db.models import BooleanField, CharField, F, Func, QuerySet, Value
 
 from chat.models import Profile
 from chat.protocol import display_name_refusal
-from chat.search_query import fold, folded_words
+from chat.search_query import FINAL_SIGMA, SIGMA, fold, folded_words, tsquery_prefix
 
 # PostgreSQL: names are split and folded by message search's configuration
 # (simple + unaccent, migration 0014), under a GIN index (migration 0018).
 NAME_CONFIG = "chat_search"
-FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
 
 
 def name_of(user: Any) -> str:
@@ -96,10 +95,7 @@ def profiles_named(words: Sequence[str]) -> QuerySet[Profile]:
     """
     profiles = Profile.objects.all()
     if connection.vendor == "postgresql":
-        quoted = [
-            "'" + word.replace(FINAL_SIGMA, SIGMA).replace("\\", "\\\\").replace("'", "''") + "':*"
-            for word in words
-        ]
+        quoted = [tsquery_prefix(word) for word in words]
         vector = Func(
             F("name"),
             template=f"to_tsvector('{NAME_CONFIG}'::regconfig,"

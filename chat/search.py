@@ -27,14 +27,21 @@ from chat.messaging import MESSAGE_RELATED, fit_in_bytes, messages_json
 from chat.models import Message, Upload
 from chat.profiles import spaced_words
 from chat.protocol import Address
-from chat.search_query import SearchQuery, Term, fold, words_of
+from chat.search_query import (
+    FINAL_SIGMA,
+    SIGMA,
+    SearchQuery,
+    Term,
+    fold,
+    tsquery_prefix,
+    words_of,
+)
 
 # PostgreSQL: the configuration, and the generated column the index covers
 # (migrations 0014, 0015): to_tsvector of the body, Greek's final sigma made a
-# sigma first (PostgreSQL lowers capital sigma to sigma only).
+# sigma first (`chat.search_query.FINAL_SIGMA`).
 SEARCH_CONFIG = "chat_search"
 VECTOR_COLUMN = "search_vector"
-FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
 # SQLite: the FTS5 table (migration 0014).
 FTS_TABLE = "chat_message_search"
 
@@ -180,9 +187,7 @@ def _tsquery(term: Term) -> tuple[str, str]:
     config = f"'{SEARCH_CONFIG}'::regconfig"
     text = term.text.replace(FINAL_SIGMA, SIGMA)
     if term.prefix:
-        # to_tsquery's syntax: the text quoted as one operand, its last word a prefix.
-        quoted = "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-        return f"to_tsquery({config}, %s)", quoted + ":*"
+        return f"to_tsquery({config}, %s)", tsquery_prefix(text)
     if term.phrase:
         return f"phraseto_tsquery({config}, %s)", text
     return f"plainto_tsquery({config}, %s)", text

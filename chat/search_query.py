@@ -22,6 +22,10 @@ from typing import Literal
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 20
 
+# PostgreSQL lowers a capital sigma to a sigma only: the final form is made one
+# on both sides (the stored vectors, migrations 0015 and 0018, and the queries).
+FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"
+
 OPERATORS = ("from", "in", "has", "before", "after")
 HAS_VALUES = ("link", "file")
 
@@ -109,6 +113,17 @@ def fold(word: str) -> str:
 
 def folded_words(text: str) -> tuple[str, ...]:
     return tuple(fold(text[start:end]) for start, end in words_of(text))
+
+
+def tsquery_prefix(text: str) -> str:
+    """`text` as one PostgreSQL `to_tsquery` operand, its last word a prefix.
+
+    Quoted, so that tsquery syntax in what a person typed (`&`, `!`, `:`) is
+    only text; a final sigma made a sigma, as the stored vectors have it.
+    Message search and the `users` name search both build theirs here.
+    """
+    quoted = text.replace(FINAL_SIGMA, SIGMA).replace("\\", "\\\\").replace("'", "''")
+    return f"'{quoted}':*"
 
 
 def _parse_date(value: str, operator: str) -> date:
