@@ -1,10 +1,10 @@
 """Python's garbage collector in a long-running worker.
 
 A full collection walks every tracked object: Django's, the libraries' and
-the URL and model registries made at start-up, which never become garbage.
-Measured under W1, each such pass paused every socket of the worker for
-100-300 ms, enough to fail a step's p99. Freezing what exists once the
-application is built leaves those objects out of every later pass.
+the URL and model registries made at start-up, which never become garbage,
+while every socket of the worker waits: long enough under load to fail a
+step's p99. Freezing what exists once the application is built leaves those
+objects out of every later pass.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """PostgreSQL: the search vector stored in a generated column, the GIN index over it.
 
-Migration 0014 indexed an expression. Measured (bench/search.py, 20,000
-messages): for a common word or a short prefix the planner walks the newest
-messages backwards and stops at the 20th match, which is right, but it then
-computed `to_tsvector` of every body it passed (16,820 of them, 68 ms for one
-query). Stored, the vector is read, not computed, on that walk, and the
-index covers the rare words as before. A send computes the vector once, as
-the index did, inside the INSERT it already makes; the table grows by the
-vectors. Adding the column rewrites the table (a lock for its duration on a
-large existing one). SQLite is unchanged (FTS5, migration 0014).
+Migration 0014 indexed an expression. For a common word or a short prefix
+the planner walks the newest messages backwards and stops at the 20th match,
+which is right, but it then computed `to_tsvector` of every body it passed
+(figures: bench/RESULTS.md, issue 27). Stored, the vector is read, not
+computed, on that walk, and the index covers the rare words as before. A
+send computes the vector once, as the index did, inside the INSERT it
+already makes; the table grows by the vectors. Adding the column rewrites
+the table (a lock for its duration on a large existing one). SQLite is
+unchanged (FTS5, migration 0014).
 """
 
 from django.db import migrations

@@ -2,12 +2,11 @@
 
 GIN's default (`fastupdate`) appends new entries to a pending list and
 merges it into the index when it passes 4 MB (or on vacuum): cheaper per
-insert, but the insert that passes the limit merges them all. Measured on
-this project's 2-core machine, 20,000 single-row inserts of W1's bodies
-(`b <seq> <ns>`): no index 5.6 µs each; pending list 18 µs each, and a
-merge of 120-330 ms for one insert; without it 23 µs each, no merge. That
-merge would run inside a send batch's statement, holding the order lock
-every send waits for (chat.messaging): a stall for all. So without.
+insert, but the insert that passes the limit merges them all, for far
+longer than the few microseconds per insert that going without costs
+(figures: bench/RESULTS.md, issue 27). That merge would run inside a send
+batch's statement, holding the order lock every send waits for
+(chat.messaging): a stall for all. So without.
 """
 
 from django.db import migrations
