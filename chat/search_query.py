@@ -232,12 +232,12 @@ def _operator(name: str, value: str, found: dict[str, object]) -> None:
     key = f"has:{value.casefold()}" if name == "has" else name
     if key in found:
         raise QueryError(f"{name}:{value if name == 'has' else ''} is given twice")
+    if value == "@" and name in ("from", "in"):
+        raise QueryError(f"{name}:@ needs a user name")
     if name == "from":
         found[key] = value.removeprefix("@")
     elif name == "in":
         if value.startswith("@"):
-            if len(value) == 1:
-                raise QueryError("in:@ needs a user name")
             found[key] = InTarget("user", value[1:])
         elif value.casefold() == "everyone":
             found[key] = InTarget("all")

@@ -87,6 +87,7 @@ def test_a_colon_that_is_no_operator_is_part_of_a_word():
         ('""', "no words"),
         ("from:", "needs a value"),
         ("in:@", "needs a user name"),
+        ("from:@", "needs a user name"),
         ("has:picture", "link or file"),
         ("before:2026-13-01", "YYYY-MM-DD"),
         ("after:yesterday", "YYYY-MM-DD"),
