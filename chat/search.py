@@ -12,7 +12,7 @@ tokenisation. Plain synchronous functions, like chat.messaging.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -134,6 +134,9 @@ def _candidates(user: User, query: SearchQuery, of: Address | None) -> Any:
     if query.before is not None:
         messages = messages.filter(created_at__lt=_day_start(query.before))
     if query.after is not None:
+        if query.after == date.max:
+            # No day has ended after the last one a date names (and adding one overflows).
+            return None
         messages = messages.filter(created_at__gte=_day_start(query.after) + timedelta(days=1))
     if query.has_link:
         messages = messages.filter(Q(body__icontains="http://") | Q(body__icontains="https://"))

@@ -151,6 +151,9 @@ def test_has_link_has_file_and_dates(alice, bob):
     assert found(bob, "report before:2020-05-02") == []
     assert found(bob, "report after:2020-05-02") == ["the report attached"]
     assert found(bob, "report after:2020-05-01") == ["an old report", "the report attached"]
+    # The ends of the calendar find nothing, and are no server error.
+    assert found(bob, "report after:9999-12-31") == []
+    assert found(bob, "report before:0001-01-01") == []
 
 
 def test_only_what_the_user_may_read_now_is_found(alice, bob, carol):
