@@ -125,6 +125,25 @@ async def test_search_respects_membership_and_never_returns_a_deleted_message(
     assert await bodies(alice_socket, "beta") == []
 
 
+async def test_a_removed_member_no_longer_finds_the_group(layer, connect, alice, bob):
+    alice_socket, bob_socket = await connect(alice), await connect(bob)
+    assert (await alice_socket.request(type="create", group="Board", private=True))["created"]
+    assert (await alice_socket.request(type="invite", group="Board", user="bob"))["by"] == "alice"
+    kept = await send_ok(alice_socket, {"group": "Board"}, "quarterly numbers attached")
+    assert await bodies(bob_socket, "quarterly") == ["quarterly numbers attached"]
+
+    removed = await alice_socket.request(type="remove", group="Board", user="bob")
+    assert removed["type"] == "left"
+
+    assert await bodies(bob_socket, "quarterly") == []
+    for q in ("quarterly in:Board", "in:Board"):
+        reply = await bob_socket.request(type="search", q=q)
+        assert reply["type"] == "error" and reply["code"] == "not_member", reply
+    around = await bob_socket.request(type="history", of={"group": "Board"}, around=kept)
+    assert around["type"] == "error" and around["code"] == "not_member"
+    assert await bodies(alice_socket, "quarterly") == ["quarterly numbers attached"]
+
+
 async def test_history_around_jumps_to_a_message(layer, connect, alice):
     socket = await connect(alice)
     ids = [await send_ok(socket, ALL, f"m{n}") for n in range(7)]
