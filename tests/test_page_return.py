@@ -34,6 +34,24 @@ DESKTOP_1280 = {"width": 1280, "height": 800}
 PHONE_390 = {"width": 390, "height": 844}
 
 
+@pytest.fixture
+def chat_server(transactional_db):
+    """The page server, with room in a user's command budget for reloads in a row.
+
+    Every page open spends about ten tokens (the handshake, conversations,
+    history, members, changes); these tests reload and open links several
+    times a second, which the default budget (`CHAT_RATE_BURST` 20) refuses
+    with 4429 and a 14 s wait. The budget's own tests are elsewhere
+    (tests/test_consumers.py, tests/test_limits.py).
+    """
+    worker = Worker(browser_worker_env(CHAT_RATE_BURST="200"), name="page-server").start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        print(f"----- log of {worker.name} (port {worker.port}) -----\n{worker.log()}")
+
+
 def message_li(page: Page, body: str):
     return page.locator("#message-list li.message", has_text=body)
 
