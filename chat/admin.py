@@ -22,6 +22,7 @@ from django.template.response import TemplateResponse
 
 from chat.delivery.publishing import to_group, to_message_audience
 from chat.delivery.relay import publish_on_commit
+from chat.group_roles import role_event
 from chat.message_changes import change_event, message_tombstone
 from chat.models import ChatGroup, Connection, Membership, Message, MessageEdit, Upload
 from chat.revocation import log_out_everywhere, memberships_ended_by
@@ -30,13 +31,12 @@ from chat.workers import live_workers
 
 def announce_role(membership: Membership, by: str) -> None:
     """A role changed here: the group's online members get `role`, as from the protocol."""
-    event = {
-        "type": "role",
-        "group": membership.group.name,
-        "user": membership.user.get_username(),
-        "role": membership.role,
-        "by": by,
-    }
+    event = role_event(
+        group=membership.group.name,
+        user=membership.user.get_username(),
+        role=membership.role,
+        by=by,
+    )
     publish_on_commit(to_group(membership.group_id, event))
 
 

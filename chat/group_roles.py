@@ -66,6 +66,11 @@ class MemberChange:
     role: str = MEMBER
 
 
+def role_event(*, group: str, user: str, role: str, by: str) -> dict[str, object]:
+    """The `role` event, told alike by the command, the admin and a leaving last owner."""
+    return {"type": "role", "group": group, "user": user, "role": role, "by": by}
+
+
 def group_exists(name: str) -> ChatError:
     return ChatError(GROUP_EXISTS, f"a group named {name!r} exists already (names ignore case)")
 

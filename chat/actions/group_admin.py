@@ -12,7 +12,13 @@ from channels.db import database_sync_to_async
 
 from chat.actions.budget import spend_membership_change
 from chat.actions.services import Actor, Reply, Services, reply
-from chat.group_roles import group_create, group_invite, group_remove, group_set_role
+from chat.group_roles import (
+    group_create,
+    group_invite,
+    group_remove,
+    group_set_role,
+    role_event,
+)
 from chat.models import group_key
 from chat.protocol import Create, Invite, Remove, SetRole
 
@@ -86,13 +92,9 @@ async def role(services: Services, actor: Actor, command: SetRole) -> Reply:
     change = await database_sync_to_async(group_set_role)(
         actor=actor.user, name=command.group, username=command.user, role=command.role
     )
-    event = {
-        "type": "role",
-        "group": change.group,
-        "user": change.username,
-        "role": change.role,
-        "by": actor.username,
-    }
+    event = role_event(
+        group=change.group, user=change.username, role=change.role, by=actor.username
+    )
     if change.changed:
         await services.outbox.to_group(
             change.group_id, event, exclude_connection=actor.connection_id

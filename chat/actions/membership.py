@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 
 from chat.actions.budget import spend_membership_change
 from chat.actions.services import Actor, Reply, Services, reply
+from chat.group_roles import role_event
 from chat.groups import group_leave
 from chat.joining import JoinRequest
 from chat.models import group_key
@@ -60,12 +61,6 @@ async def leave(services: Services, actor: Actor, command: Leave) -> Reply:
         # Every member hears of the group's new owner as of any role change.
         await services.outbox.to_group(
             change.group_id,
-            {
-                "type": "role",
-                "group": change.group,
-                "user": change.new_owner,
-                "role": "owner",
-                "by": actor.username,
-            },
+            role_event(group=change.group, user=change.new_owner, role="owner", by=actor.username),
         )
     return reply("left", command.ref, group=change.group, user=actor.username)
