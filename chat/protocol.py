@@ -100,9 +100,12 @@ CLOSE_SERVICE_RESTART = 1012
 # RFC 6455 "Try Again Later": the server shed this connection (a client not
 # reading, a stalled database); reconnect.
 CLOSE_TRY_AGAIN_LATER = 1013
-# More sockets open than the caps allow (`chat.sockets.socket_caps`): an
-# application code, so that a client can tell it from a refused session.
+# More sockets open than the caps allow (`chat.sockets.socket_caps`), or
+# opened faster than the user's command budget allows: an application code,
+# so that a client can tell it from a refused session. The close's reason
+# says which, since a budget refills within seconds and a cap does not.
 CLOSE_TOO_MANY_SOCKETS = 4429
+TOO_MANY_SOCKETS = "too_many_sockets"
 
 # Group names: letters and digits of any script with their combining marks,
 # and these (no space at either end).

@@ -169,9 +169,11 @@ class ChatUser:
         raise AssertionError(f"{self.username} has no session cookie")
 
 
-def wait_connected(page: Page) -> None:
-    """Wait until the page's connection indicator says it is connected."""
-    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+def wait_connected(page: Page, timeout: float | None = None) -> None:
+    """Wait until the page's connection indicator says it is connected (`timeout` in s)."""
+    expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "online", timeout=None if timeout is None else timeout * 1000
+    )
 
 
 def sign_up(page: Page, base_url: str, username: str, password: str) -> None:

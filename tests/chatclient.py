@@ -50,6 +50,7 @@ class BaseChatClient:
         self.hello: dict[str, Any] = {}
         self.closed = False
         self.close_code: int | None = None
+        self.close_reason = ""
         self.frames: list[str] = []
 
     async def _receive(self, timeout: float) -> str | None:
@@ -71,7 +72,9 @@ class BaseChatClient:
         text = await self._receive(timeout)
         if text is None:
             self.closed = True
-            self.inbox.append({"type": "__close__", "code": self.close_code})
+            self.inbox.append(
+                {"type": "__close__", "code": self.close_code, "reason": self.close_reason}
+            )
             return
         self.frames.append(text)
         event = json.loads(text)
@@ -168,6 +171,7 @@ class ChatTestClient(BaseChatClient):
         output = getting.result()
         if output["type"] == "websocket.close":
             self.close_code = output.get("code")
+            self.close_reason = output.get("reason") or ""
             return None
         return output["text"]
 
@@ -197,6 +201,7 @@ class WsClient(BaseChatClient):
             frame = await asyncio.wait_for(self.websocket.recv(), timeout)
         except websockets.ConnectionClosed as closed:
             self.close_code = closed.rcvd.code if closed.rcvd else None
+            self.close_reason = closed.rcvd.reason if closed.rcvd else ""
             return None
         return frame if isinstance(frame, str) else frame.decode()
 

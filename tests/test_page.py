@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import re
+import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -195,6 +199,102 @@ def test_rate_limit_is_explained_and_the_message_kept_in_place(chat_user):
         expect(alice.page.locator("#message-list li.message:not(.unsent)")).to_have_count(1)
     finally:
         strict.stop()
+
+
+def refused_commands(server: Worker) -> dict[str, float]:
+    """`chat_rate_limited_commands_total` by command, from the server's /metrics."""
+    request = urllib.request.Request(
+        server.base_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return {
+        command: float(count)
+        for command, count in re.findall(
+            r'^chat_rate_limited_commands_total\{command="([^"]+)"\} (\S+)$', text, re.MULTILINE
+        )
+    }
+
+
+METRICS_TOKEN = "metrics-token-of-the-page-tests"
+
+
+def test_a_page_refused_by_the_budget_is_back_within_seconds(chat_user):
+    """Reloads in a row, or tabs restored together, spend the user's command
+    budget: each page open spends its handshake and its opening reads. A page
+    whose socket the budget refuses (4429 "rate_limited") must be back as
+    soon as the budget allows, with its conversation list and history asked
+    again, not after the 15-30 s that a socket cap's 4429 asks for."""
+    from django.contrib.auth.models import User
+
+    from chat.messaging import message_send
+    from chat.protocol import Address
+
+    env = browser_worker_env(
+        CHAT_METRICS_TOKEN=METRICS_TOKEN,
+        CHAT_RATE_BURST="12",
+        CHAT_RATE_PER_SECOND="1",
+        CHAT_MAX_ERRORS_PER_MINUTE="100000",  # the spender below is refused many times
+    )
+    server = Worker(env, name="budget").start()
+    try:
+        alice = chat_user("alice", server=server)
+        bob = User.objects.create_user("bob", password="a-Long-passw0rd!")
+        message_send(sender=bob, to=Address("user", "alice"), body="are you there?")
+        alice.page.close()
+        with spending_the_budget(server, alice.session_cookie(), "alice"):
+            tab = alice.context.new_page()
+            tab.goto(server.base_url + "/#user/bob")
+            wait_for(lambda: refused_commands(server).get("connect", 0) >= 1, "refused handshake")
+        wait_connected(tab, timeout=8)  # 2 s and a backoff step
+        # Its reads are refused at first too, and asked again.
+        expect(tab.locator("#conversation-list li[data-user='bob']")).to_contain_text(
+            "are you there?", timeout=20_000
+        )
+        expect(message_with(tab, "are you there?")).to_be_visible(timeout=20_000)
+        refused = refused_commands(server)
+        assert refused.get("conversations", 0) >= 1, f"the list was never refused: {refused}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def spending_the_budget(server: Worker, cookie: str, username: str) -> Iterator[None]:
+    """A socket of the user's takes every token of the budget as it comes, until the
+    block ends; the block begins once the budget has refused it."""
+    spent = threading.Event()
+    stop = threading.Event()
+
+    async def spend() -> None:
+        client = await open_real_socket(server.base_url, cookie, username)
+        try:
+            while not stop.is_set():
+                reply = await client.request(type="ping")
+                if reply["type"] == "error":
+                    assert reply["code"] == "rate_limited", reply
+                    spent.set()
+                    await asyncio.sleep(0.01)
+        finally:
+            await client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        spending = pool.submit(asyncio.run, spend())
+        try:
+            wait_for(lambda: spent.is_set() or spending.done(), "refused ping")
+            if spending.done():
+                spending.result()
+            yield
+        finally:
+            stop.set()
+        spending.result(timeout=TIMEOUT)
+
+
+def wait_for(condition, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} in {timeout} s")
+        time.sleep(0.05)
 
 
 def seed_broadcasts(username: str, count: int) -> None:

@@ -38,11 +38,13 @@ PHONE_390 = {"width": 390, "height": 844}
 def chat_server(transactional_db):
     """The page server, with room in a user's command budget for reloads in a row.
 
-    Every page open spends about ten tokens (the handshake, conversations,
+    Every page open spends several tokens (the handshake, conversations,
     history, members, changes); these tests reload and open links several
     times a second, which the default budget (`CHAT_RATE_BURST` 20) refuses
-    with 4429 and a 14 s wait. The budget's own tests are elsewhere
-    (tests/test_consumers.py, tests/test_limits.py).
+    for a few seconds (4429 "rate_limited", then refused reads asked again),
+    longer than these tests wait. The budget's own tests are elsewhere
+    (tests/test_consumers.py, tests/test_limits.py, and a refused page in
+    tests/test_page.py).
     """
     worker = Worker(browser_worker_env(CHAT_RATE_BURST="200"), name="page-server").start()
     try:

@@ -20,6 +20,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def open_from(user, address: str = "203.0.113.7") -> tuple[WebsocketCommunicator, int | None]:
     """A socket of `user` from `address`: (communicator, None) once greeted, or the close code."""
+    communicator, event = await open_and_wait(user, address)
+    return communicator, (event.get("code") if event["type"] == "__close__" else None)
+
+
+async def open_and_wait(user, address: str = "203.0.113.7") -> tuple[WebsocketCommunicator, dict]:
+    """A socket of `user` from `address`, and its first event: `hello` or `__close__`."""
     from chatsite.asgi import application
 
     cookie = await sync_to_async(session_cookie_for)(user)
@@ -33,7 +39,7 @@ async def open_from(user, address: str = "203.0.113.7") -> tuple[WebsocketCommun
     event = await client._wait_for(
         lambda e: e["type"] in ("hello", "__close__"), TIMEOUT, "hello or a close"
     )
-    return communicator, (event.get("code") if event["type"] == "__close__" else None)
+    return communicator, event
 
 
 @pytest.fixture
@@ -51,9 +57,9 @@ async def test_a_user_past_the_cap_is_closed_with_4429(layer, settings, opened, 
         opened.append(communicator)
         assert closed is None
 
-    refused, closed = await open_from(alice)
+    refused, closed = await open_and_wait(alice)
     opened.append(refused)
-    assert closed == CLOSE_TOO_MANY_SOCKETS
+    assert (closed["code"], closed["reason"]) == (CLOSE_TOO_MANY_SOCKETS, "too_many_sockets")
 
     bobs, closed = await open_from(bob)  # others are not held back
     opened.append(bobs)
@@ -132,9 +138,14 @@ async def test_a_handshake_spends_from_the_users_command_budget(
         assert closed is None
         await communicator.disconnect()  # closed at once: the cap is not what stops it
 
-    refused, closed = await open_from(alice)
+    refused, closed = await open_and_wait(alice)
     opened.append(refused)
-    assert closed == CLOSE_TOO_MANY_SOCKETS
+    # The reason tells a budget (back within seconds) from a cap (until a socket closes).
+    assert (closed["type"], closed["code"], closed["reason"]) == (
+        "__close__",
+        CLOSE_TOO_MANY_SOCKETS,
+        "rate_limited",
+    )
 
     bobs, closed = await open_from(bob)  # a budget of his own
     opened.append(bobs)

@@ -35,11 +35,14 @@ from chat.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_MANY_SOCKETS,
     CLOSE_TRY_AGAIN_LATER,
+    RATE_LIMITED,
+    TOO_MANY_SOCKETS,
     ChatError,
     error_event,
 )
 from chat.sockets.errors import ErrorBudget
 from chat.sockets.transport import (
+    close_frame,
     close_on_bad_frames,
     daphne_protocol,
     guard_inbox,
@@ -141,19 +144,24 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         # Opening loads and subscribes to every group of the user: a reconnect
         # loop spends from the same budget as commands.
         worker = current_worker()
-        if not await spend_handshake(
-            worker.rate_limiter, user.pk
-        ) or not await worker.socket_caps.admit(
+        # The close's reason tells the client which limit it met: a budget
+        # refills within seconds, a socket cap holds until a socket closes.
+        refused = None
+        if not await spend_handshake(worker.rate_limiter, user.pk):
+            refused = RATE_LIMITED
+        elif not await worker.socket_caps.admit(
             user_id=user.pk,
             username=self.username,
             connection_id=self.connection_id,
             address=address,
         ):
-            logger.info(
-                "refused a socket of %s from %s: too many open or opening", self.username, address
-            )
+            refused = TOO_MANY_SOCKETS
+        if refused is not None:
+            logger.info("refused a socket of %s from %s: %s", self.username, address, refused)
             await self.accept()
-            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            wire = daphne_protocol(self.base_send)
+            if not close_frame(wire, CLOSE_TOO_MANY_SOCKETS, refused):
+                await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason=refused)
             return
         self._address = address
         await self.accept()

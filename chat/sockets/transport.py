@@ -160,11 +160,12 @@ def daphne_protocol(send: Any) -> Any | None:
     return daphne.protocol_behind(send)
 
 
-def close_frame(protocol: Any | None, code: int) -> bool:
-    """Start the closing handshake with `code`; False when that must go through ASGI."""
+def close_frame(protocol: Any | None, code: int, reason: str = "") -> bool:
+    """Start the closing handshake with `code` and `reason` (daphne drops an ASGI
+    close's reason); False when that must go through ASGI."""
     if protocol is None or not upstream.is_on(upstream.CLOSE_CODES):
         return False
-    autobahn.close_frame(protocol, code)
+    autobahn.close_frame(protocol, code, reason)
     return True
 
 

@@ -96,10 +96,10 @@ def _payload(frame: bytes) -> bytes:
     return frame[2 + {126: 2, 127: 8}.get(size, 0) :]
 
 
-def close_frame(protocol: Any, code: int) -> None:
+def close_frame(protocol: Any, code: int, reason: str = "") -> None:
     """Start the closing handshake with `code`, whatever autobahn's `sendClose` allows."""
     if protocol.state == protocol.STATE_OPEN:
-        protocol.sendCloseFrame(code=code, isReply=False)
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode() or None, isReply=False)
 
 
 class _Pretty:

@@ -43,6 +43,9 @@
 
   const MAX_DELAY = 30000;
   const BASE_DELAY = 500;
+  // After a handshake refused by the command budget: the default budget
+  // (5 tokens a second) has the page's opening reads back after this.
+  const BUDGET_PAUSE = 2000;
 
   class ChatClient {
     constructor(options = {}) {
@@ -111,7 +114,7 @@
         this.checkSession().then((ok) => {
           // Already trying again (retryNow while the session was being checked).
           if (this.stopped || this.socket) return;
-          if (ok) this.scheduleReconnect(close.code);
+          if (ok) this.scheduleReconnect(close.code, close.reason);
           else { this.stopped = true; this.emit("status", {state: "logged-out", code: close.code}); }
         });
       };
@@ -134,15 +137,19 @@
       }
     }
 
-    scheduleReconnect(code) {
+    scheduleReconnect(code, reason) {
       // Full jitter (anywhere from 0 to the ceiling), the first retry too: the
       // clients of a restarting worker, already closed over CHAT_RESTART_SPREAD,
       // stay spread instead of meeting again one backoff step later.
-      // 4429: this user or address has as many sockets open as it may; trying
-      // again soon would only be refused again, so at least half the longest wait.
-      const delay = code === 4429
-        ? MAX_DELAY / 2 + Math.random() * MAX_DELAY / 2
-        : Math.random() * Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
+      // 4429 "rate_limited": sockets opened faster than the user's command
+      // budget (reloads in a row); it refills within seconds, so the usual
+      // backoff after a pause that leaves room for the page's opening reads.
+      // Any other 4429: this user or address has as many sockets open as it
+      // may; trying soon would only be refused again: at least half the longest wait.
+      const backoff = Math.random() * Math.min(MAX_DELAY, BASE_DELAY * 2 ** this.attempt);
+      const delay = code !== 4429 ? backoff
+        : reason === "rate_limited" ? BUDGET_PAUSE + backoff
+        : MAX_DELAY / 2 + Math.random() * MAX_DELAY / 2;
       this.attempt += 1;
       this.retryAt = Date.now() + delay;
       this.emit("status", {state: "offline", code, retryIn: delay, retryAt: this.retryAt, attempt: this.attempt});

@@ -932,16 +932,36 @@
     if (!conv.complete && !conv.error && box.scrollHeight <= box.clientHeight) loadHistory(conv);
   }
 
+  /**
+   * A read refused for a while (the budget spent by reloads in a row, or the
+   * database busy) is asked again, with growing pauses (2, 4 … 30 s) while the
+   * connection lasts; the next `hello` asks anyway.
+   */
+  const retries = new Map();
+  function retryLater(name, error, again) {
+    if (!["rate_limited", "unavailable"].includes(error.code) || !client.connected) return false;
+    const failures = (retries.get(name)?.failures || 0) + 1;
+    clearTimeout(retries.get(name)?.timer);
+    const timer = setTimeout(() => { if (client.connected) again(); }, Math.min(30, 2 ** failures) * 1000);
+    retries.set(name, {failures, timer});
+    return true;
+  }
+  function retried(name) {
+    clearTimeout(retries.get(name)?.timer);
+    retries.delete(name);
+  }
+
   async function loadMembers(conv) {
     if (conv.address.group === undefined || !client.connected) return;
     try {
       const reply = await client.request({type: "members", group: conv.address.group});
+      retried("members " + conv.key);
       conv.members = reply.members;
       for (const m of reply.members) learnName(m.user, m.name);
       // Where each member has read to: the receipts after a reload.
       for (const m of reply.members) noteSeen(conv, m.user, m.read_id);
     } catch (error) {
-      conv.error = describeError(error);
+      if (!retryLater("members " + conv.key, error, () => loadMembers(conv))) conv.error = describeError(error);
     }
     if (state.openKey === conv.key) { renderMembers(); renderMessages(); }
   }
@@ -1008,7 +1028,13 @@
       const command = {type: "conversations", limit: 100};
       if (before) command.before = before;
       let reply;
-      try { reply = await client.request(command); } catch (error) { return; }
+      try {
+        reply = await client.request(command);
+      } catch (error) {
+        retryLater("conversations", error, loadConversations);
+        return;
+      }
+      retried("conversations");
       for (const item of reply.items) {
         const conv = conversation(item.of);
         conv.address = item.of;
