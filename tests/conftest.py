@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import os
 import uuid
@@ -168,9 +169,26 @@ def memory_layer(settings: LazySettings) -> Iterator[None]:
 
 
 def _make_user(username: str):
+    """A user whose password is `pw-<username>`, hashed as in production (PBKDF2).
+
+    A hash costs about half a second of CPU and hundreds of tests make the
+    same users, so each password is hashed once per run and the (salted,
+    valid) hash reused: servers the tests start check it as any other.
+    """
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.create_user(username=username, password="pw-" + username)
+    user_model = get_user_model()
+    user = user_model(username=user_model.normalize_username(username))
+    user.password = _password_hash("pw-" + username)
+    user.save()
+    return user
+
+
+@functools.cache
+def _password_hash(password: str) -> str:
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(password)
 
 
 @pytest.fixture
