@@ -39,7 +39,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests.chatclient import session_cookie_for
 from tests.servers import ROOT, Worker, worker_env
+from tests.users import _make_user
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -59,6 +61,8 @@ PHONE = {"width": 375, "height": 740}
 TIMEOUT = 10.0
 
 _names = itertools.count(1)
+# The password of every user `chat_user` makes (`ServerSession.login` and others use it too).
+PASSWORD = "a-Long-passw0rd!"
 
 
 def require_chromium() -> str:
@@ -210,8 +214,12 @@ def chat_user(browser: Browser, chat_server: Worker) -> Iterator[Callable[..., C
         if guest:
             continue_as_guest(page, base_url)
         else:
+            # Made and logged in as the sign-up page would (its own tests sign
+            # up through it), without the page's password hash on the server.
             name = name or f"user{next(_names)}"
-            sign_up(page, base_url, name, "a-Long-passw0rd!")
+            cookie = session_cookie_for(_make_user(name, PASSWORD))
+            context.add_cookies([{"name": "sessionid", "value": cookie, "url": base_url}])
+            page.goto(base_url + "/")
         wait_connected(page)
         # `#me` shows the display name (a guest's is a suggestion); the config has the username.
         username = page.evaluate(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import os
 import uuid
@@ -38,6 +37,7 @@ from tests.browser import (  # noqa: F401
     csp_violations_fail_the_test,
 )
 from tests.chatclient import ChatTestClient, open_socket
+from tests.users import _make_user
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -166,29 +166,6 @@ def memory_layer(settings: LazySettings) -> Iterator[None]:
     use_memory_layer(settings)
     yield
     _reset_process_state()
-
-
-def _make_user(username: str):
-    """A user whose password is `pw-<username>`, hashed as in production (PBKDF2).
-
-    A hash costs about half a second of CPU and hundreds of tests make the
-    same users, so each password is hashed once per run and the (salted,
-    valid) hash reused: servers the tests start check it as any other.
-    """
-    from django.contrib.auth import get_user_model
-
-    user_model = get_user_model()
-    user = user_model(username=user_model.normalize_username(username))
-    user.password = _password_hash("pw-" + username)
-    user.save()
-    return user
-
-
-@functools.cache
-def _password_hash(password: str) -> str:
-    from django.contrib.auth.hashers import make_password
-
-    return make_password(password)
 
 
 @pytest.fixture
