@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from chat.coalesce import Coalescer
+
 # Tokens each command takes, by what it costs the server: a send stores one
 # row and fans out; `join` and `leave` write and notify the group's members;
 # `history` and `sync` read and encode up to 100 and 500 messages. Reads cost
@@ -178,6 +180,9 @@ class RedisRateLimiter(RateLimiter):
         self.reserve_size = min(_MAX_RESERVE, burst // 4)
         self._reserves: dict[str, _Reserve] = {}
         self._prune_at = _PRUNE_AT
+        # Sockets opening together each spend a token (`connect`) of a user
+        # of their own, where no reserve helps: one pipeline for all of them.
+        self._trips: Coalescer[tuple[str, int, int], int] = Coalescer(self._take_many)
 
     async def allow(self, key: str, cost: int = 1) -> bool:
         if cost <= 0:
@@ -216,10 +221,14 @@ class RedisRateLimiter(RateLimiter):
             reserve.tokens += tokens
 
     async def _take(self, key: str, *, need: int, extra: int) -> int:
-        redis = self.redis
-        bucket = f"{self.prefix}rate:{key}"
-        args = (self.burst, self.per_second, need, extra)
-        return int(await redis.eval(_TAKE_TOKENS, 1, bucket, *args))
+        return await self._trips((f"{self.prefix}rate:{key}", need, extra))
+
+    async def _take_many(self, takes: list[tuple[str, int, int]]) -> list[int]:
+        """The takes in order, in one trip (each script run is atomic)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket, need, extra in takes:
+                pipe.eval(_TAKE_TOKENS, 1, bucket, self.burst, self.per_second, need, extra)
+            return [int(taken) for taken in await pipe.execute()]
 
     async def _top_up(self, key: str, reserve: _Reserve) -> None:
         try:

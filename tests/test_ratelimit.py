@@ -168,6 +168,29 @@ async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redi
     assert results.count(True) + later.count(True) == 8
 
 
+async def test_users_spending_together_share_one_trip_to_redis(settings, redis_prefix, monkeypatch):
+    """200 sockets of 200 users opening at once: one pipeline, not 200 round trips,
+    and each user's bucket answers as if asked alone."""
+    settings.REDIS_URL = REDIS_URL
+    trips: list[int] = []
+    take_many = RedisRateLimiter._take_many
+
+    async def counted(self, takes):
+        trips.append(len(takes))
+        return await take_many(self, takes)
+
+    monkeypatch.setattr(RedisRateLimiter, "_take_many", counted)
+    limiter = RedisRateLimiter(
+        burst=1, per_second=NO_REFILL, prefix=f"{redis_prefix}:", redis=current_worker().redis
+    )
+
+    first = await asyncio.gather(*(limiter.allow(f"user:{n}") for n in range(200)))
+    again = await asyncio.gather(*(limiter.allow(f"user:{n}") for n in range(200)))
+
+    assert first == [True] * 200 and again == [False] * 200
+    assert sum(trips) == 400 and len(trips) <= 4, trips
+
+
 # -- reserves: tokens a worker takes ahead -------------------------------------
 
 

@@ -32,6 +32,7 @@ from chat.sockets.transport import (
     daphne_protocol,
     frame_writer,
     guard_inbox,
+    share_protocol_options,
     watch_send_buffer,
 )
 from chat.sockets.writer import Writer
@@ -137,6 +138,47 @@ def test_without_autobahns_failbydrop_option_bad_frames_drop_and_the_check_says_
     assert protocol.failByDrop is True
     [warning] = [m for m in check_fast_paths() if m.id == "chat.W001"]
     assert upstream.FALLBACKS[upstream.BAD_FRAME_CLOSES] in (warning.hint or "")
+
+
+def test_sockets_after_the_first_read_autobahns_options_from_their_class() -> None:
+    """Idle-socket memory: autobahn copies its 29 options onto each connection unless
+    the protocol class holds them; the factory's values are what every one reads."""
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from daphne.ws_protocol import WebSocketFactory
+
+    factory = WebSocketFactory(object, server="Daphne")
+    factory.setProtocolOptions(autoPingInterval=17, openHandshakeTimeout=9, failByDrop=True)
+    first = factory.buildProtocol(None)
+    first.client_addr, first.path = None, b"/ws/chat/"  # daphne's repr, in autobahn's debug line
+    WebSocketProtocol._connectionMade(first)  # where autobahn copies the options
+    assert "autoPingInterval" in vars(first)  # autobahn's own way: a copy on the connection
+
+    assert share_protocol_options(first) is True
+    second = factory.buildProtocol(None)
+    second.client_addr, second.path = None, b"/ws/chat/"
+    WebSocketProtocol._connectionMade(second)
+
+    options = [*WebSocketProtocol.CONFIG_ATTRS_COMMON, *WebSocketProtocol.CONFIG_ATTRS_SERVER]
+    assert not set(options) & set(vars(second))
+    assert (second.autoPingInterval, second.openHandshakeTimeout) == (17, 9)
+    for name in options:
+        assert getattr(second, name) == getattr(factory, name), name
+    assert isinstance(second, type(first)) and isinstance(factory, WebSocketServerFactory)
+    close_on_bad_frames(second)  # a per-socket option still applies to that socket alone
+    assert second.failByDrop is False and factory.buildProtocol(None).failByDrop is True
+
+
+def test_if_autobahn_copies_its_options_anyway_the_check_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def copies_always(self: Any) -> None:
+        for name in self.CONFIG_ATTRS:
+            setattr(self, name, getattr(self.factory, name))
+
+    monkeypatch.setattr(WebSocketProtocol, "_connectionMade", copies_always)
+
+    assert "copies its options" in (upstream.problem(upstream.SHARED_OPTIONS) or "")
+    assert share_protocol_options(types.SimpleNamespace()) is False
 
 
 def test_with_the_inbox_reach_gone_a_socket_is_not_guarded(

@@ -18,7 +18,7 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
+from channels.layers import channel_layers
 from django.conf import settings
 
 from chat import protocol
@@ -47,6 +47,7 @@ from chat.sockets.transport import (
     daphne_protocol,
     guard_inbox,
     refuse_handshake,
+    share_protocol_options,
     watch_send_buffer,
 )
 from chat.sockets.wire import WireFormat
@@ -86,7 +87,8 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Channels' consumer loop without a task and an `asyncio.wait` per socket (memory:
         with no layer channel the client is the only source); the same order."""
-        if get_channel_layer(self.channel_layer_alias) is not None:
+        # `in`, not `get_channel_layer`, which raises and catches a KeyError per socket.
+        if self.channel_layer_alias in channel_layers:
             await super().__call__(scope, receive, send)
             return
         self.scope = scope
@@ -173,6 +175,7 @@ class ChatSocket(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.out = Writer(self, wire, watch_send_buffer(wire, settings.CHAT_MAX_BUFFERED_BYTES))
         guard_inbox(wire, settings.CHAT_MAX_INCOMING_BYTES)
         close_on_bad_frames(wire)
+        share_protocol_options(wire)
         if not handshake_admitted(self._handshake[0]):
             # Opening reads the database: fail now rather than queue behind it.
             logger.warning("closing a new socket of %s: the database is stalled", self.username)

@@ -176,6 +176,14 @@ def refuse_handshake(protocol: Any | None, status: int, reason: str) -> bool:
     return daphne.deny_handshake(protocol, status, reason)
 
 
+def share_protocol_options(protocol: Any | None) -> bool:
+    """Later sockets read autobahn's options from their class (`autobahn.share_options`)."""
+    if protocol is None or not upstream.is_on(upstream.SHARED_OPTIONS):
+        return False
+    autobahn.share_options(protocol)
+    return True
+
+
 def close_on_bad_frames(protocol: Any | None) -> bool:
     """Have autobahn answer a bad frame with 1009 or 1007 instead of dropping TCP.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import pprint
 from typing import Any
@@ -56,6 +57,49 @@ def formatting_problem() -> str | None:
     if getattr(websocket_protocol, "pformat", None) not in (pprint.pformat, _Pretty):
         return f"{websocket_protocol.__name__} no longer formats with pprint.pformat"
     return missing_assignments(websocket_protocol.Timings.__init__, "_timings")
+
+
+def options_problem() -> str | None:
+    """`share_options` puts the factory's options on a protocol class: autobahn copies
+    each option onto a new connection only if its class does not already have it."""
+    found = missing_attributes(_Protocol, "CONFIG_ATTRS_COMMON", "CONFIG_ATTRS_SERVER")
+    if found is not None:
+        return found
+    try:
+        source = inspect.getsource(_Protocol._connectionMade)
+    except (OSError, TypeError):
+        return f"the source of {_Protocol.__qualname__}._connectionMade cannot be read"
+    if "if not hasattr(self, configAttr)" not in source:
+        return f"{_Protocol.__qualname__}._connectionMade copies its options onto every connection"
+    return None
+
+
+def share_options(protocol: Any) -> None:
+    """Have the connections its factory builds from now on read the factory's options
+    from their class instead of holding a copy each.
+
+    Autobahn copies 29 options from the factory onto every connection (about
+    1.7 KB of an idle socket's memory) unless the protocol class has them;
+    daphne sets them on the factory once, before it listens. The factory
+    gets a subclass of its protocol class holding their values.
+    """
+    factory = protocol.factory
+    built = factory.protocol
+    if getattr(built, "_chat_options_shared", False):
+        return
+    names = [*_Protocol.CONFIG_ATTRS_COMMON, *_Protocol.CONFIG_ATTRS_SERVER]
+    # A function as a class attribute would bind to the connection (and be
+    # called with it as its first argument): staticmethod keeps it as it is.
+    options = {
+        name: staticmethod(value) if callable(value) else value
+        for name in names
+        for value in [getattr(factory, name)]
+    }
+    factory.protocol = type(
+        built.__name__,
+        (built,),
+        {**options, "_chat_options_shared": True, "__module__": built.__module__},
+    )
 
 
 class FrameWriter:
