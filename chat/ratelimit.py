@@ -27,8 +27,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.coalesce import Coalescer
+from chat.protocol import UNAVAILABLE, ChatError
 
 # Tokens each command takes, by what it costs the server: a send stores one
 # row and fans out; `join` and `leave` write and notify the group's members;
@@ -225,10 +228,16 @@ class RedisRateLimiter(RateLimiter):
 
     async def _take_many(self, takes: list[tuple[str, int, int]]) -> list[int]:
         """The takes in order, in one trip (each script run is atomic)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket, need, extra in takes:
-                pipe.eval(_TAKE_TOKENS, 1, bucket, self.burst, self.per_second, need, extra)
-            return [int(taken) for taken in await pipe.execute()]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bucket, need, extra in takes:
+                    pipe.eval(_TAKE_TOKENS, 1, bucket, self.burst, self.per_second, need, extra)
+                return [int(taken) for taken in await pipe.execute()]
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            # Every caller of the trip is told at once: the Coalescer would
+            # otherwise ask again for each, one after another, each waiting
+            # out the timeout of an unanswering Redis.
+            raise ChatError(UNAVAILABLE, "the rate limiter's Redis did not answer") from error
 
     async def _top_up(self, key: str, reserve: _Reserve) -> None:
         try:

@@ -7,11 +7,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import redis.asyncio as aioredis
 
 from chat import ratelimit
+from chat.protocol import UNAVAILABLE, ChatError
 from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from chat.worker import current_worker
 from tests.conftest import REDIS_URL, require_redis
+from tests.servers import free_port
 
 # Slow enough that no token comes back while a test runs.
 NO_REFILL = 0.001
@@ -189,6 +192,33 @@ async def test_users_spending_together_share_one_trip_to_redis(settings, redis_p
 
     assert first == [True] * 200 and again == [False] * 200
     assert sum(trips) == 400 and len(trips) <= 4, trips
+
+
+async def test_with_redis_unreachable_users_spending_together_are_answered_at_once(
+    monkeypatch,
+):
+    """An outage answers every caller of the trip together (`unavailable`, which
+    the budget lets through), not one caller after another, each waiting out
+    Redis's timeout."""
+    trips: list[int] = []
+    take_many = RedisRateLimiter._take_many
+
+    async def counted(self, takes):
+        trips.append(len(takes))
+        return await take_many(self, takes)
+
+    monkeypatch.setattr(RedisRateLimiter, "_take_many", counted)
+    unreachable = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    limiter = RedisRateLimiter(burst=1, per_second=NO_REFILL, prefix="none:", redis=unreachable)
+    try:
+        answers = await asyncio.gather(
+            *(limiter.allow(f"user:{n}") for n in range(50)), return_exceptions=True
+        )
+    finally:
+        await unreachable.aclose()
+
+    assert all(isinstance(a, ChatError) and a.code == UNAVAILABLE for a in answers), answers
+    assert sum(trips) == 50 and len(trips) <= 3, trips
 
 
 # -- reserves: tokens a worker takes ahead -------------------------------------
