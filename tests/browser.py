@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,25 @@ def wait_connected(page: Page, timeout: float | None = None) -> None:
     """Wait until the page's connection indicator says it is connected (`timeout` in s)."""
     expect(page.locator("#connection")).to_have_attribute(
         "data-state", "online", timeout=None if timeout is None else timeout * 1000
+    )
+
+
+def wait_for(page: Page, condition: Callable[[], bool], failure: Callable[[], str]) -> None:
+    """Let Playwright deliver its events until `condition` holds; after TIMEOUT, fail
+    with `failure()` (what is seen then)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, failure()
+        page.wait_for_timeout(50)
+
+
+def wait_until_true(page: Page, expression: str) -> None:
+    """Poll a page expression. Not `page.wait_for_function`: once it has to poll, it
+    evaluates its predicate with `eval`, which the page's CSP forbids."""
+    wait_for(
+        page,
+        lambda: bool(page.evaluate(expression)),
+        lambda: f"still false after {TIMEOUT} s: {expression}",
     )
 
 

@@ -24,6 +24,7 @@ from tests.browser import (
     screenshot,
     send,
     wait_connected,
+    wait_until_true,
 )
 from tests.chatclient import open_real_socket
 from tests.servers import Worker
@@ -367,7 +368,7 @@ def test_page_reconnects_after_restart_and_shows_what_was_missed(chat_user, chat
         expect(message_with(alice.page, "while you were away")).to_have_count(1)
         expect(message_with(alice.page, "before the restart")).to_have_count(1)
         # The missed message may show live before the reconnect's sync answers.
-        alice.page.wait_for_function("window.chatPage.client.syncs >= 1", timeout=TIMEOUT * 1000)
+        wait_until_true(alice.page, "window.chatPage.client.syncs >= 1")
         # Still a working conversation afterwards.
         send(alice.page, "back again")
         expect(message_with(alice.page, "back again")).to_have_count(1)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
-from collections.abc import Callable
 
 import pytest
 from django.contrib.auth.models import User
@@ -17,7 +15,16 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, WebSocketRoute, expect
 
 from chat.models import Message
-from tests.browser import TIMEOUT, ChatUser, browser_worker_env, open_direct, screenshot, send
+from tests.browser import (
+    TIMEOUT,
+    ChatUser,
+    browser_worker_env,
+    open_direct,
+    screenshot,
+    send,
+    wait_for,
+    wait_until_true,
+)
 from tests.servers import Worker
 from tests.stalls import message_table_locked
 
@@ -34,24 +41,6 @@ def send_over_socket(page: Page, to: dict, body: str) -> None:
 
 def person(page: Page, name: str):
     return page.locator(f"#conversation-list li[data-user='{name}']")
-
-
-def wait_for(page: Page, condition: Callable[[], bool], failure: Callable[[], str]) -> None:
-    """Let Playwright deliver its events until `condition` holds; after TIMEOUT, fail
-    with `failure()` (what is seen then)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, failure()
-        page.wait_for_timeout(50)
-
-
-def wait_until_true(page: Page, expression: str) -> None:
-    """Poll a page expression (wait_for_function evaluates strings, which the CSP forbids)."""
-    wait_for(
-        page,
-        lambda: bool(page.evaluate(expression)),
-        lambda: f"still false after {TIMEOUT} s: {expression}",
-    )
 
 
 def test_an_offline_direct_message_shows_after_login_with_its_badge(chat_user):

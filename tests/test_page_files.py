@@ -129,9 +129,9 @@ def test_files_go_up_with_progress_and_come_down_to_the_other_user(chat_user):
     message = bob.page.locator("#message-list li.message", has_text="the plan and a map")
     thumb = message.locator(".file-thumb img")
     expect(thumb).to_be_visible()
-    bob.page.wait_for_function(
-        "img => img.complete && img.naturalWidth === 480", arg=thumb.element_handle()
-    )
+    # Not wait_for_function: polling, it evaluates with `eval`, which the CSP forbids.
+    expect(thumb).to_have_js_property("complete", True)
+    expect(thumb).to_have_js_property("naturalWidth", 480)
     chip = message.locator(".file-chip", has_text="plan.pdf")
     expect(chip).to_contain_text("KB")
     with bob.page.expect_download() as download:
@@ -147,10 +147,8 @@ def test_files_go_up_with_progress_and_come_down_to_the_other_user(chat_user):
     message.locator(".file-thumb").click()
     viewer = bob.page.locator("#viewer")
     expect(viewer).to_be_visible()
-    bob.page.wait_for_function(
-        "img => img.complete && img.naturalWidth === 900",
-        arg=bob.page.locator("#viewer-image").element_handle(),
-    )
+    expect(bob.page.locator("#viewer-image")).to_have_js_property("complete", True)
+    expect(bob.page.locator("#viewer-image")).to_have_js_property("naturalWidth", 900)
     screenshot(bob.page, "files-viewer-desktop")
     bob.page.keyboard.press("Escape")
     expect(viewer).to_be_hidden()
