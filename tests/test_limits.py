@@ -192,8 +192,9 @@ async def test_a_handshake_first_to_meet_a_stalled_database_closes_with_1013(lay
                 code, took = await handshake
                 assert code == 1013 and took < bound + 1, (code, took)
             else:
+                # Not what is tested on SQLite: under load it may have run out of time already.
                 handshake.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await handshake
 
         await wait_for_health(worker, 200, timeout=3 * LIMIT + 5)
