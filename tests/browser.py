@@ -138,9 +138,16 @@ def browser_worker_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def chat_server(transactional_db) -> Iterator[Worker]:
+def chat_server_env() -> dict[str, str]:
+    """The page server's environment: a test module overrides it to give room in
+    a limit that its tests do not test."""
+    return browser_worker_env()
+
+
+@pytest.fixture
+def chat_server(transactional_db, chat_server_env: dict[str, str]) -> Iterator[Worker]:
     """A daphne process serving the whole site (pages, static files, socket)."""
-    worker = Worker(browser_worker_env(), name="page-server").start()
+    worker = Worker(chat_server_env, name="page-server").start()
     try:
         yield worker
     finally:
@@ -181,13 +188,16 @@ def wait_connected(page: Page, timeout: float | None = None) -> None:
     )
 
 
-def wait_for(page: Page, condition: Callable[[], bool], failure: Callable[[], str]) -> None:
-    """Let Playwright deliver its events until `condition` holds; after TIMEOUT, fail
-    with `failure()` (what is seen then)."""
+def wait_for(page: Page | None, condition: Callable[[], bool], failure: Callable[[], str]) -> None:
+    """Let Playwright deliver its events (on `page`, if the condition is about one)
+    until `condition` holds; after TIMEOUT, fail with `failure()` (what is seen then)."""
     deadline = time.monotonic() + TIMEOUT
     while not condition():
         assert time.monotonic() < deadline, failure()
-        page.wait_for_timeout(50)
+        if page is None:
+            time.sleep(0.05)
+        else:
+            page.wait_for_timeout(50)
 
 
 def wait_until_true(page: Page, expression: str) -> None:

@@ -33,6 +33,7 @@ from chat.worker import forget_workers
 from tests.browser import (  # noqa: F401
     browser,
     chat_server,
+    chat_server_env,
     chat_user,
     csp_violations_fail_the_test,
 )

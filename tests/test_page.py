@@ -7,7 +7,6 @@ import concurrent.futures
 import contextlib
 import re
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -24,6 +23,7 @@ from tests.browser import (
     screenshot,
     send,
     wait_connected,
+    wait_for,
     wait_until_true,
 )
 from tests.chatclient import open_real_socket
@@ -246,7 +246,11 @@ def test_a_page_refused_by_the_budget_is_back_within_seconds(chat_user):
         with spending_the_budget(server, alice.session_cookie(), "alice"):
             tab = alice.context.new_page()
             tab.goto(server.base_url + "/#user/bob")
-            wait_for(lambda: refused_commands(server).get("connect", 0) >= 1, "refused handshake")
+            wait_for(
+                tab,
+                lambda: refused_commands(server).get("connect", 0) >= 1,
+                lambda: f"no refused handshake: {refused_commands(server)}",
+            )
         wait_connected(tab, timeout=8)  # 2 s and a backoff step
         # Its reads are refused at first too, and asked again.
         expect(tab.locator("#conversation-list li[data-user='bob']")).to_contain_text(
@@ -281,21 +285,13 @@ def spending_the_budget(server: Worker, cookie: str, username: str) -> Iterator[
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         spending = pool.submit(asyncio.run, spend())
         try:
-            wait_for(lambda: spent.is_set() or spending.done(), "refused ping")
+            wait_for(None, lambda: spent.is_set() or spending.done(), lambda: "no refused ping")
             if spending.done():
                 spending.result()
             yield
         finally:
             stop.set()
         spending.result(timeout=TIMEOUT)
-
-
-def wait_for(condition, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} in {timeout} s")
-        time.sleep(0.05)
 
 
 def seed_broadcasts(username: str, count: int) -> None:

@@ -35,7 +35,7 @@ PHONE_390 = {"width": 390, "height": 844}
 
 
 @pytest.fixture
-def chat_server(transactional_db):
+def chat_server_env() -> dict[str, str]:
     """The page server, with room in a user's command budget for reloads in a row.
 
     Every page open spends several tokens (the handshake, conversations,
@@ -46,12 +46,7 @@ def chat_server(transactional_db):
     (tests/test_consumers.py, tests/test_limits.py, and a refused page in
     tests/test_page.py).
     """
-    worker = Worker(browser_worker_env(CHAT_RATE_BURST="200"), name="page-server").start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        print(f"----- log of {worker.name} (port {worker.port}) -----\n{worker.log()}")
+    return browser_worker_env(CHAT_RATE_BURST="200")
 
 
 def message_li(page: Page, body: str):

@@ -171,18 +171,24 @@ async def test_concurrent_takes_from_redis_never_exceed_the_burst(settings, redi
     assert results.count(True) + later.count(True) == 8
 
 
-async def test_users_spending_together_share_one_trip_to_redis(settings, redis_prefix, monkeypatch):
-    """200 sockets of 200 users opening at once: one pipeline, not 200 round trips,
-    and each user's bucket answers as if asked alone."""
-    settings.REDIS_URL = REDIS_URL
-    trips: list[int] = []
+@pytest.fixture
+def trips(monkeypatch) -> list[int]:
+    """The size of every trip a limiter makes to Redis (limiters made after it)."""
+    sizes: list[int] = []
     take_many = RedisRateLimiter._take_many
 
     async def counted(self, takes):
-        trips.append(len(takes))
+        sizes.append(len(takes))
         return await take_many(self, takes)
 
     monkeypatch.setattr(RedisRateLimiter, "_take_many", counted)
+    return sizes
+
+
+async def test_users_spending_together_share_one_trip_to_redis(settings, redis_prefix, trips):
+    """200 sockets of 200 users opening at once: one pipeline, not 200 round trips,
+    and each user's bucket answers as if asked alone."""
+    settings.REDIS_URL = REDIS_URL
     limiter = RedisRateLimiter(
         burst=1, per_second=NO_REFILL, prefix=f"{redis_prefix}:", redis=current_worker().redis
     )
@@ -194,20 +200,10 @@ async def test_users_spending_together_share_one_trip_to_redis(settings, redis_p
     assert sum(trips) == 400 and len(trips) <= 4, trips
 
 
-async def test_with_redis_unreachable_users_spending_together_are_answered_at_once(
-    monkeypatch,
-):
+async def test_with_redis_unreachable_users_spending_together_are_answered_at_once(trips):
     """An outage answers every caller of the trip together (`unavailable`, which
     the budget lets through), not one caller after another, each waiting out
     Redis's timeout."""
-    trips: list[int] = []
-    take_many = RedisRateLimiter._take_many
-
-    async def counted(self, takes):
-        trips.append(len(takes))
-        return await take_many(self, takes)
-
-    monkeypatch.setattr(RedisRateLimiter, "_take_many", counted)
     unreachable = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     limiter = RedisRateLimiter(burst=1, per_second=NO_REFILL, prefix="none:", redis=unreachable)
     try:
