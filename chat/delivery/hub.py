@@ -68,7 +68,7 @@ from chat.delivery.online import OnlineReader, PresenceRecorder
 from chat.delivery.publishing import (
     Addressed,
     deliveries,
-    membership_notices,
+    membership_notice_pair,
     to_everyone,
     to_group,
     to_message_audience,
@@ -137,9 +137,10 @@ class Hub:
         # Other processes' layers cannot reach an in-memory one.
         in_memory = isinstance(layer, InMemoryChannelLayer)
         self.relay = RelayReader(self.handlers.dispatch) if in_memory else None
-        # Presence changes of sockets opening or closing together travel in
-        # one layer message: one `group_send` (three Redis round trips) per
-        # burst instead of one per socket.
+        # Notices (presence, joined, left) of sockets opening, closing or
+        # joining together travel in one layer message to every worker: one
+        # `group_send` (four Redis round trips) per burst instead of one or two
+        # per socket.
         self.announcing: Coalescer[Notice, None] = Coalescer(self._publish_notices)
         self.started = asyncio.get_running_loop().create_future()
         self._stopped = False
@@ -377,8 +378,12 @@ class Hub:
     ) -> None:
         await self.note_membership(user_id=user_id, group_id=group_id, joined=joined)
         if announce:
-            await self.tell(
-                membership_notices(
+            # With presence (`announcing`): a burst of joins was two
+            # `group_send`s per join, to the group's and the user's layer
+            # groups; a worker with none of the sockets concerned drops them
+            # at a dict lookup.
+            await self.announcing.many(
+                membership_notice_pair(
                     event,
                     user_id=user_id,
                     group_id=group_id,

@@ -132,6 +132,27 @@ def membership_notices(
     exclude_connection: str | None,
     by_connection: str | None = None,
 ) -> Addressed:
+    """`membership_notice_pair`, each to the layer group of those it is for."""
+    to_members, to_own = membership_notice_pair(
+        event,
+        user_id=user_id,
+        group_id=group_id,
+        joined=joined,
+        exclude_connection=exclude_connection,
+        by_connection=by_connection,
+    )
+    return [(group_layer_group(group_id), to_members), (user_layer_group(user_id), to_own)]
+
+
+def membership_notice_pair(
+    event: dict[str, Any],
+    *,
+    user_id: int,
+    group_id: int,
+    joined: bool,
+    exclude_connection: str | None,
+    by_connection: str | None = None,
+) -> tuple[Notice, Notice]:
     """`joined`/`left` for the group's online members, and for the user's other sockets.
 
     The user's own copy carries the change, so that each worker with one of
@@ -142,17 +163,14 @@ def membership_notices(
     group_audience = Audience(
         group=group_id, exclude_user=user_id, exclude_connection=by_connection
     )
-    return [
-        (group_layer_group(group_id), Notice(event, group_audience)),
-        (
-            user_layer_group(user_id),
-            Notice(
-                event,
-                Audience(users=(user_id,), exclude_connection=exclude_connection),
-                member_change=MemberChange(user_id=user_id, group_id=group_id, joined=joined),
-            ),
+    return (
+        Notice(event, group_audience),
+        Notice(
+            event,
+            Audience(users=(user_id,), exclude_connection=exclude_connection),
+            member_change=MemberChange(user_id=user_id, group_id=group_id, joined=joined),
         ),
-    ]
+    )
 
 
 def to_message_audience(
