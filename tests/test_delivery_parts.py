@@ -26,7 +26,13 @@ from chat.delivery.messages import (
 from chat.delivery.mirror import ConnectionMirror
 from chat.delivery.notices import NoticeBatcher
 from chat.delivery.online import PresenceRecorder
-from chat.delivery.publishing import deliveries, membership_notices, to_group, to_username
+from chat.delivery.publishing import (
+    deliveries,
+    membership_notice_pair,
+    membership_notices,
+    to_group,
+    to_username,
+)
 from chat.delivery.sockets import SocketIndex
 from chat.delivery.subscriptions import LayerSubscriptions
 from chat.messaging import StoredMessage
@@ -258,6 +264,53 @@ async def test_a_membership_notice_changes_the_index_of_the_worker_that_receives
 
     assert index.targets(Audience(group=9)) == [carol]
     assert isinstance(addressed[1][1], Notice) and addressed[1][1].member_change is not None
+
+
+async def test_held_join_notices_reach_each_member_of_when_they_arrived():
+    """A burst of joins, held for one flush: each member hears of the joins after
+    their own, a member who left meanwhile hears nothing more, a newcomer nothing
+    earlier (worked out at the flush, `NoticeBatcher`)."""
+    index = SocketIndex()
+    alice, dave = WritingTab(1, "alice", "a1"), WritingTab(4, "dave", "d1")
+    index.add(alice, group_ids=[9])
+    index.add(dave, group_ids=[9])
+    handlers = handlers_over(index)
+
+    def joined(user: str) -> dict[str, Any]:
+        return {"type": "joined", "group": "G", "user": user}
+
+    async def join(tab: WritingTab) -> None:
+        for notice in membership_notice_pair(
+            joined(tab.username),
+            user_id=tab.user_id,
+            group_id=9,
+            joined=True,
+            exclude_connection=None,
+        ):
+            await handlers.chat_notice(notice)
+
+    bob = WritingTab(2, "bob", "b1")
+    index.add(bob, group_ids=[])
+    await join(bob)
+    await handlers.apply(MemberChange(user_id=4, group_id=9, joined=False))
+    carol = WritingTab(3, "carol", "c1")
+    index.add(carol, group_ids=[])
+    await join(carol)
+    await handlers.notices.flush()
+
+    def received(tab: WritingTab) -> list[dict[str, Any]]:
+        events = []
+        for text in tab.written:
+            frame = json.loads(text)
+            events.extend(frame["events"] if frame["type"] == "batch" else [frame])
+        return events
+
+    assert received(alice) == [joined("bob"), joined("carol")]
+    # Their own copy (the change for their other sockets), then the joins after theirs.
+    assert received(bob) == [joined("bob"), joined("carol")]
+    assert received(carol) == [joined("carol")]
+    assert received(dave) == []
+    assert len(alice.written) == 1  # one frame
 
 
 async def test_going_offline_records_last_seen_and_says_so_in_the_notice():

@@ -76,6 +76,15 @@ class SocketIndex:
         # Display name by username, for the presence notice of a user's last
         # socket here: from their first socket's handshake, then `Renamed`.
         self.names: dict[str, str] = {}
+        # While notices are held (`chat.delivery.notices`), when sockets came
+        # and users joined groups here, as readings of `clock`: a held notice
+        # goes only to those who were there when it arrived, and working
+        # that out at the flush costs a step per socket, not per socket and
+        # notice. Whoever came before the first held notice is not recorded.
+        self.clock = 0
+        self._recording = False
+        self._attached_at: dict[LocalSocket, int] = {}
+        self._joined_at: dict[tuple[int, int], int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.by_user)
@@ -101,6 +110,9 @@ class SocketIndex:
         """
         first_here = conn.user_id not in self.by_user
         self.by_user.setdefault(conn.user_id, set()).add(conn)
+        if self._recording:
+            self.clock += 1
+            self._attached_at[conn] = self.clock
         if first_here:
             self.groups_of[conn.user_id] = set(group_ids)
             self.user_named[conn.username] = conn.user_id
@@ -122,6 +134,7 @@ class SocketIndex:
         if sockets is None or conn not in sockets:
             return None
         sockets.discard(conn)
+        self._attached_at.pop(conn, None)
         if sockets:
             return []
         del self.by_user[conn.user_id]
@@ -147,14 +160,32 @@ class SocketIndex:
             return False
         if change.joined:
             groups.add(change.group_id)
-            self.members_here.setdefault(change.group_id, set()).add(change.user_id)
+            members = self.members_here.setdefault(change.group_id, set())
+            if self._recording and change.user_id not in members:
+                self.clock += 1
+                self._joined_at[(change.group_id, change.user_id)] = self.clock
+            members.add(change.user_id)
         else:
             groups.discard(change.group_id)
             self._forget_member(change.group_id, change.user_id)
         return True
 
+    def record_arrivals(self, on: bool) -> None:
+        """Start (or stop) recording when sockets come and members join, from scratch."""
+        self._recording = on
+        self._attached_at.clear()
+        self._joined_at.clear()
+
+    def here_since(self, conn: LocalSocket, group_id: int) -> int:
+        """The `clock` reading since which `conn` is here and its user in the group here
+        (-1: since before recording began)."""
+        return max(
+            self._attached_at.get(conn, -1), self._joined_at.get((group_id, conn.user_id), -1)
+        )
+
     def _forget_member(self, group_id: int, user_id: int) -> bool:
         """Drop a member of a group here; True if the group has none left here."""
+        self._joined_at.pop((group_id, user_id), None)
         members = self.members_here.get(group_id)
         if members is None:
             return False
