@@ -275,6 +275,38 @@ def test_autobahn_formats_its_debug_arguments_only_when_a_line_is_written() -> N
     assert str(timings) == pprint.pformat(timings._timings)
 
 
+def test_autobahn_highlights_its_debug_arguments_only_when_a_line_is_written() -> None:
+    from autobahn import util
+    from autobahn.twisted import websocket as twisted_websocket
+    from autobahn.websocket import protocol
+
+    import chatsite.asgi  # noqa: F401  (applies it, as daphne's import of the app does)
+
+    assert defer_autobahn_debug_formatting() is True
+    # The spots this is for: a debug line per frame received and per write.
+    assert "func=hltype(self.dataReceived)" in inspect.getsource(
+        twisted_websocket.WebSocketAdapterProtocol.dataReceived
+    )
+    assert "func=hltype(self.sendData)" in inspect.getsource(protocol.WebSocketProtocol.sendData)
+    for module in (protocol, twisted_websocket):
+        with (
+            mock.patch.object(util, "hl", wraps=util.hl) as highlighted,
+            mock.patch.object(util, "_qn", wraps=util._qn) as named,
+        ):
+            function = module.hltype(protocol.WebSocketProtocol.sendData)
+            value = module.hlval(42)
+            assert highlighted.call_count == 0 and named.call_count == 0
+            # As Twisted's logger writes the line when debug logging is on.
+            line = formatEvent(
+                {"log_format": "{func} sent {n} bytes", "func": function, "n": value}
+            )
+            expected = (
+                f"{util.hltype(protocol.WebSocketProtocol.sendData)} sent {util.hlval(42)} bytes"
+            )
+            assert line == expected
+            assert highlighted.call_count > 0
+
+
 class ReadingTransport:
     def __init__(self) -> None:
         self.reading = True

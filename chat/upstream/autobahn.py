@@ -53,10 +53,26 @@ def close_on_bad_frames(protocol: Any) -> None:
 
 
 def formatting_problem() -> str | None:
-    """`defer_debug_formatting` swaps the module's `pformat` and `Timings.__str__`."""
+    """`defer_debug_formatting` swaps `pformat`, `hltype` and `hlval` in the modules that
+    build debug arguments with them, and `Timings.__str__`."""
     if getattr(websocket_protocol, "pformat", None) not in (pprint.pformat, _Pretty):
         return f"{websocket_protocol.__name__} no longer formats with pprint.pformat"
+    for module in _highlighting_modules():
+        for name in _HIGHLIGHTERS:
+            if not callable(getattr(module, name, None)):
+                return f"{module.__name__} no longer highlights with autobahn.util.{name}"
     return missing_assignments(websocket_protocol.Timings.__init__, "_timings")
+
+
+# Highlighters of autobahn.util that autobahn calls for debug log arguments
+# only, and the modules that call them on every handshake and frame.
+_HIGHLIGHTERS = ("hltype", "hlval")
+
+
+def _highlighting_modules() -> tuple[Any, ...]:
+    from autobahn.twisted import websocket as twisted_websocket
+
+    return (websocket_protocol, twisted_websocket)
 
 
 def options_problem() -> str | None:
@@ -161,6 +177,32 @@ class _Pretty:
         return format(str(self), spec)
 
 
+class _Highlighted:
+    """`highlight(value)`, worked out only when a log line is written."""
+
+    __slots__ = ("highlight", "value")
+
+    def __init__(self, highlight: Any, value: Any) -> None:
+        self.highlight = highlight
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.highlight(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _deferred(highlight: Any) -> Any:
+    def later(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return highlight(value, *args, **kwargs)
+        return _Highlighted(highlight, value)
+
+    later.deferred = True  # type: ignore[attr-defined]
+    return later
+
+
 def _timings_text(timings: Any) -> str:
     return pprint.pformat(timings._timings)
 
@@ -169,8 +211,10 @@ def defer_debug_formatting() -> None:
     """Have autobahn's websocket protocol format its debug arguments lazily.
 
     Autobahn pretty-prints its 29 copied options for a debug log line on
-    every connection, whether debug logging is on or not (`pformat` runs
-    before the log call is reached). It calls its module's `pformat` only to
+    every connection, and highlights names and values (`hltype`, `hlval`)
+    for a debug line on every handshake and frame it sends or receives,
+    whether debug logging is on or not (the arguments are built before the
+    log call is reached). It calls its module's `pformat` only to
     build debug log arguments (with `{}` fields, which `__format__` serves)
     and in `Timings.__str__`, which must return a str and gets its own
     function. The log lines read the same when debug logging is on.
@@ -178,3 +222,10 @@ def defer_debug_formatting() -> None:
     websocket_protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
     # setattr: the module imports `pformat` from pprint rather than exporting it.
     setattr(websocket_protocol, "pformat", _Pretty)  # noqa: B010
+    # The same for `hltype` and `hlval`, which colour their text with click
+    # when it is installed, for a debug line on every handshake and frame.
+    for module in _highlighting_modules():
+        for name in _HIGHLIGHTERS:
+            highlight = getattr(module, name)
+            if not getattr(highlight, "deferred", False):
+                setattr(module, name, _deferred(highlight))
