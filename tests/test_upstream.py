@@ -318,3 +318,25 @@ def test_a_handshake_does_not_read_daphnes_source_again(monkeypatch) -> None:
 
     assert [daphne_protocol(send) for _ in range(3)] == [protocol] * 3
     assert reads == 1
+
+
+def test_lazy_debug_lines_are_off_where_autobahn_highlights_outside_a_log_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deferred `hlval` is not a str: used in a concatenation it would raise."""
+    from autobahn.twisted import websocket as twisted_websocket
+
+    from chat.upstream import autobahn
+
+    assert autobahn.formatting_problem() is None
+    real = inspect.getsource
+
+    def source(obj: Any) -> str:
+        text = real(obj)
+        if obj is twisted_websocket:
+            text += '\nreason = "closed: " + hlval(code)\n'
+        return text
+
+    monkeypatch.setattr(inspect, "getsource", source)
+    problem = autobahn.formatting_problem()
+    assert problem == f"{twisted_websocket.__name__} uses hlval outside a log call's arguments"

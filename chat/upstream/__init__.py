@@ -56,7 +56,7 @@ FALLBACKS = {
     FRAMES: "every frame goes through ASGI send",
     CLOSE_CODES: "sockets close through ASGI (autobahn may refuse these codes)",
     SEND_BUFFER: "a socket that does not read is not shed",
-    LAZY_DEBUG_LINES: "autobahn formats its debug line on every connection",
+    LAZY_DEBUG_LINES: "autobahn formats its debug arguments on every connection and frame",
     PIPELINED_JOINS: "layer groups are joined one group_add at a time",
     SESSIONS_IN_ONE_QUERY: "each session is read on its own",
     USER_IN_ONE_TRIP: "sockets cannot load their user; websockets fail",

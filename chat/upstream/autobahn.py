@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import pprint
+import re
 from typing import Any
 
 from autobahn.websocket import protocol as websocket_protocol
@@ -61,12 +62,22 @@ def formatting_problem() -> str | None:
         for name in _HIGHLIGHTERS:
             if not callable(getattr(module, name, None)):
                 return f"{module.__name__} no longer highlights with autobahn.util.{name}"
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            return f"the source of {module.__name__} cannot be read"
+        # Only as a keyword argument (`func=hltype(...)`, a log call's): a
+        # deferred value anywhere else (`"x" + hlval(...)`) would not be a str.
+        for call in _HIGHLIGHTER_CALL.finditer(source):
+            if call.group(1) != "=":
+                return f"{module.__name__} uses {call.group(2)} outside a log call's arguments"
     return missing_assignments(websocket_protocol.Timings.__init__, "_timings")
 
 
 # Highlighters of autobahn.util that autobahn calls for debug log arguments
 # only, and the modules that call them on every handshake and frame.
 _HIGHLIGHTERS = ("hltype", "hlval")
+_HIGHLIGHTER_CALL = re.compile(r"(\S)\s*\b(hltype|hlval)\(")
 
 
 def _highlighting_modules() -> tuple[Any, ...]:
