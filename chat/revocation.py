@@ -41,8 +41,8 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db.models.signals import post_delete, pre_save
 from django.utils import timezone
 
-from chat.delivery.messages import AccessEnd, SessionEnd, user_layer_group
-from chat.delivery.publishing import membership_notices
+from chat.delivery.messages import LAYER_ALL, AccessEnd, Notices, SessionEnd, user_layer_group
+from chat.delivery.publishing import membership_notice_pair
 from chat.delivery.relay import publish_on_commit
 from chat.delivery.sockets import session_digest
 from chat.models import Membership
@@ -176,15 +176,14 @@ def note_membership_ended(sender: Any, instance: Membership, **kwargs: Any) -> N
     by = _ended_by.get()
     if by is not None:
         event["by"] = by
-    publish_on_commit(
-        membership_notices(
-            event,
-            user_id=instance.user_id,
-            group_id=instance.group_id,
-            joined=False,
-            exclude_connection=None,
-        )
+    pair = membership_notice_pair(
+        event,
+        user_id=instance.user_id,
+        group_id=instance.group_id,
+        joined=False,
+        exclude_connection=None,
     )
+    publish_on_commit([(LAYER_ALL, Notices(pair))])
 
 
 def connect_revocation_signals() -> None:

@@ -19,7 +19,7 @@ from chat.coalesce import Coalescer
 from chat.delivery import Hub, session_digest, user_layer_group
 from chat.delivery.messages import Audience, Notice, SessionEnd, presence_notice
 from chat.delivery.notices import drop_flaps
-from chat.delivery.publishing import membership_notices
+from chat.delivery.publishing import membership_notice_pair
 from chat.messaging import message_send
 from chat.protocol import CLOSE_POLICY_VIOLATION, Address
 from chat.worker import current_worker
@@ -446,8 +446,8 @@ async def test_join_and_leave_reach_members_and_the_users_other_sockets_only(
         )
         event = {"type": "joined" if joined else "left", "group": "A", "user": "carol"}
         await hub.note_membership(user_id=carol.pk, group_id=change.group_id, joined=joined)
-        await hub.tell(
-            membership_notices(
+        await hub.announcing.many(
+            membership_notice_pair(
                 event,
                 user_id=carol.pk,
                 group_id=change.group_id,

@@ -17,7 +17,7 @@ from chat.delivery.messages import (
     Audience,
     Deliver,
     MemberChange,
-    Notice,
+    Notices,
     Renamed,
     Typing,
     from_layer,
@@ -29,7 +29,6 @@ from chat.delivery.online import PresenceRecorder
 from chat.delivery.publishing import (
     deliveries,
     membership_notice_pair,
-    membership_notices,
     to_group,
     to_username,
 )
@@ -254,16 +253,14 @@ async def test_a_membership_notice_changes_the_index_of_the_worker_that_receives
     handlers = handlers_over(index)
     event = {"type": "joined", "group": "A", "user": "carol"}
 
-    addressed = membership_notices(
+    to_members, to_own = membership_notice_pair(
         event, user_id=3, group_id=9, joined=True, exclude_connection="c2"
     )
-    assert [group for group, _ in addressed] == ["chat.group.9", "chat.user.3"]
-    for _, message in addressed:
-        assert isinstance(message, Notice)
-        await handlers.dispatch(message)
+    # As they travel: one layer message for both (`Hub.announcing`, `LAYER_ALL`).
+    await handlers.dispatch(from_layer(to_layer(Notices((to_members, to_own)))))
 
     assert index.targets(Audience(group=9)) == [carol]
-    assert isinstance(addressed[1][1], Notice) and addressed[1][1].member_change is not None
+    assert to_members.member_change is None and to_own.member_change is not None
 
 
 async def test_held_join_notices_reach_each_member_of_when_they_arrived():

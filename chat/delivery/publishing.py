@@ -123,27 +123,6 @@ def to_username(username: str, event: dict[str, Any]) -> Addressed:
     return [(LAYER_ALL, Typing(event, username))]
 
 
-def membership_notices(
-    event: dict[str, Any],
-    *,
-    user_id: int,
-    group_id: int,
-    joined: bool,
-    exclude_connection: str | None,
-    by_connection: str | None = None,
-) -> Addressed:
-    """`membership_notice_pair`, each to the layer group of those it is for."""
-    to_members, to_own = membership_notice_pair(
-        event,
-        user_id=user_id,
-        group_id=group_id,
-        joined=joined,
-        exclude_connection=exclude_connection,
-        by_connection=by_connection,
-    )
-    return [(group_layer_group(group_id), to_members), (user_layer_group(user_id), to_own)]
-
-
 def membership_notice_pair(
     event: dict[str, Any],
     *,
@@ -155,10 +134,12 @@ def membership_notice_pair(
 ) -> tuple[Notice, Notice]:
     """`joined`/`left` for the group's online members, and for the user's other sockets.
 
-    The user's own copy carries the change, so that each worker with one of
-    their sockets updates its index and layer groups. A change made by
-    another member (1.2: `invite`, `remove`) skips `by_connection`, the
-    socket that made it, which gets the reply instead.
+    Both travel with presence, to every worker (`LAYER_ALL`, `Hub.announcing`):
+    one layer message for a burst of joins. The user's own copy carries the
+    change, so that each worker with one of their sockets updates its index
+    and layer groups. A change made by another member (1.2: `invite`,
+    `remove`) skips `by_connection`, the socket that made it, which gets the
+    reply instead.
     """
     group_audience = Audience(
         group=group_id, exclude_user=user_id, exclude_connection=by_connection
