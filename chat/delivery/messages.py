@@ -150,9 +150,14 @@ def _events_of(data: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
 
 def events_text(events: Sequence[dict[str, Any]]) -> str:
     """The frame text of events: the event alone, or a `batch` of them, each encoded once."""
-    if len(events) == 1:
-        return encode(events[0])
-    return '{"type":"batch","events":[' + ",".join(encode(event) for event in events) + "]}"
+    return frame_text([encode(event) for event in events])
+
+
+def frame_text(encoded: Sequence[str]) -> str:
+    """The frame text of events already encoded: the one alone, or a `batch` of them."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return '{"type":"batch","events":[' + ",".join(encoded) + "]}"
 
 
 @layer_message

@@ -12,7 +12,7 @@ from bisect import bisect_left
 
 from django.conf import settings
 
-from chat.delivery.messages import Notice
+from chat.delivery.messages import Notice, frame_text
 from chat.delivery.sockets import LocalSocket, SocketIndex, write_to, written_now
 from chat.protocol import encode
 
@@ -174,10 +174,8 @@ class _Frames:
         return text
 
     def text(self, positions: list[int]) -> str:
-        """The event alone, or a `batch` of them (`events_text`'s frame)."""
-        if len(positions) == 1:
-            return self._event(positions[0])
-        return '{"type":"batch","events":[' + ",".join(map(self._event, positions)) + "]}"
+        """The event alone, or a `batch` of them."""
+        return frame_text([self._event(position) for position in positions])
 
 
 def drop_flaps(pending: list[Pending]) -> list[Pending]:
