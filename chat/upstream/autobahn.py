@@ -56,7 +56,8 @@ def close_on_bad_frames(protocol: Any) -> None:
 def formatting_problem() -> str | None:
     """`defer_debug_formatting` swaps `pformat`, `hltype` and `hlval` in the modules that
     build debug arguments with them, and `Timings.__str__`."""
-    if getattr(websocket_protocol, "pformat", None) not in (pprint.pformat, _Pretty):
+    pformat = getattr(websocket_protocol, "pformat", None)
+    if pformat is not pprint.pformat and not getattr(pformat, "deferred", False):
         return f"{websocket_protocol.__name__} no longer formats with pprint.pformat"
     for module in _highlighting_modules():
         for name in _HIGHLIGHTERS:
@@ -173,42 +174,29 @@ def close_frame(protocol: Any, code: int, reason: str = "") -> None:
         protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode() or None, isReply=False)
 
 
-class _Pretty:
-    """`pprint.pformat(value)`, worked out only when a log line is written."""
+class _Later:
+    """`function(value)`, worked out only when a log line is written."""
 
-    __slots__ = ("value",)
+    __slots__ = ("function", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, function: Any, value: Any) -> None:
+        self.function = function
         self.value = value
 
     def __str__(self) -> str:
-        return pprint.pformat(self.value)
+        return str(self.function(self.value))
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
 
-class _Highlighted:
-    """`highlight(value)`, worked out only when a log line is written."""
+def _deferred(function: Any) -> Any:
+    """`function`, returning a `_Later` when called with the value alone."""
 
-    __slots__ = ("highlight", "value")
-
-    def __init__(self, highlight: Any, value: Any) -> None:
-        self.highlight = highlight
-        self.value = value
-
-    def __str__(self) -> str:
-        return str(self.highlight(self.value))
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def _deferred(highlight: Any) -> Any:
     def later(value: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
-            return highlight(value, *args, **kwargs)
-        return _Highlighted(highlight, value)
+            return function(value, *args, **kwargs)
+        return _Later(function, value)
 
     later.deferred = True  # type: ignore[attr-defined]
     return later
@@ -231,12 +219,11 @@ def defer_debug_formatting() -> None:
     function. The log lines read the same when debug logging is on.
     """
     websocket_protocol.Timings.__str__ = _timings_text  # type: ignore[method-assign]
-    # setattr: the module imports `pformat` from pprint rather than exporting it.
-    setattr(websocket_protocol, "pformat", _Pretty)  # noqa: B010
-    # The same for `hltype` and `hlval`, which colour their text with click
-    # when it is installed, for a debug line on every handshake and frame.
-    for module in _highlighting_modules():
-        for name in _HIGHLIGHTERS:
-            highlight = getattr(module, name)
-            if not getattr(highlight, "deferred", False):
-                setattr(module, name, _deferred(highlight))
+    # `pformat` as the module imported it from pprint; `hltype` and `hlval`
+    # colour their text with click when it is installed.
+    deferred = [(websocket_protocol, "pformat")]
+    deferred += [(module, name) for module in _highlighting_modules() for name in _HIGHLIGHTERS]
+    for module, name in deferred:
+        function = getattr(module, name)
+        if not getattr(function, "deferred", False):
+            setattr(module, name, _deferred(function))
